@@ -1,0 +1,279 @@
+// Package app wires the orchestrator's parts together for the three run
+// modes (serve, worker, api). cmd/orchestrator stays a thin wrapper so tests
+// start exactly what users start.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	sdklog "go.temporal.io/sdk/log"
+	sdkworker "go.temporal.io/sdk/worker"
+
+	"github.com/provisioning/orchestrator/activities"
+	"github.com/provisioning/orchestrator/internal/devserver"
+	"github.com/provisioning/orchestrator/server"
+	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/worker"
+)
+
+// App is a running orchestrator process.
+type App struct {
+	cfg      Config
+	log      *slog.Logger
+	temporal *devserver.Server
+	client   client.Client
+	store    storage.Store
+	worker   sdkworker.Worker
+	http     *http.Server
+	httpAddr string
+	httpErr  chan error
+}
+
+// HTTPAddr is the REST API's host:port ("" in worker mode).
+func (a *App) HTTPAddr() string { return a.httpAddr }
+
+// TemporalAddress is the Temporal frontend in use.
+func (a *App) TemporalAddress() string {
+	if a.temporal != nil {
+		return a.temporal.Address()
+	}
+	return a.cfg.TemporalAddress
+}
+
+// TemporalUIAddress is the embedded Web UI's host:port, or "".
+func (a *App) TemporalUIAddress() string {
+	if a.temporal != nil {
+		return a.temporal.UIAddress()
+	}
+	return ""
+}
+
+// Client is the Temporal client the app uses.
+func (a *App) Client() client.Client { return a.client }
+
+// Store is the task store the app uses.
+func (a *App) Store() storage.Store { return a.store }
+
+// Errors reports a fatal serving error (the HTTP listener died).
+func (a *App) Errors() <-chan error { return a.httpErr }
+
+// NewLogger builds the process logger: JSON unless format is text or auto
+// on a terminal.
+func NewLogger(w io.Writer, format string, level slog.Level) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "text" || (format == "auto" && w == os.Stderr && isTerminal(os.Stderr)) {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// Start brings up the parts cfg.Mode asks for and returns once they serve.
+// On error, whatever was started is stopped again.
+func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	a := &App{cfg: cfg, log: log, httpErr: make(chan error, 1)}
+	defer func() {
+		if err != nil {
+			a.Stop(context.Background())
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("--data-dir %s: %w", cfg.DataDir, err)
+	}
+
+	address := cfg.TemporalAddress
+	if address == "" {
+		uiPort := cfg.TemporalUIPort
+		if uiPort == 0 {
+			if uiPort, err = devserver.FreePort("127.0.0.1"); err != nil {
+				return nil, err
+			}
+		}
+		fport := cfg.TemporalPort
+		if fport == 0 {
+			if fport, err = devserver.FreePort("127.0.0.1"); err != nil {
+				return nil, err
+			}
+		}
+		started := time.Now()
+		a.temporal, err = devserver.Start(devserver.Options{
+			DataDir:      filepath.Join(cfg.DataDir, "temporal"),
+			FrontendPort: fport,
+			UIPort:       uiPort,
+			Namespaces:   []string{cfg.TemporalNamespace},
+			Logger:       log,
+			LogLevel:     cfg.TemporalLogLevel,
+			LogLevelSet:  true,
+		})
+		if err != nil {
+			return nil, err
+		}
+		address = a.temporal.Address()
+		log.Info("embedded temporal started", "address", address, "ui", a.temporal.UIAddress(),
+			"database", a.temporal.DatabasePath(), "took_ms", time.Since(started).Milliseconds())
+	}
+
+	dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	a.client, err = client.DialContext(dialCtx, client.Options{
+		HostPort:  address,
+		Namespace: cfg.TemporalNamespace,
+		Logger:    sdklog.NewStructuredLogger(log.With("component", "temporal-sdk")),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect to Temporal at %s (--temporal-address): %w", address, err)
+	}
+
+	switch cfg.StorageType {
+	case "filesystem":
+		fs, err := storage.NewFilesystem(cfg.DataDir)
+		if err != nil {
+			return nil, fmt.Errorf("--storage-type filesystem: %w", err)
+		}
+		a.store = fs.WithLogger(log)
+	default:
+		return nil, fmt.Errorf("--storage-type %q is not supported", cfg.StorageType)
+	}
+
+	if cfg.Mode == ModeServe || cfg.Mode == ModeWorker {
+		if err := a.startWorker(); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Mode == ModeServe || cfg.Mode == ModeAPI {
+		if err := a.startHTTP(); err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+func (a *App) startWorker() error {
+	env := []string{}
+	// The demo provider keeps its state with the rest of the orchestrator's
+	// data unless the operator chose a place.
+	if os.Getenv("PROVISIONING_STATE_DIR") == "" {
+		abs, err := filepath.Abs(filepath.Join(a.cfg.DataDir, "provider-state"))
+		if err != nil {
+			return err
+		}
+		env = append(env, "PROVISIONING_STATE_DIR="+abs)
+	}
+	acts := &activities.Activities{
+		Runner: &activities.NuRunner{
+			NuPath:     a.cfg.NuPath,
+			ScriptPath: a.cfg.ProvisioningPath,
+			Env:        env,
+		},
+		Store:  a.store,
+		Logger: a.log,
+	}
+	a.worker = worker.New(a.client, acts, worker.Options{
+		TaskQueue:               a.cfg.TaskQueue,
+		MaxConcurrentActivities: a.cfg.MaxConcurrentActivities,
+	})
+	if err := a.worker.Start(); err != nil {
+		a.worker = nil
+		return fmt.Errorf("start worker on task queue %q: %w", a.cfg.TaskQueue, err)
+	}
+	a.log.Info("worker started", "task_queue", a.cfg.TaskQueue, "nu_path", a.cfg.NuPath, "provisioning_path", a.cfg.ProvisioningPath)
+	return nil
+}
+
+func (a *App) startHTTP() error {
+	srv := server.New(server.Options{
+		Client:    a.client,
+		Store:     a.store,
+		TaskQueue: a.cfg.TaskQueue,
+		Policy:    a.cfg.Policy,
+		Logger:    a.log,
+	})
+	ln, err := net.Listen("tcp", net.JoinHostPort(a.cfg.Host, strconv.Itoa(a.cfg.Port)))
+	if err != nil {
+		return fmt.Errorf("--port %d: %w", a.cfg.Port, err)
+	}
+	a.httpAddr = ln.Addr().String()
+	a.http = &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := a.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.httpErr <- err
+		}
+	}()
+	a.log.Info("REST API listening", "address", "http://"+a.httpAddr)
+	return nil
+}
+
+// Stop shuts down in dependency order: stop accepting requests, let the
+// worker finish or hand back its tasks, then close the client, the embedded
+// server and the store. ctx bounds the HTTP drain.
+func (a *App) Stop(ctx context.Context) {
+	if a.http != nil {
+		if err := a.http.Shutdown(ctx); err != nil {
+			a.log.Warn("HTTP shutdown", "error", err)
+			_ = a.http.Close()
+		}
+		a.http = nil
+	}
+	if a.worker != nil {
+		a.worker.Stop()
+		a.worker = nil
+	}
+	if a.client != nil {
+		a.client.Close()
+		a.client = nil
+	}
+	if a.temporal != nil {
+		a.temporal.Stop()
+		a.temporal = nil
+	}
+	if a.store != nil {
+		_ = a.store.Close()
+		a.store = nil
+	}
+}
+
+// Run parses args, starts the app, and serves until ctx is done or serving
+// fails. It is the whole of main.
+func Run(ctx context.Context, args []string, stderr io.Writer) error {
+	cfg, err := ParseConfig(args, os.Getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log := NewLogger(stderr, cfg.LogFormat, cfg.LogLevel)
+	a, err := Start(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	if a.httpAddr != "" {
+		log.Info("orchestrator ready", "mode", cfg.Mode, "api", "http://"+a.httpAddr,
+			"temporal", a.TemporalAddress(), "temporal_ui", a.TemporalUIAddress())
+	} else {
+		log.Info("orchestrator ready", "mode", cfg.Mode, "temporal", a.TemporalAddress())
+	}
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err = <-a.httpErr:
+		log.Error("REST API failed", "error", err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	a.Stop(sctx)
+	return err
+}

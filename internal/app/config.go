@@ -1,0 +1,261 @@
+package app
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/provisioning/orchestrator/workflows"
+)
+
+// Mode selects which parts one process runs.
+type Mode string
+
+// Modes: serve runs everything (the default); worker and api are the two
+// halves for scaling out.
+const (
+	ModeServe  Mode = "serve"
+	ModeWorker Mode = "worker"
+	ModeAPI    Mode = "api"
+)
+
+// Config is every setting, from flags or ORCHESTRATOR_* environment
+// variables (flag wins). Zero values mean the documented defaults.
+type Config struct {
+	Mode Mode
+
+	// Host and Port of the REST API; defaults 127.0.0.1 and 8080 (0 picks
+	// a free port).
+	Host string
+	Port int
+	// DataDir holds the task store, the embedded Temporal database and the
+	// demo provider's state; default ./data.
+	DataDir string
+	// StorageType: filesystem (default).
+	StorageType string
+	// NuPath and ProvisioningPath locate Nushell and the user's script.
+	NuPath           string
+	ProvisioningPath string
+
+	// TemporalAddress of an external cluster; empty starts the embedded
+	// server (serve mode only).
+	TemporalAddress   string
+	TemporalNamespace string
+	TaskQueue         string
+	// TemporalPort and TemporalUIPort of the embedded server (7233, 8233;
+	// UI -1 disables it, 0 picks a free port).
+	TemporalPort   int
+	TemporalUIPort int
+
+	// Policy for every workflow the API starts.
+	Policy workflows.ExecPolicy
+	// MaxConcurrentActivities per worker process; default 32.
+	MaxConcurrentActivities int
+
+	LogLevel  slog.Level
+	LogFormat string
+	// TemporalLogLevel filters the embedded server's logs; default warn.
+	TemporalLogLevel slog.Level
+	// ShutdownTimeout bounds graceful shutdown; default 15s.
+	ShutdownTimeout time.Duration
+}
+
+// Defaults.
+const (
+	DefaultPort             = 8080
+	DefaultHost             = "127.0.0.1"
+	DefaultDataDir          = "./data"
+	DefaultStorageType      = "filesystem"
+	DefaultNuPath           = "nu"
+	DefaultProvisioningPath = "./core/nulib/provisioning"
+	DefaultNamespace        = "default"
+	DefaultTemporalPort     = 7233
+	DefaultTemporalUIPort   = 8233
+)
+
+// EnvPrefix prefixes the environment variable of every flag:
+// --data-dir reads ORCHESTRATOR_DATA_DIR.
+const EnvPrefix = "ORCHESTRATOR_"
+
+// EnvName is the environment variable for a flag.
+func EnvName(flagName string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// ParseConfig reads a subcommand (serve, worker, api; default serve) and
+// flags from args, with environment fallbacks from getenv.
+func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Config, error) {
+	cfg := Config{Mode: ModeServe}
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		switch Mode(args[0]) {
+		case ModeServe, ModeWorker, ModeAPI:
+			cfg.Mode = Mode(args[0])
+			args = args[1:]
+		default:
+			return cfg, fmt.Errorf("unknown command %q: use serve (default), worker or api", args[0])
+		}
+	}
+	fs := flag.NewFlagSet("orchestrator "+string(cfg.Mode), flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(&cfg.Host, "host", DefaultHost, "address the REST API listens on")
+	fs.IntVar(&cfg.Port, "port", DefaultPort, "REST API port")
+	fs.StringVar(&cfg.DataDir, "data-dir", DefaultDataDir, "directory for tasks, the embedded Temporal database and demo provider state")
+	fs.StringVar(&cfg.StorageType, "storage-type", DefaultStorageType, "task store backend: filesystem")
+	fs.StringVar(&cfg.NuPath, "nu-path", DefaultNuPath, "Nushell executable")
+	fs.StringVar(&cfg.ProvisioningPath, "provisioning-path", DefaultProvisioningPath, "provisioning Nushell script run by activities")
+	fs.StringVar(&cfg.TemporalAddress, "temporal-address", "", "host:port of an external Temporal frontend; empty starts the embedded server")
+	fs.StringVar(&cfg.TemporalNamespace, "temporal-namespace", DefaultNamespace, "Temporal namespace")
+	fs.StringVar(&cfg.TaskQueue, "task-queue", workflows.DefaultTaskQueue, "Temporal task queue")
+	fs.IntVar(&cfg.TemporalPort, "temporal-port", DefaultTemporalPort, "embedded Temporal frontend port (0 = free port)")
+	fs.IntVar(&cfg.TemporalUIPort, "temporal-ui-port", DefaultTemporalUIPort, "embedded Temporal Web UI port (-1 disables, 0 = free port)")
+	fs.IntVar(&cfg.Policy.Parallelism, "parallelism", workflows.DefaultParallelism, "servers provisioned at once per task")
+	var maxAttempts int
+	fs.IntVar(&maxAttempts, "max-attempts", workflows.DefaultMaxAttempts, "attempts per Nushell step, first run included")
+	fs.DurationVar(&cfg.Policy.InitialInterval, "retry-initial-interval", workflows.DefaultInitialInterval, "delay before the first retry")
+	fs.Float64Var(&cfg.Policy.BackoffCoefficient, "retry-backoff", workflows.DefaultBackoffCoefficient, "retry interval multiplier")
+	fs.DurationVar(&cfg.Policy.MaxInterval, "retry-max-interval", workflows.DefaultMaxInterval, "longest retry delay")
+	fs.DurationVar(&cfg.Policy.StepTimeout, "step-timeout", workflows.DefaultStepTimeout, "time limit of one Nushell attempt")
+	fs.DurationVar(&cfg.Policy.HeartbeatTimeout, "heartbeat-timeout", workflows.DefaultHeartbeatTimeout, "a step whose worker is silent this long is retried")
+	fs.IntVar(&cfg.MaxConcurrentActivities, "max-concurrent-activities", 32, "Nushell processes one worker runs at once")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	temporalLogLevel := fs.String("temporal-log-level", "warn", "log level of the embedded Temporal server")
+	fs.StringVar(&cfg.LogFormat, "log-format", "auto", "json, text, or auto (text on a terminal, json otherwise)")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "bound on graceful shutdown")
+
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] || envErr != nil {
+			return
+		}
+		if v := getenv(EnvName(f.Name)); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				envErr = fmt.Errorf("invalid value %q for %s (flag --%s): %v", v, EnvName(f.Name), f.Name, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return cfg, envErr
+	}
+	cfg.Policy.MaxAttempts = int32(maxAttempts)
+	var err error
+	if cfg.LogLevel, err = parseLevel("log-level", *logLevel); err != nil {
+		return cfg, err
+	}
+	if cfg.TemporalLogLevel, err = parseLevel("temporal-log-level", *temporalLogLevel); err != nil {
+		return cfg, err
+	}
+	return cfg, cfg.Validate()
+}
+
+func parseLevel(flagName, v string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(v)); err != nil {
+		return l, fmt.Errorf("--%s: %q is not one of debug, info, warn, error", flagName, v)
+	}
+	return l, nil
+}
+
+// Validate checks value ranges so a bad setting stops start-up with a clear
+// message instead of failing later.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(flagName, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("--%s: %s", flagName, fmt.Sprintf(format, a...)))
+	}
+	if c.Port < 0 || c.Port > 65535 {
+		bad("port", "%d is not a TCP port (0-65535)", c.Port)
+	}
+	if c.TemporalPort < 0 || c.TemporalPort > 65535 {
+		bad("temporal-port", "%d is not a TCP port", c.TemporalPort)
+	}
+	if c.TemporalUIPort < -1 || c.TemporalUIPort > 65535 {
+		bad("temporal-ui-port", "%d is not a TCP port (or -1 to disable)", c.TemporalUIPort)
+	}
+	if c.DataDir == "" {
+		bad("data-dir", "must not be empty")
+	}
+	switch c.StorageType {
+	case "filesystem":
+	case "surrealdb-embedded", "surrealdb-server":
+		bad("storage-type", "%q is not available in this build yet; use filesystem", c.StorageType)
+	default:
+		bad("storage-type", "%q is not one of filesystem, surrealdb-embedded, surrealdb-server", c.StorageType)
+	}
+	if c.NuPath == "" {
+		bad("nu-path", "must not be empty")
+	}
+	if c.ProvisioningPath == "" {
+		bad("provisioning-path", "must not be empty")
+	}
+	if c.TemporalNamespace == "" {
+		bad("temporal-namespace", "must not be empty")
+	}
+	if c.TaskQueue == "" {
+		bad("task-queue", "must not be empty")
+	}
+	if c.Mode != ModeServe && c.TemporalAddress == "" {
+		bad("temporal-address", "is required in %s mode (the embedded server runs only with serve)", c.Mode)
+	}
+	p := c.Policy
+	if p.Parallelism < 1 || p.Parallelism > 1000 {
+		bad("parallelism", "%d must be from 1 to 1000", p.Parallelism)
+	}
+	if p.MaxAttempts < 1 || p.MaxAttempts > 100 {
+		bad("max-attempts", "%d must be from 1 to 100", p.MaxAttempts)
+	}
+	if p.InitialInterval <= 0 {
+		bad("retry-initial-interval", "must be positive")
+	}
+	if p.BackoffCoefficient < 1 {
+		bad("retry-backoff", "must be at least 1")
+	}
+	if p.MaxInterval < p.InitialInterval {
+		bad("retry-max-interval", "must be at least --retry-initial-interval")
+	}
+	if p.StepTimeout <= 0 {
+		bad("step-timeout", "must be positive")
+	}
+	if p.HeartbeatTimeout < time.Second {
+		bad("heartbeat-timeout", "must be at least 1s")
+	}
+	if c.MaxConcurrentActivities < 1 {
+		bad("max-concurrent-activities", "must be at least 1")
+	}
+	switch c.LogFormat {
+	case "auto", "json", "text":
+	default:
+		bad("log-format", "%q is not one of auto, json, text", c.LogFormat)
+	}
+	if c.ShutdownTimeout <= 0 {
+		bad("shutdown-timeout", "must be positive")
+	}
+	return errors.Join(errs...)
+}
+
+// DefaultConfig is the configuration with every default, as ParseConfig
+// returns for no flags and no environment.
+func DefaultConfig() Config {
+	cfg, err := ParseConfig(nil, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		panic(err)
+	}
+	return cfg
+}
+
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}

@@ -1,0 +1,341 @@
+// Package devserver runs a Temporal server and its Web UI inside the
+// orchestrator process, persisted in a SQLite file, so that the quick start
+// needs no separate Temporal installation. Production deployments point the
+// orchestrator at a real cluster with --temporal-address instead.
+package devserver
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	uiserver "github.com/temporalio/ui-server/v2/server"
+	uiconfig "github.com/temporalio/ui-server/v2/server/config"
+	uiserveroptions "github.com/temporalio/ui-server/v2/server/server_options"
+	"go.temporal.io/server/common/authorization"
+	"go.temporal.io/server/common/cluster"
+	"go.temporal.io/server/common/config"
+	"go.temporal.io/server/common/dynamicconfig"
+	"go.temporal.io/server/common/membership/static"
+	sqliteplugin "go.temporal.io/server/common/persistence/sql/sqlplugin/sqlite"
+	"go.temporal.io/server/common/primitives"
+	sqliteschema "go.temporal.io/server/schema/sqlite"
+	"go.temporal.io/server/temporal"
+)
+
+// Options configures the embedded server. Zero values take the defaults
+// documented on each field.
+type Options struct {
+	// DataDir holds the SQLite database (temporal.db) and a lock file.
+	// Required.
+	DataDir string
+	// IP to bind; default 127.0.0.1. Static membership needs an IP, not a
+	// host name such as localhost.
+	IP string
+	// FrontendPort is the gRPC port clients dial; default 7233.
+	FrontendPort int
+	// UIPort serves the Temporal Web UI; default 8233, negative disables it.
+	UIPort int
+	// Namespaces to create before start-up; default ["default"].
+	Namespaces []string
+	// Logger receives the server's logs; default slog.Default().
+	Logger *slog.Logger
+	// LogLevel filters the server's very chatty logs; default Warn.
+	LogLevel slog.Level
+	// LogLevelSet must be true for LogLevel to be used (so that the zero
+	// value means Warn rather than Info).
+	LogLevelSet bool
+}
+
+// Server is a running embedded Temporal server.
+type Server struct {
+	srv      temporal.Server
+	ui       *uiserver.Server
+	lock     *os.File
+	address  string
+	uiAddr   string
+	dbPath   string
+	stopOnce bool
+}
+
+// Address is the frontend host:port for SDK clients.
+func (s *Server) Address() string { return s.address }
+
+// UIAddress is the Web UI host:port, or "" when disabled.
+func (s *Server) UIAddress() string { return s.uiAddr }
+
+// DatabasePath is the SQLite file holding all Temporal state.
+func (s *Server) DatabasePath() string { return s.dbPath }
+
+// Start prepares the schema and namespaces and starts the server. It fails
+// with a clear error, rather than letting the server os.Exit, when a port is
+// taken or another process already uses the same data directory.
+func Start(o Options) (*Server, error) {
+	if o.DataDir == "" {
+		return nil, errors.New("devserver: DataDir is required")
+	}
+	if o.IP == "" {
+		o.IP = "127.0.0.1"
+	}
+	if o.FrontendPort == 0 {
+		o.FrontendPort = 7233
+	}
+	if o.UIPort == 0 {
+		o.UIPort = 8233
+	}
+	if len(o.Namespaces) == 0 {
+		o.Namespaces = []string{"default"}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if !o.LogLevelSet {
+		o.LogLevel = slog.LevelWarn
+	}
+	if err := os.MkdirAll(o.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("devserver: create data dir: %w", err)
+	}
+	lock, err := lockDataDir(o.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			_ = lock.Close()
+		}
+	}()
+
+	// The server calls os.Exit when it cannot bind, so probe first.
+	if err := checkPortFree(o.IP, o.FrontendPort); err != nil {
+		return nil, fmt.Errorf("embedded Temporal frontend port: %w (use --temporal-port to pick another, or --temporal-address to use an existing server)", err)
+	}
+	if o.UIPort > 0 {
+		if err := checkPortFree(o.IP, o.UIPort); err != nil {
+			return nil, fmt.Errorf("embedded Temporal UI port: %w (use --temporal-ui-port to pick another, or -1 to disable the UI)", err)
+		}
+	}
+
+	dbPath := filepath.Join(o.DataDir, "temporal.db")
+	sqlConf, err := prepareSQLite(dbPath, o.Namespaces)
+	if err != nil {
+		return nil, err
+	}
+	httpPort, err := FreePort(o.IP)
+	if err != nil {
+		return nil, err
+	}
+	conf, err := buildConfig(o, sqlConf, httpPort)
+	if err != nil {
+		return nil, err
+	}
+
+	logger := newLogger(o.Logger.With("component", "temporal"), o.LogLevel)
+	authorizer, err := authorization.GetAuthorizerFromConfig(&conf.Global.Authorization)
+	if err != nil {
+		return nil, fmt.Errorf("devserver: authorizer: %w", err)
+	}
+	claimMapper, err := authorization.GetClaimMapperFromConfig(&conf.Global.Authorization, logger)
+	if err != nil {
+		return nil, fmt.Errorf("devserver: claim mapper: %w", err)
+	}
+	hosts := map[primitives.ServiceName]static.Hosts{}
+	for name, svc := range map[primitives.ServiceName]string{
+		primitives.FrontendService: "frontend",
+		primitives.HistoryService:  "history",
+		primitives.MatchingService: "matching",
+		primitives.WorkerService:   "worker",
+	} {
+		hosts[name] = static.SingleLocalHost(net.JoinHostPort(o.IP, strconv.Itoa(conf.Services[svc].RPC.GRPCPort)))
+	}
+	dyn := dynamicconfig.StaticClient{
+		dynamicconfig.HistoryCacheHostLevelMaxSize.Key():              8096,
+		dynamicconfig.FrontendMaxNamespaceVisibilityRPSPerInstance.Key(): 100,
+		// A single-host dev server has no reason to throttle its only user.
+		dynamicconfig.FrontendRPS.Key():               10000,
+		dynamicconfig.FrontendNamespaceReplicationInducingAPIsRPS.Key(): 1000,
+	}
+	srv, err := temporal.NewServer(
+		temporal.WithConfig(conf),
+		temporal.ForServices(temporal.DefaultServices),
+		temporal.WithStaticHosts(hosts),
+		temporal.WithLogger(logger),
+		temporal.WithAuthorizer(authorizer),
+		temporal.WithClaimMapper(func(*config.Config) authorization.ClaimMapper { return claimMapper }),
+		temporal.WithDynamicConfigClient(dyn),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("devserver: new server: %w", err)
+	}
+	if err := srv.Start(); err != nil {
+		return nil, fmt.Errorf("devserver: start: %w", err)
+	}
+	s := &Server{
+		srv:     srv,
+		lock:    lock,
+		address: net.JoinHostPort(o.IP, strconv.Itoa(o.FrontendPort)),
+		dbPath:  dbPath,
+	}
+	if o.UIPort > 0 {
+		s.uiAddr = net.JoinHostPort(o.IP, strconv.Itoa(o.UIPort))
+		s.ui = uiserver.NewServer(uiserveroptions.WithConfigProvider(&uiconfig.Config{
+			Host:                o.IP,
+			Port:                o.UIPort,
+			TemporalGRPCAddress: s.address,
+			EnableUI:            true,
+			CORS:                uiconfig.CORS{CookieInsecure: true},
+			HideLogs:            true,
+			DisableNewsFetch:    true,
+		}))
+		go func() {
+			// Start blocks until Stop; a failure here only loses the UI,
+			// not the orchestrator, so it is logged rather than fatal.
+			if err := s.ui.Start(); err != nil && !errors.Is(err, net.ErrClosed) && err.Error() != "http: Server closed" {
+				o.Logger.Error("temporal web UI stopped", "error", err)
+			}
+		}()
+	}
+	ok = true
+	return s, nil
+}
+
+// Stop shuts down the UI and the server and releases the data dir lock.
+func (s *Server) Stop() {
+	if s.stopOnce {
+		return
+	}
+	s.stopOnce = true
+	if s.ui != nil {
+		s.ui.Stop()
+	}
+	_ = s.srv.Stop()
+	_ = s.lock.Close()
+}
+
+func prepareSQLite(dbPath string, namespaces []string) (*config.SQL, error) {
+	conf := &config.SQL{
+		PluginName:   sqliteplugin.PluginName,
+		DatabaseName: dbPath,
+		// WAL with a single connection measured fastest here and avoids
+		// "database is locked" under concurrent workflows.
+		ConnectAttributes: map[string]string{
+			"mode":         "rwc",
+			"journal_mode": "wal",
+			"synchronous":  "1",
+			"busy_timeout": "10000",
+		},
+		MaxConns:     1,
+		MaxIdleConns: 1,
+	}
+	if _, err := os.Stat(dbPath); errors.Is(err, os.ErrNotExist) {
+		if err := sqliteschema.SetupSchema(conf); err != nil {
+			return nil, fmt.Errorf("devserver: set up SQLite schema in %s: %w", dbPath, err)
+		}
+	} else if err != nil {
+		return nil, fmt.Errorf("devserver: %w", err)
+	}
+	nsConfs := make([]*sqliteschema.NamespaceConfig, 0, len(namespaces))
+	for _, ns := range namespaces {
+		c, err := sqliteschema.NewNamespaceConfig(clusterName, ns, false, nil)
+		if err != nil {
+			return nil, fmt.Errorf("devserver: namespace %q: %w", ns, err)
+		}
+		nsConfs = append(nsConfs, c)
+	}
+	if err := sqliteschema.CreateNamespaces(conf, nsConfs...); err != nil {
+		return nil, fmt.Errorf("devserver: create namespaces: %w", err)
+	}
+	return conf, nil
+}
+
+const clusterName = "active"
+
+func buildConfig(o Options, sqlConf *config.SQL, httpPort int) (*config.Config, error) {
+	var conf config.Config
+	conf.Global.Membership.MaxJoinDuration = 30 * time.Second
+	conf.Global.Membership.BroadcastAddress = o.IP
+	conf.Persistence.DefaultStore = "sqlite-default"
+	conf.Persistence.VisibilityStore = "sqlite-default"
+	conf.Persistence.NumHistoryShards = 1
+	conf.Persistence.DataStores = map[string]config.DataStore{"sqlite-default": {SQL: sqlConf}}
+	frontend := net.JoinHostPort(o.IP, strconv.Itoa(o.FrontendPort))
+	conf.ClusterMetadata = &cluster.Config{
+		FailoverVersionIncrement: 10,
+		MasterClusterName:        clusterName,
+		CurrentClusterName:       clusterName,
+		ClusterInformation: map[string]cluster.ClusterInformation{
+			clusterName: {
+				Enabled:                true,
+				InitialFailoverVersion: 1,
+				RPCAddress:             frontend,
+				HTTPAddress:            net.JoinHostPort(o.IP, strconv.Itoa(httpPort)),
+				ClusterID:              "6f726368-6573-7472-6174-6f7200000001", // fixed so restarts keep one identity
+			},
+		},
+	}
+	conf.DCRedirectionPolicy.Policy = "noop"
+	conf.Services = map[string]config.Service{}
+	for _, name := range []string{"frontend", "history", "matching", "worker"} {
+		var svc config.Service
+		svc.RPC.BindOnIP = o.IP
+		if name == "frontend" {
+			svc.RPC.GRPCPort = o.FrontendPort
+			svc.RPC.HTTPPort = httpPort
+		} else {
+			p, err := FreePort(o.IP)
+			if err != nil {
+				return nil, err
+			}
+			svc.RPC.GRPCPort = p
+		}
+		conf.Services[name] = svc
+	}
+	conf.Archival.History.State = "disabled"
+	conf.Archival.Visibility.State = "disabled"
+	conf.NamespaceDefaults.Archival.History.State = "disabled"
+	conf.NamespaceDefaults.Archival.Visibility.State = "disabled"
+	conf.PublicClient.HostPort = frontend
+	return &conf, nil
+}
+
+// lockDataDir takes an exclusive flock so two processes never open one
+// SQLite file as two servers, which corrupts nothing but makes both fail in
+// confusing ways.
+func lockDataDir(dir string) (*os.File, error) {
+	path := filepath.Join(dir, "temporal.lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("devserver: open lock file: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("devserver: data dir %s is in use by another orchestrator process (lock %s): %w", dir, path, err)
+	}
+	_ = f.Truncate(0)
+	_, _ = f.WriteString(strconv.Itoa(os.Getpid()) + "\n")
+	return f, nil
+}
+
+func checkPortFree(ip string, port int) error {
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
+	if err != nil {
+		return fmt.Errorf("%s:%d is not available: %w", ip, port, err)
+	}
+	return l.Close()
+}
+
+// FreePort asks the kernel for an unused TCP port on ip.
+func FreePort(ip string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		return 0, fmt.Errorf("devserver: find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

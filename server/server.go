@@ -1,0 +1,359 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/sdk/client"
+
+	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/workflows"
+)
+
+// DefaultMaxBodyBytes bounds request bodies (413 beyond it).
+const DefaultMaxBodyBytes = 1 << 20
+
+// Options configures the REST façade.
+type Options struct {
+	// Client talks to Temporal. Required.
+	Client client.Client
+	// Store serves the task API. Required.
+	Store storage.Store
+	// TaskQueue workflows are started on; default workflows.DefaultTaskQueue.
+	TaskQueue string
+	// Policy is passed to every workflow (parallelism, retries, timeouts).
+	Policy workflows.ExecPolicy
+	// Logger, default slog.Default().
+	Logger *slog.Logger
+	// MaxBodyBytes, default DefaultMaxBodyBytes.
+	MaxBodyBytes int64
+}
+
+// Server is the REST façade; it implements http.Handler.
+type Server struct {
+	e         *echo.Echo
+	client    client.Client
+	store     storage.Store
+	taskQueue string
+	policy    workflows.ExecPolicy
+	log       *slog.Logger
+	maxBody   int64
+}
+
+// New builds the router.
+func New(o Options) *Server {
+	s := &Server{
+		e:         echo.New(),
+		client:    o.Client,
+		store:     o.Store,
+		taskQueue: o.TaskQueue,
+		policy:    o.Policy,
+		log:       o.Logger,
+		maxBody:   o.MaxBodyBytes,
+	}
+	if s.taskQueue == "" {
+		s.taskQueue = workflows.DefaultTaskQueue
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.maxBody <= 0 {
+		s.maxBody = DefaultMaxBodyBytes
+	}
+	s.e.HideBanner = true
+	s.e.HidePort = true
+	s.e.HTTPErrorHandler = s.errorHandler
+	s.e.Use(middleware.RequestID())
+	s.e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisablePrintStack: true}))
+	s.e.Use(s.requestLog)
+
+	s.e.GET("/health", s.health)
+	s.e.GET("/tasks", s.listTasks)
+	s.e.GET("/tasks/:id", s.getTask)
+	s.e.POST("/tasks/:id/cancel", s.cancelTask)
+	s.e.POST("/workflows/servers/create", s.createServers)
+	s.e.POST("/workflows/taskserv/create", s.createTaskserv)
+	s.e.POST("/workflows/cluster/create", s.createCluster)
+	return s
+}
+
+// ServeHTTP makes Server an http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.e.ServeHTTP(w, r) }
+
+func (s *Server) requestLog(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		err := next(c)
+		if err != nil {
+			c.Error(err)
+		}
+		s.log.Info("http request",
+			"request_id", c.Response().Header().Get(echo.HeaderXRequestID),
+			"method", c.Request().Method, "path", c.Request().URL.Path,
+			"status", c.Response().Status, "took_ms", time.Since(start).Milliseconds())
+		return nil
+	}
+}
+
+// HealthyMessage is /health's data when every dependency answers.
+const HealthyMessage = "Orchestrator is healthy"
+
+func (s *Server) health(c echo.Context) error {
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 3*time.Second)
+	defer cancel()
+	deps := map[string]any{}
+	healthy := true
+	if _, err := s.client.CheckHealth(ctx, &client.CheckHealthRequest{}); err != nil {
+		deps["temporal"] = err.Error()
+		healthy = false
+	} else {
+		deps["temporal"] = "ok"
+	}
+	if err := s.store.Ping(ctx); err != nil {
+		deps["storage"] = err.Error()
+		healthy = false
+	} else {
+		deps["storage"] = "ok"
+	}
+	if !healthy {
+		return &APIError{Status: http.StatusServiceUnavailable, Body: ErrorBody{
+			Code: CodeUnavailable, Message: "Orchestrator is unhealthy", Details: deps}}
+	}
+	return ok(c, http.StatusOK, HealthyMessage)
+}
+
+func (s *Server) listTasks(c echo.Context) error {
+	f := storage.ListFilter{Limit: storage.DefaultLimit}
+	q := c.QueryParams()
+	for k := range q {
+		switch k {
+		case "status", "limit", "offset":
+		default:
+			return fieldErr(k, "unknown query parameter (use status, limit, offset)")
+		}
+	}
+	if v := q.Get("status"); v != "" {
+		st := storage.TaskStatus(v)
+		if !st.Valid() {
+			return fieldErr("status", fmt.Sprintf("%q is not one of Pending, Running, Completed, Failed, Cancelled", v))
+		}
+		f.Status = st
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > storage.MaxLimit {
+			return fieldErr("limit", fmt.Sprintf("must be an integer from 1 to %d", storage.MaxLimit))
+		}
+		f.Limit = n
+	}
+	if v := q.Get("offset"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return fieldErr("offset", "must be a non-negative integer")
+		}
+		f.Offset = n
+	}
+	tasks, total, err := s.store.List(c.Request().Context(), f)
+	if err != nil {
+		return s.storeErr(err)
+	}
+	c.Response().Header().Set("X-Total-Count", strconv.Itoa(total))
+	if tasks == nil {
+		tasks = []storage.Task{}
+	}
+	return ok(c, http.StatusOK, tasks)
+}
+
+func (s *Server) taskID(c echo.Context) (string, error) {
+	id := c.Param("id")
+	if err := storage.ValidateID(id); err != nil {
+		return "", fieldErr("id", "must be a task id (a lowercase UUID)")
+	}
+	return id, nil
+}
+
+func (s *Server) getTask(c echo.Context) error {
+	id, err := s.taskID(c)
+	if err != nil {
+		return err
+	}
+	t, err := s.store.Get(c.Request().Context(), id)
+	if err != nil {
+		return s.storeErr(err)
+	}
+	return ok(c, http.StatusOK, t)
+}
+
+func (s *Server) cancelTask(c echo.Context) error {
+	id, err := s.taskID(c)
+	if err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	t, err := s.store.Get(ctx, id)
+	if err != nil {
+		return s.storeErr(err)
+	}
+	if t.Status.Terminal() {
+		return conflict(fmt.Sprintf("task %s is already %s", id, t.Status))
+	}
+	if err := s.client.CancelWorkflow(ctx, id, ""); err != nil {
+		var nf *serviceerror.NotFound
+		if errors.As(err, &nf) {
+			// The workflow finished between the read and the cancel.
+			return conflict(fmt.Sprintf("task %s has already finished", id))
+		}
+		return unavailable("temporal", err)
+	}
+	s.log.Info("task cancellation requested", "task_id", id)
+	return ok(c, http.StatusAccepted, id)
+}
+
+func (s *Server) storeErr(err error) error {
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		return notFound("task not found")
+	case errors.Is(err, storage.ErrInvalidID):
+		return fieldErr("id", "must be a task id (a lowercase UUID)")
+	case errors.Is(err, storage.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		return unavailable("storage", err)
+	}
+	return err
+}
+
+// ServerCreateRequest is the body of POST /workflows/servers/create.
+type ServerCreateRequest struct {
+	Infra     string   `json:"infra"`
+	Settings  string   `json:"settings"`
+	Servers   []string `json:"servers"`
+	CheckMode bool     `json:"check_mode"`
+	Wait      bool     `json:"wait"`
+}
+
+// TaskservCreateRequest is the body of POST /workflows/taskserv/create.
+type TaskservCreateRequest struct {
+	Infra     string   `json:"infra"`
+	Settings  string   `json:"settings"`
+	Taskserv  string   `json:"taskserv"`
+	Servers   []string `json:"servers"`
+	CheckMode bool     `json:"check_mode"`
+	Wait      bool     `json:"wait"`
+}
+
+// ClusterCreateRequest is the body of POST /workflows/cluster/create.
+type ClusterCreateRequest struct {
+	Infra     string `json:"infra"`
+	Settings  string `json:"settings"`
+	Cluster   string `json:"cluster"`
+	CheckMode bool   `json:"check_mode"`
+	Wait      bool   `json:"wait"`
+}
+
+func (s *Server) common(infra, settings string, check, wait bool) workflows.Common {
+	return workflows.Common{
+		TaskID:    uuid.NewString(),
+		Infra:     infra,
+		Settings:  settings,
+		CheckMode: check,
+		Wait:      wait,
+		CreatedAt: time.Now().UTC().Truncate(time.Microsecond),
+		Policy:    s.policy,
+	}
+}
+
+func (s *Server) createServers(c echo.Context) error {
+	var req ServerCreateRequest
+	if err := s.decodeJSON(c, &req); err != nil {
+		return err
+	}
+	in := workflows.ServerCreateInput{Common: s.common(req.Infra, req.Settings, req.CheckMode, req.Wait), Servers: req.Servers}
+	if err := in.Validate(); err != nil {
+		return validationErr(err)
+	}
+	return s.start(c, in.Common, workflows.ServerCreateWorkflowName, "server create "+in.Infra, "server create", in)
+}
+
+func (s *Server) createTaskserv(c echo.Context) error {
+	var req TaskservCreateRequest
+	if err := s.decodeJSON(c, &req); err != nil {
+		return err
+	}
+	in := workflows.TaskservCreateInput{Common: s.common(req.Infra, req.Settings, req.CheckMode, req.Wait), Taskserv: req.Taskserv, Servers: req.Servers}
+	if err := in.Validate(); err != nil {
+		return validationErr(err)
+	}
+	return s.start(c, in.Common, workflows.TaskservCreateWorkflowName, "taskserv create "+in.Taskserv, "taskserv create", in)
+}
+
+func (s *Server) createCluster(c echo.Context) error {
+	var req ClusterCreateRequest
+	if err := s.decodeJSON(c, &req); err != nil {
+		return err
+	}
+	in := workflows.ClusterCreateInput{Common: s.common(req.Infra, req.Settings, req.CheckMode, req.Wait), Cluster: req.Cluster}
+	if err := in.Validate(); err != nil {
+		return validationErr(err)
+	}
+	return s.start(c, in.Common, workflows.ClusterCreateWorkflowName, "cluster create "+in.Cluster, "cluster create", in)
+}
+
+func validationErr(err error) error {
+	var fe *workflows.FieldError
+	if errors.As(err, &fe) {
+		return fieldErr(fe.Field, fe.Message)
+	}
+	return &APIError{Status: http.StatusBadRequest, Body: ErrorBody{Code: CodeValidation, Message: err.Error()}}
+}
+
+// start records the task as Pending and starts its workflow (ID = task ID).
+// If the start fails the Pending record is removed again, so a failed
+// request leaves nothing behind.
+func (s *Server) start(c echo.Context, common workflows.Common, wfType, name, command string, input any) error {
+	ctx := c.Request().Context()
+	task := storage.Normalize(storage.Task{
+		ID:           common.TaskID,
+		Name:         name,
+		Command:      command,
+		Status:       storage.StatusPending,
+		CreatedAt:    common.CreatedAt,
+		UpdatedAt:    common.CreatedAt,
+		WorkflowType: wfType,
+	})
+	if err := s.store.Create(ctx, task); err != nil {
+		if errors.Is(err, storage.ErrExists) {
+			return conflict(fmt.Sprintf("task %s already exists", task.ID))
+		}
+		return s.storeErr(err)
+	}
+	_, err := s.client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID:                       common.TaskID,
+		TaskQueue:                s.taskQueue,
+		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
+	}, wfType, input)
+	if err != nil {
+		// Background context: the request may be gone, the cleanup must not be.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if derr := s.store.Delete(dctx, task.ID); derr != nil {
+			s.log.Error("could not remove task after failed start", "task_id", task.ID, "error", derr)
+		}
+		var started *serviceerror.WorkflowExecutionAlreadyStarted
+		if errors.As(err, &started) {
+			return conflict(fmt.Sprintf("task %s already exists", task.ID))
+		}
+		return unavailable("temporal", err)
+	}
+	s.log.Info("task started", "task_id", task.ID, "workflow", wfType)
+	return ok(c, http.StatusOK, task.ID)
+}

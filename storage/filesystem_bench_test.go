@@ -1,0 +1,166 @@
+package storage
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// BenchmarkFilesystem measures Put, Get and List (status filter, page of
+// 50) on stores holding 100 and 10,000 tasks. List runs with the index
+// cache (warm, and cold: a fresh store each iteration) and, as the
+// baseline, without it (every file read and parsed on every call).
+//
+//	go test -run xxx -bench . -benchtime 200x ./storage/
+func BenchmarkFilesystem(b *testing.B) {
+	for _, n := range []int{100, 10_000} {
+		b.Run(fmt.Sprintf("tasks=%d", n), func(b *testing.B) {
+			dataDir := b.TempDir()
+			f, err := NewFilesystem(dataDir)
+			require.NoError(b, err)
+			defer f.Close()
+			// Settled tasks, as most of a long-running store's are.
+			ids := seedFiles(b, f, n, time.Now().Add(-time.Hour))
+			ctx := context.Background()
+			filter := func(i int) ListFilter {
+				// Running is a fifth of the tasks; walk the first pages.
+				return ListFilter{Status: StatusRunning, Limit: 50, Offset: (i % 4) * 50}
+			}
+
+			b.Run("Get", func(b *testing.B) {
+				for i := 0; i < b.N; i++ {
+					if _, err := f.Get(ctx, ids[(i*7919)%n]); err != nil {
+						b.Fatal(err)
+					}
+				}
+				reportOps(b)
+			})
+
+			b.Run("List/cache=warm", func(b *testing.B) {
+				if _, _, err := f.List(ctx, filter(0)); err != nil { // build the index
+					b.Fatal(err)
+				}
+				parses := f.parses.Load()
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					page, _, err := f.List(ctx, filter(i))
+					if err != nil || len(page) != 50 {
+						b.Fatalf("list: %d tasks, %v", len(page), err)
+					}
+				}
+				reportOps(b)
+				b.ReportMetric(float64(f.parses.Load()-parses)/float64(b.N), "parses/op")
+			})
+
+			b.Run("List/cache=cold", func(b *testing.B) {
+				for i := 0; i < b.N; i++ {
+					b.StopTimer()
+					fresh, err := NewFilesystem(dataDir)
+					if err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+					page, _, err := fresh.List(ctx, filter(i))
+					if err != nil || len(page) != 50 {
+						b.Fatalf("list: %d tasks, %v", len(page), err)
+					}
+					b.StopTimer()
+					_ = fresh.Close()
+					b.StartTimer()
+				}
+				reportOps(b)
+			})
+
+			b.Run("List/cache=off", func(b *testing.B) {
+				base, err := NewFilesystem(dataDir)
+				require.NoError(b, err)
+				defer base.Close()
+				base.noIndexCache = true
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					page, _, err := base.List(ctx, filter(i))
+					if err != nil || len(page) != 50 {
+						b.Fatalf("list: %d tasks, %v", len(page), err)
+					}
+				}
+				reportOps(b)
+			})
+
+			// Last: it rewrites files, which then are fresh (racy) for the
+			// index for a couple of seconds.
+			b.Run("Put", func(b *testing.B) {
+				tasks := make([]Task, len(ids))
+				for i, id := range ids {
+					t, err := f.Get(ctx, id)
+					require.NoError(b, err)
+					tasks[i] = t
+				}
+				version := int64(1)
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					t := tasks[(i*7919)%n]
+					version++
+					t.Version = version
+					t.Status = StatusCompleted
+					if err := f.Put(ctx, t); err != nil {
+						b.Fatal(err)
+					}
+				}
+				reportOps(b)
+			})
+		})
+	}
+}
+
+func reportOps(b *testing.B) {
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+}
+
+func randomID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// seedFiles writes n task files directly (no fsync: setup only) and sets
+// their mtime, e.g. in the past so the index treats them as settled.
+// Statuses cycle through all five; CreatedAt increases with i.
+func seedFiles(tb testing.TB, f *Filesystem, n int, mtime time.Time) []string {
+	tb.Helper()
+	statuses := []TaskStatus{StatusPending, StatusRunning, StatusCompleted, StatusFailed, StatusCancelled}
+	base := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	ids := make([]string, n)
+	for i := range n {
+		id := randomID()
+		ids[i] = id
+		out := fmt.Sprintf("server web-%03d: created\n", i%1000)
+		t := Normalize(Task{
+			ID: id, Name: fmt.Sprintf("task %d", i), Command: "server create",
+			Args:      []string{"--infra", "prod-stack", fmt.Sprintf("web-%03d", i%1000)},
+			Status:    statuses[i%len(statuses)],
+			CreatedAt: base.Add(time.Duration(i) * time.Second),
+			UpdatedAt: base.Add(time.Duration(i)*time.Second + time.Minute),
+			Output:    &out, WorkflowType: "ServerCreateWorkflow",
+			Progress: Progress{Done: 1, Total: 1},
+			Steps: []StepResult{{
+				Name: fmt.Sprintf("web-%03d", i%1000), Status: StatusCompleted,
+				Attempts: 1, Output: out, DurationMS: 1200,
+			}},
+			Version: 1,
+		})
+		data, err := json.Marshal(t)
+		require.NoError(tb, err)
+		path := f.path(id)
+		require.NoError(tb, os.WriteFile(path, data, 0o644))
+		require.NoError(tb, os.Chtimes(path, mtime, mtime))
+	}
+	return ids
+}

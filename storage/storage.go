@@ -1,0 +1,183 @@
+// Package storage holds the task store: the projection of workflow state that
+// the REST task API reads. Temporal stays the source of truth; the store is
+// written by workflow activities on every state transition so that the task
+// API is fast and outlives Temporal's history retention.
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// TaskStatus is the lifecycle state of a task, spelled exactly as in the
+// original orchestrator's REST contract.
+type TaskStatus string
+
+// Task statuses. Terminal ones are Completed, Failed and Cancelled.
+const (
+	StatusPending   TaskStatus = "Pending"
+	StatusRunning   TaskStatus = "Running"
+	StatusCompleted TaskStatus = "Completed"
+	StatusFailed    TaskStatus = "Failed"
+	StatusCancelled TaskStatus = "Cancelled"
+)
+
+// Valid reports whether s is one of the five known statuses.
+func (s TaskStatus) Valid() bool {
+	switch s {
+	case StatusPending, StatusRunning, StatusCompleted, StatusFailed, StatusCancelled:
+		return true
+	}
+	return false
+}
+
+// Terminal reports whether no further transition can follow s.
+func (s TaskStatus) Terminal() bool {
+	return s == StatusCompleted || s == StatusFailed || s == StatusCancelled
+}
+
+// StepResult is the outcome of one Nushell invocation inside a task (one per
+// server for server and taskserv workflows, one for a cluster).
+type StepResult struct {
+	// Name identifies the step, usually the server name.
+	Name string `json:"name"`
+	// Status is Pending, Running, Completed, Failed or Cancelled.
+	Status TaskStatus `json:"status"`
+	// Attempts is how many times the step's process was started.
+	Attempts int32 `json:"attempts"`
+	// ExitCode of the last attempt; nil while it has not exited.
+	ExitCode *int `json:"exit_code"`
+	// Output is the (bounded) stdout of the last attempt.
+	Output string `json:"output"`
+	// Error is the failure message of the last attempt, empty on success.
+	Error string `json:"error"`
+	// DurationMS is the wall time of the last attempt in milliseconds.
+	DurationMS int64 `json:"duration_ms"`
+}
+
+// Task is one provisioning job as the task API shows it. Field names and
+// null-ness follow the original REST contract: absent timestamps, output and
+// error are explicit JSON nulls.
+type Task struct {
+	ID           string     `json:"id"`
+	Name         string     `json:"name"`
+	Command      string     `json:"command"`
+	Args         []string   `json:"args"`
+	Dependencies []string   `json:"dependencies"`
+	Status       TaskStatus `json:"status"`
+	CreatedAt    time.Time  `json:"created_at"`
+	StartedAt    *time.Time `json:"started_at"`
+	CompletedAt  *time.Time `json:"completed_at"`
+	Output       *string    `json:"output"`
+	Error        *string    `json:"error"`
+
+	// WorkflowType is the Temporal workflow type running this task.
+	WorkflowType string `json:"workflow_type"`
+	// Progress counts finished steps out of all steps.
+	Progress Progress `json:"progress"`
+	// Steps holds per-server (or per-cluster) results.
+	Steps []StepResult `json:"steps"`
+	// Version increases with every projected transition. A write whose
+	// Version is lower than the stored one is ignored, so a retried or
+	// reordered projection can never move a task backwards.
+	Version int64 `json:"version"`
+	// UpdatedAt is when the last transition happened (workflow time).
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Progress counts a task's finished steps.
+type Progress struct {
+	Done  int `json:"done"`
+	Total int `json:"total"`
+}
+
+// ListFilter selects and pages tasks. Results are ordered newest first by
+// CreatedAt, ties broken by ID descending so paging is stable.
+type ListFilter struct {
+	// Status, when non-empty, keeps only tasks in that status.
+	Status TaskStatus
+	// Limit is the page size; 0 means DefaultLimit.
+	Limit int
+	// Offset skips that many matching tasks.
+	Offset int
+}
+
+// Page sizes accepted by List.
+const (
+	DefaultLimit = 50
+	MaxLimit     = 1000
+)
+
+// Errors returned by every Store implementation.
+var (
+	// ErrNotFound: no task with that ID.
+	ErrNotFound = errors.New("task not found")
+	// ErrExists: Create was called for an ID that is already stored.
+	ErrExists = errors.New("task already exists")
+	// ErrInvalidID: the ID is not a canonical lowercase UUID.
+	ErrInvalidID = errors.New("invalid task id")
+	// ErrUnavailable wraps backend failures that a caller may retry later
+	// (database down, disk full); the API maps it to 503.
+	ErrUnavailable = errors.New("storage unavailable")
+)
+
+// Store persists tasks. Implementations are safe for concurrent use by many
+// goroutines and, for the filesystem backend, by several processes sharing
+// one data directory.
+type Store interface {
+	// Create stores a new task; ErrExists if the ID is taken.
+	Create(ctx context.Context, t Task) error
+	// Put upserts t unless the stored task has a higher Version, in which
+	// case it is a no-op returning nil (projections are idempotent).
+	Put(ctx context.Context, t Task) error
+	// Get returns the task or ErrNotFound.
+	Get(ctx context.Context, id string) (Task, error)
+	// List returns one page of matching tasks and the total number of
+	// matching tasks.
+	List(ctx context.Context, f ListFilter) ([]Task, int, error)
+	// Delete removes a task; deleting a missing task is not an error.
+	Delete(ctx context.Context, id string) error
+	// Ping reports whether the backend is usable.
+	Ping(ctx context.Context) error
+	// Close releases resources.
+	Close() error
+}
+
+var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+// ValidateID returns ErrInvalidID unless id is a canonical lowercase UUID.
+// Every backend calls it before using an ID in a path or query.
+func ValidateID(id string) error {
+	if !uuidRE.MatchString(id) {
+		return fmt.Errorf("%w: %q is not a lowercase UUID", ErrInvalidID, id)
+	}
+	return nil
+}
+
+// Normalize fills the slices and timestamps a Task must never serialise as
+// null or in a non-UTC zone.
+func Normalize(t Task) Task {
+	if t.Args == nil {
+		t.Args = []string{}
+	}
+	if t.Dependencies == nil {
+		t.Dependencies = []string{}
+	}
+	if t.Steps == nil {
+		t.Steps = []StepResult{}
+	}
+	t.CreatedAt = t.CreatedAt.UTC()
+	t.UpdatedAt = t.UpdatedAt.UTC()
+	if t.StartedAt != nil {
+		u := t.StartedAt.UTC()
+		t.StartedAt = &u
+	}
+	if t.CompletedAt != nil {
+		u := t.CompletedAt.UTC()
+		t.CompletedAt = &u
+	}
+	return t
+}

@@ -1,0 +1,264 @@
+// Package workflows holds the orchestrator's deterministic Temporal workflow
+// code and its public SDK surface: workflow names, the task queue, input
+// types, and query names. CI jobs that prefer the Temporal SDK to REST start
+// these workflows directly with the same inputs the REST API builds.
+//
+// Nothing here performs I/O, reads the clock or starts goroutines; side
+// effects live in the activities package (workflowcheck keeps this true).
+package workflows
+
+import (
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// DefaultTaskQueue is the task queue the worker polls and the API starts
+// workflows on unless --task-queue says otherwise.
+const DefaultTaskQueue = "provisioning"
+
+// Registered workflow type names. They are stable: renaming one breaks
+// running workflows and SDK clients.
+const (
+	ServerCreateWorkflowName   = "ServerCreate"
+	TaskservCreateWorkflowName = "TaskservCreate"
+	ClusterCreateWorkflowName  = "ClusterCreate"
+)
+
+// StatusQuery is the query every task workflow answers with its current
+// storage.Task snapshot: `temporal workflow query --type status -w <task id>`.
+const StatusQuery = "status"
+
+// ExecPolicy bounds how a workflow runs its Nushell steps. The zero value of
+// each field means its documented default; the API fills it from flags so
+// tests can shorten retries and timeouts.
+type ExecPolicy struct {
+	// Parallelism is how many steps (servers) run at once; default 4.
+	Parallelism int `json:"parallelism,omitempty"`
+	// MaxAttempts per step, first run included; default 3.
+	MaxAttempts int32 `json:"max_attempts,omitempty"`
+	// InitialInterval before the first retry; default 1s.
+	InitialInterval time.Duration `json:"initial_interval,omitempty"`
+	// BackoffCoefficient multiplies the interval after each retry; default 2.
+	BackoffCoefficient float64 `json:"backoff_coefficient,omitempty"`
+	// MaxInterval caps the retry interval; default 1m.
+	MaxInterval time.Duration `json:"max_interval,omitempty"`
+	// StepTimeout bounds one attempt of one step; default 1h.
+	StepTimeout time.Duration `json:"step_timeout,omitempty"`
+	// HeartbeatTimeout: a step whose worker stops heartbeating for this long
+	// (crash, kill) is retried elsewhere; default 30s.
+	HeartbeatTimeout time.Duration `json:"heartbeat_timeout,omitempty"`
+}
+
+// Defaults for ExecPolicy.
+const (
+	DefaultParallelism        = 4
+	DefaultMaxAttempts        = 3
+	DefaultInitialInterval    = time.Second
+	DefaultBackoffCoefficient = 2.0
+	DefaultMaxInterval        = time.Minute
+	DefaultStepTimeout        = time.Hour
+	DefaultHeartbeatTimeout   = 30 * time.Second
+)
+
+// WithDefaults returns p with every zero field set to its default.
+func (p ExecPolicy) WithDefaults() ExecPolicy {
+	if p.Parallelism <= 0 {
+		p.Parallelism = DefaultParallelism
+	}
+	if p.MaxAttempts <= 0 {
+		p.MaxAttempts = DefaultMaxAttempts
+	}
+	if p.InitialInterval <= 0 {
+		p.InitialInterval = DefaultInitialInterval
+	}
+	if p.BackoffCoefficient < 1 {
+		p.BackoffCoefficient = DefaultBackoffCoefficient
+	}
+	if p.MaxInterval <= 0 {
+		p.MaxInterval = DefaultMaxInterval
+	}
+	if p.StepTimeout <= 0 {
+		p.StepTimeout = DefaultStepTimeout
+	}
+	if p.HeartbeatTimeout <= 0 {
+		p.HeartbeatTimeout = DefaultHeartbeatTimeout
+	}
+	return p
+}
+
+// Common carries the fields every provisioning request shares.
+type Common struct {
+	// TaskID is the task's UUID and also the workflow ID.
+	TaskID string `json:"task_id"`
+	// Infra names the infrastructure (a directory of the user's settings).
+	Infra string `json:"infra"`
+	// Settings is the path of the settings file, passed to the script as is.
+	Settings string `json:"settings"`
+	// CheckMode asks the script for a dry run (--check).
+	CheckMode bool `json:"check_mode"`
+	// Wait asks the script to wait for resources to be ready (--wait).
+	Wait bool `json:"wait"`
+	// CreatedAt is when the API accepted the request; it becomes the
+	// task's created_at.
+	CreatedAt time.Time `json:"created_at"`
+	// Policy bounds parallelism, retries and timeouts.
+	Policy ExecPolicy `json:"policy"`
+}
+
+// ServerCreateInput starts ServerCreateWorkflow: one Nushell call per server.
+type ServerCreateInput struct {
+	Common
+	// Servers to create; at least one.
+	Servers []string `json:"servers"`
+}
+
+// TaskservCreateInput starts TaskservCreateWorkflow: install one taskserv on
+// each listed server, or once for the whole infra when Servers is empty.
+type TaskservCreateInput struct {
+	Common
+	// Taskserv names the task service (kubernetes, containerd, ...).
+	Taskserv string `json:"taskserv"`
+	// Servers to install on; empty means the script's default (all).
+	Servers []string `json:"servers"`
+}
+
+// ClusterCreateInput starts ClusterCreateWorkflow: one Nushell call.
+type ClusterCreateInput struct {
+	Common
+	// Cluster names the cluster definition to build.
+	Cluster string `json:"cluster"`
+}
+
+// nameRE is the documented safe set for infra, server, taskserv and
+// cluster names: they become argv elements and file names in user scripts,
+// so they must not start with '-' or '.', nor contain '/', spaces or shell
+// metacharacters.
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// settingsRE allows relative or absolute paths without whitespace, quotes,
+// or shell metacharacters, and never a leading '-' (it would read as a flag).
+var settingsRE = regexp.MustCompile(`^[A-Za-z0-9._/~+@:=,][A-Za-z0-9._/~+@:=,-]*$`)
+
+// maxSettingsLen bounds the settings path (PATH_MAX).
+const maxSettingsLen = 4096
+
+// MaxServers bounds one request so a single task cannot flood history.
+const MaxServers = 500
+
+// FieldError names the request field that is invalid.
+type FieldError struct {
+	Field   string
+	Message string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Message }
+
+// ValidateName checks a name against the documented safe set
+// ([A-Za-z0-9][A-Za-z0-9._-]{0,62}).
+func ValidateName(field, v string) error {
+	if v == "" {
+		return &FieldError{field, "must not be empty"}
+	}
+	if !nameRE.MatchString(v) {
+		return &FieldError{field, fmt.Sprintf("%q is not a valid name: use 1-63 characters from [A-Za-z0-9._-], starting with a letter or digit", v)}
+	}
+	return nil
+}
+
+func (c Common) validate() error {
+	if err := ValidateName("infra", c.Infra); err != nil {
+		return err
+	}
+	if len(c.Settings) > maxSettingsLen {
+		return &FieldError{"settings", fmt.Sprintf("longer than %d bytes", maxSettingsLen)}
+	}
+	if c.Settings != "" && !settingsRE.MatchString(c.Settings) {
+		return &FieldError{"settings", fmt.Sprintf("%q is not an acceptable path: no whitespace, quotes or shell metacharacters, and it must not start with '-'", c.Settings)}
+	}
+	return nil
+}
+
+func validateServers(servers []string, required bool) error {
+	if required && len(servers) == 0 {
+		return &FieldError{"servers", "at least one server is required"}
+	}
+	if len(servers) > MaxServers {
+		return &FieldError{"servers", fmt.Sprintf("at most %d servers per request", MaxServers)}
+	}
+	seen := make(map[string]bool, len(servers))
+	for i, s := range servers {
+		field := fmt.Sprintf("servers[%d]", i)
+		if err := ValidateName(field, s); err != nil {
+			return err
+		}
+		if seen[s] {
+			return &FieldError{field, fmt.Sprintf("duplicate server %q", s)}
+		}
+		seen[s] = true
+	}
+	return nil
+}
+
+// Validate reports the first invalid field as a *FieldError.
+func (in ServerCreateInput) Validate() error {
+	if err := in.validate(); err != nil {
+		return err
+	}
+	return validateServers(in.Servers, true)
+}
+
+// Validate reports the first invalid field as a *FieldError.
+func (in TaskservCreateInput) Validate() error {
+	if err := in.validate(); err != nil {
+		return err
+	}
+	if err := ValidateName("taskserv", in.Taskserv); err != nil {
+		return err
+	}
+	return validateServers(in.Servers, false)
+}
+
+// Validate reports the first invalid field as a *FieldError.
+func (in ClusterCreateInput) Validate() error {
+	if err := in.validate(); err != nil {
+		return err
+	}
+	return ValidateName("cluster", in.Cluster)
+}
+
+// flags renders the shared flags in the documented argv order.
+func (c Common) flags() []string {
+	args := []string{"--infra", c.Infra}
+	if c.Settings != "" {
+		args = append(args, "--settings", c.Settings)
+	}
+	if c.CheckMode {
+		args = append(args, "--check")
+	}
+	if c.Wait {
+		args = append(args, "--wait")
+	}
+	return args
+}
+
+// ServerArgs is the argv (after `nu <provisioning-path>`) for one server:
+// `server create --infra I [--settings S] [--check] [--wait] <server>`.
+func (in ServerCreateInput) ServerArgs(server string) []string {
+	return append(append([]string{"server", "create"}, in.flags()...), server)
+}
+
+// TaskservArgs is the argv for one server (or all, when server is ""):
+// `taskserv create <taskserv> --infra I [--settings S] [--check] [--wait] [<server>]`.
+func (in TaskservCreateInput) TaskservArgs(server string) []string {
+	args := append([]string{"taskserv", "create", in.Taskserv}, in.flags()...)
+	if server != "" {
+		args = append(args, server)
+	}
+	return args
+}
+
+// ClusterArgs is the argv: `cluster create <cluster> --infra I [--settings S] [--check] [--wait]`.
+func (in ClusterCreateInput) ClusterArgs() []string {
+	return append([]string{"cluster", "create", in.Cluster}, in.flags()...)
+}
