@@ -110,6 +110,11 @@ func (a *Activities) RunNushell(ctx context.Context, step NuStep) (NuStepResult,
 	var startErr *StartError
 	var exitErr *ExitError
 	switch {
+	case errors.As(err, &startErr) && startErr.Flag == "":
+		// Flag is empty when the argv/env itself was rejected (NUL bytes).
+		out.ExitCode = -1
+		return out, temporal.NewApplicationErrorWithOptions(err.Error(), ErrTypeInvalidArgs,
+			temporal.ApplicationErrorOptions{NonRetryable: true, Details: []any{out}})
 	case errors.As(err, &startErr):
 		out.ExitCode = -1
 		return out, temporal.NewApplicationErrorWithOptions(err.Error(), ErrTypeNushellStart,
@@ -121,10 +126,6 @@ func (a *Activities) RunNushell(ctx context.Context, step NuStep) (NuStepResult,
 		}
 		return out, temporal.NewApplicationErrorWithOptions(err.Error(), typ,
 			temporal.ApplicationErrorOptions{NonRetryable: exitErr.Permanent, Details: []any{out}})
-	case IsPermanent(err):
-		out.ExitCode = -1
-		return out, temporal.NewApplicationErrorWithOptions(err.Error(), ErrTypeInvalidArgs,
-			temporal.ApplicationErrorOptions{NonRetryable: true, Details: []any{out}})
 	default:
 		out.ExitCode = -1
 		return out, temporal.NewApplicationErrorWithOptions(err.Error(), ErrTypeNushellExit,

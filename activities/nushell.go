@@ -175,7 +175,8 @@ func IsPermanent(err error) bool {
 // moves externals started with `job spawn` into process groups of their own,
 // so killing nu's group alone would leave them running, while the session is
 // inherited by everything the script starts unless it deliberately daemonizes
-// with setsid. Pdeathsig=SIGKILL takes nu down if the orchestrator dies.
+// with setsid. Pdeathsig=SIGKILL takes nu down if the orchestrator itself
+// dies; nu's own children then outlive it (only a cgroup could reach them).
 //
 // While nu runs, heartbeat (if non-nil) is called from Run's goroutine every
 // `every` (DefaultHeartbeatInterval, 5s, if zero or negative).
@@ -185,9 +186,11 @@ func IsPermanent(err error) bool {
 // ctx.Err(). Processes still left when nu exits on its own are stopped the same
 // way, so a finished run never leaves anything behind.
 //
-// Errors: *StartError (permanent) when nu or the script cannot be started or
-// an argument contains a NUL byte; *ExitError for a non-zero exit, Permanent
-// per PermanentExitCodes. Use IsPermanent to classify.
+// Errors: *StartError (permanent) when nu or the script cannot be started, an
+// argument contains a NUL byte or an env entry is not KEY=VALUE; *ExitError
+// for a non-zero exit, Permanent per PermanentExitCodes; a wrapped ctx.Err()
+// when cancelled (not permanent); a plain error when the fork itself failed
+// (EAGAIN and the like, worth retrying). Use IsPermanent to classify.
 func (r *NuRunner) Run(ctx context.Context, args []string, env []string, heartbeat func(), every time.Duration) (NuResult, error) {
 	nuPath, scriptPath, err := r.prepare(args, env)
 	if err != nil {
@@ -430,9 +433,10 @@ func signalSession(sid int, exited <-chan struct{}, sig syscall.Signal) int {
 		return 0
 	}
 	_ = syscall.Kill(-sid, sig)
-	_ = members
-	if err := syscall.Kill(-sid, sig); err != nil { return 0 }
-	return 1
+	for _, pid := range members {
+		_ = syscall.Kill(pid, sig) // ESRCH means it is gone already: the goal
+	}
+	return len(members)
 }
 
 // liveMembers lists the live processes of session sid. Without a readable

@@ -564,15 +564,26 @@ func processGone(pid int) bool {
 func requireAllGone(t *testing.T, pids []int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for _, pid := range pids {
-		for !processGone(pid) {
-			if time.Now().After(deadline) {
-				cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-				_ = syscall.Kill(pid, syscall.SIGKILL) // do not leak it past the test
-				t.Fatalf("process %d (%q) survived", pid, strings.ReplaceAll(string(cmdline), "\x00", " "))
+	for {
+		var alive []int
+		for _, pid := range pids {
+			if !processGone(pid) {
+				alive = append(alive, pid)
 			}
-			time.Sleep(10 * time.Millisecond)
 		}
+		if len(alive) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			var desc []string
+			for _, pid := range alive {
+				cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+				desc = append(desc, fmt.Sprintf("%d (%s)", pid, strings.ReplaceAll(string(cmdline), "\x00", " ")))
+				_ = syscall.Kill(pid, syscall.SIGKILL) // do not leak them past the test
+			}
+			t.Fatalf("processes survived: %s", strings.Join(desc, ", "))
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

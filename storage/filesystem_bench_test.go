@@ -14,8 +14,10 @@ import (
 
 // BenchmarkFilesystem measures Put, Get and List (status filter, page of
 // 50) on stores holding 100 and 10,000 tasks. List runs with the index
-// cache (warm, and cold: a fresh store each iteration) and, as the
-// baseline, without it (every file read and parsed on every call).
+// cache (warm with the directory unchanged; warm but re-statting every file
+// as when writes go on; cold: a fresh store each iteration) and, as the
+// baseline in the same run, without it (index=off: every file read and
+// parsed on every call).
 //
 //	go test -run xxx -bench . -benchtime 200x ./storage/
 func BenchmarkFilesystem(b *testing.B) {
@@ -26,11 +28,16 @@ func BenchmarkFilesystem(b *testing.B) {
 			require.NoError(b, err)
 			defer f.Close()
 			// Settled tasks, as most of a long-running store's are.
-			ids := seedFiles(b, f, n, time.Now().Add(-time.Hour))
+			past := time.Now().Add(-time.Hour)
+			ids := seedFiles(b, f, n, past)
+			require.NoError(b, os.Chtimes(f.dir, past, past))
 			ctx := context.Background()
+			// Running is a fifth of the tasks; walk the first pages.
+			running := n / 5
+			pages := max(1, min(4, running/50))
+			wantLen := min(50, running)
 			filter := func(i int) ListFilter {
-				// Running is a fifth of the tasks; walk the first pages.
-				return ListFilter{Status: StatusRunning, Limit: 50, Offset: (i % 4) * 50}
+				return ListFilter{Status: StatusRunning, Limit: 50, Offset: (i % pages) * 50}
 			}
 
 			b.Run("Get", func(b *testing.B) {
@@ -42,23 +49,32 @@ func BenchmarkFilesystem(b *testing.B) {
 				reportOps(b)
 			})
 
-			b.Run("List/cache=warm", func(b *testing.B) {
+			listWarm := func(b *testing.B, rescan bool) {
 				if _, _, err := f.List(ctx, filter(0)); err != nil { // build the index
 					b.Fatal(err)
 				}
-				parses := f.parses.Load()
+				parses, scans := f.parses.Load(), f.scans.Load()
 				b.ResetTimer()
 				for i := 0; i < b.N; i++ {
+					if rescan {
+						forceFullScan(f)
+					}
 					page, _, err := f.List(ctx, filter(i))
-					if err != nil || len(page) != 50 {
+					if err != nil || len(page) != wantLen {
 						b.Fatalf("list: %d tasks, %v", len(page), err)
 					}
 				}
 				reportOps(b)
+				b.ReportMetric(float64(f.scans.Load()-scans)/float64(b.N), "scans/op")
 				b.ReportMetric(float64(f.parses.Load()-parses)/float64(b.N), "parses/op")
-			})
+			}
+			// Directory unchanged since the last scan: no per-file stat.
+			b.Run("List/index=warm", func(b *testing.B) { listWarm(b, false) })
+			// Directory changing (writes going on): stat every file, parse
+			// none of the unchanged ones.
+			b.Run("List/index=rescan", func(b *testing.B) { listWarm(b, true) })
 
-			b.Run("List/cache=cold", func(b *testing.B) {
+			b.Run("List/index=cold", func(b *testing.B) {
 				for i := 0; i < b.N; i++ {
 					b.StopTimer()
 					fresh, err := NewFilesystem(dataDir)
@@ -67,7 +83,7 @@ func BenchmarkFilesystem(b *testing.B) {
 					}
 					b.StartTimer()
 					page, _, err := fresh.List(ctx, filter(i))
-					if err != nil || len(page) != 50 {
+					if err != nil || len(page) != wantLen {
 						b.Fatalf("list: %d tasks, %v", len(page), err)
 					}
 					b.StopTimer()
@@ -77,7 +93,7 @@ func BenchmarkFilesystem(b *testing.B) {
 				reportOps(b)
 			})
 
-			b.Run("List/cache=off", func(b *testing.B) {
+			b.Run("List/index=off", func(b *testing.B) {
 				base, err := NewFilesystem(dataDir)
 				require.NoError(b, err)
 				defer base.Close()
@@ -85,7 +101,7 @@ func BenchmarkFilesystem(b *testing.B) {
 				b.ResetTimer()
 				for i := 0; i < b.N; i++ {
 					page, _, err := base.List(ctx, filter(i))
-					if err != nil || len(page) != 50 {
+					if err != nil || len(page) != wantLen {
 						b.Fatalf("list: %d tasks, %v", len(page), err)
 					}
 				}

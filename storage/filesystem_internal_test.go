@@ -88,9 +88,11 @@ func TestIndexCacheRacyWindow(t *testing.T) {
 		require.Equal(t, keyOf(before), keyOf(after), "the rewrite is invisible to stat")
 	}
 	// count reports what the index believes: with the offset past the end
-	// no page is read from disk.
+	// no page is read from disk. Every call stats every file (this test is
+	// about file entries, not the directory shortcut).
 	count := func(st TaskStatus) int {
 		t.Helper()
+		forceFullScan(f)
 		_, total, err := f.List(ctx, ListFilter{Status: st, Offset: 1000})
 		require.NoError(t, err)
 		return total
@@ -145,4 +147,105 @@ func TestListUncachedMatchesCached(t *testing.T) {
 		require.Equal(t, wantTotal, gotTotal, "%+v", lf)
 		require.Equal(t, want, got, "%+v", lf)
 	}
+}
+
+func forceFullScan(f *Filesystem) {
+	f.cacheMu.Lock()
+	f.forceScan = true
+	f.cacheMu.Unlock()
+}
+
+func TestIsCanonicalUUIDMatchesValidateID(t *testing.T) {
+	id := randomID()
+	cases := []string{
+		id, "", "x", id[:35], id + "0", strings.ToUpper(id), "../" + id[3:],
+		strings.ReplaceAll(id, "-", "_"), "00000000-0000-0000-0000-000000000000",
+		"ffffffff-ffff-ffff-ffff-ffffffffffff", "gfffffff-ffff-ffff-ffff-ffffffffffff",
+		"ffffffff-ffff-ffff-ffff-fffffffffff/", "ffffffff-ffff-ffff-ffff-fffffffffff\x00",
+		"ffffffffffff-ffff-ffff-ffff-ffffffff", "ffffffff-fff-fffff-ffff-ffffffffffff",
+	}
+	for i := 0; i < 36; i++ {
+		for _, c := range []byte{'-', '0', 'a', 'f', 'g', 'A', '.', '/', 0} {
+			b := []byte(id)
+			b[i] = c
+			cases = append(cases, string(b))
+		}
+	}
+	for _, c := range cases {
+		require.Equal(t, ValidateID(c) == nil, isCanonicalUUID(c), "%q", c)
+	}
+}
+
+// TestIndexDirectoryShortcut: while the tasks directory is unchanged (and
+// was already settled when last scanned) List does not stat every file;
+// any write through a store changes the directory and forces a scan.
+func TestIndexDirectoryShortcut(t *testing.T) {
+	f, err := NewFilesystem(t.TempDir())
+	require.NoError(t, err)
+	defer f.Close()
+	other, err := NewFilesystem(f.dataDir)
+	require.NoError(t, err)
+	defer other.Close()
+	ctx := context.Background()
+	past := time.Now().Add(-time.Hour)
+	ids := seedFiles(t, f, 30, past)
+	settleDir := func() { require.NoError(t, os.Chtimes(f.dir, past, past)) }
+	count := func(st TaskStatus) int {
+		t.Helper()
+		_, total, err := f.List(ctx, ListFilter{Status: st})
+		require.NoError(t, err)
+		return total
+	}
+
+	settleDir()
+	require.Equal(t, 6, count(StatusRunning))
+	require.Equal(t, int64(1), f.scans.Load())
+	for range 3 {
+		require.Equal(t, 6, count(StatusRunning))
+	}
+	require.Equal(t, int64(1), f.scans.Load(), "unchanged directory: no scan")
+
+	// A Put from another store (process) renames into the directory.
+	tk, err := other.Get(ctx, ids[0])
+	require.NoError(t, err)
+	tk.Status, tk.Version = StatusRunning, 2
+	require.NoError(t, other.Put(ctx, tk))
+	require.Equal(t, 7, count(StatusRunning))
+	require.Equal(t, int64(2), f.scans.Load())
+
+	// A fresh directory mtime is not trusted: scans continue until the
+	// directory has been quiet for racyWindow before a scan.
+	require.Equal(t, 7, count(StatusRunning))
+	require.Equal(t, int64(3), f.scans.Load())
+	settleDir()
+	count(StatusRunning)
+	count(StatusRunning)
+	require.Equal(t, int64(4), f.scans.Load())
+
+	// A delete is seen too.
+	require.NoError(t, other.Delete(ctx, ids[1])) // Running
+	require.Equal(t, 6, count(StatusRunning))
+	settleDir()
+	count(StatusRunning)
+
+	// An in-place edit that bypasses the store leaves the directory as it
+	// is; the periodic full scan picks it up.
+	before := f.scans.Load()
+	require.NoError(t, os.WriteFile(f.path(ids[2]), []byte(strings.Replace(
+		mustRead(t, f.path(ids[2])), `"status":"Completed"`, `"status":"Running"`, 1)), 0o644))
+	settleDir()
+	require.Equal(t, 6, count(StatusRunning), "not seen while the directory is unchanged")
+	require.Equal(t, before, f.scans.Load())
+	f.cacheMu.Lock()
+	f.dirScanAt = f.dirScanAt.Add(-fullScanEvery)
+	f.cacheMu.Unlock()
+	require.Equal(t, 7, count(StatusRunning), "seen by the periodic full scan")
+	require.Equal(t, before+1, f.scans.Load())
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return string(data)
 }

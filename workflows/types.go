@@ -170,10 +170,13 @@ func (c Common) validate() error {
 	if err := ValidateName("infra", c.Infra); err != nil {
 		return err
 	}
+	if c.Settings == "" {
+		return &FieldError{"settings", "must not be empty: give the path of the infra's settings file"}
+	}
 	if len(c.Settings) > maxSettingsLen {
 		return &FieldError{"settings", fmt.Sprintf("longer than %d bytes", maxSettingsLen)}
 	}
-	if c.Settings != "" && !settingsRE.MatchString(c.Settings) {
+	if !settingsRE.MatchString(c.Settings) {
 		return &FieldError{"settings", fmt.Sprintf("%q is not an acceptable path: no whitespace, quotes or shell metacharacters, and it must not start with '-'", c.Settings)}
 	}
 	return nil
@@ -229,10 +232,7 @@ func (in ClusterCreateInput) Validate() error {
 
 // flags renders the shared flags in the documented argv order.
 func (c Common) flags() []string {
-	args := []string{"--infra", c.Infra}
-	if c.Settings != "" {
-		args = append(args, "--settings", c.Settings)
-	}
+	args := []string{"--infra", c.Infra, "--settings", c.Settings}
 	if c.CheckMode {
 		args = append(args, "--check")
 	}
@@ -243,13 +243,13 @@ func (c Common) flags() []string {
 }
 
 // ServerArgs is the argv (after `nu <provisioning-path>`) for one server:
-// `server create --infra I [--settings S] [--check] [--wait] <server>`.
+// `server create --infra I --settings S [--check] [--wait] <server>`.
 func (in ServerCreateInput) ServerArgs(server string) []string {
 	return append(append([]string{"server", "create"}, in.flags()...), server)
 }
 
 // TaskservArgs is the argv for one server (or all, when server is ""):
-// `taskserv create <taskserv> --infra I [--settings S] [--check] [--wait] [<server>]`.
+// `taskserv create <taskserv> --infra I --settings S [--check] [--wait] [<server>]`.
 func (in TaskservCreateInput) TaskservArgs(server string) []string {
 	args := append([]string{"taskserv", "create", in.Taskserv}, in.flags()...)
 	if server != "" {
@@ -258,7 +258,7 @@ func (in TaskservCreateInput) TaskservArgs(server string) []string {
 	return args
 }
 
-// ClusterArgs is the argv: `cluster create <cluster> --infra I [--settings S] [--check] [--wait]`.
+// ClusterArgs is the argv: `cluster create <cluster> --infra I --settings S [--check] [--wait]`.
 func (in ClusterCreateInput) ClusterArgs() []string {
 	return append([]string{"cluster", "create", in.Cluster}, in.flags()...)
 }

@@ -165,9 +165,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 }
 
 func (a *App) startWorker() error {
-	env := []string{}
+	var env []string
 	// The demo provider keeps its state with the rest of the orchestrator's
-	// data unless the operator chose a place.
+	// data unless the operator chose a place. Later entries win, so
+	// ScriptEnv can still override it.
 	if os.Getenv("PROVISIONING_STATE_DIR") == "" {
 		abs, err := filepath.Abs(filepath.Join(a.cfg.DataDir, "provider-state"))
 		if err != nil {
@@ -175,6 +176,7 @@ func (a *App) startWorker() error {
 		}
 		env = append(env, "PROVISIONING_STATE_DIR="+abs)
 	}
+	env = append(env, a.cfg.ScriptEnv...)
 	acts := &activities.Activities{
 		Runner: &activities.NuRunner{
 			NuPath:     a.cfg.NuPath,

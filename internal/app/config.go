@@ -63,6 +63,10 @@ type Config struct {
 	TemporalLogLevel slog.Level
 	// ShutdownTimeout bounds graceful shutdown; default 15s.
 	ShutdownTimeout time.Duration
+
+	// ScriptEnv is extra KEY=VALUE environment for every Nushell run, on
+	// top of the process environment. Not a flag: for embedding and tests.
+	ScriptEnv []string
 }
 
 // Defaults.
