@@ -15,12 +15,18 @@ import (
 // activities' methods to r. Tests and the replayer use it too, so what is
 // registered is the same everywhere.
 func Register(r sdkworker.Registry, acts *activities.Activities) {
-	r.RegisterWorkflowWithOptions(workflows.ServerCreateWorkflow, workflow.RegisterOptions{Name: workflows.ServerCreateWorkflowName})
-	r.RegisterWorkflowWithOptions(workflows.TaskservCreateWorkflow, workflow.RegisterOptions{Name: workflows.TaskservCreateWorkflowName})
-	r.RegisterWorkflowWithOptions(workflows.ClusterCreateWorkflow, workflow.RegisterOptions{Name: workflows.ClusterCreateWorkflowName})
+	RegisterWorkflows(r)
 	if acts != nil {
 		r.RegisterActivity(acts)
 	}
+}
+
+// RegisterWorkflows adds only the workflows, under their stable names; the
+// replayer (which has no activities) uses it.
+func RegisterWorkflows(r sdkworker.WorkflowRegistry) {
+	r.RegisterWorkflowWithOptions(workflows.ServerCreateWorkflow, workflow.RegisterOptions{Name: workflows.ServerCreateWorkflowName})
+	r.RegisterWorkflowWithOptions(workflows.TaskservCreateWorkflow, workflow.RegisterOptions{Name: workflows.TaskservCreateWorkflowName})
+	r.RegisterWorkflowWithOptions(workflows.ClusterCreateWorkflow, workflow.RegisterOptions{Name: workflows.ClusterCreateWorkflowName})
 }
 
 // Options configures New.

@@ -3,6 +3,7 @@ package workflows
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -125,7 +126,7 @@ func run(ctx workflow.Context, j job) (storage.Task, error) {
 		now := workflow.Now(ctx)
 		st.task.StartedAt = &now
 		st.finish(ctx, storage.StatusFailed, "", "invalid input: "+err.Error())
-		if perr := st.project(ctx); perr != nil {
+		if perr := st.projectFinal(ctx); perr != nil {
 			return st.task, perr
 		}
 		return st.task, temporal.NewNonRetryableApplicationError(err.Error(), "InvalidInput", nil)
@@ -204,10 +205,7 @@ func run(ctx workflow.Context, j job) (storage.Task, error) {
 			}
 		}
 		st.finish(ctx, storage.StatusCancelled, st.combinedOutput(), "task cancelled")
-		// The workflow context is cancelled; the final projection must still
-		// reach the store.
-		dctx, _ := workflow.NewDisconnectedContext(ctx)
-		if err := st.project(dctx); err != nil {
+		if err := st.projectFinal(ctx); err != nil {
 			return st.task, err
 		}
 		return st.task, temporal.NewCanceledError("task cancelled")
@@ -222,13 +220,13 @@ func run(ctx workflow.Context, j job) (storage.Task, error) {
 	if len(failed) > 0 {
 		msg := fmt.Sprintf("%d of %d steps failed: %s", len(failed), len(st.task.Steps), strings.Join(failed, "; "))
 		st.finish(ctx, storage.StatusFailed, st.combinedOutput(), msg+"\n\n"+st.combinedErrors())
-		if err := st.project(ctx); err != nil {
+		if err := st.projectFinal(ctx); err != nil {
 			return st.task, err
 		}
 		return st.task, temporal.NewNonRetryableApplicationError(msg, "ProvisioningFailed", nil)
 	}
 	st.finish(ctx, storage.StatusCompleted, st.combinedOutput(), "")
-	if err := st.project(ctx); err != nil {
+	if err := st.projectFinal(ctx); err != nil {
 		return st.task, err
 	}
 	return st.task, nil
@@ -312,7 +310,21 @@ func (st *taskState) project(ctx workflow.Context) error {
 			},
 		},
 	})
-	return workflow.ExecuteLocalActivity(lctx, a.ProjectTask, st.task).Get(lctx, nil)
+	// Local activities get the argument itself, not a serialised copy: hand
+	// over a snapshot that later step updates cannot change.
+	snap := st.task
+	snap.Args = slices.Clone(st.task.Args)
+	snap.Dependencies = slices.Clone(st.task.Dependencies)
+	snap.Steps = slices.Clone(st.task.Steps)
+	return workflow.ExecuteLocalActivity(lctx, a.ProjectTask, snap).Get(lctx, nil)
+}
+
+// projectFinal writes a terminal snapshot. A terminal transition must reach
+// the store even when the workflow is being cancelled at that very moment,
+// so it runs on a disconnected context.
+func (st *taskState) projectFinal(ctx workflow.Context) error {
+	dctx, _ := workflow.NewDisconnectedContext(ctx)
+	return st.project(dctx)
 }
 
 func (st *taskState) combinedOutput() string {
@@ -324,7 +336,7 @@ func (st *taskState) combinedOutput() string {
 		if s.Output == "" {
 			continue
 		}
-		fmt.Fprintf(&b, "== %s ==\n%s", s.Name, s.Output)
+		b.WriteString(fmt.Sprintf("== %s ==\n%s", s.Name, s.Output))
 		if !strings.HasSuffix(s.Output, "\n") {
 			b.WriteString("\n")
 		}
@@ -338,7 +350,7 @@ func (st *taskState) combinedErrors() string {
 		if s.Error == "" {
 			continue
 		}
-		fmt.Fprintf(&b, "== %s (attempts: %d) ==\n%s\n", s.Name, s.Attempts, s.Error)
+		b.WriteString(fmt.Sprintf("== %s (attempts: %d) ==\n%s\n", s.Name, s.Attempts, s.Error))
 	}
 	return b.String()
 }

@@ -1,0 +1,150 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/provisioning/orchestrator/internal/app"
+	"github.com/provisioning/orchestrator/internal/testsupport"
+	"github.com/provisioning/orchestrator/storage"
+)
+
+// runApp runs app.Run with an already-cancelled context: enough to see
+// start-up validation fail without serving.
+func runApp(t *testing.T, args []string, stderr io.Writer) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return app.Run(ctx, args, stderr)
+}
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// child is the orchestrator running as a separate OS process.
+type child struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed when the process has exited
+	err  error         // Wait's result, valid after done
+}
+
+func startChild(t *testing.T, args []string, env []string, logPath string) *child {
+	t.Helper()
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	require.NoError(t, err)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(append(os.Environ(), childEnv+"=1", "ORCHESTRATOR_E2E_ARGS="+strings.Join(args, " ")), env...)
+	cmd.Stdout = logFile
+	cmd.Stderr = logFile
+	require.NoError(t, cmd.Start())
+	c := &child{cmd: cmd, done: make(chan struct{})}
+	go func() { c.err = cmd.Wait(); logFile.Close(); close(c.done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-c.done
+		if t.Failed() {
+			log, _ := os.ReadFile(logPath)
+			t.Logf("orchestrator log:\n%s", log)
+		}
+	})
+	return c
+}
+
+func waitHealthy(t *testing.T, base string, c *child, logPath string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-c.done:
+			t.Fatalf("orchestrator exited during start-up: %v", c.err)
+		default:
+		}
+		res, err := http.Get(base + "/health")
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("orchestrator not healthy after 60s")
+}
+
+// TestKillAndRestartLosesNothing SIGKILLs the orchestrator while tasks run
+// and starts it again on the same data dir: every task must finish, none
+// lost or stuck in Running.
+func TestKillAndRestartLosesNothing(t *testing.T) {
+	nu := testsupport.NuPath(t)
+	root := testsupport.RepoRoot(t)
+	dir := t.TempDir()
+	dataDir := filepath.Join(dir, "data")
+	stateDir := filepath.Join(dir, "provider-state")
+	logPath := filepath.Join(dir, "orchestrator.log")
+	port, tport := freePort(t), freePort(t)
+	args := []string{
+		"--port", fmt.Sprint(port), "--temporal-port", fmt.Sprint(tport), "--temporal-ui-port", "-1",
+		"--data-dir", dataDir, "--nu-path", nu,
+		"--provisioning-path", filepath.Join(root, "core", "nulib", "provisioning"),
+		"--heartbeat-timeout", "2s", "--retry-initial-interval", "100ms", "--retry-max-interval", "1s",
+		"--parallelism", "2", "--log-format", "json",
+	}
+	env := []string{"PROVISIONING_STATE_DIR=" + stateDir, "PROVISIONING_DEMO_DELAY_MS=1500"}
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+
+	first := startChild(t, args, env, logPath)
+	waitHealthy(t, base, first, logPath)
+	h := &harness{t: t, base: base}
+	var ids []string
+	for i := range 3 {
+		ids = append(ids, h.submit("/workflows/servers/create", serverBody(
+			fmt.Sprintf("s%d-a", i), fmt.Sprintf("s%d-b", i), fmt.Sprintf("s%d-c", i))))
+	}
+	// Kill while Nushell steps are in flight.
+	eventually(t, 30*time.Second, "nu processes running", func() bool { return len(taskProcesses(ids[0])) > 0 })
+	require.Equal(t, storage.StatusRunning, h.task(ids[0]).Status)
+	require.NoError(t, first.cmd.Process.Signal(syscall.SIGKILL))
+	<-first.done
+	// Pdeathsig takes the nu processes down with their parent.
+	for _, id := range ids {
+		eventually(t, 10*time.Second, "orphaned nu processes to die", func() bool { return len(taskProcesses(id)) == 0 })
+	}
+
+	second := startChild(t, args, env, logPath)
+	waitHealthy(t, base, second, logPath)
+	for _, id := range ids {
+		task, _ := waitTask(t, base, id, 90*time.Second, terminal)
+		require.Equal(t, storage.StatusCompleted, task.Status, "task %s: %v", id, task.Error)
+		for _, s := range task.Steps {
+			assert.Equal(t, storage.StatusCompleted, s.Status, "%s/%s", id, s.Name)
+			assert.FileExists(t, filepath.Join(stateDir, "production", "servers", s.Name+".json"))
+		}
+	}
+	r := h.get("/tasks?status=Running")
+	assert.Equal(t, "0", r.header.Get("X-Total-Count"), "tasks stuck in Running")
+
+	// A clean stop (SIGTERM) exits 0.
+	require.NoError(t, second.cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case <-second.done:
+		assert.NoError(t, second.err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("orchestrator did not stop within 30s of SIGTERM")
+	}
+}

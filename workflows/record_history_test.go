@@ -1,0 +1,189 @@
+//go:build recordhistory
+
+// The history recorder runs the workflows against a real (in-process)
+// Temporal server and writes their event histories to testdata/, where
+// replay_test.go replays them. It is behind a build tag so that the default
+// test binary does not link the Temporal server. Re-record with:
+//
+//	go test -tags recordhistory -run TestRecordHistories -count=1 ./workflows/
+//
+// and commit the changed testdata/*.json together with the workflow change
+// that made re-recording necessary (only ever for deliberate, versioned
+// changes: a replay failure on old histories means running workflows would
+// break).
+
+package workflows_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	enumspb "go.temporal.io/api/enums/v1"
+	historypb "go.temporal.io/api/history/v1"
+	"go.temporal.io/api/temporalproto"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
+	sdkworker "go.temporal.io/sdk/worker"
+	"go.temporal.io/server/temporaltest"
+
+	"github.com/provisioning/orchestrator/activities"
+	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/worker"
+	"github.com/provisioning/orchestrator/workflows"
+)
+
+func TestRecordHistories(t *testing.T) {
+	srv := temporaltest.NewServer(temporaltest.WithT(t))
+	c := srv.GetDefaultClient()
+	store := newFakeStore()
+	acts := &activities.Activities{Store: store, Logger: discardLogger}
+	const taskQueue = "record-histories"
+
+	// Steps of the cancelled task report here once they are running.
+	var startedMu sync.Mutex
+	started := map[string]bool{}
+	allStarted := make(chan struct{})
+	// cancelledSteps counts steps of that task that have returned; the
+	// Cancelled projection must come after both (WaitForCancellation).
+	var cancelledSteps, stepsDoneAtCancelledProjection atomic.Int32
+	stepsDoneAtCancelledProjection.Store(-1)
+
+	// runNushell stands in for activities.Activities.RunNushell (whose
+	// Runner needs nu): same name, same input and output types, same error
+	// conventions.
+	runNushell := func(ctx context.Context, step activities.NuStep) (activities.NuStepResult, error) {
+		info := activity.GetInfo(ctx)
+		res := activities.NuStepResult{Stdout: "created " + step.Step + "\n", DurationMS: 5, Attempt: info.Attempt}
+		switch step.TaskID {
+		case replayRetryTaskID:
+			if step.Step == "web-02" && info.Attempt == 1 {
+				res.ExitCode, res.Stdout, res.Stderr = 1, "", "ssh: connection reset by peer"
+				return res, temporal.NewApplicationErrorWithOptions("exit status 1", activities.ErrTypeNushellExit,
+					temporal.ApplicationErrorOptions{Details: []any{res}})
+			}
+		case replayCancelTaskID:
+			startedMu.Lock()
+			started[step.Step] = true
+			if len(started) == 2 {
+				close(allStarted)
+			}
+			startedMu.Unlock()
+			// Like the real activity: heartbeat until cancelled, then
+			// report the cancellation.
+			tick := time.NewTicker(100 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				activity.RecordHeartbeat(ctx, step.Step)
+				select {
+				case <-ctx.Done():
+					cancelledSteps.Add(1)
+					return res, ctx.Err()
+				case <-tick.C:
+				}
+			}
+		case replayFailedTaskID:
+			res.ExitCode, res.Stdout, res.Stderr = 2, "", "error: unknown taskserv version"
+			return res, temporal.NewApplicationErrorWithOptions("exit status 2", activities.ErrTypeNushellPermanent,
+				temporal.ApplicationErrorOptions{NonRetryable: true, Details: []any{res}})
+		}
+		return res, nil
+	}
+	projectTask := func(ctx context.Context, task storage.Task) error {
+		if task.ID == replayCancelTaskID && task.Status == storage.StatusCancelled {
+			stepsDoneAtCancelledProjection.Store(cancelledSteps.Load())
+		}
+		return acts.ProjectTask(ctx, task)
+	}
+	srv.NewWorker(taskQueue, func(r sdkworker.Registry) {
+		worker.Register(r, nil)
+		r.RegisterActivityWithOptions(runNushell, activity.RegisterOptions{Name: "RunNushell"})
+		r.RegisterActivityWithOptions(projectTask, activity.RegisterOptions{Name: "ProjectTask"})
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	start := func(workflowType string, id string, in any) client.WorkflowRun {
+		t.Helper()
+		run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: taskQueue}, workflowType, in)
+		require.NoError(t, err)
+		return run
+	}
+
+	// 1. Two servers, web-02 fails once and succeeds on its retry.
+	{
+		in := serverInput(replayRetryTaskID, "web-01", "web-02")
+		in.Policy.InitialInterval = 100 * time.Millisecond
+		run := start(workflows.ServerCreateWorkflowName, in.TaskID, in)
+		var task storage.Task
+		require.NoError(t, run.Get(ctx, &task))
+		require.Equal(t, storage.StatusCompleted, task.Status)
+		require.Equal(t, int32(2), task.Steps[1].Attempts)
+		writeHistory(t, ctx, c, run, replayRetryFile)
+	}
+
+	// 2. Two servers, cancelled while both are running.
+	{
+		in := serverInput(replayCancelTaskID, "web-01", "web-02")
+		// Cancellation reaches an activity through heartbeats, which the
+		// SDK throttles to 80% of the heartbeat timeout.
+		in.Policy.HeartbeatTimeout = 2 * time.Second
+		run := start(workflows.ServerCreateWorkflowName, in.TaskID, in)
+		select {
+		case <-allStarted:
+		case <-ctx.Done():
+			t.Fatal("steps of the task to cancel did not start")
+		}
+		require.NoError(t, c.CancelWorkflow(ctx, run.GetID(), run.GetRunID()))
+		err := run.Get(ctx, nil)
+		require.Error(t, err)
+		require.True(t, temporal.IsCanceledError(err), "want canceled, got %v", err)
+		last, err := store.last(replayCancelTaskID)
+		require.NoError(t, err)
+		require.Equal(t, storage.StatusCancelled, last.Status)
+		require.Equal(t, int32(2), stepsDoneAtCancelledProjection.Load(),
+			"the task said Cancelled before its steps had stopped")
+		writeHistory(t, ctx, c, run, replayCancelFile)
+	}
+
+	// 3. Taskserv for the whole infra, permanent failure.
+	{
+		in := workflows.TaskservCreateInput{
+			Common:   workflows.Common{TaskID: replayFailedTaskID, Infra: "production", Settings: "./settings.yaml", CreatedAt: createdAt},
+			Taskserv: "kubernetes",
+		}
+		run := start(workflows.TaskservCreateWorkflowName, in.TaskID, in)
+		err := run.Get(ctx, nil)
+		require.Error(t, err)
+		last, err := store.last(replayFailedTaskID)
+		require.NoError(t, err)
+		require.Equal(t, storage.StatusFailed, last.Status)
+		writeHistory(t, ctx, c, run, replayFailedFile)
+	}
+}
+
+// writeHistory writes the run's full history in the JSON format of
+// `temporal workflow show --output json`, which
+// WorkflowReplayer.ReplayWorkflowHistoryFromJSONFile reads.
+func writeHistory(t *testing.T, ctx context.Context, c client.Client, run client.WorkflowRun, name string) {
+	t.Helper()
+	hist := &historypb.History{}
+	it := c.GetWorkflowHistory(ctx, run.GetID(), run.GetRunID(), false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	for it.HasNext() {
+		ev, err := it.Next()
+		require.NoError(t, err)
+		hist.Events = append(hist.Events, ev)
+	}
+	b, err := temporalproto.CustomJSONMarshalOptions{Indent: "  "}.Marshal(hist)
+	require.NoError(t, err)
+	path := filepath.Join("testdata", name)
+	require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
+	require.NoError(t, os.WriteFile(path, append(b, '\n'), 0o644))
+	t.Logf("wrote %s (%d events)", path, len(hist.Events))
+}

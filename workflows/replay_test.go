@@ -1,0 +1,141 @@
+package workflows_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	enumspb "go.temporal.io/api/enums/v1"
+	historypb "go.temporal.io/api/history/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/log"
+	sdkworker "go.temporal.io/sdk/worker"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/worker"
+	"github.com/provisioning/orchestrator/workflows"
+)
+
+// Histories recorded from a real server by record_history_test.go
+// (go test -tags recordhistory -run TestRecordHistories -count=1 ./workflows/).
+const (
+	replayRetryFile  = "server_create_retry.json"
+	replayCancelFile = "server_create_cancelled.json"
+	replayFailedFile = "taskserv_create_failed.json"
+
+	replayRetryTaskID  = "7d0f4b4e-5a51-4d0c-8a8e-2b7f3c9d0a01"
+	replayCancelTaskID = "7d0f4b4e-5a51-4d0c-8a8e-2b7f3c9d0a02"
+	replayFailedTaskID = "7d0f4b4e-5a51-4d0c-8a8e-2b7f3c9d0a03"
+)
+
+func newReplayer() sdkworker.WorkflowReplayer {
+	r := sdkworker.NewWorkflowReplayer()
+	worker.RegisterWorkflows(r)
+	return r
+}
+
+func loadHistory(t *testing.T, name string) *historypb.History {
+	t.Helper()
+	f, err := os.Open(filepath.Join("testdata", name))
+	require.NoError(t, err, "record it with: go test -tags recordhistory -run TestRecordHistories -count=1 ./workflows/")
+	defer f.Close()
+	hist, err := client.HistoryFromJSON(f, client.HistoryJSONOptions{})
+	require.NoError(t, err)
+	require.NotEmpty(t, hist.Events)
+	return hist
+}
+
+func countEvents(hist *historypb.History, typ enumspb.EventType) int {
+	n := 0
+	for _, ev := range hist.Events {
+		if ev.GetEventType() == typ {
+			n++
+		}
+	}
+	return n
+}
+
+// The recorded histories are what they claim to be, so that replaying them
+// exercises retries, cancellation and failure.
+func TestReplayHistories_Content(t *testing.T) {
+	for _, tc := range []struct {
+		file         string
+		workflowType string
+		closeEvent   enumspb.EventType
+		activities   int // RunNushell activities scheduled
+	}{
+		{replayRetryFile, workflows.ServerCreateWorkflowName, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, 2},
+		{replayCancelFile, workflows.ServerCreateWorkflowName, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED, 2},
+		{replayFailedFile, workflows.TaskservCreateWorkflowName, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED, 1},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			hist := loadHistory(t, tc.file)
+			first, last := hist.Events[0], hist.Events[len(hist.Events)-1]
+			require.Equal(t, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED, first.GetEventType())
+			assert.Equal(t, tc.workflowType, first.GetWorkflowExecutionStartedEventAttributes().GetWorkflowType().GetName())
+			assert.Equal(t, tc.closeEvent, last.GetEventType())
+			assert.Equal(t, tc.activities, countEvents(hist, enumspb.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED))
+			// Every projection is a local activity marker; at least Running
+			// and the terminal one.
+			assert.GreaterOrEqual(t, countEvents(hist, enumspb.EVENT_TYPE_MARKER_RECORDED), 2)
+		})
+	}
+
+	t.Run("retry is recorded", func(t *testing.T) {
+		hist := loadHistory(t, replayRetryFile)
+		var attempts []int32
+		for _, ev := range hist.Events {
+			if a := ev.GetActivityTaskStartedEventAttributes(); a != nil {
+				attempts = append(attempts, a.GetAttempt())
+			}
+		}
+		assert.ElementsMatch(t, []int32{1, 2}, attempts, "web-01 succeeded first time, web-02 on its second attempt")
+	})
+	t.Run("cancel is recorded", func(t *testing.T) {
+		hist := loadHistory(t, replayCancelFile)
+		assert.Equal(t, 1, countEvents(hist, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED))
+		assert.Equal(t, 2, countEvents(hist, enumspb.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED))
+		assert.Equal(t, 2, countEvents(hist, enumspb.EVENT_TYPE_ACTIVITY_TASK_CANCELED),
+			"WaitForCancellation: the workflow waited for both steps to acknowledge")
+	})
+}
+
+// TestReplayHistories replays every recorded history against the current
+// workflow code: a failure means a change is not replay-safe and would break
+// running workflows (use workflow.GetVersion).
+func TestReplayHistories(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("testdata", "*.json"))
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, len(files), 3, "recorded histories are missing from testdata/")
+	for _, path := range files {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			require.NoError(t, newReplayer().ReplayWorkflowHistoryFromJSONFile(log.NewStructuredLogger(discardLogger), path))
+		})
+	}
+}
+
+// The replayer really compares the code with the history: a ServerCreate
+// that no longer runs one activity per server fails to replay.
+func TestReplayHistories_DetectsNondeterminism(t *testing.T) {
+	r := sdkworker.NewWorkflowReplayer()
+	sequentialWithoutProjection := func(ctx workflow.Context, in workflows.ServerCreateInput) (storage.Task, error) {
+		ctx = workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: 1})
+		for _, s := range in.Servers {
+			if err := workflow.ExecuteActivity(ctx, "RunNushell", in.ServerArgs(s)).Get(ctx, nil); err != nil {
+				return storage.Task{}, err
+			}
+		}
+		return storage.Task{}, nil
+	}
+	r.RegisterWorkflowWithOptions(sequentialWithoutProjection, workflow.RegisterOptions{Name: workflows.ServerCreateWorkflowName})
+	err := r.ReplayWorkflowHistoryFromJSONFile(log.NewStructuredLogger(discardLogger), filepath.Join("testdata", replayRetryFile))
+	require.Error(t, err)
+	// TMPRL1100 is the SDK's code for nondeterminism errors.
+	msg := err.Error()
+	assert.True(t, strings.Contains(msg, "TMPRL1100") || strings.Contains(strings.ToLower(msg), "nondetermin"),
+		"want a nondeterminism error, got %v", err)
+}
