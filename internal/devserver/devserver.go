@@ -155,10 +155,10 @@ func Start(o Options) (*Server, error) {
 		hosts[name] = static.SingleLocalHost(net.JoinHostPort(o.IP, strconv.Itoa(conf.Services[svc].RPC.GRPCPort)))
 	}
 	dyn := dynamicconfig.StaticClient{
-		dynamicconfig.HistoryCacheHostLevelMaxSize.Key():              8096,
+		dynamicconfig.HistoryCacheHostLevelMaxSize.Key():                 8096,
 		dynamicconfig.FrontendMaxNamespaceVisibilityRPSPerInstance.Key(): 100,
 		// A single-host dev server has no reason to throttle its only user.
-		dynamicconfig.FrontendRPS.Key():               10000,
+		dynamicconfig.FrontendRPS.Key():                                 10000,
 		dynamicconfig.FrontendNamespaceReplicationInducingAPIsRPS.Key(): 1000,
 	}
 	srv, err := temporal.NewServer(
