@@ -224,3 +224,27 @@ func stepsByName(task storage.Task) map[string]storage.StepResult {
 	}
 	return m
 }
+
+func TestHealthReportsStorageOutage(t *testing.T) {
+	h := startApp(t)
+	tasksDir := filepath.Join(h.dataDir, "queue.rkvs", "tasks")
+	moved := tasksDir + ".away"
+	require.NoError(t, os.Rename(tasksDir, moved))
+	// A regular file where the directory was: every write fails.
+	require.NoError(t, os.WriteFile(tasksDir, []byte("not a directory"), 0o644))
+
+	r := h.get("/health")
+	require.Equal(t, http.StatusServiceUnavailable, r.status, "%s", r.raw)
+	assert.Equal(t, "service_unavailable", r.env.Error.Code)
+	assert.Equal(t, "ok", r.env.Error.Details["temporal"])
+	assert.NotEqual(t, "ok", r.env.Error.Details["storage"])
+
+	// A create while the store is down answers 503 and starts nothing.
+	c := h.postJSON("/workflows/servers/create", serverBody("web-01"))
+	assert.Equal(t, http.StatusServiceUnavailable, c.status, "%s", c.raw)
+
+	require.NoError(t, os.Remove(tasksDir))
+	require.NoError(t, os.Rename(moved, tasksDir))
+	r = h.get("/health")
+	assert.Equal(t, http.StatusOK, r.status, "%s", r.raw)
+}

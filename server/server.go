@@ -231,8 +231,8 @@ func (s *Server) storeErr(err error) error {
 	return err
 }
 
-// ServerCreateRequest is the body of POST /workflows/servers/create.
-type ServerCreateRequest struct {
+// CreateServersRequest is the body of POST /workflows/servers/create.
+type CreateServersRequest struct {
 	Infra     string   `json:"infra"`
 	Settings  string   `json:"settings"`
 	Servers   []string `json:"servers"`
@@ -240,8 +240,8 @@ type ServerCreateRequest struct {
 	Wait      bool     `json:"wait"`
 }
 
-// TaskservCreateRequest is the body of POST /workflows/taskserv/create.
-type TaskservCreateRequest struct {
+// CreateTaskservRequest is the body of POST /workflows/taskserv/create.
+type CreateTaskservRequest struct {
 	Infra     string   `json:"infra"`
 	Settings  string   `json:"settings"`
 	Taskserv  string   `json:"taskserv"`
@@ -250,8 +250,8 @@ type TaskservCreateRequest struct {
 	Wait      bool     `json:"wait"`
 }
 
-// ClusterCreateRequest is the body of POST /workflows/cluster/create.
-type ClusterCreateRequest struct {
+// CreateClusterRequest is the body of POST /workflows/cluster/create.
+type CreateClusterRequest struct {
 	Infra     string `json:"infra"`
 	Settings  string `json:"settings"`
 	Cluster   string `json:"cluster"`
@@ -272,7 +272,7 @@ func (s *Server) common(infra, settings string, check, wait bool) workflows.Comm
 }
 
 func (s *Server) createServers(c echo.Context) error {
-	var req ServerCreateRequest
+	var req CreateServersRequest
 	if err := s.decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -284,7 +284,7 @@ func (s *Server) createServers(c echo.Context) error {
 }
 
 func (s *Server) createTaskserv(c echo.Context) error {
-	var req TaskservCreateRequest
+	var req CreateTaskservRequest
 	if err := s.decodeJSON(c, &req); err != nil {
 		return err
 	}
@@ -296,7 +296,7 @@ func (s *Server) createTaskserv(c echo.Context) error {
 }
 
 func (s *Server) createCluster(c echo.Context) error {
-	var req ClusterCreateRequest
+	var req CreateClusterRequest
 	if err := s.decodeJSON(c, &req); err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,7 +34,7 @@ func ServerCreateWorkflow(ctx workflow.Context, in ServerCreateInput) (storage.T
 		workflow: ServerCreateWorkflowName,
 		name:     "server create " + in.Infra,
 		command:  "server create",
-		args:     append(in.Common.flags(), in.Servers...),
+		args:     append(in.flags(), in.Servers...),
 		steps:    steps,
 		validate: in.Validate,
 	})
@@ -54,7 +55,7 @@ func TaskservCreateWorkflow(ctx workflow.Context, in TaskservCreateInput) (stora
 		workflow: TaskservCreateWorkflowName,
 		name:     "taskserv create " + in.Taskserv,
 		command:  "taskserv create",
-		args:     append(append([]string{in.Taskserv}, in.Common.flags()...), in.Servers...),
+		args:     append(append([]string{in.Taskserv}, in.flags()...), in.Servers...),
 		steps:    steps,
 		validate: in.Validate,
 	})
@@ -67,7 +68,7 @@ func ClusterCreateWorkflow(ctx workflow.Context, in ClusterCreateInput) (storage
 		workflow: ClusterCreateWorkflowName,
 		name:     "cluster create " + in.Cluster,
 		command:  "cluster create",
-		args:     append([]string{in.Cluster}, in.Common.flags()...),
+		args:     append([]string{in.Cluster}, in.flags()...),
 		steps:    []step{{name: in.Cluster, args: in.ClusterArgs()}},
 		validate: in.Validate,
 	})
@@ -336,7 +337,7 @@ func (st *taskState) combinedOutput() string {
 		if s.Output == "" {
 			continue
 		}
-		b.WriteString(fmt.Sprintf("== %s ==\n%s", s.Name, s.Output))
+		b.WriteString("== " + s.Name + " ==\n" + s.Output)
 		if !strings.HasSuffix(s.Output, "\n") {
 			b.WriteString("\n")
 		}
@@ -350,7 +351,7 @@ func (st *taskState) combinedErrors() string {
 		if s.Error == "" {
 			continue
 		}
-		b.WriteString(fmt.Sprintf("== %s (attempts: %d) ==\n%s\n", s.Name, s.Attempts, s.Error))
+		b.WriteString("== " + s.Name + " (attempts: " + strconv.Itoa(int(s.Attempts)) + ") ==\n" + s.Error + "\n")
 	}
 	return b.String()
 }

@@ -39,6 +39,13 @@ import (
 	"github.com/provisioning/orchestrator/workflows"
 )
 
+// Workflow (task) IDs of the recorded histories.
+const (
+	replayRetryTaskID  = "7d0f4b4e-5a51-4d0c-8a8e-2b7f3c9d0a01"
+	replayCancelTaskID = "7d0f4b4e-5a51-4d0c-8a8e-2b7f3c9d0a02"
+	replayFailedTaskID = "7d0f4b4e-5a51-4d0c-8a8e-2b7f3c9d0a03"
+)
+
 func TestRecordHistories(t *testing.T) {
 	srv := temporaltest.NewServer(temporaltest.WithT(t))
 	c := srv.GetDefaultClient()

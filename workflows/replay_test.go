@@ -26,10 +26,6 @@ const (
 	replayRetryFile  = "server_create_retry.json"
 	replayCancelFile = "server_create_cancelled.json"
 	replayFailedFile = "taskserv_create_failed.json"
-
-	replayRetryTaskID  = "7d0f4b4e-5a51-4d0c-8a8e-2b7f3c9d0a01"
-	replayCancelTaskID = "7d0f4b4e-5a51-4d0c-8a8e-2b7f3c9d0a02"
-	replayFailedTaskID = "7d0f4b4e-5a51-4d0c-8a8e-2b7f3c9d0a03"
 )
 
 func newReplayer() sdkworker.WorkflowReplayer {

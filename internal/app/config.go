@@ -146,7 +146,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		}
 		if v := getenv(EnvName(f.Name)); v != "" {
 			if err := fs.Set(f.Name, v); err != nil {
-				envErr = fmt.Errorf("invalid value %q for %s (flag --%s): %v", v, EnvName(f.Name), f.Name, err)
+				envErr = fmt.Errorf("invalid value %q for %s (flag --%s): %w", v, EnvName(f.Name), f.Name, err)
 			}
 		}
 	})
