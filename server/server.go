@@ -137,9 +137,9 @@ func (s *Server) listTasks(c echo.Context) error {
 	q := c.QueryParams()
 	for k := range q {
 		switch k {
-		case "status", "limit", "offset":
+		case "status", "limit", "offset", "workflow_type":
 		default:
-			return fieldErr(k, "unknown query parameter (use status, limit, offset)")
+			return fieldErr(k, "unknown query parameter (use status, limit, offset, workflow_type)")
 		}
 	}
 	if v := q.Get("status"); v != "" {
@@ -149,6 +149,7 @@ func (s *Server) listTasks(c echo.Context) error {
 		}
 		f.Status = st
 	}
+	f.WorkflowType = q.Get("workflow_type")
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > storage.MaxLimit {

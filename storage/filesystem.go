@@ -134,6 +134,7 @@ func keyOf(fi fs.FileInfo) fileKey {
 type indexEntry struct {
 	id      string
 	status  TaskStatus
+	wfType  string
 	created time.Time
 }
 
@@ -307,7 +308,7 @@ func (f *Filesystem) List(ctx context.Context, lf ListFilter) ([]Task, int, erro
 	limit = min(limit, MaxLimit)
 	offset := max(lf.Offset, 0)
 	if f.noIndexCache {
-		return f.listUncached(ctx, lf.Status, offset, limit)
+		return f.listUncached(ctx, lf, offset, limit)
 	}
 
 	for attempt := 1; ; attempt++ {
@@ -315,20 +316,20 @@ func (f *Filesystem) List(ctx context.Context, lf ListFilter) ([]Task, int, erro
 		if err != nil {
 			return nil, 0, err
 		}
-		page, total := selectPage(idx, lf.Status, offset, limit)
+		page, total := selectPage(idx, lf, offset, limit)
 		out := make([]Task, 0, len(page))
 		stale := false
 		last := attempt == listAttempts
 		for _, e := range page {
 			t, _, err := f.readFile(e.id)
 			switch {
-			case err == nil && t.Status == e.status && t.CreatedAt.Equal(e.created):
+			case err == nil && t.Status == e.status && t.WorkflowType == e.wfType && t.CreatedAt.Equal(e.created):
 				out = append(out, t)
 			case err == nil:
 				// Changed since the index saw it: the next attempt re-reads it.
 				stale = true
 				f.invalidate(e.id)
-				if last && (lf.Status == "" || t.Status == lf.Status) {
+				if last && matches(lf, t.Status, t.WorkflowType) {
 					out = append(out, t)
 				}
 			case errors.Is(err, ErrNotFound), errors.Is(err, errCorrupt):
@@ -742,7 +743,7 @@ func (f *Filesystem) readIndexEntries(ctx context.Context, todo []indexRead) {
 		f.parses.Add(1)
 		r.key, r.err = key, err
 		if err == nil {
-			r.entry = indexEntry{id: t.ID, status: t.Status, created: t.CreatedAt}
+			r.entry = indexEntry{id: t.ID, status: t.Status, wfType: t.WorkflowType, created: t.CreatedAt}
 		}
 	}
 	workers := min(runtime.GOMAXPROCS(0), 8, len(todo)/64+1)
@@ -778,7 +779,7 @@ func (f *Filesystem) invalidate(id string) {
 }
 
 // listUncached is List without the index: read and parse every file.
-func (f *Filesystem) listUncached(ctx context.Context, status TaskStatus, offset, limit int) ([]Task, int, error) {
+func (f *Filesystem) listUncached(ctx context.Context, lf ListFilter, offset, limit int) ([]Task, int, error) {
 	files, err := f.scanDir(ctx)
 	if err != nil {
 		return nil, 0, err
@@ -796,7 +797,7 @@ func (f *Filesystem) listUncached(ctx context.Context, status TaskStatus, offset
 		default:
 			return nil, 0, err
 		}
-		if status == "" || t.Status == status {
+		if matches(lf, t.Status, t.WorkflowType) {
 			matched = append(matched, t)
 		}
 	}
@@ -817,9 +818,14 @@ func compareEntries(a, b indexEntry) int {
 	return cmp.Compare(b.id, a.id)
 }
 
-func selectPage(idx []indexEntry, status TaskStatus, offset, limit int) (page []indexEntry, total int) {
+// matches applies a ListFilter's selection (not its paging).
+func matches(lf ListFilter, status TaskStatus, wfType string) bool {
+	return (lf.Status == "" || status == lf.Status) && (lf.WorkflowType == "" || wfType == lf.WorkflowType)
+}
+
+func selectPage(idx []indexEntry, lf ListFilter, offset, limit int) (page []indexEntry, total int) {
 	for _, e := range idx {
-		if status != "" && e.status != status {
+		if !matches(lf, e.status, e.wfType) {
 			continue
 		}
 		if total >= offset && len(page) < limit {

@@ -99,6 +99,9 @@ type Progress struct {
 type ListFilter struct {
 	// Status, when non-empty, keeps only tasks in that status.
 	Status TaskStatus
+	// WorkflowType, when non-empty, keeps only tasks of that workflow type
+	// (e.g. test environments).
+	WorkflowType string
 	// Limit is the page size; 0 means DefaultLimit.
 	Limit int
 	// Offset skips that many matching tasks.

@@ -47,6 +47,7 @@ func Run(t *testing.T, newStore func(t *testing.T) storage.Store) {
 		{"ListEmpty", testListEmpty},
 		{"ListOrdering", testListOrdering},
 		{"ListStatusFilter", testListStatusFilter},
+		{"ListWorkflowTypeFilter", testListWorkflowTypeFilter},
 		{"ListLimitOffsetTotal", testListLimitOffsetTotal},
 		{"ListDefaultLimit", testListDefaultLimit},
 		{"ListReturnsFullTasks", testListReturnsFullTasks},
@@ -659,4 +660,49 @@ func testCanceledContext(t *testing.T, s storage.Store) {
 
 func testPing(t *testing.T, s storage.Store) {
 	require.NoError(t, s.Ping(context.Background()))
+}
+
+func testListWorkflowTypeFilter(t *testing.T, s storage.Store) {
+	ctx := context.Background()
+	var envs, servers []string
+	for i := range 6 {
+		task := minimalTask(NewID(), storage.StatusRunning, base.Add(time.Duration(i)*time.Minute))
+		if i%3 == 0 {
+			task.WorkflowType = "TestEnvironment"
+			envs = append([]string{task.ID}, envs...)
+		} else {
+			task.WorkflowType = "ServerCreate"
+			servers = append([]string{task.ID}, servers...)
+		}
+		require.NoError(t, s.Create(ctx, task))
+	}
+	ids := func(ts []storage.Task) []string {
+		var out []string
+		for _, t := range ts {
+			out = append(out, t.ID)
+		}
+		return out
+	}
+	got, total, err := s.List(ctx, storage.ListFilter{WorkflowType: "TestEnvironment"})
+	require.NoError(t, err)
+	assert.Equal(t, 2, total)
+	assert.Equal(t, envs, ids(got))
+
+	got, total, err = s.List(ctx, storage.ListFilter{WorkflowType: "ServerCreate", Status: storage.StatusRunning, Limit: 2, Offset: 1})
+	require.NoError(t, err)
+	assert.Equal(t, 4, total)
+	assert.Equal(t, servers[1:3], ids(got))
+
+	// A type change is seen by the filter (the index must not go stale).
+	moved := got[0]
+	moved.WorkflowType = "TestEnvironment"
+	moved.Version++
+	require.NoError(t, s.Put(ctx, moved))
+	_, total, err = s.List(ctx, storage.ListFilter{WorkflowType: "TestEnvironment"})
+	require.NoError(t, err)
+	assert.Equal(t, 3, total)
+
+	_, total, err = s.List(ctx, storage.ListFilter{WorkflowType: "Nope"})
+	require.NoError(t, err)
+	assert.Zero(t, total)
 }
