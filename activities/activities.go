@@ -42,6 +42,9 @@ type Activities struct {
 	Runner *NuRunner
 	// Store receives task projections.
 	Store storage.Store
+	// Docker runs test environments; nil on workers without an engine
+	// (their environment activities fail with ErrTypeNoDocker).
+	Docker *DockerRuntime
 	// Logger, default slog.Default().
 	Logger *slog.Logger
 }

@@ -17,6 +17,7 @@ import (
 	"go.temporal.io/sdk/client"
 
 	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/testenv"
 	"github.com/provisioning/orchestrator/workflows"
 )
 
@@ -37,6 +38,8 @@ type Options struct {
 	Logger *slog.Logger
 	// MaxBodyBytes, default DefaultMaxBodyBytes.
 	MaxBodyBytes int64
+	// TestEnv configures the test environment endpoints.
+	TestEnv TestEnvOptions
 }
 
 // Server is the REST façade; it implements http.Handler.
@@ -48,6 +51,7 @@ type Server struct {
 	policy    workflows.ExecPolicy
 	log       *slog.Logger
 	maxBody   int64
+	envOpts   TestEnvOptions
 }
 
 // New builds the router.
@@ -60,6 +64,16 @@ func New(o Options) *Server {
 		policy:    o.Policy,
 		log:       o.Logger,
 		maxBody:   o.MaxBodyBytes,
+		envOpts:   o.TestEnv,
+	}
+	if s.envOpts.Templates == nil {
+		s.envOpts.Templates = testenv.DefaultTemplates()
+	}
+	if s.envOpts.DefaultTTL <= 0 {
+		s.envOpts.DefaultTTL = workflows.DefaultEnvTTL
+	}
+	if s.envOpts.RunWait <= 0 {
+		s.envOpts.RunWait = 15 * time.Minute
 	}
 	if s.taskQueue == "" {
 		s.taskQueue = workflows.DefaultTaskQueue
@@ -84,6 +98,7 @@ func New(o Options) *Server {
 	s.e.POST("/workflows/servers/create", s.createServers)
 	s.e.POST("/workflows/taskserv/create", s.createTaskserv)
 	s.e.POST("/workflows/cluster/create", s.createCluster)
+	s.routeTestEnv()
 	return s
 }
 
@@ -124,6 +139,14 @@ func (s *Server) health(c echo.Context) error {
 		healthy = false
 	} else {
 		deps["storage"] = "ok"
+	}
+	if s.envOpts.Docker == nil {
+		deps["docker"] = "not configured (test environments disabled)"
+	} else if _, err := s.envOpts.Docker.Client.Ping(ctx); err != nil {
+		deps["docker"] = err.Error()
+		healthy = false
+	} else {
+		deps["docker"] = "ok"
 	}
 	if !healthy {
 		return &APIError{Status: http.StatusServiceUnavailable, Body: ErrorBody{
@@ -320,7 +343,6 @@ func validationErr(err error) error {
 // If the start fails the Pending record is removed again, so a failed
 // request leaves nothing behind.
 func (s *Server) start(c echo.Context, common workflows.Common, wfType, name, command string, input any) error {
-	ctx := c.Request().Context()
 	task := storage.Normalize(storage.Task{
 		ID:           common.TaskID,
 		Name:         name,
@@ -330,6 +352,12 @@ func (s *Server) start(c echo.Context, common workflows.Common, wfType, name, co
 		UpdatedAt:    common.CreatedAt,
 		WorkflowType: wfType,
 	})
+	return s.startTask(c, task, wfType, input)
+}
+
+// startTask stores task (Pending) and starts its workflow with ID = task ID.
+func (s *Server) startTask(c echo.Context, task storage.Task, wfType string, input any) error {
+	ctx := c.Request().Context()
 	if err := s.store.Create(ctx, task); err != nil {
 		if errors.Is(err, storage.ErrExists) {
 			return conflict(fmt.Sprintf("task %s already exists", task.ID))
@@ -337,7 +365,7 @@ func (s *Server) start(c echo.Context, common workflows.Common, wfType, name, co
 		return s.storeErr(err)
 	}
 	_, err := s.client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
-		ID:                       common.TaskID,
+		ID:                       task.ID,
 		TaskQueue:                s.taskQueue,
 		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
 		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,

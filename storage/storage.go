@@ -6,6 +6,7 @@ package storage
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -86,6 +87,9 @@ type Task struct {
 	Version int64 `json:"version"`
 	// UpdatedAt is when the last transition happened (workflow time).
 	UpdatedAt time.Time `json:"updated_at"`
+	// Environment holds a test environment's full state (JSON) for tasks
+	// of workflow type TestEnvironment; absent for other tasks.
+	Environment json.RawMessage `json:"environment,omitempty"`
 }
 
 // Progress counts a task's finished steps.

@@ -5,6 +5,8 @@
 // deterministic, so workflows can use it.
 package testenv
 
+import "slices"
+
 // Label keys put on every Docker object this service creates. Cleanup and
 // the janitor select by them and never touch objects without ManagedByLabel.
 const (
@@ -18,6 +20,9 @@ const (
 	NodeLabel = "io.provisioning.orchestrator/node"
 	// RoleLabel holds the node role (containers only).
 	RoleLabel = "io.provisioning.orchestrator/role"
+	// InstanceLabel names the orchestrator deployment (--instance) that
+	// made the object; each janitor sweeps only its own instance's objects.
+	InstanceLabel = "io.provisioning.orchestrator/instance"
 )
 
 // Plan is everything needed to create one environment's Docker objects.
@@ -32,6 +37,66 @@ type Plan struct {
 	Nodes []NodePlan `json:"nodes"`
 	// Labels common to every object of the environment (managed-by, env id).
 	Labels map[string]string `json:"labels"`
+	// Type is the request's config.type.
+	Type string `json:"type"`
+	// ClusterType is the request's cluster_type, else the template's.
+	ClusterType string `json:"cluster_type,omitempty"`
+	// Template is the template the nodes came from, if any.
+	Template string `json:"template,omitempty"`
+}
+
+// NetworkName is the environment's network: "orch-env-<envID>".
+func NetworkName(envID string) string { return "orch-env-" + envID }
+
+// ContainerName is a node's container: "orch-<first 8 of envID>-<node>".
+func ContainerName(envID, node string) string {
+	short := envID
+	if len(short) > 8 {
+		short = short[:8]
+	}
+	return "orch-" + short + "-" + node
+}
+
+// EnvLabels are the labels on every object of the environment: managed-by
+// and the environment id. Cleanup filters on them.
+func EnvLabels(envID string) map[string]string {
+	return map[string]string{ManagedByLabel: ManagedByValue, EnvIDLabel: envID}
+}
+
+// NodeLabels are a node container's labels: EnvLabels plus node and role.
+func NodeLabels(envID, node, role string) map[string]string {
+	l := EnvLabels(envID)
+	l[NodeLabel] = node
+	l[RoleLabel] = role
+	return l
+}
+
+// NodeNames returns the node names in plan order.
+func (p Plan) NodeNames() []string {
+	names := make([]string, len(p.Nodes))
+	for i, n := range p.Nodes {
+		names[i] = n.Name
+	}
+	return names
+}
+
+// Node returns the named node.
+func (p Plan) Node(name string) (NodePlan, bool) {
+	i := slices.IndexFunc(p.Nodes, func(n NodePlan) bool { return n.Name == name })
+	if i < 0 {
+		return NodePlan{}, false
+	}
+	return p.Nodes[i], true
+}
+
+// DefaultTests are the default checks of every node, in node order (see
+// DefaultChecks).
+func (p Plan) DefaultTests() []TestSpec {
+	var out []TestSpec
+	for _, n := range p.Nodes {
+		out = append(out, DefaultChecks(p, n)...)
+	}
+	return out
 }
 
 // NodePlan is one container.
@@ -47,8 +112,7 @@ type NodePlan struct {
 	NanoCPUs int64 `json:"nano_cpus"`
 	// MemoryBytes is memory_mb * 1 MiB; 0 = unlimited.
 	MemoryBytes int64 `json:"memory_bytes"`
-	// Command keeps the container alive for exec'd tests; default
-	// ["sleep", "infinity"]-like command chosen by the plan builder.
+	// Command keeps the container alive for exec'd tests: KeepAliveCommand.
 	Command []string `json:"command"`
 	// Labels: the plan's labels plus node and role.
 	Labels map[string]string `json:"labels"`

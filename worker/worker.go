@@ -27,6 +27,7 @@ func RegisterWorkflows(r sdkworker.WorkflowRegistry) {
 	r.RegisterWorkflowWithOptions(workflows.ServerCreateWorkflow, workflow.RegisterOptions{Name: workflows.ServerCreateWorkflowName})
 	r.RegisterWorkflowWithOptions(workflows.TaskservCreateWorkflow, workflow.RegisterOptions{Name: workflows.TaskservCreateWorkflowName})
 	r.RegisterWorkflowWithOptions(workflows.ClusterCreateWorkflow, workflow.RegisterOptions{Name: workflows.ClusterCreateWorkflowName})
+	r.RegisterWorkflowWithOptions(workflows.TestEnvironmentWorkflow, workflow.RegisterOptions{Name: workflows.TestEnvironmentWorkflowName})
 }
 
 // Options configures New.

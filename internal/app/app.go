@@ -24,6 +24,7 @@ import (
 	"github.com/provisioning/orchestrator/internal/devserver"
 	"github.com/provisioning/orchestrator/server"
 	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/testenv"
 	"github.com/provisioning/orchestrator/worker"
 )
 
@@ -38,7 +39,21 @@ type App struct {
 	http     *http.Server
 	httpAddr string
 	httpErr  chan error
+	docker   *activities.DockerRuntime
+	janitor  *worker.Janitor
+	stopBg   context.CancelFunc
+	bgDone   chan struct{}
 }
+
+// Config is the configuration the app runs with.
+func (a *App) Config() Config { return a.cfg }
+
+// Docker is the Docker runtime, nil when no engine was reachable at start.
+func (a *App) Docker() *activities.DockerRuntime { return a.docker }
+
+// Janitor sweeps leftover Docker objects; nil without Docker or outside
+// worker mode.
+func (a *App) Janitor() *worker.Janitor { return a.janitor }
 
 // HTTPAddr is the REST API's host:port ("" in worker mode).
 func (a *App) HTTPAddr() string { return a.httpAddr }
@@ -151,6 +166,17 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		return nil, fmt.Errorf("--storage-type %q is not supported", cfg.StorageType)
 	}
 
+	// Docker is optional: without it provisioning works and test
+	// environments fail with a clear error.
+	dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
+	a.docker, err = activities.NewDockerRuntime(dctx)
+	dcancel()
+	if err != nil {
+		log.Warn("Docker engine unavailable: test environments disabled", "error", err)
+		a.docker = nil
+	} else {
+		a.docker.Logger = log
+	}
 	if cfg.Mode == ModeServe || cfg.Mode == ModeWorker {
 		if err := a.startWorker(); err != nil {
 			return nil, err
@@ -184,6 +210,7 @@ func (a *App) startWorker() error {
 			Env:        env,
 		},
 		Store:  a.store,
+		Docker: a.docker,
 		Logger: a.log,
 	}
 	a.worker = worker.New(a.client, acts, worker.Options{
@@ -194,17 +221,40 @@ func (a *App) startWorker() error {
 		a.worker = nil
 		return fmt.Errorf("start worker on task queue %q: %w", a.cfg.TaskQueue, err)
 	}
+	if a.docker != nil {
+		a.janitor = &worker.Janitor{Docker: a.docker, Client: a.client, Logger: a.log, Instance: a.cfg.Instance}
+	}
+	if a.janitor != nil && a.cfg.JanitorInterval > 0 {
+		bg, cancel := context.WithCancel(context.Background())
+		a.stopBg = cancel
+		a.bgDone = make(chan struct{})
+		go func() {
+			defer close(a.bgDone)
+			a.janitor.Run(bg, a.cfg.JanitorInterval)
+		}()
+	}
 	a.log.Info("worker started", "task_queue", a.cfg.TaskQueue, "nu_path", a.cfg.NuPath, "provisioning_path", a.cfg.ProvisioningPath)
 	return nil
 }
 
 func (a *App) startHTTP() error {
+	templates, err := testenv.LoadTemplates(a.cfg.TestTopologies...)
+	if err != nil {
+		return fmt.Errorf("--test-topologies: %w", err)
+	}
 	srv := server.New(server.Options{
 		Client:    a.client,
 		Store:     a.store,
 		TaskQueue: a.cfg.TaskQueue,
 		Policy:    a.cfg.Policy,
 		Logger:    a.log,
+		TestEnv: server.TestEnvOptions{
+			Templates:    templates,
+			DefaultImage: a.cfg.TestBaseImage,
+			DefaultTTL:   a.cfg.TestEnvTTL,
+			Docker:       a.docker,
+			Instance:     a.cfg.Instance,
+		},
 	})
 	ln, err := net.Listen("tcp", net.JoinHostPort(a.cfg.Host, strconv.Itoa(a.cfg.Port)))
 	if err != nil {
@@ -232,9 +282,18 @@ func (a *App) Stop(ctx context.Context) {
 		}
 		a.http = nil
 	}
+	if a.stopBg != nil {
+		a.stopBg()
+		<-a.bgDone
+		a.stopBg = nil
+	}
 	if a.worker != nil {
 		a.worker.Stop()
 		a.worker = nil
+	}
+	if a.docker != nil {
+		_ = a.docker.Close()
+		a.docker = nil
 	}
 	if a.client != nil {
 		a.client.Close()

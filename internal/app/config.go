@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/provisioning/orchestrator/testenv"
 	"github.com/provisioning/orchestrator/workflows"
 )
 
@@ -64,6 +65,22 @@ type Config struct {
 	// ShutdownTimeout bounds graceful shutdown; default 15s.
 	ShutdownTimeout time.Duration
 
+	// TestBaseImage is the image of test-environment nodes that name none;
+	// default ubuntu:22.04.
+	TestBaseImage string
+	// TestEnvTTL bounds environments that ask for no ttl; default 2h.
+	TestEnvTTL time.Duration
+	// TestTopologies are extra template files (TOML) added to the built-in
+	// ones.
+	TestTopologies []string
+	// Instance names this deployment on every Docker object it creates;
+	// its janitor sweeps only objects of the same instance. Default
+	// "default".
+	Instance string
+	// JanitorInterval between sweeps for leftover Docker objects; 0
+	// disables the janitor. Default 5m.
+	JanitorInterval time.Duration
+
 	// ScriptEnv is extra KEY=VALUE environment for every Nushell run, on
 	// top of the process environment. Not a flag: for embedding and tests.
 	ScriptEnv []string
@@ -80,6 +97,7 @@ const (
 	DefaultNamespace        = "default"
 	DefaultTemporalPort     = 7233
 	DefaultTemporalUIPort   = 8233
+	DefaultTestBaseImage    = "ubuntu:22.04"
 )
 
 // EnvPrefix prefixes the environment variable of every flag:
@@ -130,6 +148,11 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	temporalLogLevel := fs.String("temporal-log-level", "warn", "log level of the embedded Temporal server")
 	fs.StringVar(&cfg.LogFormat, "log-format", "auto", "json, text, or auto (text on a terminal, json otherwise)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "bound on graceful shutdown")
+	fs.StringVar(&cfg.TestBaseImage, "test-base-image", DefaultTestBaseImage, "image for test-environment nodes that name no base_image")
+	fs.DurationVar(&cfg.TestEnvTTL, "test-env-ttl", 2*time.Hour, "lifetime of test environments that ask for no ttl")
+	topologies := fs.String("test-topologies", "", "extra topology template file(s) (TOML), comma-separated")
+	fs.StringVar(&cfg.Instance, "instance", "default", "deployment name labelled on Docker objects; the janitor sweeps only its own")
+	fs.DurationVar(&cfg.JanitorInterval, "janitor-interval", 5*time.Minute, "sweep for leftover Docker objects this often (0 disables)")
 
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
@@ -154,6 +177,11 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		return cfg, envErr
 	}
 	cfg.Policy.MaxAttempts = int32(maxAttempts)
+	for _, p := range strings.Split(*topologies, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			cfg.TestTopologies = append(cfg.TestTopologies, p)
+		}
+	}
 	var err error
 	if cfg.LogLevel, err = parseLevel("log-level", *logLevel); err != nil {
 		return cfg, err
@@ -242,6 +270,18 @@ func (c Config) Validate() error {
 	case "auto", "json", "text":
 	default:
 		bad("log-format", "%q is not one of auto, json, text", c.LogFormat)
+	}
+	if c.TestBaseImage == "" {
+		bad("test-base-image", "must not be empty")
+	}
+	if c.TestEnvTTL < time.Second || c.TestEnvTTL > 7*24*time.Hour {
+		bad("test-env-ttl", "%s must be from 1s to 168h", c.TestEnvTTL)
+	}
+	if err := testenv.ValidateName("instance", c.Instance); err != nil {
+		bad("instance", "%v", err)
+	}
+	if c.JanitorInterval < 0 {
+		bad("janitor-interval", "must not be negative")
 	}
 	if c.ShutdownTimeout <= 0 {
 		bad("shutdown-timeout", "must be positive")

@@ -58,6 +58,7 @@ type Server struct {
 	srv      temporal.Server
 	ui       *uiserver.Server
 	lock     *os.File
+	logLevel *slog.LevelVar
 	address  string
 	uiAddr   string
 	dbPath   string
@@ -177,10 +178,11 @@ func Start(o Options) (*Server, error) {
 		return nil, fmt.Errorf("devserver: start: %w", err)
 	}
 	s := &Server{
-		srv:     srv,
-		lock:    lock,
-		address: net.JoinHostPort(o.IP, strconv.Itoa(o.FrontendPort)),
-		dbPath:  dbPath,
+		srv:      srv,
+		lock:     lock,
+		logLevel: logger.level,
+		address:  net.JoinHostPort(o.IP, strconv.Itoa(o.FrontendPort)),
+		dbPath:   dbPath,
 	}
 	if o.UIPort > 0 {
 		s.uiAddr = net.JoinHostPort(o.IP, strconv.Itoa(o.UIPort))
@@ -211,6 +213,9 @@ func (s *Server) Stop() {
 		return
 	}
 	s.stopOnce = true
+	// Its internal workers complain loudly about the connections that the
+	// shutdown itself closes; only real errors are worth showing now.
+	s.logLevel.Set(slog.LevelError)
 	if s.ui != nil {
 		s.ui.Stop()
 	}

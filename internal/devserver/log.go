@@ -12,13 +12,15 @@ import (
 // at its own level because the server logs a great deal at info.
 type slogAdapter struct {
 	l     *slog.Logger
-	level slog.Level
+	level *slog.LevelVar
 }
 
 var _ log.Logger = slogAdapter{}
 
 func newLogger(l *slog.Logger, level slog.Level) slogAdapter {
-	return slogAdapter{l: l, level: level}
+	v := new(slog.LevelVar)
+	v.Set(level)
+	return slogAdapter{l: l, level: v}
 }
 
 func (s slogAdapter) Debug(msg string, tags ...tag.Tag)  { s.log(slog.LevelDebug, msg, tags) }
@@ -30,7 +32,7 @@ func (s slogAdapter) Panic(msg string, tags ...tag.Tag)  { s.log(slog.LevelError
 func (s slogAdapter) Fatal(msg string, tags ...tag.Tag)  { s.log(slog.LevelError, msg, tags) }
 
 func (s slogAdapter) log(level slog.Level, msg string, tags []tag.Tag) {
-	if level < s.level || !s.l.Enabled(context.Background(), level) {
+	if level < s.level.Level() || !s.l.Enabled(context.Background(), level) {
 		return
 	}
 	attrs := make([]slog.Attr, len(tags))

@@ -1,0 +1,308 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/labstack/echo/v4"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/provisioning/orchestrator/activities"
+	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/testenv"
+	"github.com/provisioning/orchestrator/workflows"
+)
+
+// TestEnvOptions configures the test environment endpoints.
+type TestEnvOptions struct {
+	// Templates are the named topologies; default testenv.DefaultTemplates().
+	Templates *testenv.Templates
+	// DefaultImage is used when a request names no base_image.
+	DefaultImage string
+	// DefaultTTL bounds environments that ask for none; default
+	// workflows.DefaultEnvTTL.
+	DefaultTTL time.Duration
+	// Docker reads container logs; nil makes the logs endpoint answer 503.
+	Docker *activities.DockerRuntime
+	// RunWait bounds how long POST .../run waits for results; default 15m.
+	RunWait time.Duration
+	// Instance is put on every Docker object as testenv.InstanceLabel.
+	Instance string
+}
+
+func (s *Server) routeTestEnv() {
+	s.e.POST("/test/environments/create", s.createEnv)
+	s.e.GET("/test/environments", s.listEnvs)
+	s.e.GET("/test/environments/:id", s.getEnv)
+	s.e.POST("/test/environments/:id/run", s.runEnv)
+	s.e.DELETE("/test/environments/:id", s.deleteEnv)
+	s.e.GET("/test/environments/:id/logs", s.envLogs)
+	s.e.GET("/test/topologies", s.listTopologies)
+}
+
+func (s *Server) createEnv(c echo.Context) error {
+	var req testenv.CreateRequest
+	if err := s.decodeJSON(c, &req); err != nil {
+		return err
+	}
+	if err := req.Validate(s.envOpts.Templates); err != nil {
+		return envValidationErr(err)
+	}
+	id := uuid.NewString()
+	plan, err := testenv.BuildPlan(id, req, s.envOpts.Templates, s.envOpts.DefaultImage)
+	if err != nil {
+		return envValidationErr(err)
+	}
+	if s.envOpts.Instance != "" {
+		plan.Labels[testenv.InstanceLabel] = s.envOpts.Instance
+		for i := range plan.Nodes {
+			plan.Nodes[i].Labels[testenv.InstanceLabel] = s.envOpts.Instance
+		}
+	}
+	ttl := s.envOpts.DefaultTTL
+	if req.TTL != "" {
+		if ttl, err = time.ParseDuration(req.TTL); err != nil {
+			return fieldErr("ttl", err.Error())
+		}
+	}
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	in := workflows.TestEnvInput{EnvID: id, Request: req, Plan: plan, TTL: ttl, CreatedAt: now}
+	state := activities.EnvState{ID: id, Status: workflows.EnvCreating, Type: req.Config.Type, Infra: req.Infra,
+		Request: req, CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(ttl)}
+	task, err := activities.EnvTask(state)
+	if err != nil {
+		return err
+	}
+	return s.startTask(c, task, workflows.TestEnvironmentWorkflowName, in)
+}
+
+// envView decodes an environment task's state.
+func envView(t storage.Task) (activities.EnvState, error) {
+	var st activities.EnvState
+	if len(t.Environment) == 0 {
+		return st, errors.New("not a test environment")
+	}
+	err := json.Unmarshal(t.Environment, &st)
+	return st, err
+}
+
+func (s *Server) listEnvs(c echo.Context) error {
+	f := storage.ListFilter{WorkflowType: activities.EnvTaskType, Limit: storage.MaxLimit}
+	if v := c.QueryParam("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > storage.MaxLimit {
+			return fieldErr("limit", fmt.Sprintf("must be an integer from 1 to %d", storage.MaxLimit))
+		}
+		f.Limit = n
+	}
+	tasks, total, err := s.store.List(c.Request().Context(), f)
+	if err != nil {
+		return s.storeErr(err)
+	}
+	out := make([]activities.EnvState, 0, len(tasks))
+	for _, t := range tasks {
+		if st, err := envView(t); err == nil {
+			st.Request = testenv.CreateRequest{} // keep the list light
+			st.Runs = nil
+			out = append(out, st)
+		}
+	}
+	c.Response().Header().Set("X-Total-Count", strconv.Itoa(total))
+	return ok(c, http.StatusOK, out)
+}
+
+func (s *Server) env(c echo.Context) (activities.EnvState, error) {
+	id, err := s.taskID(c)
+	if err != nil {
+		return activities.EnvState{}, err
+	}
+	t, err := s.store.Get(c.Request().Context(), id)
+	if err != nil {
+		if errors.Is(err, storage.ErrNotFound) {
+			return activities.EnvState{}, notFound("test environment not found")
+		}
+		return activities.EnvState{}, s.storeErr(err)
+	}
+	st, err := envView(t)
+	if err != nil {
+		return activities.EnvState{}, notFound("test environment not found (that id is a provisioning task)")
+	}
+	return st, nil
+}
+
+func (s *Server) getEnv(c echo.Context) error {
+	st, err := s.env(c)
+	if err != nil {
+		return err
+	}
+	return ok(c, http.StatusOK, st)
+}
+
+func (s *Server) runEnv(c echo.Context) error {
+	st, err := s.env(c)
+	if err != nil {
+		return err
+	}
+	var req testenv.RunRequest
+	if c.Request().ContentLength != 0 {
+		if err := s.decodeJSON(c, &req); err != nil {
+			return err
+		}
+	}
+	switch st.Status {
+	case workflows.EnvCleaning, workflows.EnvCleaned, workflows.EnvError:
+		return conflict(fmt.Sprintf("test environment %s is %s", st.ID, st.Status))
+	case workflows.EnvCreating:
+		return conflict(fmt.Sprintf("test environment %s is still being created", st.ID))
+	}
+	ctx, cancel := context.WithTimeout(c.Request().Context(), s.envOpts.RunWait)
+	defer cancel()
+	h, err := s.client.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
+		WorkflowID:   st.ID,
+		UpdateName:   workflows.RunTestsUpdate,
+		Args:         []any{req},
+		WaitForStage: client.WorkflowUpdateStageCompleted,
+	})
+	if err == nil {
+		var run activities.TestRun
+		if err = h.Get(ctx, &run); err == nil {
+			return ok(c, http.StatusOK, run)
+		}
+	}
+	return s.updateErr(st.ID, err)
+}
+
+func (s *Server) updateErr(id string, err error) error {
+	var appErr *temporal.ApplicationError
+	var nf *serviceerror.NotFound
+	switch {
+	case errors.As(err, &appErr) && appErr.Type() == workflows.ErrTypeRunInProgress:
+		return conflict(appErr.Message())
+	case errors.As(err, &appErr) && appErr.Type() == workflows.ErrTypeEnvNotReady:
+		return conflict(appErr.Message())
+	case errors.As(err, &appErr) && appErr.Type() == workflows.ErrTypeInvalidRunSpec:
+		var fe *testenv.FieldError
+		msg := appErr.Message()
+		if errors.As(err, &fe) {
+			return fieldErr(fe.Field, fe.Message)
+		}
+		return &APIError{Status: http.StatusBadRequest, Body: ErrorBody{Code: CodeValidation, Message: msg}}
+	case errors.As(err, &nf):
+		return conflict(fmt.Sprintf("test environment %s has already ended", id))
+	case errors.Is(err, context.DeadlineExceeded):
+		return &APIError{Status: http.StatusGatewayTimeout, Body: ErrorBody{Code: "timeout", Message: "the test run did not finish in time; its results will appear in GET /test/environments/" + id}}
+	}
+	return unavailable("temporal", err)
+}
+
+func (s *Server) deleteEnv(c echo.Context) error {
+	st, err := s.env(c)
+	if err != nil {
+		return err
+	}
+	if st.Status == workflows.EnvCleaned || st.Status == workflows.EnvError && st.FinishedAt != nil {
+		// Already gone: DELETE is idempotent.
+		return ok(c, http.StatusOK, st)
+	}
+	err = s.client.SignalWorkflow(c.Request().Context(), st.ID, "", workflows.CleanupSignal, nil)
+	var nf *serviceerror.NotFound
+	if errors.As(err, &nf) {
+		return ok(c, http.StatusOK, st)
+	}
+	if err != nil {
+		return unavailable("temporal", err)
+	}
+	st.Status = workflows.EnvCleaning
+	return ok(c, http.StatusAccepted, st)
+}
+
+// EnvLogs is the body of GET /test/environments/{id}/logs.
+type EnvLogs struct {
+	ID    string            `json:"id"`
+	Nodes []NodeLogs        `json:"nodes"`
+	Tests []activities.TestResult `json:"tests"`
+}
+
+// NodeLogs is one container's output.
+type NodeLogs struct {
+	Node        string `json:"node"`
+	ContainerID string `json:"container_id"`
+	Stdout      string `json:"stdout"`
+	Stderr      string `json:"stderr"`
+	Error       string `json:"error,omitempty"`
+}
+
+func (s *Server) envLogs(c echo.Context) error {
+	st, err := s.env(c)
+	if err != nil {
+		return err
+	}
+	for k := range c.QueryParams() {
+		if k != "node" && k != "tail" {
+			return fieldErr(k, "unknown query parameter (use node, tail)")
+		}
+	}
+	tail := 200
+	if v := c.QueryParam("tail"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 10000 {
+			return fieldErr("tail", "must be an integer from 1 to 10000")
+		}
+		tail = n
+	}
+	node := c.QueryParam("node")
+	if node != "" {
+		found := false
+		for _, n := range st.Nodes {
+			found = found || n.Node == node
+		}
+		if !found {
+			return fieldErr("node", fmt.Sprintf("%q is not a node of this environment", node))
+		}
+	}
+	out := EnvLogs{ID: st.ID, Nodes: []NodeLogs{}, Tests: []activities.TestResult{}}
+	if st.LastRun != nil {
+		for _, r := range st.LastRun.Results {
+			if node == "" || r.Node == node {
+				out.Tests = append(out.Tests, r)
+			}
+		}
+	}
+	if st.Status != workflows.EnvCleaned {
+		if s.envOpts.Docker == nil {
+			return unavailable("docker", errors.New("this API process has no Docker engine to read container logs from"))
+		}
+		for _, n := range st.Nodes {
+			if node != "" && n.Node != node || n.ContainerID == "" {
+				continue
+			}
+			nl := NodeLogs{Node: n.Node, ContainerID: n.ContainerID}
+			nl.Stdout, nl.Stderr, err = s.envOpts.Docker.Logs(c.Request().Context(), n.ContainerID, tail)
+			if err != nil {
+				nl.Error = err.Error()
+			}
+			out.Nodes = append(out.Nodes, nl)
+		}
+	}
+	return ok(c, http.StatusOK, out)
+}
+
+func (s *Server) listTopologies(c echo.Context) error {
+	return ok(c, http.StatusOK, s.envOpts.Templates.List())
+}
+
+func envValidationErr(err error) error {
+	var fe *testenv.FieldError
+	if errors.As(err, &fe) {
+		return fieldErr(fe.Field, fe.Message)
+	}
+	return &APIError{Status: http.StatusBadRequest, Body: ErrorBody{Code: CodeValidation, Message: err.Error()}}
+}

@@ -1,0 +1,423 @@
+package testenv
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/distribution/reference"
+)
+
+// Environment types (EnvConfig.Type), as in the original orchestrator.
+const (
+	// TypeSingleTaskserv is one container testing one taskserv.
+	TypeSingleTaskserv = "single_taskserv"
+	// TypeServerSimulation is one container (a simulated server) with many taskservs.
+	TypeServerSimulation = "server_simulation"
+	// TypeClusterTopology is one container per node of a topology or template.
+	TypeClusterTopology = "cluster_topology"
+)
+
+// Well-known node roles. Any role matching the taskserv-name pattern
+// (^[a-z0-9][a-z0-9._-]{0,62}$) is accepted: the role is only recorded in a
+// label and reported back, so there is no reason to restrict it to this
+// list, which documents the roles the built-in templates use.
+const (
+	RoleControlPlane = "control-plane"
+	RoleWorker       = "worker"
+	RoleEtcd         = "etcd"
+	RoleDatabase     = "database"
+	RoleCache        = "cache"
+	RoleServer       = "server"
+	// RoleNode is the default role of a node that names none, and the role
+	// of the single node of single_taskserv.
+	RoleNode = "node"
+)
+
+// Request limits.
+const (
+	// MaxNodes bounds the nodes of one environment.
+	MaxNodes = 32
+	// MaxTaskservs bounds the taskservs of one node.
+	MaxTaskservs = 32
+	// MinCPUMillicores and MaxCPUMillicores bound resources.cpu_millicores
+	// when set (0 = not set = no limit).
+	MinCPUMillicores = 1
+	MaxCPUMillicores = 64000
+	// MinMemoryMB (Docker's minimum, 6 MiB) and MaxMemoryMB (256 GiB) bound
+	// resources.memory_mb when set (0 = not set = no limit).
+	MinMemoryMB = 6
+	MaxMemoryMB = 262144
+	// MinTTL and MaxTTL bound CreateRequest.TTL when set.
+	MinTTL = time.Minute
+	MaxTTL = 7 * 24 * time.Hour
+)
+
+// CreateRequest is the body of POST /test/environments/create, with the
+// original orchestrator's JSON field names.
+type CreateRequest struct {
+	Config EnvConfig `json:"config"`
+	// Infra optionally names the infrastructure the environment tests
+	// (recorded, not used to create anything).
+	Infra string `json:"infra"`
+	// AutoStart starts the containers once created.
+	AutoStart bool `json:"auto_start"`
+	// AutoCleanup removes everything right after the (first) test run.
+	AutoCleanup bool `json:"auto_cleanup"`
+	// KeepOnFailure (debugging) skips the rollback when creation fails.
+	KeepOnFailure bool `json:"keep_on_failure"`
+	// TTL optionally bounds the environment's life (a Go duration such as
+	// "30m" or "4h", MinTTL..MaxTTL); empty means the service default.
+	TTL string `json:"ttl"`
+}
+
+// EnvConfig describes the environment; which fields apply depends on Type.
+type EnvConfig struct {
+	// Type is single_taskserv, server_simulation or cluster_topology.
+	Type string `json:"type"`
+	// Taskserv (single_taskserv) is the taskserv under test.
+	Taskserv string `json:"taskserv"`
+	// BaseImage (all types) is the containers' image; empty means the
+	// service's default. A node's own base_image overrides it.
+	BaseImage string `json:"base_image"`
+	// Resources (all types) limits every container; a node's own resources
+	// override it field by field.
+	Resources *Resources `json:"resources"`
+	// ServerName (server_simulation) is the simulated server's hostname.
+	ServerName string `json:"server_name"`
+	// Taskservs (server_simulation) are installed on the simulated server.
+	Taskservs []string `json:"taskservs"`
+	// ClusterType (cluster_topology) optionally names the kind of cluster;
+	// a template supplies its own when this is empty.
+	ClusterType string `json:"cluster_type"`
+	// Topology (cluster_topology) lists the nodes; exclusive with Template.
+	Topology *Topology `json:"topology"`
+	// Template (cluster_topology) names a topology template; exclusive with
+	// Topology.
+	Template string `json:"template"`
+}
+
+// Resources are CPU and memory limits. A zero field is "not set": no limit
+// (or, on a node, the config-level value).
+type Resources struct {
+	// CPUMillicores: 1000 = one CPU; becomes NanoCPUs (x 1e6).
+	CPUMillicores int64 `json:"cpu_millicores" toml:"cpu_millicores"`
+	// MemoryMB in MiB; becomes the memory limit in bytes (x 2^20).
+	MemoryMB int64 `json:"memory_mb" toml:"memory_mb"`
+}
+
+// Topology is an explicit cluster: nodes and their network.
+type Topology struct {
+	Nodes   []Node  `json:"nodes" toml:"nodes"`
+	Network Network `json:"network" toml:"network"`
+}
+
+// Node is one container of a cluster topology.
+type Node struct {
+	// Name is an RFC 1123 label: the hostname and network alias.
+	Name string `json:"name" toml:"name"`
+	// Role is recorded in a label; empty means RoleNode.
+	Role      string     `json:"role" toml:"role"`
+	Taskservs []string   `json:"taskservs" toml:"taskservs"`
+	Resources *Resources `json:"resources" toml:"resources"`
+	BaseImage string     `json:"base_image" toml:"base_image"`
+}
+
+// Network is the environment's bridge network.
+type Network struct {
+	// Subnet is a private IPv4 CIDR; empty means one is chosen that does
+	// not overlap the engine's networks (see ChooseSubnet).
+	Subnet string `json:"subnet" toml:"subnet"`
+}
+
+// FieldError names the request field that is invalid, as a JSON path such
+// as "config.topology.nodes[1].name". The HTTP layer answers it with 400.
+type FieldError struct {
+	Field   string
+	Message string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Message }
+
+// join builds a field path: join("config", "type") = "config.type";
+// join("", "nodes[0]") = "nodes[0]".
+func join(prefix, field string) string {
+	if prefix == "" {
+		return field
+	}
+	return prefix + "." + field
+}
+
+// nameRE is the documented safe set for infra and cluster-type names (the
+// same set as the provisioning requests').
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// taskservRE is the set for taskserv names and roles.
+var taskservRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+// dnsLabelRE is an RFC 1123 label, lowercase only.
+var dnsLabelRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// imageCharsRE is the character set of an image reference we accept before
+// parsing it: no whitespace, quotes or shell metacharacters.
+var imageCharsRE = regexp.MustCompile(`^[a-z0-9][A-Za-z0-9._/:@-]{0,254}$`)
+
+// ValidateName checks a name against the safe set
+// [A-Za-z0-9][A-Za-z0-9._-]{0,62}.
+func ValidateName(field, v string) error {
+	if v == "" {
+		return &FieldError{field, "must not be empty"}
+	}
+	if !nameRE.MatchString(v) {
+		return &FieldError{field, fmt.Sprintf("%q is not a valid name: use 1-63 characters from [A-Za-z0-9._-], starting with a letter or digit", v)}
+	}
+	return nil
+}
+
+// ValidateHostname checks an RFC 1123 label: 1-63 lowercase letters, digits
+// and '-', not starting or ending with '-'. Node and server names must be
+// such labels because they become hostnames and DNS aliases.
+func ValidateHostname(field, v string) error {
+	if v == "" {
+		return &FieldError{field, "must not be empty"}
+	}
+	if !dnsLabelRE.MatchString(v) {
+		return &FieldError{field, fmt.Sprintf("%q is not a valid hostname: use 1-63 lowercase letters, digits and '-', not starting or ending with '-'", v)}
+	}
+	return nil
+}
+
+// ValidateTaskserv checks a taskserv name (also used for roles):
+// ^[a-z0-9][a-z0-9._-]{0,62}$.
+func ValidateTaskserv(field, v string) error {
+	if v == "" {
+		return &FieldError{field, "must not be empty"}
+	}
+	if !taskservRE.MatchString(v) {
+		return &FieldError{field, fmt.Sprintf("%q is not valid: use 1-63 characters from [a-z0-9._-], starting with a letter or digit", v)}
+	}
+	return nil
+}
+
+// ValidateImage checks a Docker image reference such as "ubuntu:22.04",
+// "localhost:5000/team/img:v1" or "busybox@sha256:<hex>": at most 255
+// characters from [A-Za-z0-9._/:@-] starting with a lowercase letter or
+// digit, and well-formed by Docker's reference grammar.
+func ValidateImage(field, v string) error {
+	if v == "" {
+		return &FieldError{field, "must not be empty"}
+	}
+	if !imageCharsRE.MatchString(v) {
+		return &FieldError{field, fmt.Sprintf("%q is not a valid image reference: at most 255 characters from [A-Za-z0-9._/:@-], starting with a lowercase letter or digit", v)}
+	}
+	if _, err := reference.ParseNormalizedNamed(v); err != nil {
+		return &FieldError{field, fmt.Sprintf("%q is not a valid image reference: %v", v, err)}
+	}
+	return nil
+}
+
+// ValidateResources checks limits that are set (non-zero): cpu_millicores
+// MinCPUMillicores..MaxCPUMillicores, memory_mb MinMemoryMB..MaxMemoryMB.
+// Negative values are always rejected. r may be nil.
+func ValidateResources(field string, r *Resources) error {
+	if r == nil {
+		return nil
+	}
+	if r.CPUMillicores != 0 && (r.CPUMillicores < MinCPUMillicores || r.CPUMillicores > MaxCPUMillicores) {
+		return &FieldError{join(field, "cpu_millicores"), fmt.Sprintf("%d is out of range: give %d..%d (1000 = one CPU), or omit it for no limit", r.CPUMillicores, MinCPUMillicores, MaxCPUMillicores)}
+	}
+	if r.MemoryMB != 0 && (r.MemoryMB < MinMemoryMB || r.MemoryMB > MaxMemoryMB) {
+		return &FieldError{join(field, "memory_mb"), fmt.Sprintf("%d is out of range: give %d..%d (MiB), or omit it for no limit", r.MemoryMB, MinMemoryMB, MaxMemoryMB)}
+	}
+	return nil
+}
+
+// ParseTTL parses CreateRequest.TTL: "" gives 0 (use the service default),
+// otherwise a Go duration between MinTTL and MaxTTL.
+func ParseTTL(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, &FieldError{"ttl", fmt.Sprintf("%q is not a duration: use a Go duration such as \"30m\" or \"4h\"", s)}
+	}
+	if d < MinTTL || d > MaxTTL {
+		return 0, &FieldError{"ttl", fmt.Sprintf("%s is out of range: give %s..%s", s, MinTTL, MaxTTL)}
+	}
+	return d, nil
+}
+
+func validateTaskservs(field string, list []string, required bool) error {
+	if required && len(list) == 0 {
+		return &FieldError{field, "at least one taskserv is required"}
+	}
+	if len(list) > MaxTaskservs {
+		return &FieldError{field, fmt.Sprintf("at most %d taskservs", MaxTaskservs)}
+	}
+	for i, ts := range list {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		if err := ValidateTaskserv(f, ts); err != nil {
+			return err
+		}
+		for _, prev := range list[:i] {
+			if prev == ts {
+				return &FieldError{f, fmt.Sprintf("duplicate taskserv %q", ts)}
+			}
+		}
+	}
+	return nil
+}
+
+// validateTopology checks nodes and network; prefix is "config.topology"
+// for requests and "" for templates.
+func validateTopology(prefix string, nodes []Node, network Network) error {
+	if len(nodes) == 0 {
+		return &FieldError{join(prefix, "nodes"), "at least one node is required"}
+	}
+	if len(nodes) > MaxNodes {
+		return &FieldError{join(prefix, "nodes"), fmt.Sprintf("%d nodes: at most %d", len(nodes), MaxNodes)}
+	}
+	for i, n := range nodes {
+		np := join(prefix, fmt.Sprintf("nodes[%d]", i))
+		if err := ValidateHostname(join(np, "name"), n.Name); err != nil {
+			return err
+		}
+		for j := range i {
+			if nodes[j].Name == n.Name {
+				return &FieldError{join(np, "name"), fmt.Sprintf("duplicate node name %q (also nodes[%d])", n.Name, j)}
+			}
+		}
+		if n.Role != "" {
+			if err := ValidateTaskserv(join(np, "role"), n.Role); err != nil {
+				return err
+			}
+		}
+		if err := validateTaskservs(join(np, "taskservs"), n.Taskservs, false); err != nil {
+			return err
+		}
+		if err := ValidateResources(join(np, "resources"), n.Resources); err != nil {
+			return err
+		}
+		if n.BaseImage != "" {
+			if err := ValidateImage(join(np, "base_image"), n.BaseImage); err != nil {
+				return err
+			}
+		}
+	}
+	if network.Subnet != "" {
+		if err := ValidateSubnet(join(prefix, "network.subnet"), network.Subnet); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// notUsed rejects a field that does not belong to the request's type, so a
+// misplaced field is not silently ignored.
+func notUsed(field, typ string) error {
+	return &FieldError{field, fmt.Sprintf("not used by type %s", typ)}
+}
+
+// Validate reports the first invalid field as a *FieldError. templates
+// resolves config.template; nil means DefaultTemplates(). The subnet is
+// checked for form only: overlap with the engine's networks is checked
+// when the environment is created.
+func (r CreateRequest) Validate(templates *Templates) error {
+	c := r.Config
+	switch c.Type {
+	case TypeSingleTaskserv:
+		if err := ValidateTaskserv("config.taskserv", c.Taskserv); err != nil {
+			return err
+		}
+		if err := c.rejectFields(false, true, true); err != nil {
+			return err
+		}
+	case TypeServerSimulation:
+		if err := ValidateHostname("config.server_name", c.ServerName); err != nil {
+			return err
+		}
+		if err := validateTaskservs("config.taskservs", c.Taskservs, true); err != nil {
+			return err
+		}
+		if err := c.rejectFields(true, false, true); err != nil {
+			return err
+		}
+	case TypeClusterTopology:
+		if err := c.rejectFields(true, true, false); err != nil {
+			return err
+		}
+		if c.ClusterType != "" {
+			if err := ValidateName("config.cluster_type", c.ClusterType); err != nil {
+				return err
+			}
+		}
+		switch {
+		case c.Topology != nil && c.Template != "":
+			return &FieldError{"config.template", "give either template or topology, not both"}
+		case c.Template != "":
+			if _, err := resolveTemplate(templates, c.Template); err != nil {
+				return err
+			}
+		case c.Topology != nil:
+			if err := validateTopology("config.topology", c.Topology.Nodes, c.Topology.Network); err != nil {
+				return err
+			}
+		default:
+			return &FieldError{"config.topology", "required for cluster_topology: give topology or template"}
+		}
+	case "":
+		return &FieldError{"config.type", fmt.Sprintf("must not be empty: give %s, %s or %s", TypeSingleTaskserv, TypeServerSimulation, TypeClusterTopology)}
+	default:
+		return &FieldError{"config.type", fmt.Sprintf("unknown type %q: give %s, %s or %s", c.Type, TypeSingleTaskserv, TypeServerSimulation, TypeClusterTopology)}
+	}
+	if c.BaseImage != "" {
+		if err := ValidateImage("config.base_image", c.BaseImage); err != nil {
+			return err
+		}
+	}
+	if err := ValidateResources("config.resources", c.Resources); err != nil {
+		return err
+	}
+	if r.Infra != "" {
+		if err := ValidateName("infra", r.Infra); err != nil {
+			return err
+		}
+	}
+	_, err := ParseTTL(r.TTL)
+	return err
+}
+
+// rejectFields rejects non-empty fields of the other types: taskserv
+// (single_taskserv), server_name and taskservs (server_simulation),
+// cluster_type, topology and template (cluster_topology).
+func (c EnvConfig) rejectFields(taskserv, server, cluster bool) error {
+	switch {
+	case taskserv && c.Taskserv != "":
+		return notUsed("config.taskserv", c.Type)
+	case server && c.ServerName != "":
+		return notUsed("config.server_name", c.Type)
+	case server && len(c.Taskservs) > 0:
+		return notUsed("config.taskservs", c.Type)
+	case cluster && c.ClusterType != "":
+		return notUsed("config.cluster_type", c.Type)
+	case cluster && c.Topology != nil:
+		return notUsed("config.topology", c.Type)
+	case cluster && c.Template != "":
+		return notUsed("config.template", c.Type)
+	}
+	return nil
+}
+
+// resolveTemplate looks a template up, answering a *FieldError on
+// config.template that lists the known names.
+func resolveTemplate(templates *Templates, name string) (Template, error) {
+	if templates == nil {
+		templates = DefaultTemplates()
+	}
+	if t, ok := templates.Get(name); ok {
+		return t, nil
+	}
+	return Template{}, &FieldError{"config.template", fmt.Sprintf("unknown template %q: known templates are %s", name, strings.Join(templates.Names(), ", "))}
+}
