@@ -407,9 +407,9 @@ func summarizeRun(r TestRun) string {
 		if !res.Passed {
 			verdict = "FAIL"
 		}
-		b.WriteString(fmt.Sprintf("%s %s [%s] exit=%d %dms\n", verdict, res.Name, res.Node, res.ExitCode, res.DurationMS))
+		fmt.Fprintf(&b, "%s %s [%s] exit=%d %dms\n", verdict, res.Name, res.Node, res.ExitCode, res.DurationMS)
 	}
-	b.WriteString(fmt.Sprintf("%d/%d passed\n", r.Total-r.Failed, r.Total))
+	fmt.Fprintf(&b, "%d/%d passed\n", r.Total-r.Failed, r.Total)
 	return b.String()
 }
 

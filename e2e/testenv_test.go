@@ -472,5 +472,3 @@ func TestEnvBadInputCreatesNothing(t *testing.T) {
 	r = do(t, http.MethodDelete, h.base+"/test/environments/"+uuid.NewString(), "", nil)
 	assert.Equal(t, http.StatusNotFound, r.status)
 }
-
-

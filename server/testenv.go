@@ -226,8 +226,8 @@ func (s *Server) deleteEnv(c echo.Context) error {
 
 // EnvLogs is the body of GET /test/environments/{id}/logs.
 type EnvLogs struct {
-	ID    string            `json:"id"`
-	Nodes []NodeLogs        `json:"nodes"`
+	ID    string                  `json:"id"`
+	Nodes []NodeLogs              `json:"nodes"`
 	Tests []activities.TestResult `json:"tests"`
 }
 

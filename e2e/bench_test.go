@@ -1,0 +1,660 @@
+package e2e
+
+// Benchmarks of the orchestration overhead, through the real parts: real
+// HTTP, the embedded Temporal server (SQLite), a real worker, the real `nu`
+// running a trivial script, and the filesystem store.
+//
+// Each iteration of a benchmark is one whole batch (hundreds of tasks), so
+// run them with -benchtime 1x:
+//
+//	go test -run '^$' -bench . -benchtime 1x ./e2e/
+//
+// A larger b.N just repeats the batch on the same app; the reported figures
+// are then aggregated over all batches. Batch sizes and the time cap come
+// from flags (after the package, e.g. `./e2e/ -bench.tasks 50`) or from the
+// environment: ORCHESTRATOR_BENCH_TASKS (default 200),
+// ORCHESTRATOR_BENCH_SUBMITS (default 200) and ORCHESTRATOR_BENCH_MAX_TIME
+// (default 5m).
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/client"
+
+	"github.com/provisioning/orchestrator/activities"
+	"github.com/provisioning/orchestrator/internal/app"
+	"github.com/provisioning/orchestrator/internal/testsupport"
+	"github.com/provisioning/orchestrator/server"
+	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/workflows"
+)
+
+var (
+	benchTasks   = flag.Int("bench.tasks", envInt("ORCHESTRATOR_BENCH_TASKS", 200), "server-create tasks per batch in BenchmarkOrchestratedVsDirect (env ORCHESTRATOR_BENCH_TASKS)")
+	benchSubmits = flag.Int("bench.submits", envInt("ORCHESTRATOR_BENCH_SUBMITS", 200), "submissions per side in BenchmarkSubmitLatency (env ORCHESTRATOR_BENCH_SUBMITS)")
+	benchMaxTime = flag.Duration("bench.maxtime", envDuration("ORCHESTRATOR_BENCH_MAX_TIME", 5*time.Minute), "cap on each measured phase; what finished by then is reported (env ORCHESTRATOR_BENCH_MAX_TIME)")
+)
+
+// benchConcurrency bounds both sides of BenchmarkOrchestratedVsDirect: the
+// worker's activity slots (global across tasks) and the direct pool.
+const benchConcurrency = 4
+
+// benchPoll is how often completion is polled over HTTP. It bounds the
+// measurement error of a batch (seconds long) to one interval.
+const benchPoll = 50 * time.Millisecond
+
+// benchScript is the trivial provisioning script: accepts any argv, prints ok.
+const benchScript = "def --wrapped main [...rest] { print \"ok\" }\n"
+
+const (
+	benchInfra    = "bench"
+	benchSettings = "./s.yaml"
+)
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if v, err := time.ParseDuration(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// benchInput is the workflow input for one server; its ServerArgs is the argv
+// both sides run: server create --infra bench --settings ./s.yaml s-<i>.
+func benchInput(server string) workflows.ServerCreateInput {
+	return workflows.ServerCreateInput{
+		Common: workflows.Common{
+			TaskID:    uuid.NewString(),
+			Infra:     benchInfra,
+			Settings:  benchSettings,
+			CreatedAt: time.Now().UTC().Truncate(time.Microsecond),
+			Policy:    benchPolicy(),
+		},
+		Servers: []string{server},
+	}
+}
+
+func benchPolicy() workflows.ExecPolicy {
+	p := fastPolicy
+	p.Parallelism = benchConcurrency
+	return p
+}
+
+// benchApp is an in-process orchestrator (serve mode) running the trivial
+// script, with the worker bounded to benchConcurrency activities.
+type benchApp struct {
+	app    *app.App
+	base   string
+	http   *http.Client
+	nu     string
+	script string
+	warns  *benchLog
+}
+
+// benchLog forwards the app's warnings to the benchmark log (and counts
+// them) until the app starts shutting down; later lines are dropped, so a
+// late log line cannot panic the finished benchmark.
+type benchLog struct {
+	b      testing.TB
+	mu     sync.Mutex
+	closed bool
+	lines  atomic.Int64
+}
+
+func (l *benchLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.closed {
+		l.lines.Add(1)
+		l.b.Log(strings.TrimRight(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+func startBenchApp(b *testing.B) *benchApp {
+	b.Helper()
+	nu := testsupport.NuPath(b)
+	dir := b.TempDir()
+	script := filepath.Join(dir, "provisioning.nu")
+	if err := os.WriteFile(script, []byte(benchScript), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	cfg := app.DefaultConfig()
+	cfg.Port = 0
+	cfg.TemporalPort = 0
+	cfg.TemporalUIPort = -1
+	cfg.DataDir = filepath.Join(dir, "data")
+	cfg.NuPath = nu
+	cfg.ProvisioningPath = script
+	cfg.Policy = benchPolicy()
+	cfg.MaxConcurrentActivities = benchConcurrency
+	cfg.ScriptEnv = []string{"PROVISIONING_STATE_DIR=" + filepath.Join(dir, "provider-state")}
+	warns := &benchLog{b: b}
+	log := slog.New(slog.NewTextHandler(warns, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	a, err := app.Start(context.Background(), cfg, log)
+	if err != nil {
+		b.Fatalf("start orchestrator: %v", err)
+	}
+	b.Cleanup(func() {
+		// The embedded server's internal pollers log "graceful_stop"
+		// warnings while shutting down: noise, so stop forwarding first.
+		warns.mu.Lock()
+		warns.closed = true
+		warns.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		a.Stop(ctx)
+	})
+	return &benchApp{
+		app:    a,
+		base:   "http://" + a.HTTPAddr(),
+		http:   &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 32}, Timeout: time.Minute},
+		nu:     nu,
+		script: script,
+		warns:  warns,
+	}
+}
+
+// call does one REST request and decodes the envelope; errors instead of
+// failing, so it can run on any goroutine.
+func (h *benchApp) call(method, path string, body any) (envelope, http.Header, error) {
+	var rd io.Reader
+	if body != nil {
+		raw, err := json.Marshal(body)
+		if err != nil {
+			return envelope{}, nil, err
+		}
+		rd = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequest(method, h.base+path, rd)
+	if err != nil {
+		return envelope{}, nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	res, err := h.http.Do(req)
+	if err != nil {
+		return envelope{}, nil, err
+	}
+	defer res.Body.Close()
+	raw, err := io.ReadAll(res.Body)
+	if err != nil {
+		return envelope{}, nil, err
+	}
+	var env envelope
+	if err := json.Unmarshal(raw, &env); err != nil {
+		return envelope{}, nil, fmt.Errorf("%s %s: HTTP %d, not an envelope: %s", method, path, res.StatusCode, raw)
+	}
+	if res.StatusCode != http.StatusOK || !env.Success {
+		return env, res.Header, fmt.Errorf("%s %s: HTTP %d: %s", method, path, res.StatusCode, raw)
+	}
+	return env, res.Header, nil
+}
+
+// submitServer posts one server-create request and returns the task id.
+func (h *benchApp) submitServer(server string) (string, error) {
+	env, _, err := h.call(http.MethodPost, "/workflows/servers/create", serverReq(server))
+	if err != nil {
+		return "", err
+	}
+	var id string
+	if err := json.Unmarshal(env.Data, &id); err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+func serverReq(name string) server.CreateServersRequest {
+	return server.CreateServersRequest{Infra: benchInfra, Settings: benchSettings, Servers: []string{name}}
+}
+
+// count is X-Total-Count of GET /tasks?status=<status>.
+func (h *benchApp) count(status storage.TaskStatus) (int, error) {
+	_, hdr, err := h.call(http.MethodGet, "/tasks?limit=1&status="+string(status), nil)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(hdr.Get("X-Total-Count"))
+}
+
+// waitCompleted polls until want tasks are Completed or the deadline passes,
+// and returns how many were. Any Failed or Cancelled task is an error.
+func (h *benchApp) waitCompleted(want int, deadline time.Time) (int, error) {
+	for {
+		done, err := h.count(storage.StatusCompleted)
+		if err != nil {
+			return done, err
+		}
+		if done >= want || time.Now().After(deadline) {
+			return done, nil
+		}
+		for _, st := range []storage.TaskStatus{storage.StatusFailed, storage.StatusCancelled} {
+			if n, err := h.count(st); err != nil || n > 0 {
+				return done, errors.Join(err, h.describe(st, n))
+			}
+		}
+		time.Sleep(benchPoll)
+	}
+}
+
+func (h *benchApp) describe(st storage.TaskStatus, n int) error {
+	if n == 0 {
+		return nil
+	}
+	env, _, err := h.call(http.MethodGet, "/tasks?limit=1&status="+string(st), nil)
+	if err != nil {
+		return err
+	}
+	return fmt.Errorf("%d task(s) %s, e.g. %s", n, st, env.Data)
+}
+
+// direct runs nu exactly as the worker's activity does (same runner, argv
+// and per-step environment), with no orchestration around it.
+func (h *benchApp) direct(ctx context.Context, runner *activities.NuRunner, server string) (time.Duration, error) {
+	in := benchInput(server)
+	env := []string{"ORCHESTRATOR_TASK_ID=" + in.TaskID, "ORCHESTRATOR_STEP=" + server, "ORCHESTRATOR_ATTEMPT=1"}
+	res, err := runner.Run(ctx, in.ServerArgs(server), env, func() {}, activities.DefaultHeartbeatInterval)
+	if err != nil {
+		return res.Duration, fmt.Errorf("direct nu %s: %w (stderr: %s)", server, err, res.Stderr)
+	}
+	if strings.TrimSpace(res.Stdout) != "ok" {
+		return res.Duration, fmt.Errorf("direct nu %s: stdout %q, want ok", server, res.Stdout)
+	}
+	return res.Duration, nil
+}
+
+// BenchmarkOrchestratedVsDirect runs N one-server server-create tasks through
+// the whole orchestrator (POST, Temporal workflow, activity running nu,
+// projections to the store) and the same N nu runs from a plain pool of
+// goroutines, both bounded to 4 concurrent nu processes, and reports the
+// throughput of each and their ratio. Use -benchtime 1x: one iteration is
+// one batch on each side.
+func BenchmarkOrchestratedVsDirect(b *testing.B) {
+	n, maxTime := *benchTasks, *benchMaxTime
+	h := startBenchApp(b)
+	runner := &activities.NuRunner{NuPath: h.nu, ScriptPath: h.script}
+	ctx := context.Background()
+
+	// Warm up both paths (page cache for nu, SQLite, connections) so the
+	// first batch is not charged with one-off start-up costs.
+	if _, err := h.direct(ctx, runner, "warmup"); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := h.submitServer("warmup"); err != nil {
+		b.Fatal(err)
+	}
+	if done, err := h.waitCompleted(1, time.Now().Add(time.Minute)); err != nil || done < 1 {
+		b.Fatalf("warm-up task did not complete: done=%d err=%v", done, err)
+	}
+
+	var (
+		orchDone, directDone         int
+		orchTime, directTime         time.Duration
+		orchSubmitted, directStarted int
+		ids                          []string
+		directNuMS                   []float64
+		orchSelf, orchNu             time.Duration // CPU used in the orchestrated phases
+		directSelf, directNu         time.Duration // CPU used in the direct phases
+	)
+	b.ResetTimer()
+	for iter := 0; iter < b.N; iter++ {
+		// Direct: a pool of benchConcurrency goroutines over N runs.
+		{
+			self0, nu0 := cpuTimes()
+			start := time.Now()
+			deadline := start.Add(maxTime)
+			next := atomic.Int64{}
+			var mu sync.Mutex
+			var firstErr error
+			var wg sync.WaitGroup
+			for range benchConcurrency {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						i := int(next.Add(1)) - 1
+						if i >= n || time.Now().After(deadline) {
+							return
+						}
+						d, err := h.direct(ctx, runner, fmt.Sprintf("s-%d", i))
+						mu.Lock()
+						if err != nil {
+							if firstErr == nil {
+								firstErr = err
+							}
+							mu.Unlock()
+							return
+						}
+						directNuMS = append(directNuMS, float64(d.Microseconds())/1000)
+						directDone++
+						mu.Unlock()
+					}
+				}()
+			}
+			wg.Wait()
+			directTime += time.Since(start)
+			self1, nu1 := cpuTimes()
+			directSelf += self1 - self0
+			directNu += nu1 - nu0
+			directStarted += min(int(next.Load()), n)
+			if firstErr != nil {
+				b.Fatal(firstErr)
+			}
+		}
+
+		// Orchestrated: POST N tasks (from benchConcurrency clients, so the
+		// client is not the bottleneck), then poll until all are Completed.
+		{
+			base, err := h.count(storage.StatusCompleted)
+			if err != nil {
+				b.Fatal(err)
+			}
+			self0, nu0 := cpuTimes()
+			start := time.Now()
+			deadline := start.Add(maxTime)
+			next := atomic.Int64{}
+			var submitted atomic.Int64
+			var mu sync.Mutex
+			var firstErr error
+			var wg sync.WaitGroup
+			for range benchConcurrency {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						i := int(next.Add(1)) - 1
+						if i >= n || time.Now().After(deadline) {
+							return
+						}
+						id, err := h.submitServer(fmt.Sprintf("s-%d", i))
+						mu.Lock()
+						if err != nil {
+							if firstErr == nil {
+								firstErr = err
+							}
+							mu.Unlock()
+							return
+						}
+						ids = append(ids, id)
+						mu.Unlock()
+						submitted.Add(1)
+					}
+				}()
+			}
+			wg.Wait()
+			if firstErr != nil {
+				b.Fatal(firstErr)
+			}
+			sub := int(submitted.Load())
+			submitTime := time.Since(start)
+			done, err := h.waitCompleted(base+sub, deadline)
+			orchTime += time.Since(start)
+			self1, nu1 := cpuTimes()
+			orchSelf += self1 - self0
+			orchNu += nu1 - nu0
+			orchDone += done - base
+			orchSubmitted += sub
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Logf("batch %d: %d tasks submitted in %s", iter+1, sub, submitTime.Round(time.Millisecond))
+		}
+	}
+	b.StopTimer()
+
+	orchRate := float64(orchDone) / orchTime.Seconds()
+	directRate := float64(directDone) / directTime.Seconds()
+	b.ReportMetric(0, "ns/op") // one op is a whole batch on both sides: meaningless
+	b.ReportMetric(orchRate, "orch-tasks/s")
+	b.ReportMetric(directRate, "direct-tasks/s")
+	b.ReportMetric(orchRate/directRate, "orch/direct")
+
+	// Where the time went, from the projected task records (not timed).
+	var nuMS, queueMS, e2eMS []float64
+	for _, id := range ids {
+		t, err := h.app.Store().Get(ctx, id)
+		if err != nil || t.Status != storage.StatusCompleted || t.StartedAt == nil || t.CompletedAt == nil || len(t.Steps) != 1 {
+			continue
+		}
+		nuMS = append(nuMS, float64(t.Steps[0].DurationMS))
+		queueMS = append(queueMS, float64(t.StartedAt.Sub(t.CreatedAt).Milliseconds()))
+		e2eMS = append(e2eMS, float64(t.CompletedAt.Sub(t.CreatedAt).Milliseconds()))
+	}
+	b.ReportMetric(mean(directNuMS), "direct-nu-ms")
+	b.ReportMetric(msPer(orchSelf, orchDone), "orch-cpu-ms/task")
+	b.ReportMetric(msPer(directNu, directDone), "nu-cpu-ms/task")
+	if len(nuMS) > 0 {
+		b.ReportMetric(mean(nuMS), "orch-nu-ms")
+	}
+	b.Logf("orchestrated: %d/%d tasks Completed in %s = %.1f tasks/s; direct: %d/%d nu runs in %s = %.1f tasks/s; orchestrated/direct = %.2f (concurrency %d, %d batch(es))",
+		orchDone, orchSubmitted, orchTime.Round(time.Millisecond), orchRate,
+		directDone, directStarted, directTime.Round(time.Millisecond), directRate,
+		orchRate/directRate, benchConcurrency, b.N)
+	if len(nuMS) > 0 {
+		b.Logf("mean nu run (ms): direct %.0f, orchestrated step %.0f; per orchestrated task (ms): created->started p50 %.0f p99 %.0f; created->completed p50 %.0f p99 %.0f",
+			mean(directNuMS), mean(nuMS), percentile(queueMS, 50), percentile(queueMS, 99), percentile(e2eMS, 50), percentile(e2eMS, 99))
+	}
+	b.Logf("CPU per task (ms): orchestrated: orchestrator process %.1f + nu %.1f; direct: runner %.1f + nu %.1f (%d CPUs available)",
+		msPer(orchSelf, orchDone), msPer(orchNu, orchDone), msPer(directSelf, directDone), msPer(directNu, directDone), runtime.NumCPU())
+	if len(ids) > 0 {
+		b.Logf("history of one orchestrated task: %s", historySummary(ctx, h.app.Client(), ids[0]))
+	}
+	if orchDone < orchSubmitted || orchSubmitted < n*b.N {
+		b.Logf("time cap %s reached: only what finished is counted", maxTime)
+	}
+	if w := h.warns.lines.Load(); w > 0 {
+		b.Logf("%d warning/error log line(s) from the app during the run", w)
+	}
+}
+
+// BenchmarkSubmitLatency measures how long a client waits to get a task
+// started: POST /workflows/servers/create through REST (validation, Pending
+// record in the store, ExecuteWorkflow) against a direct SDK
+// client.ExecuteWorkflow with the same input. Submissions alternate REST and
+// SDK, one at a time, so both see the same background load from the worker
+// running the started workflows. Two diagnostic series, timed in the same
+// rounds, attribute the difference: the store write the REST path adds
+// (Store.Create of a Pending record) and a bare REST round trip (GET of an
+// unknown task). Use -benchtime 1x.
+func BenchmarkSubmitLatency(b *testing.B) {
+	m, maxTime := *benchSubmits, *benchMaxTime
+	h := startBenchApp(b)
+	c := h.app.Client()
+	ctx := context.Background()
+
+	sdkStart := func(server string) error {
+		in := benchInput(server)
+		_, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+			ID:                       in.TaskID,
+			TaskQueue:                workflows.DefaultTaskQueue,
+			WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+			WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
+		}, workflows.ServerCreateWorkflowName, in)
+		return err
+	}
+	// Warm up connections and code paths on both sides.
+	if _, err := h.submitServer("warmup-rest"); err != nil {
+		b.Fatal(err)
+	}
+	if err := sdkStart("warmup-sdk"); err != nil {
+		b.Fatal(err)
+	}
+	if done, err := h.waitCompleted(2, time.Now().Add(time.Minute)); err != nil || done < 2 {
+		b.Fatalf("warm-up tasks did not complete: done=%d err=%v", done, err)
+	}
+
+	// For attribution only: the REST path's own store write (a fsynced
+	// Pending record), timed under the same load, then removed again.
+	storeCreate := func(i int) (time.Duration, error) {
+		t := storage.Task{ID: uuid.NewString(), Name: "bench probe", Command: "server create",
+			Status: storage.StatusPending, CreatedAt: time.Now().UTC(), WorkflowType: workflows.ServerCreateWorkflowName}
+		t0 := time.Now()
+		if err := h.app.Store().Create(ctx, storage.Normalize(t)); err != nil {
+			return 0, fmt.Errorf("store probe %d: %w", i, err)
+		}
+		d := time.Since(t0)
+		return d, h.app.Store().Delete(ctx, t.ID)
+	}
+
+	// Also for attribution: a bare REST round trip (GET of an unknown task:
+	// HTTP, routing, middleware, envelope, one stat) under the same load.
+	httpProbe := func() (time.Duration, error) {
+		t0 := time.Now()
+		res, err := h.http.Get(h.base + "/tasks/" + uuid.NewString())
+		if err != nil {
+			return 0, err
+		}
+		_, err = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusNotFound {
+			return 0, fmt.Errorf("GET unknown task: HTTP %d, want 404", res.StatusCode)
+		}
+		return time.Since(t0), err
+	}
+
+	var rest, sdk, store, rtt []float64
+	b.ResetTimer()
+	for iter := 0; iter < b.N; iter++ {
+		deadline := time.Now().Add(maxTime)
+		for i := 0; i < m && time.Now().Before(deadline); i++ {
+			t0 := time.Now()
+			if _, err := h.submitServer(fmt.Sprintf("r-%d", i)); err != nil {
+				b.Fatal(err)
+			}
+			rest = append(rest, float64(time.Since(t0).Microseconds())/1000)
+
+			t0 = time.Now()
+			if err := sdkStart(fmt.Sprintf("k-%d", i)); err != nil {
+				b.Fatalf("sdk ExecuteWorkflow: %v", err)
+			}
+			sdk = append(sdk, float64(time.Since(t0).Microseconds())/1000)
+
+			d, err := storeCreate(i)
+			if err != nil {
+				b.Fatal(err)
+			}
+			store = append(store, float64(d.Microseconds())/1000)
+
+			if d, err = httpProbe(); err != nil {
+				b.Fatal(err)
+			}
+			rtt = append(rtt, float64(d.Microseconds())/1000)
+		}
+	}
+	b.StopTimer()
+
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(percentile(rest, 50), "rest-p50-ms")
+	b.ReportMetric(percentile(rest, 99), "rest-p99-ms")
+	b.ReportMetric(percentile(sdk, 50), "sdk-p50-ms")
+	b.ReportMetric(percentile(sdk, 99), "sdk-p99-ms")
+	b.ReportMetric(percentile(store, 50), "store-create-p50-ms")
+	b.Logf("submit latency over %d+%d submissions: REST p50 %.2f ms p99 %.2f ms mean %.2f ms; SDK ExecuteWorkflow p50 %.2f ms p99 %.2f ms mean %.2f ms",
+		len(rest), len(sdk), percentile(rest, 50), percentile(rest, 99), mean(rest),
+		percentile(sdk, 50), percentile(sdk, 99), mean(sdk))
+	b.Logf("for attribution, same load: Store.Create of a Pending record (fsynced) p50 %.2f ms p99 %.2f ms; bare REST round trip (GET unknown task, 404) p50 %.2f ms p99 %.2f ms",
+		percentile(store, 50), percentile(store, 99), percentile(rtt, 50), percentile(rtt, 99))
+
+	// The started workflows must really run to completion (not timed).
+	want := 2 + len(rest) + len(sdk)
+	done, err := h.waitCompleted(want, time.Now().Add(maxTime))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if done < want {
+		b.Errorf("only %d of %d started tasks Completed within %s", done, want, maxTime)
+	}
+	if w := h.warns.lines.Load(); w > 0 {
+		b.Logf("%d warning/error log line(s) from the app during the run", w)
+	}
+}
+
+// historySummary counts the events Temporal persisted for one workflow: the
+// per-task work the orchestration adds on the server side.
+func historySummary(ctx context.Context, c client.Client, id string) string {
+	it := c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	var total, wfTasks, actTasks, markers int
+	for it.HasNext() {
+		ev, err := it.Next()
+		if err != nil {
+			return "unavailable: " + err.Error()
+		}
+		total++
+		switch ev.GetEventType() {
+		case enumspb.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+			wfTasks++
+		case enumspb.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+			actTasks++
+		case enumspb.EVENT_TYPE_MARKER_RECORDED:
+			markers++
+		}
+	}
+	return fmt.Sprintf("%d events: %d workflow tasks, %d activity tasks (nu), %d local-activity markers (store projections)",
+		total, wfTasks, actTasks, markers)
+}
+
+// cpuTimes is the CPU time (user+system) used so far by this process (the
+// whole in-process orchestrator: Temporal server, worker, REST API, and the
+// benchmark's HTTP client) and by its reaped children (the nu runs).
+func cpuTimes() (self, children time.Duration) {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	if syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru) == nil {
+		children = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	return self, children
+}
+
+func msPer(d time.Duration, n int) float64 {
+	return float64(d.Microseconds()) / 1000 / float64(max(n, 1))
+}
+
+// percentile is the nearest-rank p-th percentile of xs (NaN when empty).
+func percentile(xs []float64, p float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	k := int(math.Ceil(p / 100 * float64(len(s))))
+	return s[min(max(k-1, 0), len(s)-1)]
+}
+
+func mean(xs []float64) float64 {
+	var sum float64
+	for _, x := range xs {
+		sum += x
+	}
+	return sum / float64(len(xs))
+}

@@ -1,0 +1,1195 @@
+package workflows_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/mock"
+	"github.com/stretchr/testify/require"
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+
+	"github.com/provisioning/orchestrator/activities"
+	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/testenv"
+	"github.com/provisioning/orchestrator/workflows"
+)
+
+// Environment IDs are task IDs: canonical lowercase UUIDs.
+const envID1 = "3c9e7a10-4b2d-4f6e-8a1c-5d7e9f0a1b01"
+
+// History of a TestEnvironment (auto_start false: create, one run that
+// starts the containers, cleanup signal) recorded by
+// record_testenv_history_test.go.
+const replayTestEnvFile = "test_environment_run_cleanup.json"
+
+// Durations of the mocked Docker activities on the workflow clock.
+const (
+	createTook = 20 * time.Second
+	startTook  = 5 * time.Second
+	runTook    = 30 * time.Second
+	removeTook = 5 * time.Second
+)
+
+// testImage is the service's default base image in these tests.
+const testImage = "busybox:1.36"
+
+// removedCounts is what the mocked RemoveEnvironment reports.
+var removedCounts = activities.RemovedCounts{Containers: 2, Networks: 1, Volumes: 1}
+
+// dockerCall is one call of a mocked Docker activity.
+type dockerCall struct {
+	name     string
+	arg      any
+	returned time.Time // workflow clock when the mocked call returned
+	info     activity.Info
+}
+
+// envHarness runs TestEnvironmentWorkflow in the harness of
+// workflows_test.go (worker.Register, the real ProjectEnvironment and
+// ProjectTask local activities against the fake store) with the Docker
+// activities mocked. Mocks a test registers before start() take precedence
+// over the defaults start() adds.
+type envHarness struct {
+	*harness
+	in workflows.TestEnvInput
+
+	mu    sync.Mutex
+	calls []dockerCall
+	// starts has the workflow clock when each activity (of any kind,
+	// attempts included) started, by activity type.
+	starts map[string][]time.Time
+}
+
+// envRequest is a two-node cluster_topology request with auto_start.
+func envRequest() testenv.CreateRequest {
+	return testenv.CreateRequest{
+		Config: testenv.EnvConfig{
+			Type:        testenv.TypeClusterTopology,
+			ClusterType: "etcd",
+			Topology: &testenv.Topology{Nodes: []testenv.Node{
+				{Name: "etcd-1", Role: testenv.RoleEtcd, Taskservs: []string{"etcd"}},
+				{Name: "etcd-2", Role: testenv.RoleEtcd, Taskservs: []string{"etcd", "containerd"}},
+			}},
+		},
+		Infra:     "staging",
+		AutoStart: true,
+	}
+}
+
+// envInput builds the workflow input the way the API does: the plan from
+// testenv.BuildPlan with the built-in templates.
+func envInput(t *testing.T, req testenv.CreateRequest, ttl time.Duration) workflows.TestEnvInput {
+	t.Helper()
+	plan, err := testenv.BuildPlan(envID1, req, testenv.DefaultTemplates(), testImage)
+	require.NoError(t, err)
+	return workflows.TestEnvInput{EnvID: envID1, Request: req, Plan: plan, TTL: ttl, CreatedAt: createdAt}
+}
+
+func newEnvHarness(t *testing.T, in workflows.TestEnvInput) *envHarness {
+	t.Helper()
+	h := &envHarness{harness: newHarness(t), in: in, starts: map[string][]time.Time{}}
+	// Replaces the harness's RunNushell listener: no Nushell here.
+	h.env.SetOnActivityStartedListener(func(info *activity.Info, _ context.Context, _ converter.EncodedValues) {
+		now := h.env.Now()
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.starts[info.ActivityType.Name] = append(h.starts[info.ActivityType.Name], now)
+	})
+	return h
+}
+
+// startedAt is when each call of the named activity started (workflow
+// clock).
+func (h *envHarness) startedAt(name string) []time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]time.Time(nil), h.starts[name]...)
+}
+
+func (h *envHarness) record(ctx context.Context, name string, arg any) {
+	c := dockerCall{name: name, arg: arg, returned: h.env.Now(), info: activity.GetInfo(ctx)}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.calls = append(h.calls, c)
+}
+
+// dockerCalls returns the mocked Docker calls named (all when none), in
+// call order.
+func (h *envHarness) dockerCalls(names ...string) []dockerCall {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []dockerCall
+	for _, c := range h.calls {
+		if len(names) == 0 || containsString(names, c.name) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func (h *envHarness) callNames() []string {
+	var out []string
+	for _, c := range h.dockerCalls() {
+		out = append(out, c.name)
+	}
+	return out
+}
+
+func (h *envHarness) runInputs() []activities.RunTestsInput {
+	var out []activities.RunTestsInput
+	for _, c := range h.dockerCalls("RunTests") {
+		out = append(out, c.arg.(activities.RunTestsInput))
+	}
+	return out
+}
+
+func containsString(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// engineNodes is what the engine reports for the plan's containers (as
+// InspectNodes does: no taskservs, they are not labels).
+func engineNodes(plan testenv.Plan, state string) []activities.NodeStatus {
+	var out []activities.NodeStatus
+	for i, n := range plan.Nodes {
+		ns := activities.NodeStatus{
+			ContainerID: fmt.Sprintf("c0ffee%02d", i),
+			Name:        n.ContainerName,
+			Node:        n.Name,
+			Role:        n.Role,
+			Image:       n.Image,
+			State:       state,
+			NanoCPUs:    n.NanoCPUs,
+			MemoryBytes: n.MemoryBytes,
+		}
+		if state == "running" {
+			ns.IP = fmt.Sprintf("172.30.0.%d", i+2)
+		}
+		out = append(out, ns)
+	}
+	return out
+}
+
+// envInfo is what CreateEnvironment reports for the plan.
+func envInfo(plan testenv.Plan, started bool) activities.EnvInfo {
+	state := "created"
+	if started {
+		state = "running"
+	}
+	return activities.EnvInfo{NetworkID: "net0123", Subnet: "172.30.0.0/24", Nodes: engineNodes(plan, state)}
+}
+
+// runResult is a TestRun for the given tests; failing names tests that fail.
+func runResult(in activities.RunTestsInput, failing ...string) activities.TestRun {
+	run := activities.TestRun{Passed: true, Total: len(in.Tests)}
+	for _, s := range in.Tests {
+		r := activities.TestResult{Name: s.Name, Node: s.Node, Command: s.Command, Passed: true, Stdout: "ok\n", DurationMS: 7}
+		if containsString(failing, s.Name) {
+			r.Passed, r.ExitCode, r.Stdout, r.Stderr = false, 1, "", "boom\n"
+			run.Passed = false
+			run.Failed++
+		}
+		run.Results = append(run.Results, r)
+	}
+	return run
+}
+
+func (h *envHarness) onCreate(fn func(activities.CreateEnvInput) (activities.EnvInfo, error)) *testsuite.MockCallWrapper {
+	return h.env.OnActivity(h.acts.CreateEnvironment, mock.Anything, mock.Anything).Return(
+		func(ctx context.Context, in activities.CreateEnvInput) (activities.EnvInfo, error) {
+			h.record(ctx, "CreateEnvironment", in)
+			return fn(in)
+		})
+}
+
+func (h *envHarness) onStart(fn func(string) error) *testsuite.MockCallWrapper {
+	return h.env.OnActivity(h.acts.StartEnvironment, mock.Anything, mock.Anything).Return(
+		func(ctx context.Context, envID string) error {
+			h.record(ctx, "StartEnvironment", envID)
+			return fn(envID)
+		})
+}
+
+func (h *envHarness) onRun(fn func(activities.RunTestsInput) (activities.TestRun, error)) *testsuite.MockCallWrapper {
+	return h.env.OnActivity(h.acts.RunTests, mock.Anything, mock.Anything).Return(
+		func(ctx context.Context, in activities.RunTestsInput) (activities.TestRun, error) {
+			h.record(ctx, "RunTests", in)
+			return fn(in)
+		})
+}
+
+func (h *envHarness) onInspect(fn func(string) ([]activities.NodeStatus, error)) *testsuite.MockCallWrapper {
+	return h.env.OnActivity(h.acts.InspectEnvironment, mock.Anything, mock.Anything).Return(
+		func(ctx context.Context, envID string) ([]activities.NodeStatus, error) {
+			h.record(ctx, "InspectEnvironment", envID)
+			return fn(envID)
+		})
+}
+
+func (h *envHarness) onRemove(fn func(string) (activities.RemovedCounts, error)) *testsuite.MockCallWrapper {
+	return h.env.OnActivity(h.acts.RemoveEnvironment, mock.Anything, mock.Anything).Return(
+		func(ctx context.Context, envID string) (activities.RemovedCounts, error) {
+			h.record(ctx, "RemoveEnvironment", envID)
+			return fn(envID)
+		})
+}
+
+// start adds the default Docker mocks (everything succeeds, every test
+// passes) and runs the workflow to its end.
+func (h *envHarness) start() {
+	plan := h.in.Plan
+	h.onCreate(func(in activities.CreateEnvInput) (activities.EnvInfo, error) {
+		return envInfo(in.Plan, in.Start), nil
+	}).After(createTook).Maybe()
+	h.onStart(func(string) error { return nil }).After(startTook).Maybe()
+	h.onRun(func(in activities.RunTestsInput) (activities.TestRun, error) {
+		return runResult(in), nil
+	}).After(runTook).Maybe()
+	h.onInspect(func(string) ([]activities.NodeStatus, error) {
+		return engineNodes(plan, "running"), nil
+	}).Maybe()
+	h.onRemove(func(string) (activities.RemovedCounts, error) {
+		return removedCounts, nil
+	}).After(removeTook).Maybe()
+	h.env.ExecuteWorkflow(workflows.TestEnvironmentWorkflowName, h.in)
+}
+
+// runOutcome collects the callbacks of one run-tests update.
+type runOutcome struct {
+	mu        sync.Mutex
+	accepted  bool
+	rejected  error
+	completed bool
+	run       activities.TestRun
+	err       error
+	decodeErr error
+}
+
+func (o *runOutcome) snapshot() runOutcome {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return runOutcome{accepted: o.accepted, rejected: o.rejected, completed: o.completed, run: o.run, err: o.err, decodeErr: o.decodeErr}
+}
+
+// sendRun sends the run-tests update after d on the workflow clock.
+func (h *envHarness) sendRun(d time.Duration, id string, req testenv.RunRequest) *runOutcome {
+	o := &runOutcome{}
+	h.env.RegisterDelayedCallback(func() { h.updateRun(o, id, req) }, d)
+	return o
+}
+
+func (h *envHarness) updateRun(o *runOutcome, id string, req testenv.RunRequest) {
+	h.env.UpdateWorkflow(workflows.RunTestsUpdate, id, &testsuite.TestUpdateCallback{
+		OnAccept: func() {
+			o.mu.Lock()
+			defer o.mu.Unlock()
+			o.accepted = true
+		},
+		OnReject: func(err error) {
+			o.mu.Lock()
+			defer o.mu.Unlock()
+			o.rejected = err
+		},
+		OnComplete: func(v any, err error) {
+			o.mu.Lock()
+			defer o.mu.Unlock()
+			o.completed, o.err = true, err
+			if err == nil {
+				// The handler's value as is; decode it the way a client would.
+				b, merr := json.Marshal(v)
+				if merr == nil {
+					merr = json.Unmarshal(b, &o.run)
+				}
+				o.decodeErr = merr
+			}
+		},
+	}, req)
+}
+
+// sendCleanup signals cleanup after d on the workflow clock.
+func (h *envHarness) sendCleanup(d time.Duration) {
+	h.env.RegisterDelayedCallback(func() { h.env.SignalWorkflow(workflows.CleanupSignal, nil) }, d)
+}
+
+// queryAt queries the status after d on the workflow clock.
+func (h *envHarness) queryAt(d time.Duration) *activities.EnvState {
+	var st activities.EnvState
+	h.env.RegisterDelayedCallback(func() { st = h.envQuery() }, d)
+	return &st
+}
+
+func (h *envHarness) envQuery() activities.EnvState {
+	h.t.Helper()
+	v, err := h.env.QueryWorkflow(workflows.StatusQuery)
+	require.NoError(h.t, err)
+	var st activities.EnvState
+	require.NoError(h.t, v.Get(&st))
+	return st
+}
+
+// envResult returns the workflow's EnvState; it fails the test unless the
+// workflow completed successfully.
+func (h *envHarness) envResult() activities.EnvState {
+	h.t.Helper()
+	require.True(h.t, h.env.IsWorkflowCompleted(), "workflow did not complete")
+	require.NoError(h.t, h.env.GetWorkflowError())
+	var st activities.EnvState
+	require.NoError(h.t, h.env.GetWorkflowResult(&st))
+	return st
+}
+
+// envProjections returns the accepted projections of the environment and
+// the EnvState each carries.
+func (h *envHarness) envProjections() ([]storage.Task, []activities.EnvState) {
+	h.t.Helper()
+	ps := h.store.projections(h.in.EnvID)
+	states := make([]activities.EnvState, len(ps))
+	for i, p := range ps {
+		require.Equal(h.t, workflows.TestEnvironmentWorkflowName, p.WorkflowType)
+		require.NoError(h.t, json.Unmarshal(p.Environment, &states[i]), "projection %d", i)
+		require.Equal(h.t, p.Version, states[i].Version, "task and environment versions of projection %d", i)
+	}
+	return ps, states
+}
+
+func (h *envHarness) lastEnvProjection() (storage.Task, activities.EnvState) {
+	h.t.Helper()
+	ps, states := h.envProjections()
+	require.NotEmpty(h.t, ps, "nothing was projected")
+	return ps[len(ps)-1], states[len(states)-1]
+}
+
+func envStatuses(states []activities.EnvState) []string {
+	out := make([]string, len(states))
+	for i, s := range states {
+		out[i] = s.Status
+	}
+	return out
+}
+
+func nodeStates(s activities.EnvState) []string {
+	out := make([]string, len(s.Nodes))
+	for i, n := range s.Nodes {
+		out[i] = n.State
+	}
+	return out
+}
+
+func requireAppErrType(t *testing.T, err error, typ string) *temporal.ApplicationError {
+	t.Helper()
+	require.Error(t, err)
+	var appErr *temporal.ApplicationError
+	require.ErrorAs(t, err, &appErr, "want an ApplicationError, got %T %v", err, err)
+	require.Equal(t, typ, appErr.Type(), "error %v", err)
+	return appErr
+}
+
+func requireSameTime(t *testing.T, want, got time.Time, msgAndArgs ...any) {
+	t.Helper()
+	require.True(t, want.Equal(got), "want %v, got %v %v", want, got, fmt.Sprint(msgAndArgs...))
+}
+
+// uname is a test of every node.
+var unameRun = testenv.RunRequest{Tests: []testenv.TestSpec{{Name: "uname", Command: []string{"uname", "-a"}}}}
+
+func TestTestEnv_HappyPath(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		failing    []string
+		wantStatus string
+		wantTask   storage.TaskStatus
+	}{
+		{"tests pass", nil, workflows.EnvPassed, storage.StatusCompleted},
+		{"a test fails", []string{"uname"}, workflows.EnvFailed, storage.StatusFailed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newEnvHarness(t, envInput(t, envRequest(), 0))
+			plan := h.in.Plan
+			h.onRun(func(in activities.RunTestsInput) (activities.TestRun, error) {
+				return runResult(in, tc.failing...), nil
+			}).After(runTook).Once()
+			runAt, cleanupAt := time.Minute, 10*time.Minute
+			out := h.sendRun(runAt, "run-1", unameRun)
+			duringRun := h.queryAt(runAt + runTook/2)
+			h.sendCleanup(cleanupAt)
+			h.start()
+			final := h.envResult()
+
+			// The Docker calls, in order, each exactly once.
+			assert.Equal(t, []string{"CreateEnvironment", "RunTests", "InspectEnvironment", "RemoveEnvironment"}, h.callNames())
+			create := h.dockerCalls("CreateEnvironment")[0]
+			assert.Equal(t, activities.CreateEnvInput{Plan: plan, Start: true}, create.arg)
+			assert.Equal(t, 10*time.Minute, create.info.StartToCloseTimeout)
+			assert.Equal(t, 30*time.Second, create.info.HeartbeatTimeout)
+			run := h.dockerCalls("RunTests")[0]
+			assert.Equal(t, 6*time.Minute, run.info.StartToCloseTimeout, "default run timeout (300s) plus a minute")
+			requireSameTime(t, t0.Add(runAt), h.startedAt("RunTests")[0])
+			requireSameTime(t, t0.Add(runAt+runTook), run.returned)
+			remove := h.dockerCalls("RemoveEnvironment")[0]
+			assert.Equal(t, envID1, remove.arg)
+			requireSameTime(t, t0.Add(cleanupAt), h.startedAt("RemoveEnvironment")[0])
+
+			// RunTests got the request's test on every node, in plan order,
+			// with the default test timeout, and the created containers.
+			in := h.runInputs()[0]
+			assert.Equal(t, envID1, in.EnvID)
+			assert.Equal(t, []testenv.TestSpec{
+				{Name: "uname", Node: "etcd-1", Command: []string{"uname", "-a"}, TimeoutSeconds: testenv.DefaultTestTimeoutSeconds},
+				{Name: "uname", Node: "etcd-2", Command: []string{"uname", "-a"}, TimeoutSeconds: testenv.DefaultTestTimeoutSeconds},
+			}, in.Tests)
+			assert.Equal(t, envInfo(plan, true).Nodes, in.Nodes)
+
+			// The update returned the run.
+			o := out.snapshot()
+			require.NoError(t, o.rejected)
+			require.True(t, o.accepted)
+			require.True(t, o.completed)
+			require.NoError(t, o.err)
+			require.NoError(t, o.decodeErr)
+			assert.Equal(t, 1, o.run.Number)
+			assert.Equal(t, tc.failing == nil, o.run.Passed)
+			assert.Equal(t, 2, o.run.Total)
+			assert.Equal(t, len(tc.failing)*2, o.run.Failed)
+			assert.Len(t, o.run.Results, 2)
+			requireSameTime(t, t0.Add(runAt), o.run.StartedAt)
+			requireSameTime(t, t0.Add(runAt+runTook), o.run.FinishedAt)
+
+			assert.Equal(t, workflows.EnvRunning, duringRun.Status)
+
+			// The final state.
+			assert.Equal(t, envID1, final.ID)
+			assert.Equal(t, workflows.EnvCleaned, final.Status)
+			assert.Equal(t, "cleanup requested", final.EndReason)
+			assert.Equal(t, tc.wantStatus, final.LastStatus)
+			assert.Empty(t, final.Error)
+			assert.Equal(t, testenv.TypeClusterTopology, final.Type)
+			assert.Equal(t, "staging", final.Infra)
+			assert.Equal(t, envRequest(), final.Request)
+			assert.Equal(t, activities.EnvNetwork{Name: plan.NetworkName, ID: "net0123", Subnet: "172.30.0.0/24"}, final.Network)
+			assert.Equal(t, []string{"removed", "removed"}, nodeStates(final))
+			require.NotNil(t, final.Removed)
+			assert.Equal(t, removedCounts, *final.Removed)
+			require.Len(t, final.Runs, 1)
+			require.NotNil(t, final.LastRun)
+			assert.Equal(t, final.Runs[0], *final.LastRun)
+			assert.Equal(t, o.run, *final.LastRun, "the update's result is the run kept in state")
+			requireSameTime(t, createdAt, final.CreatedAt)
+			requireSameTime(t, createdAt.Add(workflows.DefaultEnvTTL), final.ExpiresAt, "default TTL from created_at")
+			require.NotNil(t, final.FinishedAt)
+			requireSameTime(t, t0.Add(cleanupAt+removeTook), *final.FinishedAt)
+
+			// Projections: creating, ready, running, the verdict, cleaning,
+			// cleaned, with contiguous versions; the last one is the result.
+			ps, states := h.envProjections()
+			assert.Equal(t, []string{workflows.EnvCreating, workflows.EnvReady, workflows.EnvRunning, tc.wantStatus, workflows.EnvCleaning, workflows.EnvCleaned}, envStatuses(states))
+			requireStrictlyIncreasingVersions(t, ps)
+			assert.Equal(t, []storage.TaskStatus{storage.StatusPending, storage.StatusRunning, storage.StatusRunning, storage.StatusRunning, storage.StatusRunning, tc.wantTask}, statuses(ps))
+			assert.Equal(t, final, states[len(states)-1])
+			assert.Equal(t, []string{"planned", "planned"}, nodeStates(states[0]))
+			assert.Equal(t, []string{"running", "running"}, nodeStates(states[1]))
+			requireSameTime(t, t0.Add(createTook), states[1].UpdatedAt)
+			assert.Nil(t, states[2].LastRun, "no run result while running")
+			require.NotNil(t, states[3].LastRun)
+			assert.Equal(t, o.run, *states[3].LastRun)
+
+			// The final task.
+			task := ps[len(ps)-1]
+			assert.Equal(t, tc.wantTask, task.Status)
+			assert.Equal(t, "test env cluster_topology etcd", task.Name)
+			require.NotNil(t, task.CompletedAt)
+			requireSameTime(t, *final.FinishedAt, *task.CompletedAt)
+			assert.Equal(t, storage.Progress{Done: 2 - o.run.Failed, Total: 2}, task.Progress)
+			require.NotNil(t, task.Output)
+			assert.Contains(t, *task.Output, fmt.Sprintf("%d/2 passed", 2-o.run.Failed))
+			stored, err := h.store.Get(context.Background(), envID1)
+			require.NoError(t, err)
+			assert.Equal(t, task, stored)
+		})
+	}
+}
+
+func TestTestEnv_EmptyRunRunsDefaultChecks(t *testing.T) {
+	req := testenv.CreateRequest{
+		Config:    testenv.EnvConfig{Type: testenv.TypeClusterTopology, Template: "kubernetes_3node"},
+		AutoStart: true,
+	}
+	h := newEnvHarness(t, envInput(t, req, 0))
+	plan := h.in.Plan
+	require.Len(t, plan.Nodes, 3)
+	out := h.sendRun(time.Minute, "run-1", testenv.RunRequest{})
+	h.sendCleanup(10 * time.Minute)
+	h.start()
+	final := h.envResult()
+
+	ins := h.runInputs()
+	require.Len(t, ins, 1)
+	var want []testenv.TestSpec
+	for _, n := range plan.Nodes {
+		want = append(want, testenv.DefaultChecks(plan, n)...)
+	}
+	assert.Equal(t, want, ins[0].Tests)
+	assert.Equal(t, plan.DefaultTests(), ins[0].Tests)
+	// hostname, two pings and one check per taskserv on every node.
+	var names []string
+	for _, s := range ins[0].Tests {
+		names = append(names, s.Node+"/"+s.Name)
+	}
+	assert.Equal(t, []string{
+		"cp-01/hostname", "cp-01/ping:worker-01", "cp-01/ping:worker-02", "cp-01/taskserv:containerd", "cp-01/taskserv:etcd", "cp-01/taskserv:kubernetes",
+		"worker-01/hostname", "worker-01/ping:cp-01", "worker-01/ping:worker-02", "worker-01/taskserv:containerd", "worker-01/taskserv:kubernetes",
+		"worker-02/hostname", "worker-02/ping:cp-01", "worker-02/ping:worker-01", "worker-02/taskserv:containerd", "worker-02/taskserv:kubernetes",
+	}, names)
+
+	o := out.snapshot()
+	require.True(t, o.completed)
+	require.NoError(t, o.err)
+	assert.Equal(t, len(want), o.run.Total)
+	assert.Equal(t, workflows.EnvPassed, final.LastStatus)
+}
+
+func TestTestEnv_Validator(t *testing.T) {
+	t.Run("a second run while one is in progress is rejected", func(t *testing.T) {
+		h := newEnvHarness(t, envInput(t, envRequest(), 0))
+		h.onRun(func(in activities.RunTestsInput) (activities.TestRun, error) {
+			return runResult(in), nil
+		}).After(5 * time.Minute)
+		first := h.sendRun(time.Minute, "run-1", unameRun)
+		second := h.sendRun(2*time.Minute, "run-2", unameRun)
+		h.sendCleanup(20 * time.Minute)
+		h.start()
+		final := h.envResult()
+
+		f, s := first.snapshot(), second.snapshot()
+		require.NoError(t, f.rejected)
+		require.True(t, f.completed)
+		require.NoError(t, f.err)
+		assert.False(t, s.accepted)
+		assert.False(t, s.completed)
+		appErr := requireAppErrType(t, s.rejected, workflows.ErrTypeRunInProgress)
+		assert.Contains(t, appErr.Message(), "already in progress")
+		assert.Len(t, h.dockerCalls("RunTests"), 1)
+		assert.Len(t, final.Runs, 1)
+		// A rejected update leaves no trace in the state.
+		_, states := h.envProjections()
+		assert.Equal(t, []string{workflows.EnvCreating, workflows.EnvReady, workflows.EnvRunning, workflows.EnvPassed, workflows.EnvCleaning, workflows.EnvCleaned}, envStatuses(states))
+	})
+
+	t.Run("a run on an unknown node is rejected", func(t *testing.T) {
+		h := newEnvHarness(t, envInput(t, envRequest(), 0))
+		bad := testenv.RunRequest{Tests: []testenv.TestSpec{{Name: "uname", Node: "etcd-9", Command: []string{"uname"}}}}
+		out := h.sendRun(time.Minute, "run-1", bad)
+		var afterReject activities.EnvState
+		h.env.RegisterDelayedCallback(func() { afterReject = h.envQuery() }, 2*time.Minute)
+		h.sendCleanup(10 * time.Minute)
+		h.start()
+		final := h.envResult()
+
+		o := out.snapshot()
+		assert.False(t, o.accepted)
+		appErr := requireAppErrType(t, o.rejected, workflows.ErrTypeInvalidRunSpec)
+		assert.Contains(t, appErr.Message(), `tests[0].node: unknown node "etcd-9"`)
+		assert.Contains(t, appErr.Message(), "etcd-1, etcd-2")
+		assert.Empty(t, h.dockerCalls("RunTests"))
+		assert.Equal(t, workflows.EnvReady, afterReject.Status)
+		assert.Empty(t, final.Runs)
+		assert.Equal(t, workflows.EnvReady, final.LastStatus)
+	})
+
+	t.Run("an invalid timeout is rejected", func(t *testing.T) {
+		h := newEnvHarness(t, envInput(t, envRequest(), 0))
+		out := h.sendRun(time.Minute, "run-1", testenv.RunRequest{TimeoutSeconds: testenv.MaxTimeoutSeconds + 1})
+		h.sendCleanup(10 * time.Minute)
+		h.start()
+		h.envResult()
+		requireAppErrType(t, out.snapshot().rejected, workflows.ErrTypeInvalidRunSpec)
+		assert.Empty(t, h.dockerCalls("RunTests"))
+	})
+
+	t.Run("a run while the environment is being created is rejected", func(t *testing.T) {
+		h := newEnvHarness(t, envInput(t, envRequest(), 0))
+		out := h.sendRun(createTook/2, "run-1", unameRun)
+		h.sendCleanup(10 * time.Minute)
+		h.start()
+		h.envResult()
+		appErr := requireAppErrType(t, out.snapshot().rejected, workflows.ErrTypeEnvNotReady)
+		assert.Contains(t, appErr.Message(), "environment is creating")
+		assert.Empty(t, h.dockerCalls("RunTests"))
+	})
+
+	t.Run("runs after cleanup was signalled are rejected", func(t *testing.T) {
+		h := newEnvHarness(t, envInput(t, envRequest(), 0))
+		h.onRemove(func(string) (activities.RemovedCounts, error) { return removedCounts, nil }).After(time.Minute).Once()
+		// One update right behind the signal, one while the environment is
+		// being removed.
+		withSignal := &runOutcome{}
+		h.env.RegisterDelayedCallback(func() {
+			h.env.SignalWorkflow(workflows.CleanupSignal, nil)
+			h.updateRun(withSignal, "run-1", unameRun)
+		}, 5*time.Minute)
+		whileCleaning := h.sendRun(5*time.Minute+30*time.Second, "run-2", unameRun)
+		h.start()
+		final := h.envResult()
+
+		requireAppErrType(t, withSignal.snapshot().rejected, workflows.ErrTypeEnvNotReady)
+		appErr := requireAppErrType(t, whileCleaning.snapshot().rejected, workflows.ErrTypeEnvNotReady)
+		assert.Equal(t, "environment is cleaning, not ready for tests", appErr.Message())
+		assert.Empty(t, h.dockerCalls("RunTests"))
+		assert.Equal(t, "cleanup requested", final.EndReason)
+		assert.Len(t, h.dockerCalls("RemoveEnvironment"), 1)
+	})
+}
+
+func TestTestEnv_AutoCleanupAfterRun(t *testing.T) {
+	req := envRequest()
+	req.AutoCleanup = true
+	h := newEnvHarness(t, envInput(t, req, 0))
+	runAt := 3 * time.Minute
+	out := h.sendRun(runAt, "run-1", unameRun)
+	h.start()
+	final := h.envResult()
+
+	o := out.snapshot()
+	require.True(t, o.completed)
+	require.NoError(t, o.err)
+	assert.True(t, o.run.Passed)
+	assert.Equal(t, []string{"CreateEnvironment", "RunTests", "InspectEnvironment", "RemoveEnvironment"}, h.callNames())
+	assert.Len(t, h.dockerCalls("RemoveEnvironment"), 1)
+	assert.Equal(t, workflows.EnvCleaned, final.Status)
+	assert.Equal(t, "auto_cleanup after run", final.EndReason)
+	assert.Equal(t, workflows.EnvPassed, final.LastStatus)
+	assert.True(t, final.AutoCleanup)
+	require.NotNil(t, final.FinishedAt)
+	requireSameTime(t, t0.Add(runAt+runTook+removeTook), *final.FinishedAt, "cleaned right after the run, long before the TTL")
+	_, states := h.envProjections()
+	assert.Equal(t, []string{workflows.EnvCreating, workflows.EnvReady, workflows.EnvRunning, workflows.EnvPassed, workflows.EnvCleaning, workflows.EnvCleaned}, envStatuses(states))
+}
+
+func TestTestEnv_TTLExpires(t *testing.T) {
+	const ttl = 10 * time.Minute
+	for _, tc := range []struct {
+		name      string
+		createdAt time.Time
+		expires   time.Time
+		elapsed   time.Duration // workflow clock from start to end
+	}{
+		// Without created_at the TTL counts from the workflow start...
+		{"from workflow start", time.Time{}, t0.Add(ttl), ttl},
+		// ...else from when the API accepted the request.
+		{"from created_at", createdAt, createdAt.Add(ttl), ttl - createdAtOffset()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := envInput(t, envRequest(), ttl)
+			in.CreatedAt = tc.createdAt
+			h := newEnvHarness(t, in)
+			h.onRemove(func(string) (activities.RemovedCounts, error) { return removedCounts, nil }).Once()
+			ready := h.queryAt(time.Minute)
+			h.start()
+			final := h.envResult()
+
+			assert.Equal(t, workflows.EnvReady, ready.Status)
+			requireSameTime(t, tc.expires, ready.ExpiresAt)
+			assert.Equal(t, workflows.EnvCleaned, final.Status)
+			assert.Equal(t, "ttl expired", final.EndReason)
+			assert.Equal(t, workflows.EnvReady, final.LastStatus)
+			assert.Len(t, h.dockerCalls("RemoveEnvironment"), 1)
+			requireSameTime(t, tc.expires, h.startedAt("RemoveEnvironment")[0], "removal starts when the TTL expires")
+			require.NotNil(t, final.FinishedAt)
+			requireSameTime(t, tc.expires, *final.FinishedAt)
+			// The test clock jumped to the expiry: the workflow lived its TTL.
+			assert.Equal(t, tc.elapsed, h.env.Now().Sub(t0))
+		})
+	}
+
+	t.Run("a run in flight at expiry finishes first", func(t *testing.T) {
+		h := newEnvHarness(t, envInput(t, envRequest(), ttl))
+		h.onRun(func(in activities.RunTestsInput) (activities.TestRun, error) {
+			return runResult(in), nil
+		}).After(3 * time.Minute)
+		h.onRemove(func(string) (activities.RemovedCounts, error) { return removedCounts, nil }).Once()
+		out := h.sendRun(ttl-createdAtOffset()-time.Minute, "run-1", unameRun)
+		h.start()
+		final := h.envResult()
+
+		o := out.snapshot()
+		require.True(t, o.completed)
+		require.NoError(t, o.err)
+		assert.Equal(t, "ttl expired", final.EndReason)
+		assert.Equal(t, workflows.EnvPassed, final.LastStatus)
+		require.Len(t, final.Runs, 1)
+		remove := h.dockerCalls("RemoveEnvironment")
+		require.Len(t, remove, 1)
+		requireSameTime(t, final.Runs[0].FinishedAt, h.startedAt("RemoveEnvironment")[0], "removal waited for the run")
+		assert.True(t, final.Runs[0].FinishedAt.After(final.ExpiresAt))
+	})
+}
+
+// createdAtOffset is how long before the workflow start the API accepted
+// the request (envInput's CreatedAt).
+func createdAtOffset() time.Duration { return t0.Sub(createdAt) }
+
+func TestTestEnv_CreationFailure(t *testing.T) {
+	const imageMsg = `image "busybox:nope" is not available locally and could not be pulled: pull access denied`
+	imageMissing := func(activities.CreateEnvInput) (activities.EnvInfo, error) {
+		return activities.EnvInfo{}, temporal.NewNonRetryableApplicationError(imageMsg, activities.ErrTypeImageMissing, nil)
+	}
+
+	t.Run("rolled back", func(t *testing.T) {
+		h := newEnvHarness(t, envInput(t, envRequest(), 0))
+		h.onCreate(imageMissing).After(time.Second)
+		h.start()
+		err := h.workflowErr()
+
+		appErr := requireAppErrType(t, err, "EnvironmentCreateFailed")
+		assert.True(t, appErr.NonRetryable())
+		assert.Equal(t, "environment creation failed: "+imageMsg+" (rolled back)", appErr.Message())
+		assert.Equal(t, []string{"CreateEnvironment", "RemoveEnvironment"}, h.callNames(), "a missing image is not retried; the rollback removes what was made")
+		assert.Equal(t, envID1, h.dockerCalls("RemoveEnvironment")[0].arg)
+
+		task, last := h.lastEnvProjection()
+		assert.Equal(t, workflows.EnvError, last.Status)
+		assert.Equal(t, imageMsg+" (rolled back)", last.Error)
+		assert.Empty(t, last.EndReason)
+		require.NotNil(t, last.FinishedAt)
+		requireSameTime(t, t0.Add(time.Second+removeTook), *last.FinishedAt)
+		require.NotNil(t, last.Removed)
+		assert.Equal(t, []string{"removed", "removed"}, nodeStates(last))
+		assert.Equal(t, storage.StatusFailed, task.Status)
+		require.NotNil(t, task.Error)
+		assert.Equal(t, imageMsg+" (rolled back)", *task.Error)
+		require.NotNil(t, task.CompletedAt)
+		ps, states := h.envProjections()
+		assert.Equal(t, []string{workflows.EnvCreating, workflows.EnvError}, envStatuses(states))
+		requireStrictlyIncreasingVersions(t, ps)
+	})
+
+	t.Run("keep_on_failure", func(t *testing.T) {
+		req := envRequest()
+		req.KeepOnFailure = true
+		h := newEnvHarness(t, envInput(t, req, 0))
+		h.onCreate(imageMissing)
+		h.start()
+		err := h.workflowErr()
+
+		appErr := requireAppErrType(t, err, "EnvironmentCreateFailed")
+		assert.True(t, appErr.NonRetryable())
+		assert.Equal(t, "environment creation failed: "+imageMsg, appErr.Message())
+		assert.Empty(t, h.dockerCalls("RemoveEnvironment"), "keep_on_failure keeps what was made")
+		_, last := h.lastEnvProjection()
+		assert.Equal(t, workflows.EnvError, last.Status)
+		assert.Equal(t, imageMsg, last.Error)
+		assert.Nil(t, last.Removed)
+		assert.Equal(t, []string{"planned", "planned"}, nodeStates(last))
+	})
+
+	t.Run("transient errors are retried three times", func(t *testing.T) {
+		h := newEnvHarness(t, envInput(t, envRequest(), 0))
+		h.onCreate(func(activities.CreateEnvInput) (activities.EnvInfo, error) {
+			return activities.EnvInfo{}, errors.New("Cannot connect to the Docker daemon")
+		})
+		h.start()
+		err := h.workflowErr()
+
+		requireAppErrType(t, err, "EnvironmentCreateFailed")
+		assert.Equal(t, []string{"CreateEnvironment", "CreateEnvironment", "CreateEnvironment", "RemoveEnvironment"}, h.callNames())
+		_, last := h.lastEnvProjection()
+		assert.Equal(t, "Cannot connect to the Docker daemon (rolled back)", last.Error)
+	})
+
+	t.Run("failed rollback", func(t *testing.T) {
+		h := newEnvHarness(t, envInput(t, envRequest(), 0))
+		h.onCreate(imageMissing)
+		h.onRemove(func(string) (activities.RemovedCounts, error) {
+			return activities.RemovedCounts{}, temporal.NewNonRetryableApplicationError("network in use", "Other", nil)
+		})
+		h.start()
+		err := h.workflowErr()
+
+		appErr := requireAppErrType(t, err, "EnvironmentCreateFailed")
+		assert.Contains(t, appErr.Message(), "rollback failed: network in use")
+		_, last := h.lastEnvProjection()
+		assert.True(t, strings.HasPrefix(last.Error, imageMsg), "error %q", last.Error)
+		assert.True(t, strings.HasSuffix(last.Error, "; rollback failed: network in use"), "error %q", last.Error)
+		assert.Nil(t, last.Removed)
+	})
+}
+
+func TestTestEnv_Cancel(t *testing.T) {
+	t.Run("while ready", func(t *testing.T) {
+		h := newEnvHarness(t, envInput(t, envRequest(), 0))
+		h.onRemove(func(string) (activities.RemovedCounts, error) {
+			return removedCounts, nil
+		}).After(removeTook).Once()
+		cancelAt := 5 * time.Minute
+		h.env.RegisterDelayedCallback(h.env.CancelWorkflow, cancelAt)
+		h.start()
+		err := h.workflowErr()
+
+		assert.True(t, temporal.IsCanceledError(err), "want a canceled error, got %v", err)
+		assert.Equal(t, []string{"CreateEnvironment", "RemoveEnvironment"}, h.callNames())
+		requireSameTime(t, t0.Add(cancelAt), h.startedAt("RemoveEnvironment")[0])
+		// On the cancelled context it would not even have been scheduled.
+
+		task, last := h.lastEnvProjection()
+		assert.Equal(t, workflows.EnvCleaned, last.Status)
+		assert.Equal(t, "cancelled", last.EndReason)
+		assert.Equal(t, workflows.EnvReady, last.LastStatus)
+		require.NotNil(t, last.Removed)
+		assert.Equal(t, removedCounts, *last.Removed)
+		require.NotNil(t, last.FinishedAt)
+		requireSameTime(t, t0.Add(cancelAt+removeTook), *last.FinishedAt)
+		assert.Equal(t, storage.StatusCancelled, task.Status)
+		mapped, err := activities.EnvTask(last)
+		require.NoError(t, err)
+		assert.Equal(t, storage.StatusCancelled, mapped.Status)
+
+		ps, states := h.envProjections()
+		assert.Equal(t, []string{workflows.EnvCreating, workflows.EnvReady, workflows.EnvCleaning, workflows.EnvCleaned}, envStatuses(states))
+		requireStrictlyIncreasingVersions(t, ps)
+	})
+
+	t.Run("during a run", func(t *testing.T) {
+		h := newEnvHarness(t, envInput(t, envRequest(), 0))
+		h.onRun(func(in activities.RunTestsInput) (activities.TestRun, error) {
+			return runResult(in), nil
+		}).After(time.Hour).Maybe()
+		h.onRemove(func(string) (activities.RemovedCounts, error) { return removedCounts, nil }).Once()
+		out := h.sendRun(time.Minute, "run-1", unameRun)
+		h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 2*time.Minute)
+		h.start()
+		err := h.workflowErr()
+
+		assert.True(t, temporal.IsCanceledError(err), "want a canceled error, got %v", err)
+		o := out.snapshot()
+		require.True(t, o.accepted)
+		require.True(t, o.completed, "the run's update got an answer")
+		assert.Error(t, o.err, "the cancelled run returned no result")
+		assert.Len(t, h.dockerCalls("RemoveEnvironment"), 1)
+		task, last := h.lastEnvProjection()
+		assert.Equal(t, workflows.EnvCleaned, last.Status)
+		assert.Equal(t, "cancelled", last.EndReason)
+		assert.Empty(t, last.Runs)
+		assert.Equal(t, storage.StatusCancelled, task.Status)
+		ps, _ := h.envProjections()
+		for i := 1; i < len(ps); i++ {
+			assert.Greater(t, ps[i].Version, ps[i-1].Version)
+		}
+	})
+
+	t.Run("during creation", func(t *testing.T) {
+		h := newEnvHarness(t, envInput(t, envRequest(), 0))
+		h.onCreate(func(in activities.CreateEnvInput) (activities.EnvInfo, error) {
+			return envInfo(in.Plan, true), nil
+		}).After(time.Hour).Maybe()
+		h.onRemove(func(string) (activities.RemovedCounts, error) { return removedCounts, nil }).Once()
+		h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 10*time.Second)
+		h.start()
+		err := h.workflowErr()
+
+		assert.True(t, temporal.IsCanceledError(err), "want a canceled error, got %v", err)
+		assert.Len(t, h.dockerCalls("RemoveEnvironment"), 1, "what creation made so far is removed")
+		task, last := h.lastEnvProjection()
+		t.Logf("status=%s error=%q end=%q task=%s", last.Status, last.Error, last.EndReason, task.Status)
+		assert.Equal(t, workflows.EnvError, last.Status)
+		assert.Equal(t, storage.StatusFailed, task.Status)
+	})
+}
+
+func TestTestEnv_StartOnFirstRunWithoutAutoStart(t *testing.T) {
+	req := envRequest()
+	req.AutoStart = false
+	h := newEnvHarness(t, envInput(t, req, 0))
+	first := h.sendRun(time.Minute, "run-1", unameRun)
+	second := h.sendRun(5*time.Minute, "run-2", testenv.RunRequest{})
+	h.sendCleanup(10 * time.Minute)
+	h.start()
+	final := h.envResult()
+
+	assert.Equal(t, []string{
+		"CreateEnvironment",
+		"StartEnvironment", "RunTests", "InspectEnvironment",
+		"RunTests", "InspectEnvironment",
+		"RemoveEnvironment",
+	}, h.callNames())
+	create := h.dockerCalls("CreateEnvironment")[0].arg.(activities.CreateEnvInput)
+	assert.False(t, create.Start)
+	start := h.dockerCalls("StartEnvironment")
+	require.Len(t, start, 1)
+	assert.Equal(t, envID1, start[0].arg)
+	assert.Equal(t, 5*time.Minute, start[0].info.StartToCloseTimeout)
+	runs := h.dockerCalls("RunTests")
+	requireSameTime(t, t0.Add(time.Minute), h.startedAt("StartEnvironment")[0])
+	requireSameTime(t, t0.Add(time.Minute+startTook), h.startedAt("RunTests")[0], "tests run once the containers started")
+	// The first run saw the created containers, the second the inspected ones.
+	assert.Equal(t, []string{"created", "created"}, nodeStatesOf(runs[0].arg.(activities.RunTestsInput).Nodes))
+	assert.Equal(t, []string{"running", "running"}, nodeStatesOf(runs[1].arg.(activities.RunTestsInput).Nodes))
+
+	for _, o := range []*runOutcome{first, second} {
+		s := o.snapshot()
+		require.True(t, s.completed)
+		require.NoError(t, s.err)
+	}
+	f, s := first.snapshot(), second.snapshot()
+	assert.Equal(t, 1, f.run.Number)
+	assert.Equal(t, 2, s.run.Number)
+	requireSameTime(t, t0.Add(time.Minute+startTook), f.run.StartedAt, "the run starts once the containers started")
+	require.Len(t, final.Runs, 2)
+	assert.Equal(t, s.run, *final.LastRun)
+	assert.False(t, final.AutoStart)
+}
+
+func nodeStatesOf(nodes []activities.NodeStatus) []string {
+	return nodeStates(activities.EnvState{Nodes: nodes})
+}
+
+func TestTestEnv_StartFailure(t *testing.T) {
+	req := envRequest()
+	req.AutoStart = false
+	h := newEnvHarness(t, envInput(t, req, 0))
+	h.onStart(func(string) error {
+		return temporal.NewNonRetryableApplicationError("node etcd-1 did not keep running (state exited, exit code 127)", activities.ErrTypeInvalidSpec, nil)
+	}).Once()
+	first := h.sendRun(time.Minute, "run-1", unameRun)
+	second := h.sendRun(5*time.Minute, "run-2", unameRun)
+	h.sendCleanup(10 * time.Minute)
+	h.start()
+	final := h.envResult()
+
+	f := first.snapshot()
+	require.True(t, f.completed)
+	requireAppErrType(t, f.err, activities.ErrTypeInvalidSpec)
+	// The next run tries to start the containers again.
+	s := second.snapshot()
+	require.True(t, s.completed)
+	require.NoError(t, s.err)
+	assert.Equal(t, []string{
+		"CreateEnvironment",
+		"StartEnvironment",
+		"StartEnvironment", "RunTests", "InspectEnvironment",
+		"RemoveEnvironment",
+	}, h.callNames())
+	assert.Equal(t, workflows.EnvPassed, final.LastStatus)
+}
+
+func TestTestEnv_RunFailure(t *testing.T) {
+	h := newEnvHarness(t, envInput(t, envRequest(), 0))
+	h.onRun(func(activities.RunTestsInput) (activities.TestRun, error) {
+		return activities.TestRun{}, temporal.NewNonRetryableApplicationError("this worker has no Docker engine", activities.ErrTypeNoDocker, nil)
+	}).Once()
+	out := h.sendRun(time.Minute, "run-1", unameRun)
+	var afterRun activities.EnvState
+	h.env.RegisterDelayedCallback(func() { afterRun = h.envQuery() }, 2*time.Minute)
+	h.sendCleanup(10 * time.Minute)
+	h.start()
+	final := h.envResult()
+
+	o := out.snapshot()
+	require.True(t, o.completed)
+	requireAppErrType(t, o.err, activities.ErrTypeNoDocker)
+	assert.Equal(t, workflows.EnvFailed, afterRun.Status)
+	assert.Equal(t, "test run failed: this worker has no Docker engine", afterRun.Error)
+	assert.Empty(t, final.Runs)
+	assert.Equal(t, workflows.EnvFailed, final.LastStatus)
+	assert.Equal(t, "cleanup requested", final.EndReason)
+	assert.Len(t, h.dockerCalls("RunTests"), 1, "ErrTypeNoDocker is not in the retry policy's list, but the error is non-retryable")
+}
+
+func TestTestEnv_StatusQuery(t *testing.T) {
+	h := newEnvHarness(t, envInput(t, envRequest(), 0))
+	creating := h.queryAt(createTook / 2)
+	ready := h.queryAt(time.Minute)
+	running := h.queryAt(2*time.Minute + runTook/2)
+	passed := h.queryAt(5 * time.Minute)
+	h.sendRun(2*time.Minute, "run-1", unameRun)
+	h.sendCleanup(10 * time.Minute)
+	h.start()
+	final := h.envResult()
+
+	assert.Equal(t, envID1, creating.ID)
+	assert.Equal(t, workflows.EnvCreating, creating.Status)
+	assert.Equal(t, int64(1), creating.Version)
+	assert.Equal(t, []string{"planned", "planned"}, nodeStates(*creating))
+	assert.Equal(t, [][]string{{"etcd"}, {"etcd", "containerd"}}, [][]string{creating.Nodes[0].Taskservs, creating.Nodes[1].Taskservs})
+	assert.Equal(t, h.in.Plan.NetworkName, creating.Network.Name)
+	assert.Empty(t, creating.Network.ID)
+
+	assert.Equal(t, workflows.EnvReady, ready.Status)
+	assert.Equal(t, int64(2), ready.Version)
+	assert.Equal(t, "net0123", ready.Network.ID)
+	assert.Equal(t, "172.30.0.0/24", ready.Network.Subnet)
+	assert.Equal(t, envInfo(h.in.Plan, true).Nodes, ready.Nodes)
+
+	assert.Equal(t, workflows.EnvRunning, running.Status)
+	assert.Nil(t, running.LastRun)
+
+	assert.Equal(t, workflows.EnvPassed, passed.Status)
+	require.NotNil(t, passed.LastRun)
+	assert.True(t, passed.LastRun.Passed)
+	assert.Len(t, passed.Runs, 1)
+
+	// Each answer is the state as last projected.
+	_, states := h.envProjections()
+	assert.Equal(t, states[0], *creating)
+	assert.Equal(t, states[1], *ready)
+	assert.Equal(t, states[3], *passed)
+
+	// After completion the query answers the final state.
+	assert.Equal(t, final, h.envQuery())
+}
+
+func TestTestEnv_InvalidInput(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		edit func(*workflows.TestEnvInput)
+	}{
+		{"no env id", func(in *workflows.TestEnvInput) { in.EnvID = "" }},
+		{"no nodes", func(in *workflows.TestEnvInput) { in.Plan.Nodes = nil }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := envInput(t, envRequest(), 0)
+			tc.edit(&in)
+			h := newEnvHarness(t, in)
+			h.start()
+			err := h.workflowErr()
+			appErr := requireAppErrType(t, err, "InvalidInput")
+			assert.True(t, appErr.NonRetryable())
+			assert.Empty(t, h.dockerCalls())
+			attempts, _ := h.store.counts()
+			assert.Zero(t, attempts)
+		})
+	}
+}
+
+func TestTestEnv_CleanupFailure(t *testing.T) {
+	h := newEnvHarness(t, envInput(t, envRequest(), 0))
+	h.onRemove(func(string) (activities.RemovedCounts, error) {
+		return activities.RemovedCounts{Containers: 1}, temporal.NewNonRetryableApplicationError("network orch-env-x has active endpoints", "Other", nil)
+	})
+	h.sendCleanup(time.Minute)
+	h.start()
+	err := h.workflowErr()
+	assert.Contains(t, err.Error(), "active endpoints")
+	task, last := h.lastEnvProjection()
+	assert.Equal(t, workflows.EnvError, last.Status)
+	assert.Equal(t, "cleanup failed: network orch-env-x has active endpoints", last.Error)
+	assert.Equal(t, storage.StatusFailed, task.Status)
+}
+
+// The environment keeps the last maxKeptRuns (10) runs.
+func TestTestEnv_KeepsTheLastTenRuns(t *testing.T) {
+	h := newEnvHarness(t, envInput(t, envRequest(), 0))
+	const n = 12
+	outs := make([]*runOutcome, n)
+	for i := range outs {
+		outs[i] = h.sendRun(time.Duration(i+1)*time.Minute, fmt.Sprintf("run-%d", i+1), unameRun)
+	}
+	h.sendCleanup(time.Hour)
+	h.start()
+	final := h.envResult()
+
+	for i, o := range outs {
+		s := o.snapshot()
+		require.True(t, s.completed, "run %d", i+1)
+		require.NoError(t, s.err, "run %d", i+1)
+	}
+	assert.Len(t, h.dockerCalls("RunTests"), n)
+	require.Len(t, final.Runs, 10)
+	require.NotNil(t, final.LastRun)
+	assert.Equal(t, final.Runs[9], *final.LastRun)
+	requireSameTime(t, t0.Add(n*time.Minute), final.LastRun.StartedAt, "the last run is the latest one")
+	requireSameTime(t, t0.Add(3*time.Minute), final.Runs[0].StartedAt, "the two oldest runs were dropped")
+}
+
+// Regression test for run numbering past maxKeptRuns (see the report: run
+// 12 is numbered 11 again because Number is len(Runs)+1 after trimming).
+func TestTestEnv_RunNumbersKeepCounting(t *testing.T) {
+	t.Skip("known bug: TestEnvironmentWorkflow numbers runs len(Runs)+1, which repeats once Runs is trimmed to maxKeptRuns; remove this Skip with the fix")
+	h := newEnvHarness(t, envInput(t, envRequest(), 0))
+	const n = 12
+	outs := make([]*runOutcome, n)
+	for i := range outs {
+		outs[i] = h.sendRun(time.Duration(i+1)*time.Minute, fmt.Sprintf("run-%d", i+1), unameRun)
+	}
+	h.sendCleanup(time.Hour)
+	h.start()
+	final := h.envResult()
+
+	for i, o := range outs {
+		assert.Equal(t, i+1, o.snapshot().run.Number, "update result of run %d", i+1)
+	}
+	var numbers []int
+	for _, r := range final.Runs {
+		numbers = append(numbers, r.Number)
+	}
+	assert.Equal(t, []int{3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, numbers)
+}
+
+// Regression test: InspectNodes (and so CreateEnvironment and
+// InspectEnvironment) cannot know a node's taskservs — "callers fill it
+// from the plan" — but the workflow replaces its nodes with the engine's
+// and loses them.
+func TestTestEnv_NodesKeepTheirTaskservs(t *testing.T) {
+	t.Skip("known bug: TestEnvironmentWorkflow replaces its nodes with the engine's without filling Taskservs from the plan; remove this Skip with the fix")
+	h := newEnvHarness(t, envInput(t, envRequest(), 0))
+	ready := h.queryAt(time.Minute)
+	h.sendRun(2*time.Minute, "run-1", unameRun)
+	h.sendCleanup(10 * time.Minute)
+	h.start()
+	final := h.envResult()
+
+	want := [][]string{{"etcd"}, {"etcd", "containerd"}}
+	for name, st := range map[string]activities.EnvState{"ready": *ready, "final": final} {
+		var got [][]string
+		for _, n := range st.Nodes {
+			got = append(got, n.Taskservs)
+		}
+		assert.Equal(t, want, got, "taskservs of the %s state", name)
+	}
+}
+
+// The recorded TestEnvironment history (record_testenv_history_test.go) is
+// what it claims to be, and replays against the current code.
+func TestReplayHistories_TestEnvironment(t *testing.T) {
+	hist := loadHistory(t, replayTestEnvFile)
+	first, last := hist.Events[0], hist.Events[len(hist.Events)-1]
+	require.Equal(t, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED, first.GetEventType())
+	assert.Equal(t, workflows.TestEnvironmentWorkflowName, first.GetWorkflowExecutionStartedEventAttributes().GetWorkflowType().GetName())
+	assert.Equal(t, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, last.GetEventType())
+
+	var scheduled []string
+	var signals []string
+	for _, ev := range hist.Events {
+		if a := ev.GetActivityTaskScheduledEventAttributes(); a != nil {
+			scheduled = append(scheduled, a.GetActivityType().GetName())
+		}
+		if a := ev.GetWorkflowExecutionSignaledEventAttributes(); a != nil {
+			signals = append(signals, a.GetSignalName())
+		}
+	}
+	assert.Equal(t, []string{"CreateEnvironment", "StartEnvironment", "RunTests", "InspectEnvironment", "RemoveEnvironment"}, scheduled)
+	assert.Equal(t, []string{workflows.CleanupSignal}, signals)
+	assert.Equal(t, 1, countEvents(hist, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED))
+	assert.Equal(t, 1, countEvents(hist, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED))
+	// One local-activity marker per projection: creating, ready, running,
+	// passed, cleaning, cleaned.
+	assert.Equal(t, 6, countEvents(hist, enumspb.EVENT_TYPE_MARKER_RECORDED))
+
+	require.NoError(t, newReplayer().ReplayWorkflowHistoryFromJSONFile(log.NewStructuredLogger(discardLogger), filepath.Join("testdata", replayTestEnvFile)))
+}
