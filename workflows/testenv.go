@@ -3,6 +3,7 @@ package workflows
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"go.temporal.io/sdk/temporal"
@@ -75,6 +76,9 @@ type envState struct {
 	version int64
 	started bool
 	cleanup bool
+	// running is true from the start of a RunTestsUpdate handler until it
+	// returns (Status says passed/failed before the handler's last steps).
+	running bool
 }
 
 // TestEnvironmentWorkflow creates a test environment, serves test runs
@@ -126,6 +130,9 @@ func TestEnvironmentWorkflow(ctx workflow.Context, in TestEnvInput) (activities.
 			return st.runTests(ctx, in.Plan, req)
 		},
 		workflow.UpdateHandlerOptions{Validator: func(req testenv.RunRequest) error {
+			if st.running {
+				return temporal.NewApplicationError("a test run is already in progress in this environment", ErrTypeRunInProgress)
+			}
 			switch st.s.Status {
 			case EnvRunning:
 				return temporal.NewApplicationError("a test run is already in progress in this environment", ErrTypeRunInProgress)
@@ -154,20 +161,33 @@ func TestEnvironmentWorkflow(ctx workflow.Context, in TestEnvInput) (activities.
 		Plan: in.Plan, Start: in.Request.AutoStart,
 	}).Get(ctx, &env)
 	if err != nil {
-		st.s.Status = EnvError
-		st.s.Error = rootMessage(err)
-		if ctx.Err() == nil && !in.Request.KeepOnFailure {
-			st.s.Error += " (rolled back)"
-		}
-		if !in.Request.KeepOnFailure || ctx.Err() != nil {
+		cancelled := ctx.Err() != nil
+		switch {
+		case cancelled:
+			// End like a cancel while ready: remove what was made.
+			st.s.EndReason = "cancelled"
+			st.s.LastStatus = EnvCreating
+			st.s.Status = EnvCleaned
+			if cerr := st.remove(ctx); cerr != nil {
+				st.s.Status = EnvError
+				st.s.Error = "cancelled during creation; cleanup failed: " + rootMessage(cerr)
+			}
+		case in.Request.KeepOnFailure:
+			st.s.Status = EnvError
+			st.s.Error = rootMessage(err)
+		default:
+			st.s.Status = EnvError
+			st.s.Error = rootMessage(err)
 			if cerr := st.remove(ctx); cerr != nil {
 				st.s.Error += "; rollback failed: " + rootMessage(cerr)
+			} else {
+				st.s.Error += " (rolled back)"
 			}
 		}
 		now := workflow.Now(ctx)
 		st.s.FinishedAt = &now
 		_ = st.projectFinal(ctx)
-		if ctx.Err() != nil {
+		if cancelled {
 			return st.s, temporal.NewCanceledError("environment creation cancelled")
 		}
 		return st.s, temporal.NewNonRetryableApplicationError("environment creation failed: "+st.s.Error, "EnvironmentCreateFailed", nil)
@@ -175,7 +195,7 @@ func TestEnvironmentWorkflow(ctx workflow.Context, in TestEnvInput) (activities.
 	st.started = in.Request.AutoStart
 	st.s.Network.Subnet = env.Subnet
 	st.s.Network.ID = env.NetworkID
-	st.s.Nodes = env.Nodes
+	st.s.Nodes = withPlan(env.Nodes, in.Plan)
 	st.s.Status = EnvReady
 	if err := st.project(ctx); err != nil && ctx.Err() == nil {
 		return st.s, err
@@ -193,7 +213,7 @@ func TestEnvironmentWorkflow(ctx workflow.Context, in TestEnvInput) (activities.
 	// Let a run in flight finish (its result is part of the state) unless
 	// the workflow itself is being cancelled.
 	if ctx.Err() == nil {
-		_ = workflow.Await(ctx, func() bool { return st.s.Status != EnvRunning && workflow.AllHandlersFinished(ctx) })
+		_ = workflow.Await(ctx, func() bool { return !st.running && workflow.AllHandlersFinished(ctx) })
 	}
 	switch {
 	case ctx.Err() != nil:
@@ -229,11 +249,17 @@ func TestEnvironmentWorkflow(ctx workflow.Context, in TestEnvInput) (activities.
 
 // runTests is the RunTestsUpdate handler body.
 func (st *envState) runTests(ctx workflow.Context, plan testenv.Plan, req testenv.RunRequest) (activities.TestRun, error) {
+	st.running = true
+	defer func() { st.running = false }()
 	st.s.Status = EnvRunning
 	_ = st.project(ctx)
 	if !st.started {
 		if err := workflow.ExecuteActivity(dockerCtx(ctx, 5*time.Minute), a.StartEnvironment, plan.EnvID).Get(ctx, nil); err != nil {
 			st.s.Status = EnvFailed
+			st.s.Error = "starting the containers failed: " + rootMessage(err)
+			if st.s.AutoCleanup {
+				st.cleanup = true
+			}
 			_ = st.project(ctx)
 			return activities.TestRun{}, err
 		}
@@ -257,10 +283,18 @@ func (st *envState) runTests(ctx workflow.Context, plan testenv.Plan, req testen
 	if err != nil {
 		st.s.Status = EnvFailed
 		st.s.Error = "test run failed: " + rootMessage(err)
+		if st.s.AutoCleanup {
+			// auto_cleanup means "do not keep it after the run", whatever
+			// the run's outcome.
+			st.cleanup = true
+		}
 		_ = st.project(ctx)
 		return activities.TestRun{}, err
 	}
-	run.Number = len(st.s.Runs) + 1
+	run.Number = 1
+	if st.s.LastRun != nil {
+		run.Number = st.s.LastRun.Number + 1
+	}
 	run.StartedAt = started
 	run.FinishedAt = workflow.Now(ctx)
 	st.s.Runs = append(st.s.Runs, run)
@@ -276,13 +310,31 @@ func (st *envState) runTests(ctx workflow.Context, plan testenv.Plan, req testen
 	// Refresh node state (a test may have killed a container).
 	var nodes []activities.NodeStatus
 	if err := workflow.ExecuteActivity(dockerCtx(ctx, time.Minute), a.InspectEnvironment, plan.EnvID).Get(ctx, &nodes); err == nil && len(nodes) > 0 {
-		st.s.Nodes = nodes
+		st.s.Nodes = withPlan(nodes, plan)
 	}
 	if st.s.AutoCleanup {
 		st.cleanup = true
 	}
 	_ = st.project(ctx)
 	return run, nil
+}
+
+// withPlan completes the engine's view of the nodes with what only the plan
+// knows (taskservs) and puts them in plan order (InspectNodes sorts by
+// name).
+func withPlan(nodes []activities.NodeStatus, plan testenv.Plan) []activities.NodeStatus {
+	order := map[string]int{}
+	for i, n := range plan.Nodes {
+		order[n.Name] = i
+	}
+	out := slices.Clone(nodes)
+	for i := range out {
+		if n, ok := plan.Node(out[i].Node); ok && len(out[i].Taskservs) == 0 {
+			out[i].Taskservs = slices.Clone(n.Taskservs)
+		}
+	}
+	slices.SortStableFunc(out, func(x, y activities.NodeStatus) int { return order[x.Node] - order[y.Node] })
+	return out
 }
 
 // remove deletes every Docker object of the environment, on a disconnected
