@@ -293,24 +293,28 @@ func (st *taskState) finish(ctx workflow.Context, status storage.TaskStatus, out
 	}
 }
 
+// projectionCtx applies the options of every store projection: a short
+// local activity retried until the store is back, because a store outage
+// must not lose a transition.
+func projectionCtx(ctx workflow.Context) workflow.Context {
+	return workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{
+		StartToCloseTimeout: 10 * time.Second,
+		RetryPolicy: &temporal.RetryPolicy{
+			InitialInterval:        200 * time.Millisecond,
+			BackoffCoefficient:     2,
+			MaximumInterval:        30 * time.Second,
+			NonRetryableErrorTypes: []string{"InvalidTaskID"},
+		},
+	})
+}
+
 // project writes the current snapshot with the next version. Projection is
 // a local activity: it is a short store write, and running it in the
 // workflow task avoids a task-queue round trip per transition.
 func (st *taskState) project(ctx workflow.Context) error {
 	st.task.Version++
 	st.task.UpdatedAt = workflow.Now(ctx)
-	lctx := workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{
-		StartToCloseTimeout: 10 * time.Second,
-		// A store outage must not lose a transition: retry until it is back.
-		RetryPolicy: &temporal.RetryPolicy{
-			InitialInterval:    200 * time.Millisecond,
-			BackoffCoefficient: 2,
-			MaximumInterval:    30 * time.Second,
-			NonRetryableErrorTypes: []string{
-				"InvalidTaskID",
-			},
-		},
-	})
+	lctx := projectionCtx(ctx)
 	// Local activities get the argument itself, not a serialised copy: hand
 	// over a snapshot that later step updates cannot change.
 	snap := st.task

@@ -376,15 +376,7 @@ func (st *envState) project(ctx workflow.Context) error {
 	st.version++
 	st.s.UpdatedAt = workflow.Now(ctx)
 	st.s.Version = st.version
-	lctx := workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{
-		StartToCloseTimeout: 10 * time.Second,
-		RetryPolicy: &temporal.RetryPolicy{
-			InitialInterval:        200 * time.Millisecond,
-			BackoffCoefficient:     2,
-			MaximumInterval:        30 * time.Second,
-			NonRetryableErrorTypes: []string{"InvalidTaskID"},
-		},
-	})
+	lctx := projectionCtx(ctx)
 	return workflow.ExecuteLocalActivity(lctx, a.ProjectEnvironment, st.s.Clone()).Get(lctx, nil)
 }
 

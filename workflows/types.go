@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"regexp"
 	"time"
+
+	"github.com/provisioning/orchestrator/testenv"
 )
 
 // DefaultTaskQueue is the task queue the worker polls and the API starts
@@ -130,12 +132,6 @@ type ClusterCreateInput struct {
 	Cluster string `json:"cluster"`
 }
 
-// nameRE is the documented safe set for infra, server, taskserv and
-// cluster names: they become argv elements and file names in user scripts,
-// so they must not start with '-' or '.', nor contain '/', spaces or shell
-// metacharacters.
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
-
 // settingsRE allows relative or absolute paths without whitespace, quotes,
 // or shell metacharacters, and never a leading '-' (it would read as a flag).
 var settingsRE = regexp.MustCompile(`^[A-Za-z0-9._/~+@:=,][A-Za-z0-9._/~+@:=,-]*$`)
@@ -146,48 +142,36 @@ const maxSettingsLen = 4096
 // MaxServers bounds one request so a single task cannot flood history.
 const MaxServers = 500
 
-// FieldError names the request field that is invalid.
-type FieldError struct {
-	Field   string
-	Message string
-}
-
-func (e *FieldError) Error() string { return e.Field + ": " + e.Message }
+// FieldError names the request field that is invalid; the REST API
+// answers it with 400 and the field. Shared with test-environment requests.
+type FieldError = testenv.FieldError
 
 // ValidateName checks a name against the documented safe set
 // ([A-Za-z0-9][A-Za-z0-9._-]{0,62}).
-func ValidateName(field, v string) error {
-	if v == "" {
-		return &FieldError{field, "must not be empty"}
-	}
-	if !nameRE.MatchString(v) {
-		return &FieldError{field, fmt.Sprintf("%q is not a valid name: use 1-63 characters from [A-Za-z0-9._-], starting with a letter or digit", v)}
-	}
-	return nil
-}
+func ValidateName(field, v string) error { return testenv.ValidateName(field, v) }
 
 func (c Common) validate() error {
 	if err := ValidateName("infra", c.Infra); err != nil {
 		return err
 	}
 	if c.Settings == "" {
-		return &FieldError{"settings", "must not be empty: give the path of the infra's settings file"}
+		return &FieldError{Field: "settings", Message: "must not be empty: give the path of the infra's settings file"}
 	}
 	if len(c.Settings) > maxSettingsLen {
-		return &FieldError{"settings", fmt.Sprintf("longer than %d bytes", maxSettingsLen)}
+		return &FieldError{Field: "settings", Message: fmt.Sprintf("longer than %d bytes", maxSettingsLen)}
 	}
 	if !settingsRE.MatchString(c.Settings) {
-		return &FieldError{"settings", fmt.Sprintf("%q is not an acceptable path: no whitespace, quotes or shell metacharacters, and it must not start with '-'", c.Settings)}
+		return &FieldError{Field: "settings", Message: fmt.Sprintf("%q is not an acceptable path: no whitespace, quotes or shell metacharacters, and it must not start with '-'", c.Settings)}
 	}
 	return nil
 }
 
 func validateServers(servers []string, required bool) error {
 	if required && len(servers) == 0 {
-		return &FieldError{"servers", "at least one server is required"}
+		return &FieldError{Field: "servers", Message: "at least one server is required"}
 	}
 	if len(servers) > MaxServers {
-		return &FieldError{"servers", fmt.Sprintf("at most %d servers per request", MaxServers)}
+		return &FieldError{Field: "servers", Message: fmt.Sprintf("at most %d servers per request", MaxServers)}
 	}
 	seen := make(map[string]bool, len(servers))
 	for i, s := range servers {
@@ -196,7 +180,7 @@ func validateServers(servers []string, required bool) error {
 			return err
 		}
 		if seen[s] {
-			return &FieldError{field, fmt.Sprintf("duplicate server %q", s)}
+			return &FieldError{Field: field, Message: fmt.Sprintf("duplicate server %q", s)}
 		}
 		seen[s] = true
 	}
