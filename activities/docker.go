@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -24,6 +25,7 @@ import (
 	"github.com/docker/docker/api/types/volume"
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/provisioning/orchestrator/testenv"
 )
@@ -783,17 +785,29 @@ func (r *DockerRuntime) RemoveEnvironment(ctx context.Context, envID string) (Re
 	if err != nil {
 		return counts, fmt.Errorf("list containers of environment %s: %w", envID, err)
 	}
+	// In parallel (bounded), as `docker rm -f a b c` does: removing a
+	// container mostly waits on the engine, and a big topology would
+	// otherwise pay each removal in turn.
+	var mu sync.Mutex
+	var g errgroup.Group
+	g.SetLimit(8)
 	for _, c := range containers {
-		err := r.Client.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
-		switch {
-		case err == nil:
-			counts.Containers++
-		case cerrdefs.IsNotFound(err):
-		default:
-			errs = append(errs, fmt.Errorf("remove container %s: %w", shortID(c.ID), err))
-		}
-		hb.beat()
+		g.Go(func() error {
+			err := r.Client.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				counts.Containers++
+			case cerrdefs.IsNotFound(err):
+			default:
+				errs = append(errs, fmt.Errorf("remove container %s: %w", shortID(c.ID), err))
+			}
+			hb.beat()
+			return nil
+		})
 	}
+	_ = g.Wait()
 
 	nets, err := r.Client.NetworkList(ctx, network.ListOptions{Filters: envFilter(envID)})
 	if err != nil {
