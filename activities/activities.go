@@ -136,14 +136,20 @@ func (a *Activities) RunNushell(ctx context.Context, step NuStep) (NuStepResult,
 	}
 }
 
+// ProjectionActor is the audit actor of the transitions that projections
+// record.
+const ProjectionActor = "workflow"
+
 // ProjectTask writes a workflow's task snapshot to the store. Stores ignore
 // snapshots older than what they hold, so retries and replays are harmless.
 // A store outage fails the activity and Temporal retries it: no transition
-// is lost.
+// is lost. A status change is recorded in the audit trail (atomically with
+// the write, by the store) with actor ProjectionActor.
 func (a *Activities) ProjectTask(ctx context.Context, t storage.Task) error {
 	if err := storage.ValidateID(t.ID); err != nil {
 		return temporal.NewNonRetryableApplicationError(err.Error(), "InvalidTaskID", err)
 	}
+	ctx = storage.WithActor(ctx, ProjectionActor)
 	start := time.Now()
 	if err := a.Store.Put(ctx, t); err != nil {
 		a.logger().Warn("task projection failed", "task_id", t.ID, "status", t.Status, "error", err)

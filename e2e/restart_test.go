@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/provisioning/orchestrator/internal/app"
+	"github.com/provisioning/orchestrator/internal/devserver"
 	"github.com/provisioning/orchestrator/internal/testsupport"
 	"github.com/provisioning/orchestrator/storage"
 )
@@ -31,10 +31,9 @@ func runApp(t *testing.T, args []string, stderr io.Writer) error {
 }
 
 func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := devserver.FreePort("127.0.0.1")
 	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // child is the orchestrator running as a separate OS process.

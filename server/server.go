@@ -95,6 +95,8 @@ func New(o Options) *Server {
 	s.e.GET("/tasks", s.listTasks)
 	s.e.GET("/tasks/:id", s.getTask)
 	s.e.POST("/tasks/:id/cancel", s.cancelTask)
+	s.e.GET("/tasks/:id/audit", s.taskAudit)
+	s.e.GET("/audit", s.listAudit)
 	s.e.POST("/workflows/servers/create", s.createServers)
 	s.e.POST("/workflows/taskserv/create", s.createTaskserv)
 	s.e.POST("/workflows/cluster/create", s.createCluster)
@@ -223,7 +225,7 @@ func (s *Server) cancelTask(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	ctx := c.Request().Context()
+	ctx := actorCtx(c)
 	t, err := s.store.Get(ctx, id)
 	if err != nil {
 		return s.storeErr(err)
@@ -240,6 +242,8 @@ func (s *Server) cancelTask(c echo.Context) error {
 		return unavailable("temporal", err)
 	}
 	s.log.Info("task cancellation requested", "task_id", id)
+	s.recordEvent(ctx, id, "cancel", false, storage.AuditEntry{
+		Action: ActionCancelRequested, Before: t.Status, After: t.Status, Version: t.Version})
 	return ok(c, http.StatusAccepted, id)
 }
 
@@ -356,8 +360,10 @@ func (s *Server) start(c echo.Context, common workflows.Common, wfType, name, co
 }
 
 // startTask stores task (Pending) and starts its workflow with ID = task ID.
+// The store's Create appends the task's create audit entry with the
+// request's actor.
 func (s *Server) startTask(c echo.Context, task storage.Task, wfType string, input any) error {
-	ctx := c.Request().Context()
+	ctx := actorCtx(c)
 	if err := s.store.Create(ctx, task); err != nil {
 		if errors.Is(err, storage.ErrExists) {
 			return conflict(fmt.Sprintf("task %s already exists", task.ID))
@@ -377,6 +383,9 @@ func (s *Server) startTask(c echo.Context, task storage.Task, wfType string, inp
 		if derr := s.store.Delete(dctx, task.ID); derr != nil {
 			s.log.Error("could not remove task after failed start", "task_id", task.ID, "error", derr)
 		}
+		s.recordEvent(ctx, task.ID, ActionStartFailed, true, storage.AuditEntry{
+			Action: ActionStartFailed, Before: task.Status, Version: task.Version,
+			Detail: "workflow start failed: " + err.Error()})
 		var started *serviceerror.WorkflowExecutionAlreadyStarted
 		if errors.As(err, &started) {
 			return conflict(fmt.Sprintf("task %s already exists", task.ID))

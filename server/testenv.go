@@ -163,7 +163,7 @@ func (s *Server) runEnv(c echo.Context) error {
 	case workflows.EnvCreating:
 		return conflict(fmt.Sprintf("test environment %s is still being created", st.ID))
 	}
-	ctx, cancel := context.WithTimeout(c.Request().Context(), s.envOpts.RunWait)
+	ctx, cancel := context.WithTimeout(actorCtx(c), s.envOpts.RunWait)
 	defer cancel()
 	h, err := s.client.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
 		WorkflowID:   st.ID,
@@ -171,11 +171,19 @@ func (s *Server) runEnv(c echo.Context) error {
 		Args:         []any{req},
 		WaitForStage: client.WorkflowUpdateStageCompleted,
 	})
+	status, version := envStatus(st)
+	event := storage.AuditEntry{Action: ActionTestRunRequested, Before: status, After: status, Version: version}
 	if err == nil {
 		var run activities.TestRun
 		if err = h.Get(ctx, &run); err == nil {
+			event.Detail = fmt.Sprintf("run %d: %d of %d tests passed", run.Number, run.Total-run.Failed, run.Total)
+			s.recordEvent(ctx, st.ID, "run", false, event)
 			return ok(c, http.StatusOK, run)
 		}
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		event.Detail = fmt.Sprintf("no result within %s", s.envOpts.RunWait)
+		s.recordEvent(ctx, st.ID, "run", false, event)
 	}
 	return s.updateErr(st.ID, err)
 }
@@ -212,7 +220,8 @@ func (s *Server) deleteEnv(c echo.Context) error {
 		// Already gone: DELETE is idempotent.
 		return ok(c, http.StatusOK, st)
 	}
-	err = s.client.SignalWorkflow(c.Request().Context(), st.ID, "", workflows.CleanupSignal, nil)
+	ctx := actorCtx(c)
+	err = s.client.SignalWorkflow(ctx, st.ID, "", workflows.CleanupSignal, nil)
 	var nf *serviceerror.NotFound
 	if errors.As(err, &nf) {
 		return ok(c, http.StatusOK, st)
@@ -220,6 +229,10 @@ func (s *Server) deleteEnv(c echo.Context) error {
 	if err != nil {
 		return unavailable("temporal", err)
 	}
+	status, version := envStatus(st)
+	s.recordEvent(ctx, st.ID, "cleanup", false, storage.AuditEntry{
+		Action: ActionCleanupRequested, Before: status, After: status, Version: version,
+		Detail: "environment was " + st.Status})
 	st.Status = workflows.EnvCleaning
 	return ok(c, http.StatusAccepted, st)
 }

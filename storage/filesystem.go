@@ -26,6 +26,9 @@ const (
 	// TasksSubdir is where task files live, relative to the data directory:
 	// one {id}.json file per task.
 	TasksSubdir = "queue.rkvs/tasks"
+	// AuditSubdir holds the audit trail, relative to the data directory:
+	// one {id}.jsonl file per task, one JSON entry per line.
+	AuditSubdir = "queue.rkvs/audit"
 
 	taskFileExt = ".json"
 	// tempPrefix marks in-flight temp files (and Ping probes). Names that
@@ -79,10 +82,20 @@ var errCorrupt = errors.New("corrupt task file")
 // into it, every delete removes one), List skips even the per-file stats;
 // a task file edited in place by hand, bypassing the store, is therefore
 // noticed by List's filter and order only within fullScanEvery (10 s).
+//
+// The audit trail lives in {dataDir}/queue.rkvs/audit/{id}.jsonl, appended
+// under the same per-task lock (see filesystem_audit.go). Deleting a task
+// keeps its audit file.
 type Filesystem struct {
-	dataDir string
-	dir     string // tasks directory
-	lockDir string
+	dataDir  string
+	dir      string // tasks directory
+	lockDir  string
+	auditDir string
+
+	// beforeRename, when set (tests only), runs after a Create's or Put's
+	// audit entry is appended and before its task file is renamed into
+	// place; an error aborts the write there, as a crash would.
+	beforeRename func(id string) error
 
 	logger atomic.Pointer[slog.Logger]
 	closed atomic.Bool
@@ -165,11 +178,16 @@ func NewFilesystem(dataDir string) (*Filesystem, error) {
 	if err := os.MkdirAll(lockDir, 0o755); err != nil {
 		return nil, unavailable("create tasks dir", err)
 	}
+	auditDir := filepath.Join(dataDir, filepath.FromSlash(AuditSubdir))
+	if err := os.MkdirAll(auditDir, 0o755); err != nil {
+		return nil, unavailable("create audit dir", err)
+	}
 	f := &Filesystem{
-		dataDir: dataDir,
-		dir:     dir,
-		lockDir: lockDir,
-		cache:   make(map[string]*indexCacheEntry),
+		dataDir:  dataDir,
+		dir:      dir,
+		lockDir:  lockDir,
+		auditDir: auditDir,
+		cache:    make(map[string]*indexCacheEntry),
 	}
 	for i := range f.stripes {
 		f.stripes[i].sem = make(chan struct{}, 1)
@@ -196,7 +214,10 @@ func (f *Filesystem) log() *slog.Logger {
 // Dir returns the directory holding the task files.
 func (f *Filesystem) Dir() string { return f.dir }
 
-// Create stores a new task; ErrExists if the ID is taken.
+// Create stores a new task and appends its AuditCreate entry (actor from
+// ctx); ErrExists if the ID is taken. The entry is appended, under the
+// task's lock, before the task file is renamed into place: a crash between
+// the two leaves an entry that the retried Create finds (by ID) and keeps.
 func (f *Filesystem) Create(ctx context.Context, t Task) error {
 	if err := ValidateID(t.ID); err != nil {
 		return err
@@ -204,7 +225,8 @@ func (f *Filesystem) Create(ctx context.Context, t Task) error {
 	if err := f.usable(ctx); err != nil {
 		return err
 	}
-	data, err := encodeTask(Normalize(t))
+	t = Normalize(t)
+	data, err := encodeTask(t)
 	if err != nil {
 		return err
 	}
@@ -219,11 +241,25 @@ func (f *Filesystem) Create(ctx context.Context, t Task) error {
 	case !errors.Is(err, fs.ErrNotExist):
 		return unavailable("stat task "+t.ID, err)
 	}
+	entry := AuditEntry{
+		ID: AuditCreateID(t.ID), TaskID: t.ID, Time: auditTime(t), Actor: ActorFrom(ctx),
+		Action: AuditCreate, After: t.Status, Version: t.Version,
+	}
+	if err := f.appendAuditLocked(entry); err != nil {
+		return err
+	}
 	return f.writeFile(t.ID, data)
 }
 
 // Put upserts t unless the stored task has a higher Version. A stored file
 // that cannot be decoded is overwritten (and logged).
+//
+// When the write creates the task or changes its stored status, an
+// AuditTransition entry (ID AuditTransitionID, actor from ctx) is appended
+// under the task's lock before the task file is renamed into place. A
+// retry after a crash between the two sees the old status again, finds the
+// entry by its ID and appends nothing, so the entry is neither lost nor
+// duplicated.
 func (f *Filesystem) Put(ctx context.Context, t Task) error {
 	if err := ValidateID(t.ID); err != nil {
 		return err
@@ -231,7 +267,8 @@ func (f *Filesystem) Put(ctx context.Context, t Task) error {
 	if err := f.usable(ctx); err != nil {
 		return err
 	}
-	data, err := encodeTask(Normalize(t))
+	t = Normalize(t)
+	data, err := encodeTask(t)
 	if err != nil {
 		return err
 	}
@@ -241,16 +278,28 @@ func (f *Filesystem) Put(ctx context.Context, t Task) error {
 	}
 	defer unlock()
 	cur, _, err := f.readFile(t.ID)
+	var before TaskStatus // "": no (readable) task stored
+	stored := false
 	switch {
 	case err == nil:
 		if cur.Version > t.Version {
 			return nil
 		}
+		before, stored = cur.Status, true
 	case errors.Is(err, ErrNotFound):
 	case errors.Is(err, errCorrupt):
 		f.log().Warn("overwriting corrupt task file", "id", t.ID, "error", err)
 	default:
 		return err
+	}
+	if !stored || before != t.Status {
+		entry := AuditEntry{
+			ID: AuditTransitionID(t.ID, t.Version), TaskID: t.ID, Time: auditTime(t), Actor: ActorFrom(ctx),
+			Action: AuditTransition, Before: before, After: t.Status, Version: t.Version,
+		}
+		if err := f.appendAuditLocked(entry); err != nil {
+			return err
+		}
 	}
 	return f.writeFile(t.ID, data)
 }
@@ -481,6 +530,11 @@ func (f *Filesystem) writeFile(id string, data []byte) (err error) {
 	}
 	if err := tmp.Close(); err != nil {
 		return unavailable("write task "+id, err)
+	}
+	if f.beforeRename != nil {
+		if err := f.beforeRename(id); err != nil {
+			return err
+		}
 	}
 	if err := os.Rename(name, f.path(id)); err != nil {
 		return unavailable("write task "+id, err)

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -248,4 +249,60 @@ func mustRead(t *testing.T, path string) string {
 	data, err := os.ReadFile(path)
 	require.NoError(t, err)
 	return string(data)
+}
+
+// TestAuditEntrySurvivesCrashBeforeRename cuts real Creates and Puts short
+// between the audit append and the rename (as a crash would): the entry is
+// on disk, the task is not updated; the retry lands the task and appends
+// nothing new.
+func TestAuditEntrySurvivesCrashBeforeRename(t *testing.T) {
+	f, err := NewFilesystem(t.TempDir())
+	require.NoError(t, err)
+	defer f.Close()
+	ctx := WithActor(context.Background(), "workflow")
+	id := randomID()
+	crash := errors.New("crash")
+	f.beforeRename = func(string) error { return crash }
+
+	base := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	tk := Task{ID: id, Name: "n", Command: "c", Status: StatusPending, CreatedAt: base, UpdatedAt: base}
+	require.ErrorIs(t, f.Create(ctx, tk), crash)
+	_, err = f.Get(ctx, id)
+	require.ErrorIs(t, err, ErrNotFound)
+	entries, err := f.ListAudit(ctx, AuditFilter{TaskID: id})
+	require.NoError(t, err)
+	require.Len(t, entries, 1, "the create entry was appended before the crash")
+
+	f.beforeRename = nil
+	require.NoError(t, f.Create(ctx, tk), "the retried Create")
+	entries, err = f.ListAudit(ctx, AuditFilter{TaskID: id})
+	require.NoError(t, err)
+	require.Len(t, entries, 1)
+
+	running := tk
+	running.Status, running.Version, running.UpdatedAt = StatusRunning, 1, base.Add(time.Second)
+	f.beforeRename = func(string) error { return crash }
+	require.ErrorIs(t, f.Put(ctx, running), crash)
+	got, err := f.Get(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, StatusPending, got.Status)
+	f.beforeRename = nil
+	require.NoError(t, f.Put(ctx, running), "the retried Put")
+	require.NoError(t, f.Put(ctx, running), "and once more")
+	got, err = f.Get(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, StatusRunning, got.Status)
+
+	entries, err = f.ListAudit(ctx, AuditFilter{TaskID: id})
+	require.NoError(t, err)
+	require.Equal(t, []AuditEntry{
+		{ID: AuditCreateID(id), TaskID: id, Time: base, Actor: "workflow", Action: AuditCreate, After: StatusPending},
+		{ID: AuditTransitionID(id, 1), TaskID: id, Time: base.Add(time.Second), Actor: "workflow",
+			Action: AuditTransition, Before: StatusPending, After: StatusRunning, Version: 1},
+	}, entries)
+	ents, err := os.ReadDir(f.dir)
+	require.NoError(t, err)
+	for _, e := range ents {
+		require.False(t, strings.HasPrefix(e.Name(), tempPrefix), "temp file %s left", e.Name())
+	}
 }

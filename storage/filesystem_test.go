@@ -605,3 +605,267 @@ func TestFilesystemClosed(t *testing.T) {
 	require.ErrorIs(t, err, storage.ErrUnavailable)
 	require.ErrorIs(t, s.Ping(ctx), storage.ErrUnavailable)
 }
+
+func auditFile(dataDir, id string) string {
+	return filepath.Join(dataDir, "queue.rkvs", "audit", id+".jsonl")
+}
+
+func appendRaw(t *testing.T, path, s string) {
+	t.Helper()
+	fh, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	require.NoError(t, err)
+	_, err = fh.WriteString(s)
+	require.NoError(t, err)
+	require.NoError(t, fh.Close())
+}
+
+func auditIDs(t *testing.T, s storage.Store, id string) []string {
+	t.Helper()
+	got, err := s.ListAudit(context.Background(), storage.AuditFilter{TaskID: id})
+	require.NoError(t, err)
+	out := make([]string, len(got))
+	for i, e := range got {
+		out[i] = e.ID
+	}
+	return out
+}
+
+func TestFilesystemAuditLayout(t *testing.T) {
+	dataDir := filepath.Join(t.TempDir(), "data")
+	s := newFS(t, dataDir)
+	ctx := storage.WithActor(context.Background(), "alice")
+	id := storagetest.NewID()
+	require.NoError(t, s.Create(ctx, task(id, storage.StatusPending, fixedTime)))
+	running := task(id, storage.StatusRunning, fixedTime)
+	running.Version = 2
+	require.NoError(t, s.Put(ctx, running))
+
+	di, err := os.Stat(filepath.Join(dataDir, "queue.rkvs", "audit"))
+	require.NoError(t, err)
+	require.Equal(t, fs.FileMode(0o755), di.Mode().Perm())
+	path := auditFile(dataDir, id)
+	fi, err := os.Stat(path)
+	require.NoError(t, err, "audit file at the documented path")
+	require.Equal(t, fs.FileMode(0o644), fi.Mode().Perm())
+
+	raw, err := os.ReadFile(path)
+	require.NoError(t, err)
+	lines := strings.Split(strings.TrimSuffix(string(raw), "\n"), "\n")
+	require.Len(t, lines, 2, "one JSON entry per line:\n%s", raw)
+	var first map[string]any
+	require.NoError(t, json.Unmarshal([]byte(lines[0]), &first))
+	require.Equal(t, map[string]any{
+		"id": id + "/create", "task_id": id, "time": "2025-01-02T03:04:05Z", "actor": "alice",
+		"action": "create", "before": "", "after": "Pending", "version": float64(1),
+	}, first)
+	require.Contains(t, lines[1], `"id":"`+id+`/v2"`)
+
+	// Deleting the task keeps its audit trail.
+	require.NoError(t, s.Delete(ctx, id))
+	require.Equal(t, []string{id + "/create", id + "/v2"}, auditIDs(t, s, id))
+	require.FileExists(t, path)
+}
+
+// TestFilesystemAuditTornLine: a crash in the middle of an append leaves a
+// last line without newline; readers skip it and the next append starts a
+// new line instead of gluing itself to the fragment.
+func TestFilesystemAuditTornLine(t *testing.T) {
+	dataDir := t.TempDir()
+	var logs logBuffer
+	s := newFS(t, dataDir).WithLogger(slog.New(slog.NewTextHandler(&logs, nil)))
+	ctx := context.Background()
+	id := storagetest.NewID()
+	require.NoError(t, s.Create(ctx, task(id, storage.StatusPending, fixedTime)))
+	path := auditFile(dataDir, id)
+
+	fragment := `{"id":"` + id + `/v9","task_id":"` + id + `","time":"2025-01-0`
+	appendRaw(t, path, fragment)
+	require.Equal(t, []string{id + "/create"}, auditIDs(t, s, id), "the torn line is skipped")
+	require.Contains(t, logs.String(), "skipping unreadable audit line")
+
+	running := task(id, storage.StatusRunning, fixedTime.Add(time.Second))
+	running.Version = 2
+	require.NoError(t, s.Put(ctx, running))
+	require.Equal(t, []string{id + "/create", id + "/v2"}, auditIDs(t, s, id))
+	raw, err := os.ReadFile(path)
+	require.NoError(t, err)
+	lines := strings.Split(string(raw), "\n")
+	require.Len(t, lines, 4, "create, fragment, v2, and the final newline:\n%s", raw)
+	require.Equal(t, fragment, lines[1], "the fragment stays on a line of its own")
+	require.Empty(t, lines[3])
+
+	// A crash right before the newline leaves a whole entry without it: it
+	// is read, and it counts for idempotency.
+	done := running
+	done.Status, done.Version = storage.StatusCompleted, 3
+	line, err := json.Marshal(storage.AuditEntry{
+		ID: storage.AuditTransitionID(id, 3), TaskID: id, Time: fixedTime, Actor: "before the crash",
+		Action: storage.AuditTransition, Before: storage.StatusRunning, After: storage.StatusCompleted, Version: 3,
+	})
+	require.NoError(t, err)
+	appendRaw(t, path, string(line))
+	require.NoError(t, s.Put(ctx, done))
+	got, err := s.ListAudit(ctx, storage.AuditFilter{TaskID: id})
+	require.NoError(t, err)
+	require.Len(t, got, 3, "v3 not duplicated")
+	for _, e := range got {
+		if e.ID == storage.AuditTransitionID(id, 3) {
+			require.Equal(t, "before the crash", e.Actor, "the entry found on disk is kept")
+		}
+	}
+
+	require.NoError(t, s.AppendAudit(ctx, storage.AuditEntry{ID: id + "/later", TaskID: id, Time: fixedTime.Add(time.Hour), Action: "x"}))
+	got, err = s.ListAudit(ctx, storage.AuditFilter{TaskID: id})
+	require.NoError(t, err)
+	require.Len(t, got, 4)
+	require.Equal(t, id+"/later", got[3].ID)
+	raw, err = os.ReadFile(path)
+	require.NoError(t, err)
+	require.True(t, strings.HasSuffix(string(raw), "\n"))
+	require.Equal(t, 5, strings.Count(string(raw), "\n"), "create, fragment, v2, v3, later:\n%s", raw)
+}
+
+// TestFilesystemAuditCrashWindow simulates a crash after Put appended its
+// audit entry but before it renamed the task file into place: the entry
+// is on disk, the task file is still the old one, a temp file is left. The
+// retried Put lands the task and appends nothing new.
+func TestFilesystemAuditCrashWindow(t *testing.T) {
+	dataDir := t.TempDir()
+	s := newFS(t, dataDir)
+	ctx := storage.WithActor(context.Background(), "workflow")
+	id := storagetest.NewID()
+	require.NoError(t, s.Create(ctx, task(id, storage.StatusPending, fixedTime)))
+
+	running := task(id, storage.StatusRunning, fixedTime)
+	running.Version = 2
+	running.UpdatedAt = fixedTime.Add(time.Minute)
+	// What the crashed Put had written: its entry, and its temp file.
+	require.NoError(t, s.AppendAudit(ctx, storage.AuditEntry{
+		ID: storage.AuditTransitionID(id, 2), TaskID: id, Time: running.UpdatedAt, Actor: "workflow",
+		Action: storage.AuditTransition, Before: storage.StatusPending, After: storage.StatusRunning, Version: 2,
+	}))
+	require.NoError(t, os.WriteFile(filepath.Join(tasksDir(dataDir), ".tmp-"+id+"-4242"), []byte(`{"id":"`+id), 0o644))
+	got, err := s.Get(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, storage.StatusPending, got.Status, "the rename did not happen")
+
+	before, err := os.ReadFile(auditFile(dataDir, id))
+	require.NoError(t, err)
+	require.NoError(t, s.Put(ctx, running), "the retry")
+	got, err = s.Get(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, storage.StatusRunning, got.Status, "the retry lands the task")
+	require.Equal(t, int64(2), got.Version)
+	after, err := os.ReadFile(auditFile(dataDir, id))
+	require.NoError(t, err)
+	require.Equal(t, string(before), string(after), "the retry appends nothing")
+
+	entries, err := s.ListAudit(ctx, storage.AuditFilter{TaskID: id})
+	require.NoError(t, err)
+	require.Len(t, entries, 2)
+	require.Equal(t, storage.AuditEntry{
+		ID: id + "/v2", TaskID: id, Time: fixedTime.Add(time.Minute), Actor: "workflow",
+		Action: storage.AuditTransition, Before: storage.StatusPending, After: storage.StatusRunning, Version: 2,
+	}, entries[1])
+
+	// The same for Create: entry appended, task file never renamed.
+	id2 := storagetest.NewID()
+	require.NoError(t, s.AppendAudit(ctx, storage.AuditEntry{
+		ID: storage.AuditCreateID(id2), TaskID: id2, Time: fixedTime, Actor: "workflow",
+		Action: storage.AuditCreate, After: storage.StatusPending, Version: 1,
+	}))
+	require.NoError(t, s.Create(ctx, task(id2, storage.StatusPending, fixedTime)))
+	require.Equal(t, []string{id2 + "/create"}, auditIDs(t, s, id2))
+	_, err = s.Get(ctx, id2)
+	require.NoError(t, err)
+}
+
+// TestFilesystemAuditSharedDirectory: stores on one data dir (other file
+// descriptions, so the flock is what serialises them) append the same
+// entries and race projections; every entry is stored once and the
+// transition chain stays consistent.
+func TestFilesystemAuditSharedDirectory(t *testing.T) {
+	dataDir := t.TempDir()
+	stores := []*storage.Filesystem{newFS(t, dataDir), newFS(t, dataDir), newFS(t, dataDir)}
+	ctx := context.Background()
+	id := storagetest.NewID()
+	statusOf := func(v int64) storage.TaskStatus {
+		if v%2 == 0 {
+			return storage.StatusRunning
+		}
+		return storage.StatusPending
+	}
+	const last = 90
+	var wg sync.WaitGroup
+	for w, s := range stores {
+		wg.Go(func() {
+			for v := int64(w + 1); v <= last; v += int64(len(stores)) {
+				tk := task(id, statusOf(v), fixedTime)
+				tk.Version = v
+				tk.UpdatedAt = fixedTime.Add(time.Duration(v) * time.Second)
+				assert.NoError(t, s.Put(ctx, tk))
+			}
+			for i := range 30 {
+				assert.NoError(t, s.AppendAudit(ctx, storage.AuditEntry{
+					ID: fmt.Sprintf("api/%02d", i), TaskID: id, Time: fixedTime.Add(time.Hour), Action: "x",
+				}))
+			}
+		})
+	}
+	wg.Wait()
+	got, err := stores[0].ListAudit(ctx, storage.AuditFilter{TaskID: id})
+	require.NoError(t, err)
+	prev, api := storage.TaskStatus(""), 0
+	seen := map[string]bool{}
+	for _, e := range got {
+		require.False(t, seen[e.ID], "duplicate %s", e.ID)
+		seen[e.ID] = true
+		if e.Action == "x" {
+			api++
+			continue
+		}
+		require.Equal(t, prev, e.Before, e.ID)
+		require.Equal(t, statusOf(e.Version), e.After, e.ID)
+		prev = e.After
+	}
+	require.Equal(t, 30, api)
+	stored, err := stores[1].Get(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, stored.Status, prev)
+}
+
+func TestFilesystemAuditIgnoresStrays(t *testing.T) {
+	dataDir := t.TempDir()
+	var logs logBuffer
+	s := newFS(t, dataDir).WithLogger(slog.New(slog.NewTextHandler(&logs, nil)))
+	ctx := context.Background()
+	id := storagetest.NewID()
+	require.NoError(t, s.Create(ctx, task(id, storage.StatusPending, fixedTime)))
+
+	auditDir := filepath.Join(dataDir, "queue.rkvs", "audit")
+	other := storagetest.NewID()
+	for name, content := range map[string]string{
+		"README.txt":                               `{"id":"a","task_id":"` + id + `"}` + "\n",
+		strings.ToUpper(other) + ".jsonl":          `{"id":"b","task_id":"` + strings.ToUpper(other) + `"}` + "\n",
+		storagetest.NewID() + ".jsonl.bak":         `{"id":"c"}` + "\n",
+		other + ".jsonl":                           `{"id":"d","task_id":"` + id + `"}` + "\n" + `{"task_id":"` + other + `"}` + "\n\n",
+		filepath.Join("..", "tasks", "stray.json"): "{}",
+	} {
+		require.NoError(t, os.WriteFile(filepath.Join(auditDir, name), []byte(content), 0o644))
+	}
+	require.NoError(t, os.Mkdir(filepath.Join(auditDir, storagetest.NewID()+".jsonl"), 0o755))
+
+	got, err := s.ListAudit(ctx, storage.AuditFilter{})
+	require.NoError(t, err)
+	require.Len(t, got, 1, "%+v", got)
+	require.Equal(t, id+"/create", got[0].ID)
+	require.Contains(t, logs.String(), "entry of task", "a line of another task is skipped and logged")
+
+	// IDs lists task files only, corrupt ones included; no strays.
+	corrupt := storagetest.NewID()
+	require.NoError(t, os.WriteFile(filepath.Join(tasksDir(dataDir), corrupt+".json"), []byte("{garbage"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(tasksDir(dataDir), ".tmp-"+storagetest.NewID()+"-1"), []byte("{}"), 0o644))
+	ids, err := s.IDs(ctx)
+	require.NoError(t, err)
+	require.ElementsMatch(t, []string{id, corrupt}, ids)
+}

@@ -135,10 +135,13 @@ var (
 // goroutines and, for the filesystem backend, by several processes sharing
 // one data directory.
 type Store interface {
-	// Create stores a new task; ErrExists if the ID is taken.
+	// Create stores a new task and appends an AuditCreate entry; ErrExists
+	// if the ID is taken.
 	Create(ctx context.Context, t Task) error
 	// Put upserts t unless the stored task has a higher Version, in which
-	// case it is a no-op returning nil (projections are idempotent).
+	// case it is a no-op returning nil (projections are idempotent). When
+	// the write changes the stored status (or creates the task) it appends
+	// an AuditTransition entry atomically with the write.
 	Put(ctx context.Context, t Task) error
 	// Get returns the task or ErrNotFound.
 	Get(ctx context.Context, id string) (Task, error)
@@ -151,6 +154,67 @@ type Store interface {
 	Ping(ctx context.Context) error
 	// Close releases resources.
 	Close() error
+
+	// IDs returns every stored task id (any order). Migration iterates
+	// with it, so it must see tasks created while it runs on a later call.
+	IDs(ctx context.Context) ([]string, error)
+	// AppendAudit records an event; entries are idempotent by ID (a second
+	// append with the same ID is a no-op), so retried callers are safe.
+	AppendAudit(ctx context.Context, e AuditEntry) error
+	// ListAudit returns matching entries oldest first (Time, then ID).
+	ListAudit(ctx context.Context, f AuditFilter) ([]AuditEntry, error)
+}
+
+// Audit actions.
+const (
+	// AuditCreate: a task was created (Create).
+	AuditCreate = "create"
+	// AuditTransition: a projection changed a task's status (Put). Its ID
+	// is "<task id>/v<version>", so a retried projection never duplicates it.
+	AuditTransition = "transition"
+)
+
+// AuditEntry is one line of the audit trail: every status transition (Put
+// and Create append them atomically with the write, in every backend) and
+// every API call that changes something (cancel, delete, ...).
+type AuditEntry struct {
+	// ID is unique per event and makes appends idempotent.
+	ID     string    `json:"id"`
+	TaskID string    `json:"task_id"`
+	Time   time.Time `json:"time"`
+	// Actor is who acted: a token name, "anonymous", or "workflow" for
+	// projections (see WithActor).
+	Actor  string `json:"actor"`
+	Action string `json:"action"`
+	// Before and After are the task status around the event ("" = none).
+	Before  TaskStatus `json:"before"`
+	After   TaskStatus `json:"after"`
+	Version int64      `json:"version"`
+	Detail  string     `json:"detail,omitempty"`
+}
+
+// AuditFilter selects audit entries.
+type AuditFilter struct {
+	// TaskID, when set, keeps only that task's entries.
+	TaskID string
+	// Limit caps the result (newest entries kept); 0 means 1000.
+	Limit int
+}
+
+type actorKey struct{}
+
+// WithActor tags ctx with who is acting; stores record it in the audit
+// entries they append.
+func WithActor(ctx context.Context, actor string) context.Context {
+	return context.WithValue(ctx, actorKey{}, actor)
+}
+
+// ActorFrom returns the actor set by WithActor, or "system".
+func ActorFrom(ctx context.Context) string {
+	if a, ok := ctx.Value(actorKey{}).(string); ok && a != "" {
+		return a
+	}
+	return "system"
 }
 
 var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
@@ -187,4 +251,19 @@ func Normalize(t Task) Task {
 		t.CompletedAt = &u
 	}
 	return t
+}
+
+// DefaultAuditLimit is ListAudit's limit when AuditFilter.Limit is 0.
+const DefaultAuditLimit = 1000
+
+// AuditCreateID is the ID of the AuditCreate entry that Create appends for
+// a task. Every backend uses it (and AuditTransitionID), so entries copied
+// between backends by a migration collide with, rather than duplicate, the
+// ones the target's own Create/Put would append.
+func AuditCreateID(taskID string) string { return taskID + "/create" }
+
+// AuditTransitionID is the ID of the AuditTransition entry that a Put of
+// the given version appends: "<task id>/v<version>".
+func AuditTransitionID(taskID string, version int64) string {
+	return fmt.Sprintf("%s/v%d", taskID, version)
 }

@@ -114,6 +114,22 @@ func (s *fakeStore) Delete(_ context.Context, id string) error {
 func (s *fakeStore) Ping(context.Context) error { return nil }
 func (s *fakeStore) Close() error               { return nil }
 
+// The workflows never read the audit trail or list ids; these satisfy the
+// interface.
+func (s *fakeStore) IDs(context.Context) ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids := make([]string, 0, len(s.tasks))
+	for id := range s.tasks {
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+func (s *fakeStore) AppendAudit(context.Context, storage.AuditEntry) error { return nil }
+func (s *fakeStore) ListAudit(context.Context, storage.AuditFilter) ([]storage.AuditEntry, error) {
+	return nil, nil
+}
+
 // projections returns a copy of the accepted Puts for one task, in order.
 func (s *fakeStore) projections(id string) []storage.Task {
 	s.mu.Lock()

@@ -155,15 +155,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		return nil, fmt.Errorf("connect to Temporal at %s (--temporal-address): %w", address, err)
 	}
 
-	switch cfg.StorageType {
-	case "filesystem":
-		fs, err := storage.NewFilesystem(cfg.DataDir)
-		if err != nil {
-			return nil, fmt.Errorf("--storage-type filesystem: %w", err)
-		}
-		a.store = fs.WithLogger(log)
-	default:
-		return nil, fmt.Errorf("--storage-type %q is not supported", cfg.StorageType)
+	sc := cfg.Store
+	sc.Type = cfg.StorageType
+	sc.DataDir = cfg.DataDir
+	if a.store, err = OpenStore(ctx, sc, log); err != nil {
+		return nil, err
 	}
 
 	// Docker is optional: without it provisioning works and test
@@ -312,6 +308,9 @@ func (a *App) Stop(ctx context.Context) {
 // Run parses args, starts the app, and serves until ctx is done or serving
 // fails. It is the whole of main.
 func Run(ctx context.Context, args []string, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == string(ModeMigrate) {
+		return RunMigrate(ctx, args[1:], os.Getenv, os.Stdout, stderr)
+	}
 	cfg, err := ParseConfig(args, os.Getenv, stderr)
 	if err != nil {
 		return err

@@ -37,8 +37,12 @@ type Config struct {
 	// DataDir holds the task store, the embedded Temporal database and the
 	// demo provider's state; default ./data.
 	DataDir string
-	// StorageType: filesystem (default).
+	// StorageType: filesystem (default), surrealdb-embedded or
+	// surrealdb-server.
 	StorageType string
+	// Store holds the SurrealDB settings (Type and DataDir are filled from
+	// StorageType and DataDir).
+	Store StoreConfig
 	// NuPath and ProvisioningPath locate Nushell and the user's script.
 	NuPath           string
 	ProvisioningPath string
@@ -119,7 +123,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 			cfg.Mode = Mode(args[0])
 			args = args[1:]
 		default:
-			return cfg, fmt.Errorf("unknown command %q: use serve (default), worker or api", args[0])
+			return cfg, fmt.Errorf("unknown command %q: use serve (default), worker, api or migrate", args[0])
 		}
 	}
 	fs := flag.NewFlagSet("orchestrator "+string(cfg.Mode), flag.ContinueOnError)
@@ -127,7 +131,13 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.StringVar(&cfg.Host, "host", DefaultHost, "address the REST API listens on")
 	fs.IntVar(&cfg.Port, "port", DefaultPort, "REST API port")
 	fs.StringVar(&cfg.DataDir, "data-dir", DefaultDataDir, "directory for tasks, the embedded Temporal database and demo provider state")
-	fs.StringVar(&cfg.StorageType, "storage-type", DefaultStorageType, "task store backend: filesystem")
+	fs.StringVar(&cfg.StorageType, "storage-type", DefaultStorageType, "task store backend: filesystem, surrealdb-embedded or surrealdb-server")
+	fs.StringVar(&cfg.Store.SurrealURL, "surrealdb-url", "", "SurrealDB server URL (ws://host:8000 or http://...) for surrealdb-server")
+	fs.StringVar(&cfg.Store.SurrealNamespace, "surrealdb-namespace", DefaultSurrealNamespace, "SurrealDB namespace")
+	fs.StringVar(&cfg.Store.SurrealDatabase, "surrealdb-database", DefaultSurrealDatabase, "SurrealDB database")
+	fs.StringVar(&cfg.Store.SurrealUsername, "surrealdb-username", "", "SurrealDB root user")
+	fs.StringVar(&cfg.Store.SurrealPassword, "surrealdb-password", "", "SurrealDB root password")
+	fs.StringVar(&cfg.Store.SurrealPath, "surreal-path", DefaultSurrealExecutable, "surreal executable started by --storage-type surrealdb-embedded")
 	fs.StringVar(&cfg.NuPath, "nu-path", DefaultNuPath, "Nushell executable")
 	fs.StringVar(&cfg.ProvisioningPath, "provisioning-path", DefaultProvisioningPath, "provisioning Nushell script run by activities")
 	fs.StringVar(&cfg.TemporalAddress, "temporal-address", "", "host:port of an external Temporal frontend; empty starts the embedded server")
@@ -221,8 +231,14 @@ func (c Config) Validate() error {
 	}
 	switch c.StorageType {
 	case "filesystem":
-	case "surrealdb-embedded", "surrealdb-server":
-		bad("storage-type", "%q is not available in this build yet; use filesystem", c.StorageType)
+	case StorageSurrealServer:
+		if c.Store.SurrealURL == "" {
+			bad("surrealdb-url", "is required with --storage-type surrealdb-server")
+		}
+	case StorageSurrealEmbedded:
+		if c.Store.SurrealPath == "" {
+			bad("surreal-path", "must not be empty with --storage-type surrealdb-embedded")
+		}
 	default:
 		bad("storage-type", "%q is not one of filesystem, surrealdb-embedded, surrealdb-server", c.StorageType)
 	}

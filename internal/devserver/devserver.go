@@ -8,10 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -335,12 +337,47 @@ func checkPortFree(ip string, port int) error {
 	return l.Close()
 }
 
-// FreePort asks the kernel for an unused TCP port on ip.
+// FreePort returns a TCP port on ip that is free now, for a server to bind
+// a moment later. It picks from below the kernel's ephemeral range: a port
+// from bind(":0") comes from that range and can be taken as the source
+// port of any outgoing connection before the server binds it (seen here
+// under load: "address already in use" at start-up).
 func FreePort(ip string) (int, error) {
+	lo, _ := ephemeralRange()
+	if lo > 12000 {
+		for range 64 {
+			port := 10000 + rand.IntN(lo-10000)
+			l, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
+			if err == nil {
+				_ = l.Close()
+				return port, nil
+			}
+		}
+	}
 	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		return 0, fmt.Errorf("devserver: find a free port: %w", err)
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// ephemeralRange reads the kernel's local port range (Linux), defaulting
+// to the usual 32768-60999.
+func ephemeralRange() (lo, hi int) {
+	lo, hi = 32768, 60999
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return lo, hi
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 2 {
+		if l, err := strconv.Atoi(f[0]); err == nil {
+			lo = l
+		}
+		if h, err := strconv.Atoi(f[1]); err == nil {
+			hi = h
+		}
+	}
+	return lo, hi
 }

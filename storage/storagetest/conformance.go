@@ -56,6 +56,7 @@ func Run(t *testing.T, newStore func(t *testing.T) storage.Store) {
 		{"CanceledContext", testCanceledContext},
 		{"Ping", testPing},
 	}
+	tests = append(tests, auditTests()...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
 	}
@@ -653,9 +654,17 @@ func testCanceledContext(t *testing.T, s storage.Store) {
 	_, _, err = s.List(ctx, storage.ListFilter{})
 	require.True(t, isCanceled(err), "List: %v", err)
 	require.True(t, isCanceled(s.Delete(ctx, task.ID)), "Delete")
+	_, err = s.IDs(ctx)
+	require.True(t, isCanceled(err), "IDs: %v", err)
+	require.True(t, isCanceled(s.AppendAudit(ctx, storage.AuditEntry{ID: "e", TaskID: task.ID, Time: base, Action: "x"})), "AppendAudit")
+	_, err = s.ListAudit(ctx, storage.AuditFilter{})
+	require.True(t, isCanceled(err), "ListAudit: %v", err)
 
 	_, err = s.Get(context.Background(), task.ID)
 	require.ErrorIs(t, err, storage.ErrNotFound, "nothing was written under a canceled context")
+	entries, err := s.ListAudit(context.Background(), storage.AuditFilter{})
+	require.NoError(t, err)
+	require.Empty(t, entries, "no audit entry was appended under a canceled context")
 }
 
 func testPing(t *testing.T, s storage.Store) {

@@ -1,0 +1,304 @@
+package storage
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Audit trail of the filesystem backend: {dataDir}/queue.rkvs/audit/{id}.jsonl,
+// one JSON AuditEntry per line, oldest append first. Every append to a
+// task's file holds that task's stripe lock (the same lock as its Create,
+// Put and Delete), reads the file to skip an entry whose ID is already
+// there, and writes one whole line with O_APPEND followed by fsync.
+//
+// A crash in the middle of an append can leave a torn last line (no
+// newline). Readers skip lines that do not decode; the next append starts
+// with a newline, so the fragment stays on a line of its own.
+
+const auditFileExt = ".jsonl"
+
+// IDs returns the id of every task file (any order). It reads the
+// directory on every call, so tasks created since an earlier call are
+// included. Corrupt task files are included: they are tasks on disk.
+func (f *Filesystem) IDs(ctx context.Context) ([]string, error) {
+	if err := f.usable(ctx); err != nil {
+		return nil, err
+	}
+	ents, err := readDir(f.dir)
+	if err != nil {
+		return nil, unavailable("list tasks", err)
+	}
+	out := make([]string, 0, len(ents))
+	for i, e := range ents {
+		if i%1024 == 1023 {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+		}
+		if id, ok := taskIDFromName(e.Name()); ok && e.Type().IsRegular() {
+			out = append(out, id)
+		}
+	}
+	return out, nil
+}
+
+// AppendAudit appends e to its task's audit file unless an entry with the
+// same ID is already there (then it is a no-op). e.TaskID must be a valid
+// task id (the task itself need not exist) and e.ID non-empty. A zero Time
+// is taken as now, an empty Actor as ActorFrom(ctx); Time is stored in UTC.
+func (f *Filesystem) AppendAudit(ctx context.Context, e AuditEntry) error {
+	if err := ValidateID(e.TaskID); err != nil {
+		return err
+	}
+	if e.ID == "" {
+		return fmt.Errorf("storage: audit entry of task %s has no id", e.TaskID)
+	}
+	if err := f.usable(ctx); err != nil {
+		return err
+	}
+	if e.Time.IsZero() {
+		e.Time = time.Now()
+	}
+	if e.Actor == "" {
+		e.Actor = ActorFrom(ctx)
+	}
+	unlock, err := f.lock(ctx, e.TaskID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return f.appendAuditLocked(e)
+}
+
+// ListAudit returns the matching entries oldest first (Time, then ID). With
+// more than the limit (default DefaultAuditLimit) matching, the newest are
+// kept. Without a TaskID it reads every task's audit file.
+func (f *Filesystem) ListAudit(ctx context.Context, af AuditFilter) ([]AuditEntry, error) {
+	if af.TaskID != "" {
+		if err := ValidateID(af.TaskID); err != nil {
+			return nil, err
+		}
+	}
+	if err := f.usable(ctx); err != nil {
+		return nil, err
+	}
+	limit := af.Limit
+	if limit <= 0 {
+		limit = DefaultAuditLimit
+	}
+	var all []AuditEntry
+	if af.TaskID != "" {
+		data, err := f.readAuditFile(af.TaskID)
+		if err != nil {
+			return nil, err
+		}
+		all = f.parseAudit(af.TaskID, data, true)
+	} else {
+		var err error
+		if all, err = f.readAllAudit(ctx); err != nil {
+			return nil, err
+		}
+	}
+	slices.SortFunc(all, compareAudit)
+	if len(all) > limit {
+		all = all[len(all)-limit:]
+	}
+	return append(make([]AuditEntry, 0, len(all)), all...), nil
+}
+
+// compareAudit orders entries oldest first, ties broken by ID.
+func compareAudit(a, b AuditEntry) int {
+	if c := a.Time.Compare(b.Time); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.ID, b.ID)
+}
+
+// auditTime is the time of a Create's or Put's entry: when the transition
+// happened in the workflow (UpdatedAt), so that a retried or delayed
+// projection records the same time; now if the task carries no time.
+func auditTime(t Task) time.Time {
+	switch {
+	case !t.UpdatedAt.IsZero():
+		return t.UpdatedAt
+	case !t.CreatedAt.IsZero():
+		return t.CreatedAt
+	}
+	return time.Now().UTC()
+}
+
+func (f *Filesystem) auditPath(id string) string {
+	return filepath.Join(f.auditDir, id+auditFileExt)
+}
+
+// appendAuditLocked appends e to its task's audit file unless its ID is
+// there already. The caller holds e.TaskID's lock and validated the IDs.
+// When it returns nil the entry is on disk (file and, for a new file, the
+// directory entry fsynced).
+func (f *Filesystem) appendAuditLocked(e AuditEntry) error {
+	e.Time = e.Time.UTC()
+	line, err := json.Marshal(e)
+	if err != nil {
+		return fmt.Errorf("storage: encode audit entry %s: %w", e.ID, err)
+	}
+	line = append(line, '\n')
+
+	path := f.auditPath(e.TaskID)
+	fh, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return unavailable("open audit file of "+e.TaskID, err)
+	}
+	defer fh.Close()
+	data, err := io.ReadAll(fh)
+	if err != nil {
+		return unavailable("read audit file of "+e.TaskID, err)
+	}
+	for _, have := range f.parseAudit(e.TaskID, data, false) {
+		if have.ID == e.ID {
+			return nil
+		}
+	}
+	if len(data) > 0 && data[len(data)-1] != '\n' {
+		// A torn line left by a crash: keep it on a line of its own.
+		line = append([]byte{'\n'}, line...)
+	}
+	if _, err := fh.Write(line); err != nil {
+		return unavailable("append audit entry of "+e.TaskID, err)
+	}
+	if err := fh.Sync(); err != nil {
+		return unavailable("sync audit file of "+e.TaskID, err)
+	}
+	if len(data) == 0 {
+		// Possibly a new file: make its directory entry durable too.
+		if err := syncDir(f.auditDir); err != nil {
+			return unavailable("sync audit dir", err)
+		}
+	}
+	return nil
+}
+
+// readAuditFile returns the content of id's audit file (nil if none).
+func (f *Filesystem) readAuditFile(id string) ([]byte, error) {
+	data, err := os.ReadFile(f.auditPath(id))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, unavailable("read audit file of "+id, err)
+	}
+	return data, nil
+}
+
+// parseAudit decodes the lines of id's audit file. Lines that do not decode
+// (a torn append), have no ID, or belong to another task are skipped (and
+// logged when warn is set); a repeated ID keeps its first entry.
+func (f *Filesystem) parseAudit(id string, data []byte, warn bool) []AuditEntry {
+	var out []AuditEntry
+	seen := map[string]struct{}{}
+	for n := 1; len(data) > 0; n++ {
+		var line []byte
+		line, data, _ = bytes.Cut(data, []byte{'\n'})
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		var e AuditEntry
+		err := json.Unmarshal(line, &e)
+		switch {
+		case err != nil:
+		case e.ID == "":
+			err = errors.New("entry has no id")
+		case e.TaskID != id:
+			err = fmt.Errorf("entry of task %q", e.TaskID)
+		}
+		if err != nil {
+			if warn {
+				f.log().Warn("skipping unreadable audit line", "path", f.auditPath(id), "line", n, "error", err)
+			}
+			continue
+		}
+		if _, dup := seen[e.ID]; dup {
+			continue
+		}
+		seen[e.ID] = struct{}{}
+		e.Time = e.Time.UTC()
+		out = append(out, e)
+	}
+	return out
+}
+
+// readAllAudit reads every task's audit file, in parallel when there are
+// many.
+func (f *Filesystem) readAllAudit(ctx context.Context) ([]AuditEntry, error) {
+	ents, err := readDir(f.auditDir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, unavailable("list audit files", err)
+	}
+	var ids []string
+	for _, e := range ents {
+		id, ok := strings.CutSuffix(e.Name(), auditFileExt)
+		if ok && isCanonicalUUID(id) && e.Type().IsRegular() {
+			ids = append(ids, id)
+		}
+	}
+	results := make([][]AuditEntry, len(ids))
+	errs := make([]error, len(ids))
+	read := func(i int) {
+		data, err := f.readAuditFile(ids[i])
+		if err != nil {
+			errs[i] = err
+			return
+		}
+		results[i] = f.parseAudit(ids[i], data, true)
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), 8, len(ids)/64+1) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(ids) || ctx.Err() != nil {
+					return
+				}
+				read(i)
+			}
+		})
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	var out []AuditEntry
+	for _, r := range results {
+		out = append(out, r...)
+	}
+	return out, nil
+}
+
+func readDir(dir string) ([]os.DirEntry, error) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	return d.ReadDir(-1)
+}
