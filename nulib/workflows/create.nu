@@ -1,0 +1,79 @@
+# create.nu: start provisioning workflows and optionally wait for them.
+#
+#   use nulib/workflows/create.nu *
+#   server_create_workflow <infra> ...servers --settings <path> [--check] [--wait]
+#   taskserv_create_workflow <taskserv> <infra> ...servers --settings <path> [--check] [--wait]
+#   cluster_create_workflow <cluster> <infra> --settings <path> [--check] [--wait]
+#
+# Without --wait: returns {task_id}. With --wait: polls GET /tasks/{id} until the
+# task is Completed, Failed or Cancelled, printing progress (done/total, status)
+# to stderr, and returns the final task record (a Failed task is returned, not
+# raised; check its `status`).
+
+use ../api.nu *
+
+# Poll a task until it is terminal; progress lines go to stderr.
+export def wait-task [task_id: string, --interval: duration = 250ms] {
+    mut last = ""
+    loop {
+        let task = (api-get $"/tasks/(q $task_id)")
+        let p = ($task.progress? | default {done: 0, total: 0})
+        let line = $"task ($task_id): ($task.status) ($p.done? | default 0)/($p.total? | default 0)"
+        if $line != $last {
+            print --stderr $line
+            $last = $line
+        }
+        if $task.status in $TERMINAL_TASK_STATES {
+            return $task
+        }
+        sleep $interval
+    }
+}
+
+def submit [path: string, body: record, wait: bool] {
+    let id = (api-post $path $body)
+    if $wait { wait-task $id } else { {task_id: $id} }
+}
+
+# Create servers in an infra (POST /workflows/servers/create).
+export def server_create_workflow [
+    infra: string          # infrastructure name
+    ...servers: string     # servers to create
+    --settings: string     # settings file path (required by the API)
+    --check                # check mode: report, change nothing
+    --wait                 # wait for the task to finish, showing progress
+] {
+    submit /workflows/servers/create {
+        infra: $infra, settings: ($settings | default ""), servers: $servers,
+        check_mode: $check, wait: $wait
+    } $wait
+}
+
+# Install a taskserv (POST /workflows/taskserv/create); no servers = one run for the infra.
+export def taskserv_create_workflow [
+    taskserv: string
+    infra: string
+    ...servers: string
+    --settings: string
+    --check
+    --wait
+] {
+    submit /workflows/taskserv/create {
+        infra: $infra, settings: ($settings | default ""), taskserv: $taskserv, servers: $servers,
+        check_mode: $check, wait: $wait
+    } $wait
+}
+
+# Create a cluster (POST /workflows/cluster/create).
+export def cluster_create_workflow [
+    cluster: string
+    infra: string
+    --settings: string
+    --check
+    --wait
+] {
+    submit /workflows/cluster/create {
+        infra: $infra, settings: ($settings | default ""), cluster: $cluster,
+        check_mode: $check, wait: $wait
+    } $wait
+}
