@@ -1,0 +1,68 @@
+package migrate_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/provisioning/orchestrator/internal/testsupport"
+	"github.com/provisioning/orchestrator/migrate/migratetest"
+	"github.com/provisioning/orchestrator/storage"
+)
+
+// dbSeq gives every store its own SurrealDB database on the shared server.
+var dbSeq atomic.Int64
+
+func surrealDatabase() string { return fmt.Sprintf("migrate_%d_%d", time.Now().UnixNano(), dbSeq.Add(1)) }
+
+func surrealFactory(srv *testsupport.SurrealServer) migratetest.Factory {
+	return func(t *testing.T) storage.Store {
+		st, err := storage.NewSurreal(context.Background(), storage.SurrealOptions{
+			URL: srv.URL, Username: srv.User, Password: srv.Pass,
+			Namespace: "orchestrator", Database: surrealDatabase(),
+		})
+		require.NoError(t, err)
+		return st
+	}
+}
+
+func surrealCLIStore(srv *testsupport.SurrealServer) migratetest.CLIStore {
+	return func(t *testing.T, side string) ([]string, func(t *testing.T) storage.Store) {
+		db := surrealDatabase()
+		args := []string{"--" + side, "surrealdb-server",
+			"--" + side + "-surrealdb-url", srv.URL,
+			"--" + side + "-surrealdb-username", srv.User,
+			"--" + side + "-surrealdb-password", srv.Pass,
+			"--" + side + "-surrealdb-database", db}
+		return args, func(t *testing.T) storage.Store {
+			st, err := storage.NewSurreal(context.Background(), storage.SurrealOptions{
+				URL: srv.URL, Username: srv.User, Password: srv.Pass,
+				Namespace: "orchestrator", Database: db,
+			})
+			require.NoError(t, err)
+			return st
+		}
+	}
+}
+
+// The real SurrealDB engine on both sides of a migration, in both
+// directions, including a SIGKILL of the migrate process midway.
+func TestMigrateFilesystemToSurrealAndBack(t *testing.T) {
+	srv := testsupport.StartSurreal(t, "mem://")
+	t.Run("filesystem->surrealdb", func(t *testing.T) {
+		migratetest.RunMigrationSuite(t, newFilesystem, surrealFactory(srv))
+	})
+	t.Run("surrealdb->filesystem", func(t *testing.T) {
+		migratetest.RunMigrationSuite(t, surrealFactory(srv), newFilesystem)
+	})
+	t.Run("kill midway filesystem->surrealdb", func(t *testing.T) {
+		migratetest.RunKillResume(t, migratetest.FilesystemCLIStore, surrealCLIStore(srv), 600)
+	})
+	t.Run("kill midway surrealdb->filesystem", func(t *testing.T) {
+		migratetest.RunKillResume(t, surrealCLIStore(srv), migratetest.FilesystemCLIStore, 600)
+	})
+}

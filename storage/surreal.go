@@ -1,0 +1,671 @@
+package storage
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/surrealdb/surrealdb.go/pkg/models"
+	"github.com/surrealdb/surrealdb.go/surrealcbor"
+)
+
+// SurrealDB backend (surrealdb-server, and the embedded mode's client).
+//
+// Schema (defined idempotently on every (re)connect, so a server that lost
+// its data, e.g. mem://, is usable again at once):
+//
+//	task:⟨uuid⟩ { doc, status, workflow_type, created_at, list_key, version }
+//	  doc         the task as JSON (the encoding of the filesystem
+//	              backend's {id}.json files), decoded on read
+//	  created_at  fixed-width UTC "2006-01-02T15:04:05.000000000Z"
+//	  list_key    created_at and id with every digit inverted, so that its
+//	              ascending order is List's order (newest first, then ID
+//	              descending): SurrealDB 3 reads an index in ascending
+//	              order only, and stops after the page when the ORDER BY
+//	              matches the index
+//	  indexes     list_key; (status, list_key); (workflow_type, list_key);
+//	              (status, workflow_type, list_key): one per List filter,
+//	              each covering its whole WHERE clause
+//	task_key:['s', status, id], ['w', workflow_type, id],
+//	  ['sw', status, workflow_type, id]
+//	              empty records that exist while the task does, so List's
+//	              total is a count over a record-ID range (a key scan,
+//	              several times faster than counting through an index,
+//	              which reads every matching task)
+//	audit:[⟨task id⟩, ⟨entry id⟩] { task_id, eid, time, list_key, actor,
+//	  action, status_before, status_after, version, detail }
+//	              the record ID makes appends idempotent per (task, entry
+//	              ID), like the filesystem backend's per-task files; time
+//	              has created_at's format, list_key is it inverted (newest
+//	              first); indexes list_key, (task_id, list_key)
+//
+// Create, Put and Delete are one transaction each (version check, task,
+// keys and audit entry together); concurrent transactions on one task
+// conflict in SurrealDB and are retried. Values are always bound variables,
+// never spliced into SurrealQL.
+//
+// List names its index (WITH INDEX) and the ORDER BY repeats the index's
+// columns: SurrealDB 3.0.2 applies LIMIT/START inside an ordered index scan
+// even when a filter the index does not cover runs after it, which returns
+// wrong pages (see TestSurrealListModel), so every List query's WHERE is
+// exactly its index's equality prefix.
+
+// SurrealOptions configures NewSurreal.
+type SurrealOptions struct {
+	// URL of the server: ws://, wss://, http:// or https://HOST:PORT (a
+	// trailing /rpc is accepted).
+	URL string
+	// Namespace and Database, defaults "orchestrator" and "tasks".
+	Namespace, Database string
+	// Username and Password sign in as a root user (none: no sign-in).
+	Username, Password string
+	// Logger reports lost and restored connections (nil: discard).
+	Logger *slog.Logger
+	// OpTimeout bounds every operation, including (re)connecting; default
+	// 10s. A request without an answer within it counts as a lost
+	// connection (ErrUnavailable).
+	OpTimeout time.Duration
+}
+
+// Defaults of SurrealOptions.
+const (
+	DefaultSurrealNamespace = "orchestrator"
+	DefaultSurrealDatabase  = "tasks"
+	DefaultSurrealOpTimeout = 10 * time.Second
+)
+
+// Surreal is the Store on a SurrealDB server. It reconnects by itself: while
+// the server is unreachable operations fail with ErrUnavailable (see
+// surreal_conn.go), afterwards they succeed again on a new connection.
+type Surreal struct {
+	opts SurrealOptions
+	url  *url.URL
+	log  *slog.Logger
+
+	mu        sync.Mutex
+	conn      *surrealConn // usable connection, nil if none
+	dialing   *dialAttempt // dial in progress, nil if none
+	closed    bool
+	connected bool      // a connection was established once
+	failures  int       // failed dials since the last success
+	nextDial  time.Time // no dial before this after a failure
+	lastErr   error     // error of the last failed dial
+}
+
+var _ Store = (*Surreal)(nil)
+
+// surrealTimeLayout is fixed-width, so its strings sort like the instants
+// (years 0–9999, always UTC).
+const surrealTimeLayout = "2006-01-02T15:04:05.000000000Z"
+
+// surrealExistsMarker is thrown by Create's transaction when the task exists.
+const surrealExistsMarker = "orchestrator:task-exists"
+
+const surrealSchema = `
+DEFINE TABLE IF NOT EXISTS task TYPE NORMAL SCHEMALESS;
+DEFINE INDEX IF NOT EXISTS task_list ON TABLE task FIELDS list_key;
+DEFINE INDEX IF NOT EXISTS task_status_list ON TABLE task FIELDS status, list_key;
+DEFINE INDEX IF NOT EXISTS task_workflow_list ON TABLE task FIELDS workflow_type, list_key;
+DEFINE INDEX IF NOT EXISTS task_status_workflow_list ON TABLE task FIELDS status, workflow_type, list_key;
+DEFINE TABLE IF NOT EXISTS task_key TYPE NORMAL SCHEMALESS;
+DEFINE TABLE IF NOT EXISTS audit TYPE NORMAL SCHEMALESS;
+DEFINE INDEX IF NOT EXISTS audit_list ON TABLE audit FIELDS list_key;
+DEFINE INDEX IF NOT EXISTS audit_task_list ON TABLE audit FIELDS task_id, list_key;
+`
+
+// The transactions below read everything they need into variables first
+// and only then write, each write in its own IF: SurrealDB 3.0.2 evaluates
+// a variable derived from a record to NONE when a LET inside a block reads
+// it after a DELETE, and an INSERT IGNORE after a DELETE of the same record
+// in one transaction inserts nothing (so task_key records are UPSERTed).
+
+const surrealCreateSQL = `
+BEGIN TRANSACTION;
+IF record::exists($rid) { THROW "` + surrealExistsMarker + `" };
+CREATE $rid CONTENT $task RETURN NONE;
+UPSERT $k1, $k2, $k3 RETURN NONE;
+INSERT IGNORE INTO audit $entry RETURN NONE;
+COMMIT TRANSACTION;
+`
+
+// surrealPutSQL writes $task unless the stored version is higher; when
+// that creates the task or changes its status or workflow type it replaces
+// its task_key records, and when it creates the task or changes its status
+// it appends the transition entry (unless its ID is stored already), all
+// in one transaction.
+const surrealPutSQL = `
+BEGIN TRANSACTION;
+LET $cur = (SELECT version, status, workflow_type FROM ONLY $rid);
+LET $stored = $cur != NONE;
+LET $os = $cur.status ?? "";
+LET $ow = $cur.workflow_type ?? "";
+LET $apply = !$stored OR $cur.version == NONE OR $cur.version <= $task.version;
+LET $rekey = $apply AND (!$stored OR $os != $task.status OR $ow != $task.workflow_type);
+LET $transition = $apply AND (!$stored OR $os != $task.status);
+IF $apply { UPSERT $rid CONTENT $task RETURN NONE };
+IF $rekey AND $stored {
+	DELETE task_key:['s', $os, $tid], task_key:['w', $ow, $tid], task_key:['sw', $os, $ow, $tid] RETURN NONE
+};
+IF $rekey { UPSERT $k1, $k2, $k3 RETURN NONE };
+IF $transition {
+	INSERT IGNORE INTO audit {
+		id: $aid, task_id: $tid, eid: $eid, time: $time, list_key: $alist, actor: $actor,
+		action: $action, status_before: $os, status_after: $task.status,
+		version: $task.version, detail: ""
+	} RETURN NONE
+};
+COMMIT TRANSACTION;
+`
+
+const surrealDeleteSQL = `
+BEGIN TRANSACTION;
+LET $cur = (SELECT status, workflow_type FROM ONLY $rid);
+LET $stored = $cur != NONE;
+LET $os = $cur.status ?? "";
+LET $ow = $cur.workflow_type ?? "";
+IF $stored {
+	DELETE $rid, task_key:['s', $os, $tid], task_key:['w', $ow, $tid], task_key:['sw', $os, $ow, $tid] RETURN NONE
+};
+COMMIT TRANSACTION;
+`
+
+// NewSurreal connects to a SurrealDB server (signs in, selects the
+// namespace and database, defines the tables) and returns the store. A
+// server that cannot be reached within ctx and OpTimeout is an error
+// wrapping ErrUnavailable; later outages are handled by reconnecting.
+func NewSurreal(ctx context.Context, o SurrealOptions) (*Surreal, error) {
+	if o.Namespace == "" {
+		o.Namespace = DefaultSurrealNamespace
+	}
+	if o.Database == "" {
+		o.Database = DefaultSurrealDatabase
+	}
+	if o.OpTimeout <= 0 {
+		o.OpTimeout = DefaultSurrealOpTimeout
+	}
+	u, err := parseSurrealURL(o.URL)
+	if err != nil {
+		return nil, err
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Surreal{opts: o, url: u, log: log}
+	dctx, cancel := context.WithTimeout(ctx, o.OpTimeout)
+	defer cancel()
+	c, err := s.dialConn(dctx)
+	if err != nil {
+		if ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, fmt.Errorf("surrealdb: %w", ctx.Err())
+		}
+		return nil, fmt.Errorf("%w: surrealdb: %w", ErrUnavailable, err)
+	}
+	s.conn, s.connected = c, true
+	return s, nil
+}
+
+func parseSurrealURL(raw string) (*url.URL, error) {
+	if raw == "" {
+		return nil, errors.New("surrealdb: no server URL")
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("surrealdb: server URL: %w", err)
+	}
+	switch u.Scheme {
+	case "ws", "wss", "http", "https":
+	default:
+		return nil, fmt.Errorf("surrealdb: server URL %q: scheme must be ws, wss, http or https", u.Redacted())
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("surrealdb: server URL %q has no host", u.Redacted())
+	}
+	if p := strings.TrimSuffix(u.Path, "/"); p != "" && p != "/rpc" {
+		return nil, fmt.Errorf("surrealdb: server URL %q: path must be empty or /rpc", u.Redacted())
+	}
+	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("surrealdb: server URL %q: no user info, query or fragment allowed (use the username/password options)", u.Redacted())
+	}
+	return &url.URL{Scheme: u.Scheme, Host: u.Host}, nil
+}
+
+// Close closes the connection. Calls after Close fail with ErrUnavailable;
+// closing twice is a no-op.
+func (s *Surreal) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	c := s.conn
+	s.conn = nil
+	if c != nil {
+		c.dropped = true
+		if c.refs > 0 {
+			c = nil // closed by its last operation's release
+		}
+	}
+	s.mu.Unlock()
+	if c != nil {
+		s.closeConn(c)
+	}
+	return nil
+}
+
+// Create stores a new task and its AuditCreate entry in one transaction;
+// ErrExists if the ID is taken.
+func (s *Surreal) Create(ctx context.Context, t Task) error {
+	if err := ValidateID(t.ID); err != nil {
+		return err
+	}
+	t = Normalize(t)
+	content, err := surrealTaskContent(t)
+	if err != nil {
+		return err
+	}
+	entry := AuditEntry{
+		ID: AuditCreateID(t.ID), TaskID: t.ID, Time: auditTime(t), Actor: ActorFrom(ctx),
+		Action: AuditCreate, After: t.Status, Version: t.Version,
+	}
+	vars := map[string]any{
+		"rid":   taskRecordID(t.ID),
+		"task":  content,
+		"entry": surrealAuditContent(entry),
+	}
+	addTaskKeys(vars, t)
+	_, err = s.query(ctx, "create task "+t.ID, surrealCreateSQL, vars)
+	if err != nil && strings.Contains(err.Error(), surrealExistsMarker) {
+		return fmt.Errorf("%w: %s", ErrExists, t.ID)
+	}
+	return err
+}
+
+// Put upserts t unless the stored task has a higher Version; when it
+// creates the task or changes its status it appends the AuditTransition
+// entry (unless one with that ID is stored) in the same transaction.
+func (s *Surreal) Put(ctx context.Context, t Task) error {
+	if err := ValidateID(t.ID); err != nil {
+		return err
+	}
+	t = Normalize(t)
+	content, err := surrealTaskContent(t)
+	if err != nil {
+		return err
+	}
+	eid := AuditTransitionID(t.ID, t.Version)
+	vars := map[string]any{
+		"rid":    taskRecordID(t.ID),
+		"task":   content,
+		"aid":    auditRecordID(t.ID, eid),
+		"tid":    t.ID,
+		"eid":    eid,
+		"time":   surrealTime(auditTime(t)),
+		"alist":  surrealTimeKey(auditTime(t)),
+		"actor":  ActorFrom(ctx),
+		"action": AuditTransition,
+	}
+	addTaskKeys(vars, t)
+	_, err = s.query(ctx, "put task "+t.ID, surrealPutSQL, vars)
+	return err
+}
+
+// Get returns the task or ErrNotFound.
+func (s *Surreal) Get(ctx context.Context, id string) (Task, error) {
+	if err := ValidateID(id); err != nil {
+		return Task{}, err
+	}
+	res, err := s.query(ctx, "get task "+id, `SELECT VALUE doc FROM ONLY $rid;`, map[string]any{"rid": taskRecordID(id)})
+	if err != nil {
+		return Task{}, err
+	}
+	var doc any
+	if err := decodeResult(res, 0, &doc); err != nil {
+		return Task{}, err
+	}
+	switch d := doc.(type) {
+	case nil:
+		return Task{}, fmt.Errorf("%w: %s", ErrNotFound, id)
+	case string:
+		return decodeSurrealTask(id, d)
+	default:
+		return Task{}, fmt.Errorf("%w: surrealdb record task:%s: doc is a %T, not a string", errCorrupt, id, doc)
+	}
+}
+
+// List returns one page of matching tasks, newest first (CreatedAt, then
+// ID descending), and the number of matching tasks. Limit 0 (or negative)
+// means DefaultLimit, larger than MaxLimit is clamped; a negative Offset is
+// taken as 0. Undecodable records are skipped and logged.
+func (s *Surreal) List(ctx context.Context, lf ListFilter) ([]Task, int, error) {
+	limit := lf.Limit
+	if limit <= 0 {
+		limit = DefaultLimit
+	}
+	limit = min(limit, MaxLimit)
+	offset := max(lf.Offset, 0)
+	vars := map[string]any{"limit": limit, "offset": offset, "status": string(lf.Status), "wf": lf.WorkflowType}
+	var page, count string
+	switch {
+	case lf.Status != "" && lf.WorkflowType != "":
+		page = "FROM task WITH INDEX task_status_workflow_list WHERE status = $status AND workflow_type = $wf ORDER BY status, workflow_type, list_key"
+		count = "task_key:['sw', $status, $wf]..['sw', $status, $wf, '~']"
+	case lf.Status != "":
+		page = "FROM task WITH INDEX task_status_list WHERE status = $status ORDER BY status, list_key"
+		count = "task_key:['s', $status]..['s', $status, '~']"
+	case lf.WorkflowType != "":
+		page = "FROM task WITH INDEX task_workflow_list WHERE workflow_type = $wf ORDER BY workflow_type, list_key"
+		count = "task_key:['w', $wf]..['w', $wf, '~']"
+	default:
+		page = "FROM task WITH INDEX task_list ORDER BY list_key"
+		count = "task"
+	}
+	sql := "SELECT doc, status, workflow_type, list_key, id " + page + " LIMIT $limit START $offset;\n" +
+		"SELECT count() AS n FROM " + count + " GROUP ALL;"
+	res, err := s.query(ctx, "list tasks", sql, vars)
+	if err != nil {
+		return nil, 0, err
+	}
+	var rows []struct {
+		ID  models.RecordID `json:"id"`
+		Doc string          `json:"doc"`
+	}
+	if err := decodeResult(res, 0, &rows); err != nil {
+		return nil, 0, err
+	}
+	var counts []struct {
+		N int `json:"n"`
+	}
+	if err := decodeResult(res, 1, &counts); err != nil {
+		return nil, 0, err
+	}
+	total := 0
+	if len(counts) > 0 {
+		total = counts[0].N
+	}
+	out := make([]Task, 0, len(rows))
+	for _, r := range rows {
+		id, _ := r.ID.ID.(string)
+		t, err := decodeSurrealTask(id, r.Doc)
+		if err != nil {
+			s.log.Warn("skipping undecodable task record", "id", id, "error", err)
+			continue
+		}
+		out = append(out, t)
+	}
+	return out, total, nil
+}
+
+// Delete removes a task; a missing task is not an error. Its audit entries
+// are kept.
+func (s *Surreal) Delete(ctx context.Context, id string) error {
+	if err := ValidateID(id); err != nil {
+		return err
+	}
+	_, err := s.query(ctx, "delete task "+id, surrealDeleteSQL, map[string]any{"rid": taskRecordID(id), "tid": id})
+	return err
+}
+
+// Ping runs a trivial query (connecting first if needed).
+func (s *Surreal) Ping(ctx context.Context) error {
+	_, err := s.query(ctx, "ping", `RETURN 1;`, nil)
+	return err
+}
+
+// IDs returns every stored task id (any order).
+func (s *Surreal) IDs(ctx context.Context) ([]string, error) {
+	res, err := s.query(ctx, "list task ids", `SELECT VALUE record::id(id) FROM task;`, nil)
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	if err := decodeResult(res, 0, &ids); err != nil {
+		return nil, err
+	}
+	return ids, nil
+}
+
+// AppendAudit stores e unless an entry with the same task and ID is stored
+// already (then it is a no-op). e.TaskID must be a valid task id (the task
+// itself need not exist) and e.ID non-empty. A zero Time is taken as now,
+// an empty Actor as ActorFrom(ctx); Time is stored in UTC.
+func (s *Surreal) AppendAudit(ctx context.Context, e AuditEntry) error {
+	if err := ValidateID(e.TaskID); err != nil {
+		return err
+	}
+	if e.ID == "" {
+		return fmt.Errorf("storage: audit entry of task %s has no id", e.TaskID)
+	}
+	if e.Time.IsZero() {
+		e.Time = time.Now()
+	}
+	if e.Actor == "" {
+		e.Actor = ActorFrom(ctx)
+	}
+	_, err := s.query(ctx, "append audit entry of "+e.TaskID, `INSERT IGNORE INTO audit $entry RETURN NONE;`,
+		map[string]any{"entry": surrealAuditContent(e)})
+	return err
+}
+
+// ListAudit returns the matching entries oldest first (Time, then ID). With
+// more than the limit (default DefaultAuditLimit) matching, the newest are
+// kept.
+func (s *Surreal) ListAudit(ctx context.Context, af AuditFilter) ([]AuditEntry, error) {
+	if af.TaskID != "" {
+		if err := ValidateID(af.TaskID); err != nil {
+			return nil, err
+		}
+	}
+	limit := af.Limit
+	if limit <= 0 {
+		limit = DefaultAuditLimit
+	}
+	// The newest entries come first on the list_key index; the page ends
+	// at some time T, and entries at T beyond the page may sort (by ID)
+	// before some on it, so all entries at T are read too, then the newest
+	// limit of both are kept.
+	vars := map[string]any{"limit": limit, "tid": af.TaskID}
+	from, where := "FROM audit WITH INDEX audit_list", ""
+	order := " ORDER BY list_key"
+	if af.TaskID != "" {
+		from, where = "FROM audit WITH INDEX audit_task_list", " WHERE task_id = $tid"
+		order = " ORDER BY task_id, list_key"
+	}
+	const fields = "SELECT task_id, eid, time, list_key, actor, action, status_before, status_after, version, detail "
+	res, err := s.query(ctx, "list audit entries", fields+from+where+order+" LIMIT $limit;", vars)
+	if err != nil {
+		return nil, err
+	}
+	var rows []surrealAuditRow
+	if err := decodeResult(res, 0, &rows); err != nil {
+		return nil, err
+	}
+	if len(rows) == limit {
+		vars["edge"] = rows[len(rows)-1].ListKey
+		if where == "" {
+			where = " WHERE list_key = $edge"
+		} else {
+			where += " AND list_key = $edge"
+		}
+		res, err := s.query(ctx, "list audit entries", fields+from+where+order+";", vars)
+		if err != nil {
+			return nil, err
+		}
+		var ties []surrealAuditRow
+		if err := decodeResult(res, 0, &ties); err != nil {
+			return nil, err
+		}
+		rows = append(rows, ties...)
+	}
+	out := make([]AuditEntry, 0, len(rows))
+	seen := make(map[[2]string]struct{}, len(rows))
+	for _, r := range rows {
+		if _, dup := seen[[2]string{r.TaskID, r.EID}]; dup {
+			continue
+		}
+		seen[[2]string{r.TaskID, r.EID}] = struct{}{}
+		at, err := time.Parse(surrealTimeLayout, r.Time)
+		if err != nil {
+			s.log.Warn("skipping audit record with a bad time", "task_id", r.TaskID, "id", r.EID, "error", err)
+			continue
+		}
+		out = append(out, AuditEntry{
+			ID: r.EID, TaskID: r.TaskID, Time: at.UTC(), Actor: r.Actor, Action: r.Action,
+			Before: TaskStatus(r.Before), After: TaskStatus(r.After), Version: r.Version, Detail: r.Detail,
+		})
+	}
+	slices.SortFunc(out, compareAudit)
+	if len(out) > limit {
+		out = out[len(out)-limit:]
+	}
+	return out, nil
+}
+
+type surrealAuditRow struct {
+	TaskID  string `json:"task_id"`
+	EID     string `json:"eid"`
+	Time    string `json:"time"`
+	ListKey string `json:"list_key"`
+	Actor   string `json:"actor"`
+	Action  string `json:"action"`
+	Before  string `json:"status_before"`
+	After   string `json:"status_after"`
+	Version int64  `json:"version"`
+	Detail  string `json:"detail"`
+}
+
+func taskRecordID(id string) models.RecordID { return models.NewRecordID("task", id) }
+
+func auditRecordID(taskID, entryID string) models.RecordID {
+	return models.NewRecordID("audit", []any{taskID, entryID})
+}
+
+func surrealTime(t time.Time) string { return t.UTC().Format(surrealTimeLayout) }
+
+var (
+	surrealMinTime = time.Date(0, 1, 1, 0, 0, 0, 0, time.UTC)
+	surrealMaxTime = time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)
+)
+
+// surrealTimeKey is the fixed-width time with every digit inverted: its
+// ascending order is newest first. Times outside the years 0–9999 are
+// clamped.
+func surrealTimeKey(t time.Time) string {
+	t = t.UTC()
+	if t.Before(surrealMinTime) {
+		t = surrealMinTime
+	} else if t.After(surrealMaxTime) {
+		t = surrealMaxTime
+	}
+	key := []byte(surrealTime(t))
+	for i, c := range key {
+		if c >= '0' && c <= '9' {
+			key[i] = '9' - (c - '0')
+		}
+	}
+	return string(key)
+}
+
+// surrealListKey orders tasks as List does when sorted ascending: the
+// inverted creation time (surrealTimeKey), then the ID with every hex digit
+// inverted (IDs are canonical lowercase UUIDs).
+func surrealListKey(t Task) string {
+	id := []byte(t.ID)
+	for i, c := range id {
+		switch {
+		case c >= '0' && c <= '9':
+			id[i] = "fedcba9876"[c-'0']
+		case c >= 'a' && c <= 'f':
+			id[i] = "543210"[c-'a']
+		}
+	}
+	return surrealTimeKey(t.CreatedAt) + string(id)
+}
+
+// surrealTaskKeys are the IDs of a task's task_key records (see the
+// schema).
+func surrealTaskKeys(t Task) [3]models.RecordID {
+	st := string(t.Status)
+	return [3]models.RecordID{
+		models.NewRecordID("task_key", []any{"s", st, t.ID}),
+		models.NewRecordID("task_key", []any{"w", t.WorkflowType, t.ID}),
+		models.NewRecordID("task_key", []any{"sw", st, t.WorkflowType, t.ID}),
+	}
+}
+
+// addTaskKeys binds $tid and $k1..$k3 (the task's task_key IDs).
+func addTaskKeys(vars map[string]any, t Task) {
+	k := surrealTaskKeys(t)
+	vars["tid"], vars["k1"], vars["k2"], vars["k3"] = t.ID, k[0], k[1], k[2]
+}
+
+// surrealTaskContent is the record of a normalized task.
+func surrealTaskContent(t Task) (map[string]any, error) {
+	doc, err := json.Marshal(t)
+	if err != nil {
+		return nil, fmt.Errorf("storage: encode task %s: %w", t.ID, err)
+	}
+	return map[string]any{
+		"doc":           string(doc),
+		"status":        string(t.Status),
+		"workflow_type": t.WorkflowType,
+		"created_at":    surrealTime(t.CreatedAt),
+		"list_key":      surrealListKey(t),
+		"version":       t.Version,
+	}, nil
+}
+
+// surrealAuditContent is the record of an audit entry (with its id).
+func surrealAuditContent(e AuditEntry) map[string]any {
+	return map[string]any{
+		"id":            auditRecordID(e.TaskID, e.ID),
+		"task_id":       e.TaskID,
+		"eid":           e.ID,
+		"time":          surrealTime(e.Time),
+		"list_key":      surrealTimeKey(e.Time),
+		"actor":         e.Actor,
+		"action":        e.Action,
+		"status_before": string(e.Before),
+		"status_after":  string(e.After),
+		"version":       e.Version,
+		"detail":        e.Detail,
+	}
+}
+
+// decodeSurrealTask decodes a task record's doc; errCorrupt if it does not
+// decode or names another task.
+func decodeSurrealTask(id, doc string) (Task, error) {
+	var t Task
+	if err := json.Unmarshal([]byte(doc), &t); err != nil {
+		return Task{}, fmt.Errorf("%w: surrealdb record task:%s: %w", errCorrupt, id, err)
+	}
+	if t.ID != id {
+		return Task{}, fmt.Errorf("%w: surrealdb record task:%s holds task %q", errCorrupt, id, t.ID)
+	}
+	return Normalize(t), nil
+}
+
+var surrealCodec = surrealcbor.New()
+
+// decodeResult decodes statement i's result into v.
+func decodeResult(res queryResults, i int, v any) error {
+	if i >= len(res) {
+		return fmt.Errorf("surrealdb: %d statement results, want at least %d", len(res), i+1)
+	}
+	raw := res[i].Result
+	if len(raw) == 0 {
+		return nil
+	}
+	if err := surrealCodec.Unmarshal(raw, v); err != nil {
+		return fmt.Errorf("surrealdb: decode result: %w", err)
+	}
+	return nil
+}

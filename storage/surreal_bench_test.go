@@ -1,0 +1,119 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/provisioning/orchestrator/internal/testsupport"
+)
+
+// BenchmarkSurreal measures Put, Get and List (status filter, page of 50)
+// on stores holding 100 and 10,000 tasks, like BenchmarkFilesystem (same
+// tasks, same filter and pages), against the real SurrealDB engine
+// (testsupport.StartSurreal, mem://) over one WebSocket connection from one
+// goroutine.
+//
+//	go test -run xxx -bench . -benchtime 200x ./storage/
+func BenchmarkSurreal(b *testing.B) {
+	srv := testsupport.StartSurreal(b, "mem://")
+	for _, n := range []int{100, 10_000} {
+		b.Run(fmt.Sprintf("tasks=%d", n), func(b *testing.B) {
+			ctx := context.Background()
+			s, err := NewSurreal(ctx, SurrealOptions{
+				URL: srv.URL, Username: srv.User, Password: srv.Pass,
+				Database: fmt.Sprintf("bench%d", n), OpTimeout: time.Minute,
+			})
+			require.NoError(b, err)
+			defer s.Close()
+			tasks := seedSurreal(b, s, n)
+			// Running is a fifth of the tasks; walk the first pages.
+			running := n / 5
+			pages := max(1, min(4, running/50))
+			wantLen := min(50, running)
+			filter := func(i int) ListFilter {
+				return ListFilter{Status: StatusRunning, Limit: 50, Offset: (i % pages) * 50}
+			}
+
+			b.Run("Get", func(b *testing.B) {
+				for i := 0; i < b.N; i++ {
+					if _, err := s.Get(ctx, tasks[(i*7919)%n].ID); err != nil {
+						b.Fatal(err)
+					}
+				}
+				reportOps(b)
+			})
+
+			b.Run("List", func(b *testing.B) {
+				for i := 0; i < b.N; i++ {
+					page, total, err := s.List(ctx, filter(i))
+					if err != nil || len(page) != wantLen || total != running {
+						b.Fatalf("list: %d tasks of %d, %v", len(page), total, err)
+					}
+				}
+				reportOps(b)
+			})
+
+			b.Run("Put", func(b *testing.B) {
+				version := int64(1)
+				for i := 0; i < b.N; i++ {
+					t := tasks[(i*7919)%n]
+					version++
+					t.Version = version
+					t.Status = StatusCompleted
+					if err := s.Put(ctx, t); err != nil {
+						b.Fatal(err)
+					}
+				}
+				reportOps(b)
+			})
+		})
+	}
+}
+
+// seedSurreal stores n tasks like seedFiles' (statuses cycling through all
+// five, CreatedAt increasing with i), in batches of 500 tasks
+// (their records and task_key records) per query.
+func seedSurreal(tb testing.TB, s *Surreal, n int) []Task {
+	tb.Helper()
+	statuses := []TaskStatus{StatusPending, StatusRunning, StatusCompleted, StatusFailed, StatusCancelled}
+	base := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	tasks := make([]Task, n)
+	const batch = 500
+	for lo := 0; lo < n; lo += batch {
+		var rows, keys []map[string]any
+		for i := lo; i < min(lo+batch, n); i++ {
+			out := fmt.Sprintf("server web-%03d: created\n", i%1000)
+			t := Normalize(Task{
+				ID: randomID(), Name: fmt.Sprintf("task %d", i), Command: "server create",
+				Args:      []string{"--infra", "prod-stack", fmt.Sprintf("web-%03d", i%1000)},
+				Status:    statuses[i%len(statuses)],
+				CreatedAt: base.Add(time.Duration(i) * time.Second),
+				UpdatedAt: base.Add(time.Duration(i)*time.Second + time.Minute),
+				Output:    &out, WorkflowType: "ServerCreateWorkflow",
+				Progress: Progress{Done: 1, Total: 1},
+				Steps: []StepResult{{
+					Name: fmt.Sprintf("web-%03d", i%1000), Status: StatusCompleted,
+					Attempts: 1, Output: out, DurationMS: 1200,
+				}},
+				Version: 1,
+			})
+			tasks[i] = t
+			row, err := surrealTaskContent(t)
+			require.NoError(tb, err)
+			row["id"] = taskRecordID(t.ID)
+			rows = append(rows, row)
+			for _, k := range surrealTaskKeys(t) {
+				keys = append(keys, map[string]any{"id": k})
+			}
+		}
+		_, err := s.query(context.Background(), "seed",
+			`INSERT INTO task $rows RETURN NONE; INSERT INTO task_key $keys RETURN NONE;`,
+			map[string]any{"rows": rows, "keys": keys})
+		require.NoError(tb, err)
+	}
+	return tasks
+}
