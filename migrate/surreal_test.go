@@ -17,7 +17,9 @@ import (
 // dbSeq gives every store its own SurrealDB database on the shared server.
 var dbSeq atomic.Int64
 
-func surrealDatabase() string { return fmt.Sprintf("migrate_%d_%d", time.Now().UnixNano(), dbSeq.Add(1)) }
+func surrealDatabase() string {
+	return fmt.Sprintf("migrate_%d_%d", time.Now().UnixNano(), dbSeq.Add(1))
+}
 
 func surrealFactory(srv *testsupport.SurrealServer) migratetest.Factory {
 	return func(t *testing.T) storage.Store {
