@@ -69,6 +69,12 @@ type harness struct {
 // data dir and free ports. scriptEnv configures the demo provider.
 func startApp(t *testing.T, scriptEnv ...string) *harness {
 	t.Helper()
+	return startAppWith(t, nil, scriptEnv...)
+}
+
+// startAppWith is startApp with a chance to change the configuration.
+func startAppWith(t *testing.T, mutate func(*app.Config), scriptEnv ...string) *harness {
+	t.Helper()
 	nu := testsupport.NuPath(t)
 	root := testsupport.RepoRoot(t)
 	dir := t.TempDir()
@@ -82,6 +88,9 @@ func startApp(t *testing.T, scriptEnv ...string) *harness {
 	cfg.ProvisioningPath = filepath.Join(root, "core", "nulib", "provisioning")
 	cfg.Policy = fastPolicy
 	cfg.ScriptEnv = append([]string{"PROVISIONING_STATE_DIR=" + stateDir, "PROVISIONING_DEMO_DELAY_MS=50"}, scriptEnv...)
+	if mutate != nil {
+		mutate(&cfg)
+	}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	a, err := app.Start(context.Background(), cfg, log)
 	require.NoError(t, err)

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/provisioning/orchestrator/internal/testsupport"
+	"github.com/provisioning/orchestrator/migrate"
 	"github.com/provisioning/orchestrator/migrate/migratetest"
 	"github.com/provisioning/orchestrator/storage"
 )
@@ -66,5 +67,41 @@ func TestMigrateFilesystemToSurrealAndBack(t *testing.T) {
 	})
 	t.Run("kill midway surrealdb->filesystem", func(t *testing.T) {
 		migratetest.RunKillResume(t, surrealCLIStore(srv), migratetest.FilesystemCLIStore, 600)
+	})
+}
+
+// BenchmarkMigrate10kSurreal measures 10,000 tasks filesystem → SurrealDB
+// and, from that copy, SurrealDB → filesystem, in one run.
+func BenchmarkMigrate10kSurreal(b *testing.B) {
+	const n = 10_000
+	srv := testsupport.StartSurreal(b, "mem://")
+	srcDir := b.TempDir()
+	writeFilesystemTasks(b, srcDir, n)
+	fsSrc, err := storage.NewFilesystem(srcDir)
+	require.NoError(b, err)
+	defer fsSrc.Close()
+	open := func(b *testing.B) storage.Store {
+		st, err := storage.NewSurreal(context.Background(), storage.SurrealOptions{
+			URL: srv.URL, Username: srv.User, Password: srv.Pass,
+			Namespace: "orchestrator", Database: surrealDatabase(), OpTimeout: time.Minute,
+		})
+		require.NoError(b, err)
+		return st
+	}
+	// A SurrealDB source for the reverse direction, filled once.
+	surSrc := open(b)
+	defer surSrc.Close()
+	_, err = migrate.Run(context.Background(), fsSrc, surSrc, migrate.Options{})
+	require.NoError(b, err)
+
+	b.Run("filesystem->surrealdb", func(b *testing.B) {
+		migratetest.Benchmark(b, fsSrc, n, open)
+	})
+	b.Run("surrealdb->filesystem", func(b *testing.B) {
+		migratetest.Benchmark(b, surSrc, n, func(b *testing.B) storage.Store {
+			fs, err := storage.NewFilesystem(b.TempDir())
+			require.NoError(b, err)
+			return fs
+		})
 	})
 }
