@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"net"
 	"os"
 	"os/exec"
@@ -48,7 +49,7 @@ func runNu(t *testing.T, url, script string, modules ...string) nuResult {
 		t.Fatalf("nu did not finish: %s\nstderr: %s", full, errb.String())
 	}
 	res := nuResult{stdout: out.String(), stderr: errb.String()}
-	if ee, ok := err.(*exec.ExitError); ok {
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
 		res.exitCode = ee.ExitCode()
 	} else {
 		require.NoError(t, err)

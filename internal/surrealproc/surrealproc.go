@@ -379,7 +379,7 @@ func (p *Process) startFirst(ctx context.Context) (*child, error) {
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():
-			return nil, fmt.Errorf("start SurrealDB (%s start --bind %s ... %s): %w (last attempt: %v)", p.path, p.Addr(), p.storeURL(), ctx.Err(), err)
+			return nil, fmt.Errorf("start SurrealDB (%s start --bind %s ... %s): %w (last attempt: %w)", p.path, p.Addr(), p.storeURL(), ctx.Err(), err)
 		}
 		backoff = min(backoff*2, 2*time.Second)
 	}
@@ -459,7 +459,7 @@ func (p *Process) attempt(ctx context.Context) (*child, error) {
 				return nil, errStopped
 			}
 			_ = p.kill(c)
-			return nil, fmt.Errorf("server not healthy (%w; GET %s/health: %v); its last output:\n%s", ctx.Err(), url, last, p.out.recent())
+			return nil, fmt.Errorf("server not healthy (%w; GET %s/health: %w); its last output:\n%s", ctx.Err(), url, last, p.out.recent())
 		case <-tick.C:
 		}
 	}
