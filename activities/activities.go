@@ -13,6 +13,7 @@ import (
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/provisioning/orchestrator/metrics"
 	"github.com/provisioning/orchestrator/storage"
 )
 
@@ -47,6 +48,8 @@ type Activities struct {
 	Docker *DockerRuntime
 	// Logger, default slog.Default().
 	Logger *slog.Logger
+	// Metrics counts Nushell runs and task durations; nil records nothing.
+	Metrics *metrics.Metrics
 }
 
 // NuStep is one Nushell invocation: argv after `nu <provisioning-path>`.
@@ -102,13 +105,16 @@ func (a *Activities) RunNushell(ctx context.Context, step NuStep) (NuStepResult,
 		Attempt:    info.Attempt,
 	}
 	if err == nil {
+		a.Metrics.NushellInvocation(metrics.OutcomeSuccess)
 		log.Info("nushell step completed", "duration_ms", out.DurationMS)
 		return out, nil
 	}
 	if ctx.Err() != nil {
+		a.Metrics.NushellInvocation(metrics.OutcomeCancelled)
 		log.Warn("nushell step cancelled; process group killed", "error", err)
 		return out, ctx.Err()
 	}
+	a.Metrics.NushellInvocation(metrics.OutcomeFailure)
 	log.Warn("nushell step failed", "error", err, "exit_code", out.ExitCode)
 	var startErr *StartError
 	var exitErr *ExitError
@@ -155,6 +161,7 @@ func (a *Activities) ProjectTask(ctx context.Context, t storage.Task) error {
 		a.logger().Warn("task projection failed", "task_id", t.ID, "status", t.Status, "error", err)
 		return fmt.Errorf("project task %s (%s): %w", t.ID, t.Status, err)
 	}
+	a.Metrics.ObserveTask(t)
 	a.logger().Debug("task projected", "task_id", t.ID, "status", t.Status, "version", t.Version, "took", time.Since(start))
 	return nil
 }

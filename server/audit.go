@@ -13,8 +13,8 @@ import (
 	"github.com/provisioning/orchestrator/storage"
 )
 
-// AnonymousActor is the audit actor of API requests while the API has no
-// authentication.
+// AnonymousActor is the audit actor of API requests when the API has no
+// authentication configured.
 const AnonymousActor = "anonymous"
 
 // Audit actions of API events (task creation is storage.AuditCreate,
@@ -32,9 +32,15 @@ const (
 	ActionStartFailed = "start_failed"
 )
 
-// requestActor names who makes the request, for the audit trail. This is
-// the one place to change when requests carry identities (token names).
-func requestActor(echo.Context) string { return AnonymousActor }
+// requestActor names who makes the request, for the audit trail: the name
+// of the bearer token the auth middleware accepted, or AnonymousActor when
+// the API runs without tokens.
+func requestActor(c echo.Context) string {
+	if name, ok := c.Get(actorKey).(string); ok && name != "" {
+		return name
+	}
+	return AnonymousActor
+}
 
 // actorCtx is the request's context tagged with its actor; handlers that
 // change something use it for their store calls.

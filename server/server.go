@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 
+	"github.com/provisioning/orchestrator/metrics"
 	"github.com/provisioning/orchestrator/storage"
 	"github.com/provisioning/orchestrator/testenv"
 	"github.com/provisioning/orchestrator/workflows"
@@ -40,6 +43,13 @@ type Options struct {
 	MaxBodyBytes int64
 	// TestEnv configures the test environment endpoints.
 	TestEnv TestEnvOptions
+	// Metrics records HTTP request metrics and is served at /metrics; nil
+	// disables both.
+	Metrics *metrics.Metrics
+	// AuthTokens maps token names to bearer tokens. When not empty, every
+	// endpoint but /health and /metrics requires one of them and the
+	// token's name is the audit actor.
+	AuthTokens map[string]string
 }
 
 // Server is the REST façade; it implements http.Handler.
@@ -52,6 +62,9 @@ type Server struct {
 	log       *slog.Logger
 	maxBody   int64
 	envOpts   TestEnvOptions
+	metrics   *metrics.Metrics
+	tokens    []namedToken
+	routes    map[string]bool
 }
 
 // New builds the router.
@@ -65,6 +78,10 @@ func New(o Options) *Server {
 		log:       o.Logger,
 		maxBody:   o.MaxBodyBytes,
 		envOpts:   o.TestEnv,
+		metrics:   o.Metrics,
+	}
+	for _, name := range slices.Sorted(maps.Keys(o.AuthTokens)) {
+		s.tokens = append(s.tokens, namedToken{name: name, token: o.AuthTokens[name]})
 	}
 	if s.envOpts.Templates == nil {
 		s.envOpts.Templates = testenv.DefaultTemplates()
@@ -90,8 +107,12 @@ func New(o Options) *Server {
 	s.e.Use(middleware.RequestID())
 	s.e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisablePrintStack: true}))
 	s.e.Use(s.requestLog)
+	s.e.Use(s.auth)
 
 	s.e.GET("/health", s.health)
+	if s.metrics != nil {
+		s.e.GET("/metrics", echo.WrapHandler(s.metrics.Handler()))
+	}
 	s.e.GET("/tasks", s.listTasks)
 	s.e.GET("/tasks/:id", s.getTask)
 	s.e.POST("/tasks/:id/cancel", s.cancelTask)
@@ -101,6 +122,10 @@ func New(o Options) *Server {
 	s.e.POST("/workflows/taskserv/create", s.createTaskserv)
 	s.e.POST("/workflows/cluster/create", s.createCluster)
 	s.routeTestEnv()
+	s.routes = map[string]bool{}
+	for _, r := range s.e.Routes() {
+		s.routes[r.Path] = true
+	}
 	return s
 }
 
@@ -114,10 +139,16 @@ func (s *Server) requestLog(next echo.HandlerFunc) echo.HandlerFunc {
 		if err != nil {
 			c.Error(err)
 		}
+		took := time.Since(start)
+		route := c.Path()
+		if !s.routes[route] {
+			route = "unmatched" // keeps label values bounded
+		}
+		s.metrics.ObserveHTTP(c.Request().Method, route, c.Response().Status, took)
 		s.log.Info("http request",
 			"request_id", c.Response().Header().Get(echo.HeaderXRequestID),
 			"method", c.Request().Method, "path", c.Request().URL.Path,
-			"status", c.Response().Status, "took_ms", time.Since(start).Milliseconds())
+			"status", c.Response().Status, "took_ms", took.Milliseconds())
 		return nil
 	}
 }
@@ -375,6 +406,8 @@ func (s *Server) startTask(c echo.Context, task storage.Task, wfType string, inp
 		TaskQueue:                s.taskQueue,
 		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
 		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
+		// Without this the SDK quietly returns the existing run.
+		WorkflowExecutionErrorWhenAlreadyStarted: true,
 	}, wfType, input)
 	if err != nil {
 		// Background context: the request may be gone, the cleanup must not be.

@@ -22,6 +22,7 @@ import (
 
 	"github.com/provisioning/orchestrator/activities"
 	"github.com/provisioning/orchestrator/internal/devserver"
+	"github.com/provisioning/orchestrator/metrics"
 	"github.com/provisioning/orchestrator/server"
 	"github.com/provisioning/orchestrator/storage"
 	"github.com/provisioning/orchestrator/testenv"
@@ -43,7 +44,11 @@ type App struct {
 	janitor  *worker.Janitor
 	stopBg   context.CancelFunc
 	bgDone   chan struct{}
+	metrics  *metrics.Metrics
 }
+
+// Metrics is the app's metrics registry (served at /metrics by the API).
+func (a *App) Metrics() *metrics.Metrics { return a.metrics }
 
 // Config is the configuration the app runs with.
 func (a *App) Config() Config { return a.cfg }
@@ -102,7 +107,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	if log == nil {
 		log = slog.Default()
 	}
-	a := &App{cfg: cfg, log: log, httpErr: make(chan error, 1)}
+	a := &App{cfg: cfg, log: log, httpErr: make(chan error, 1), metrics: metrics.New()}
 	defer func() {
 		if err != nil {
 			a.Stop(context.Background())
@@ -147,9 +152,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	a.client, err = client.DialContext(dialCtx, client.Options{
-		HostPort:  address,
-		Namespace: cfg.TemporalNamespace,
-		Logger:    sdklog.NewStructuredLogger(log.With("component", "temporal-sdk")),
+		HostPort:       address,
+		Namespace:      cfg.TemporalNamespace,
+		Logger:         sdklog.NewStructuredLogger(log.With("component", "temporal-sdk")),
+		MetricsHandler: a.metrics.TemporalHandler(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("connect to Temporal at %s (--temporal-address): %w", address, err)
@@ -205,9 +211,10 @@ func (a *App) startWorker() error {
 			ScriptPath: a.cfg.ProvisioningPath,
 			Env:        env,
 		},
-		Store:  a.store,
-		Docker: a.docker,
-		Logger: a.log,
+		Store:   a.store,
+		Docker:  a.docker,
+		Logger:  a.log,
+		Metrics: a.metrics,
 	}
 	a.worker = worker.New(a.client, acts, worker.Options{
 		TaskQueue:               a.cfg.TaskQueue,
@@ -238,12 +245,33 @@ func (a *App) startHTTP() error {
 	if err != nil {
 		return fmt.Errorf("--test-topologies: %w", err)
 	}
+	tokens, err := a.cfg.AuthTokens()
+	if err != nil {
+		return err
+	}
+	src := metrics.ScrapeSources{Store: a.store}
+	if d := a.docker; d != nil {
+		instance := a.cfg.Instance
+		src.Containers = func(ctx context.Context) (int, error) {
+			envs, err := d.ListManagedEnvironments(ctx, instance)
+			n := 0
+			for _, e := range envs {
+				n += e.Containers
+			}
+			return n, err
+		}
+	}
+	if err := a.metrics.RegisterScrape(src); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
 	srv := server.New(server.Options{
-		Client:    a.client,
-		Store:     a.store,
-		TaskQueue: a.cfg.TaskQueue,
-		Policy:    a.cfg.Policy,
-		Logger:    a.log,
+		Client:     a.client,
+		Store:      a.store,
+		TaskQueue:  a.cfg.TaskQueue,
+		Policy:     a.cfg.Policy,
+		Logger:     a.log,
+		Metrics:    a.metrics,
+		AuthTokens: tokens,
 		TestEnv: server.TestEnvOptions{
 			Templates:    templates,
 			DefaultImage: a.cfg.TestBaseImage,
@@ -322,7 +350,8 @@ func Run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if a.httpAddr != "" {
 		log.Info("orchestrator ready", "mode", cfg.Mode, "api", "http://"+a.httpAddr,
-			"temporal", a.TemporalAddress(), "temporal_ui", a.TemporalUIAddress())
+			"temporal", a.TemporalAddress(), "temporal_ui", a.TemporalUIAddress(),
+			"auth", cfg.AuthToken != "" || cfg.AuthTokenFile != "")
 	} else {
 		log.Info("orchestrator ready", "mode", cfg.Mode, "temporal", a.TemporalAddress())
 	}

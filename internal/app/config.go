@@ -85,6 +85,12 @@ type Config struct {
 	// disables the janitor. Default 5m.
 	JanitorInterval time.Duration
 
+	// AuthToken is a bearer token named "default"; AuthTokenFile holds
+	// `name:token` lines (blank lines and # comments ignored). With any
+	// token, every endpoint but /health and /metrics requires one.
+	AuthToken     string
+	AuthTokenFile string
+
 	// ScriptEnv is extra KEY=VALUE environment for every Nushell run, on
 	// top of the process environment. Not a flag: for embedding and tests.
 	ScriptEnv []string
@@ -163,6 +169,8 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	topologies := fs.String("test-topologies", "", "extra topology template file(s) (TOML), comma-separated")
 	fs.StringVar(&cfg.Instance, "instance", "default", "deployment name labelled on Docker objects; the janitor sweeps only its own")
 	fs.DurationVar(&cfg.JanitorInterval, "janitor-interval", 5*time.Minute, "sweep for leftover Docker objects this often (0 disables)")
+	fs.StringVar(&cfg.AuthToken, "auth-token", "", `bearer token (named "default") required on every endpoint but /health and /metrics`)
+	fs.StringVar(&cfg.AuthTokenFile, "auth-token-file", "", "file of name:token lines; each token is accepted and its name is the audit actor")
 
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
@@ -180,6 +188,9 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		if v := getenv(EnvName(f.Name)); v != "" {
 			if err := fs.Set(f.Name, v); err != nil {
 				envErr = fmt.Errorf("invalid value %q for %s (flag --%s): %w", v, EnvName(f.Name), f.Name, err)
+				if secretFlags[f.Name] {
+					envErr = fmt.Errorf("invalid value for %s (flag --%s): %w", EnvName(f.Name), f.Name, err)
+				}
 			}
 		}
 	})
@@ -200,6 +211,48 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		return cfg, err
 	}
 	return cfg, cfg.Validate()
+}
+
+// secretFlags are never echoed in error messages.
+var secretFlags = map[string]bool{"auth-token": true, "surrealdb-password": true}
+
+// DefaultTokenName is the name of the --auth-token token.
+const DefaultTokenName = "default"
+
+// AuthTokens returns the configured bearer tokens by name: --auth-token
+// as DefaultTokenName and the lines of --auth-token-file. Error messages
+// name lines, never tokens.
+func (c Config) AuthTokens() (map[string]string, error) {
+	tokens := map[string]string{}
+	if c.AuthToken != "" {
+		tokens[DefaultTokenName] = c.AuthToken
+	}
+	if c.AuthTokenFile == "" {
+		return tokens, nil
+	}
+	b, err := os.ReadFile(c.AuthTokenFile)
+	if err != nil {
+		return nil, fmt.Errorf("--auth-token-file: %w", err)
+	}
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name, token, ok := strings.Cut(line, ":")
+		name, token = strings.TrimSpace(name), strings.TrimSpace(token)
+		switch {
+		case !ok || name == "" || token == "":
+			return nil, fmt.Errorf("--auth-token-file %s line %d: want name:token", c.AuthTokenFile, i+1)
+		case strings.ContainsAny(token, " \t"):
+			return nil, fmt.Errorf("--auth-token-file %s line %d: token of %q contains whitespace", c.AuthTokenFile, i+1, name)
+		}
+		if _, dup := tokens[name]; dup {
+			return nil, fmt.Errorf("--auth-token-file %s line %d: token name %q is used twice", c.AuthTokenFile, i+1, name)
+		}
+		tokens[name] = token
+	}
+	return tokens, nil
 }
 
 func parseLevel(flagName, v string) (slog.Level, error) {

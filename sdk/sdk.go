@@ -1,0 +1,302 @@
+// Package sdk lets CI jobs drive the orchestrator through the Temporal SDK
+// instead of the REST API. It starts the same workflows, with the same
+// inputs, IDs and validation the REST API uses, so a task started here shows
+// up in GET /tasks/{id} like any other and can be watched or cancelled from
+// either side.
+//
+// # Connecting
+//
+// Dial connects to Temporal. The orchestrator's embedded development server
+// listens on 127.0.0.1:7233 (the serve command's --temporal-port) in the
+// "default" namespace:
+//
+//	c, err := sdk.Dial(ctx, "127.0.0.1:7233", "default")
+//
+// Against a real cluster give its frontend address and namespace (for TLS or
+// API keys build a client.Client with client.Dial yourself and put it in
+// Client.Temporal). The workers must poll the same task queue as
+// Client.TaskQueue (workflows.DefaultTaskQueue, "provisioning", unless the
+// service runs with --task-queue).
+//
+// # Names for operators
+//
+// Every task is a workflow whose ID is the task id, so the temporal CLI
+// works on any task, however it was started:
+//
+//   - workflow types: ServerCreate, TaskservCreate, ClusterCreate,
+//     TestEnvironment (workflows.*WorkflowName);
+//   - query "status" (workflows.StatusQuery) answers the current
+//     storage.Task, or activities.EnvState for an environment:
+//     temporal workflow query --type status -w <task id>;
+//   - signal "cleanup" (workflows.CleanupSignal, no input) removes a test
+//     environment: temporal workflow signal --name cleanup -w <env id>;
+//   - update "run-tests" (workflows.RunTestsUpdate, input testenv.RunRequest,
+//     result activities.TestRun) runs tests in a ready environment:
+//     temporal workflow update execute --name run-tests -w <env id> --input '{}';
+//   - cancellation ends a task as Cancelled (and kills its processes):
+//     temporal workflow cancel -w <task id>.
+//
+// Do not terminate or reset a task workflow while it runs: terminate skips
+// its cleanup, and the task API keeps showing its last projected state.
+package sdk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/client"
+
+	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/workflows"
+)
+
+// DefaultNamespace is the Temporal namespace Dial uses when none is given;
+// the embedded development server serves it.
+const DefaultNamespace = "default"
+
+// DefaultHostPort is the embedded development server's frontend address.
+const DefaultHostPort = "127.0.0.1:7233"
+
+// Client starts and follows orchestrator workflows. The zero TaskQueue means
+// workflows.DefaultTaskQueue; the zero Policy means the workflows' documented
+// defaults (the REST API passes its --policy flags instead).
+type Client struct {
+	// Temporal is the connection; required.
+	Temporal client.Client
+	// TaskQueue workflows are started on; empty means
+	// workflows.DefaultTaskQueue.
+	TaskQueue string
+	// Policy bounds parallelism, retries and timeouts of provisioning
+	// workflows; zero fields take their defaults.
+	Policy workflows.ExecPolicy
+	// Instance, when set, labels test-environment Docker objects like the
+	// service's --instance, so that instance's janitor owns them.
+	Instance string
+}
+
+// Dial connects to the Temporal frontend at hostPort (empty means
+// DefaultHostPort) in namespace (empty means DefaultNamespace). Close the
+// result's Temporal client when done.
+func Dial(ctx context.Context, hostPort, namespace string) (*Client, error) {
+	if hostPort == "" {
+		hostPort = DefaultHostPort
+	}
+	if namespace == "" {
+		namespace = DefaultNamespace
+	}
+	c, err := client.DialContext(ctx, client.Options{HostPort: hostPort, Namespace: namespace})
+	if err != nil {
+		return nil, fmt.Errorf("sdk: dial temporal %s (namespace %s): %w", hostPort, namespace, err)
+	}
+	return &Client{Temporal: c}, nil
+}
+
+// Close closes the Temporal connection.
+func (c *Client) Close() {
+	if c.Temporal != nil {
+		c.Temporal.Close()
+	}
+}
+
+// Option adjusts a provisioning request.
+type Option func(*options)
+
+type options struct {
+	checkMode bool
+	wait      bool
+	taskID    string
+}
+
+// WithCheckMode asks the script for a dry run (--check), like check_mode.
+func WithCheckMode(on bool) Option { return func(o *options) { o.checkMode = on } }
+
+// WithWait asks the script to wait for resources to be ready (--wait).
+func WithWait(on bool) Option { return func(o *options) { o.wait = on } }
+
+// WithTaskID uses id instead of a fresh UUID as task and workflow id, so a
+// retried CI job cannot start the same work twice: a second start with the
+// same id fails with ErrAlreadyExists, as the REST API answers 409.
+func WithTaskID(id string) Option { return func(o *options) { o.taskID = id } }
+
+// ErrAlreadyExists reports that a task with the requested id exists (running
+// or finished); ids are never reused.
+var ErrAlreadyExists = errors.New("sdk: task already exists")
+
+func (c *Client) taskQueue() string {
+	if c.TaskQueue == "" {
+		return workflows.DefaultTaskQueue
+	}
+	return c.TaskQueue
+}
+
+func (c *Client) common(infra, settings string, opts []Option) (workflows.Common, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	id := o.taskID
+	if id == "" {
+		id = uuid.NewString()
+	} else if err := storage.ValidateID(id); err != nil {
+		return workflows.Common{}, &workflows.FieldError{Field: "task_id", Message: err.Error()}
+	}
+	return workflows.Common{
+		TaskID:    id,
+		Infra:     infra,
+		Settings:  settings,
+		CheckMode: o.checkMode,
+		Wait:      o.wait,
+		CreatedAt: time.Now().UTC().Truncate(time.Microsecond),
+		Policy:    c.Policy,
+	}, nil
+}
+
+// start starts a workflow with ID = id under the REST API's policy: an id
+// is never reused, and a running one is never joined.
+func (c *Client) start(ctx context.Context, id, wfType string, input any) error {
+	if c.Temporal == nil {
+		return errors.New("sdk: Client.Temporal is nil")
+	}
+	_, err := c.Temporal.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID:                       id,
+		TaskQueue:                c.taskQueue(),
+		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
+		// Without this the SDK hides the rejection and returns the
+		// existing run, so a duplicate id would silently join it.
+		WorkflowExecutionErrorWhenAlreadyStarted: true,
+	}, wfType, input)
+	if err != nil {
+		if isAlreadyStarted(err) {
+			return fmt.Errorf("%w: %s", ErrAlreadyExists, id)
+		}
+		return fmt.Errorf("sdk: start %s %s: %w", wfType, id, err)
+	}
+	return nil
+}
+
+// StartServerCreate starts a ServerCreate workflow creating servers of infra
+// from the settings file, like POST /workflows/servers/create. An invalid
+// request is a *workflows.FieldError and starts nothing.
+func (c *Client) StartServerCreate(ctx context.Context, infra, settings string, servers []string, opts ...Option) (Run, error) {
+	common, err := c.common(infra, settings, opts)
+	if err != nil {
+		return Run{}, err
+	}
+	in := workflows.ServerCreateInput{Common: common, Servers: servers}
+	if err := in.Validate(); err != nil {
+		return Run{}, err
+	}
+	if err := c.start(ctx, in.TaskID, workflows.ServerCreateWorkflowName, in); err != nil {
+		return Run{}, err
+	}
+	return c.Task(in.TaskID), nil
+}
+
+// StartTaskservCreate starts a TaskservCreate workflow installing taskserv
+// on servers (empty: the script's default, all), like
+// POST /workflows/taskserv/create. An invalid request is a
+// *workflows.FieldError and starts nothing.
+func (c *Client) StartTaskservCreate(ctx context.Context, infra, settings, taskserv string, servers []string, opts ...Option) (Run, error) {
+	common, err := c.common(infra, settings, opts)
+	if err != nil {
+		return Run{}, err
+	}
+	in := workflows.TaskservCreateInput{Common: common, Taskserv: taskserv, Servers: servers}
+	if err := in.Validate(); err != nil {
+		return Run{}, err
+	}
+	if err := c.start(ctx, in.TaskID, workflows.TaskservCreateWorkflowName, in); err != nil {
+		return Run{}, err
+	}
+	return c.Task(in.TaskID), nil
+}
+
+// StartClusterCreate starts a ClusterCreate workflow building cluster, like
+// POST /workflows/cluster/create. An invalid request is a
+// *workflows.FieldError and starts nothing.
+func (c *Client) StartClusterCreate(ctx context.Context, infra, settings, cluster string, opts ...Option) (Run, error) {
+	common, err := c.common(infra, settings, opts)
+	if err != nil {
+		return Run{}, err
+	}
+	in := workflows.ClusterCreateInput{Common: common, Cluster: cluster}
+	if err := in.Validate(); err != nil {
+		return Run{}, err
+	}
+	if err := c.start(ctx, in.TaskID, workflows.ClusterCreateWorkflowName, in); err != nil {
+		return Run{}, err
+	}
+	return c.Task(in.TaskID), nil
+}
+
+// Task returns a handle on an existing provisioning task (however it was
+// started, REST included) by its id.
+func (c *Client) Task(id string) Run { return Run{c: c, id: id} }
+
+// Run is a started provisioning task.
+type Run struct {
+	c  *Client
+	id string
+}
+
+// ID is the task id, which is also the workflow id.
+func (r Run) ID() string { return r.id }
+
+// Wait blocks until the task ends (or ctx is done) and returns it. A
+// Completed task returns a nil error. A Failed task returns the task and an
+// error (a *temporal.ApplicationError of type "ProvisioningFailed"); a
+// Cancelled one the task and a *temporal.CanceledError. The failed task is
+// read with the status query, so it needs a running worker; if that fails
+// only the error is meaningful.
+func (r Run) Wait(ctx context.Context) (storage.Task, error) {
+	var task storage.Task
+	err := r.c.Temporal.GetWorkflow(ctx, r.id, "").Get(ctx, &task)
+	if err == nil {
+		return task, nil
+	}
+	if ctx.Err() != nil {
+		return task, fmt.Errorf("sdk: wait for task %s: %w", r.id, err)
+	}
+	// A workflow's result is dropped when it fails; its last state is not.
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if t, qerr := r.Status(qctx); qerr == nil {
+		task = t
+	} else {
+		task.ID = r.id
+	}
+	return task, fmt.Errorf("sdk: task %s: %w", r.id, err)
+}
+
+// Status returns the task's current state with the status query (it works
+// on running and finished tasks alike).
+func (r Run) Status(ctx context.Context) (storage.Task, error) {
+	var task storage.Task
+	if err := query(ctx, r.c.Temporal, r.id, &task); err != nil {
+		return task, fmt.Errorf("sdk: status of task %s: %w", r.id, err)
+	}
+	return task, nil
+}
+
+// Cancel requests cancellation, like POST /tasks/{id}/cancel: running steps
+// are stopped (their processes killed) and the task ends Cancelled. It
+// returns once the request is recorded; Wait for the end.
+func (r Run) Cancel(ctx context.Context) error {
+	if err := r.c.Temporal.CancelWorkflow(ctx, r.id, ""); err != nil {
+		return fmt.Errorf("sdk: cancel task %s: %w", r.id, err)
+	}
+	return nil
+}
+
+func query(ctx context.Context, c client.Client, id string, out any) error {
+	v, err := c.QueryWorkflow(ctx, id, "", workflows.StatusQuery)
+	if err != nil {
+		return err
+	}
+	return v.Get(out)
+}
