@@ -1,5 +1,5 @@
-// Package app wires the orchestrator's parts together for the three run
-// modes (serve, worker, api). cmd/orchestrator stays a thin wrapper so tests
+// Package app wires the orchestrator's parts together for the run modes
+// (serve, worker, api, temporal). cmd/orchestrator stays a thin wrapper so tests
 // start exactly what users start.
 package app
 
@@ -147,6 +147,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		address = a.temporal.Address()
 		log.Info("embedded temporal started", "address", address, "ui", a.temporal.UIAddress(),
 			"database", a.temporal.DatabasePath(), "took_ms", time.Since(started).Milliseconds())
+	}
+	if cfg.Mode == ModeTemporal {
+		// Only the server: no client, store, worker or API.
+		return a, nil
 	}
 
 	dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -353,7 +357,7 @@ func Run(ctx context.Context, args []string, stderr io.Writer) error {
 			"temporal", a.TemporalAddress(), "temporal_ui", a.TemporalUIAddress(),
 			"auth", cfg.AuthToken != "" || cfg.AuthTokenFile != "")
 	} else {
-		log.Info("orchestrator ready", "mode", cfg.Mode, "temporal", a.TemporalAddress())
+		log.Info("orchestrator ready", "mode", cfg.Mode, "temporal", a.TemporalAddress(), "temporal_ui", a.TemporalUIAddress())
 	}
 	select {
 	case <-ctx.Done():

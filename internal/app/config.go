@@ -18,11 +18,13 @@ import (
 type Mode string
 
 // Modes: serve runs everything (the default); worker and api are the two
-// halves for scaling out.
+// halves for scaling out; temporal runs only the embedded Temporal server
+// (and its UI) for api and worker processes to share.
 const (
-	ModeServe  Mode = "serve"
-	ModeWorker Mode = "worker"
-	ModeAPI    Mode = "api"
+	ModeServe    Mode = "serve"
+	ModeWorker   Mode = "worker"
+	ModeAPI      Mode = "api"
+	ModeTemporal Mode = "temporal"
 )
 
 // Config is every setting, from flags or ORCHESTRATOR_* environment
@@ -125,11 +127,11 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	cfg := Config{Mode: ModeServe}
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		switch Mode(args[0]) {
-		case ModeServe, ModeWorker, ModeAPI:
+		case ModeServe, ModeWorker, ModeAPI, ModeTemporal:
 			cfg.Mode = Mode(args[0])
 			args = args[1:]
 		default:
-			return cfg, fmt.Errorf("unknown command %q: use serve (default), worker, api or migrate", args[0])
+			return cfg, fmt.Errorf("unknown command %q: use serve (default), worker, api, temporal or migrate", args[0])
 		}
 	}
 	fs := flag.NewFlagSet("orchestrator "+string(cfg.Mode), flag.ContinueOnError)
@@ -307,8 +309,11 @@ func (c Config) Validate() error {
 	if c.TaskQueue == "" {
 		bad("task-queue", "must not be empty")
 	}
-	if c.Mode != ModeServe && c.TemporalAddress == "" {
-		bad("temporal-address", "is required in %s mode (the embedded server runs only with serve)", c.Mode)
+	switch {
+	case c.Mode == ModeTemporal && c.TemporalAddress != "":
+		bad("temporal-address", "must be empty in temporal mode (it runs the embedded server)")
+	case c.Mode != ModeServe && c.Mode != ModeTemporal && c.TemporalAddress == "":
+		bad("temporal-address", "is required in %s mode (the embedded server runs only with serve or temporal)", c.Mode)
 	}
 	p := c.Policy
 	if p.Parallelism < 1 || p.Parallelism > 1000 {
