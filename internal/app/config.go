@@ -174,30 +174,8 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.StringVar(&cfg.AuthToken, "auth-token", "", `bearer token (named "default") required on every endpoint but /health and /metrics`)
 	fs.StringVar(&cfg.AuthTokenFile, "auth-token-file", "", "file of name:token lines; each token is accepted and its name is the audit actor")
 
-	if err := fs.Parse(args); err != nil {
+	if err := parseWithEnv(fs, args, getenv, EnvName); err != nil {
 		return cfg, err
-	}
-	if fs.NArg() > 0 {
-		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] || envErr != nil {
-			return
-		}
-		if v := getenv(EnvName(f.Name)); v != "" {
-			if err := fs.Set(f.Name, v); err != nil {
-				envErr = fmt.Errorf("invalid value %q for %s (flag --%s): %w", v, EnvName(f.Name), f.Name, err)
-				if secretFlags[f.Name] {
-					envErr = fmt.Errorf("invalid value for %s (flag --%s): %w", EnvName(f.Name), f.Name, err)
-				}
-			}
-		}
-	})
-	if envErr != nil {
-		return cfg, envErr
 	}
 	cfg.Policy.MaxAttempts = int32(maxAttempts)
 	for _, p := range strings.Split(*topologies, ",") {
@@ -213,6 +191,39 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		return cfg, err
 	}
 	return cfg, cfg.Validate()
+}
+
+// parseWithEnv parses args into fs, then fills every flag not given on the
+// command line from its environment variable (envName), so flags win.
+// Errors name both the variable and the flag; secret values are never
+// echoed.
+func parseWithEnv(fs *flag.FlagSet, args []string, getenv func(string) string, envName func(string) string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] || envErr != nil {
+			return
+		}
+		v := getenv(envName(f.Name))
+		if v == "" {
+			return
+		}
+		if err := fs.Set(f.Name, v); err != nil {
+			if secretFlags[strings.TrimPrefix(strings.TrimPrefix(f.Name, "from-"), "to-")] {
+				envErr = fmt.Errorf("invalid value for %s (flag --%s): %w", envName(f.Name), f.Name, err)
+			} else {
+				envErr = fmt.Errorf("invalid value %q for %s (flag --%s): %w", v, envName(f.Name), f.Name, err)
+			}
+		}
+	})
+	return envErr
 }
 
 // secretFlags are never echoed in error messages.

@@ -93,27 +93,8 @@ Flags:
 	logLevel := fs.String("log-level", "warn", "debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", "auto", "json, text, or auto (text on a terminal, json otherwise)")
 
-	if err := fs.Parse(args); err != nil {
+	if err := parseWithEnv(fs, args, getenv, MigrateEnvName); err != nil {
 		return cfg, err
-	}
-	if fs.NArg() > 0 {
-		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] || envErr != nil {
-			return
-		}
-		if v := getenv(MigrateEnvName(f.Name)); v != "" {
-			if err := fs.Set(f.Name, v); err != nil {
-				envErr = fmt.Errorf("invalid value %q for %s (flag --%s): %w", v, MigrateEnvName(f.Name), f.Name, err)
-			}
-		}
-	})
-	if envErr != nil {
-		return cfg, envErr
 	}
 	var err error
 	if cfg.LogLevel, err = parseLevel("log-level", *logLevel); err != nil {
