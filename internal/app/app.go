@@ -240,7 +240,40 @@ func (a *App) startWorker() error {
 			a.janitor.Run(bg, a.cfg.JanitorInterval)
 		}()
 	}
+	if a.cfg.Mode == ModeWorker && a.cfg.MetricsPort > 0 {
+		if err := a.startOpsHTTP(); err != nil {
+			return err
+		}
+	}
 	a.log.Info("worker started", "task_queue", a.cfg.TaskQueue, "nu_path", a.cfg.NuPath, "provisioning_path", a.cfg.ProvisioningPath)
+	return nil
+}
+
+// startOpsHTTP serves a worker's own /metrics (its Nushell, task and
+// Temporal SDK metrics exist only in this process) and a liveness /health.
+func (a *App) startOpsHTTP() error {
+	src := metrics.ScrapeSources{Store: a.store}
+	if err := a.metrics.RegisterScrape(src); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", a.metrics.Handler())
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"success":true,"data":"Orchestrator worker is healthy"}`))
+	})
+	ln, err := net.Listen("tcp", net.JoinHostPort(a.cfg.Host, strconv.Itoa(a.cfg.MetricsPort)))
+	if err != nil {
+		return fmt.Errorf("--metrics-port %d: %w", a.cfg.MetricsPort, err)
+	}
+	a.httpAddr = ln.Addr().String()
+	a.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := a.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.httpErr <- err
+		}
+	}()
+	a.log.Info("worker metrics listening", "address", "http://"+a.httpAddr+"/metrics")
 	return nil
 }
 

@@ -83,6 +83,9 @@ type Config struct {
 	// its janitor sweeps only objects of the same instance. Default
 	// "default".
 	Instance string
+	// MetricsPort, when > 0 in worker mode, serves GET /metrics and
+	// GET /health there (workers have no REST API); default 0 = off.
+	MetricsPort int
 	// JanitorInterval between sweeps for leftover Docker objects; 0
 	// disables the janitor. Default 5m.
 	JanitorInterval time.Duration
@@ -170,6 +173,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.DurationVar(&cfg.TestEnvTTL, "test-env-ttl", 2*time.Hour, "lifetime of test environments that ask for no ttl")
 	topologies := fs.String("test-topologies", "", "extra topology template file(s) (TOML), comma-separated")
 	fs.StringVar(&cfg.Instance, "instance", "default", "deployment name labelled on Docker objects; the janitor sweeps only its own")
+	fs.IntVar(&cfg.MetricsPort, "metrics-port", 0, "worker mode: serve /metrics and /health on this port (0 = off)")
 	fs.DurationVar(&cfg.JanitorInterval, "janitor-interval", 5*time.Minute, "sweep for leftover Docker objects this often (0 disables)")
 	fs.StringVar(&cfg.AuthToken, "auth-token", "", `bearer token (named "default") required on every endpoint but /health and /metrics`)
 	fs.StringVar(&cfg.AuthTokenFile, "auth-token-file", "", "file of name:token lines; each token is accepted and its name is the audit actor")
@@ -364,6 +368,9 @@ func (c Config) Validate() error {
 	}
 	if err := testenv.ValidateName("instance", c.Instance); err != nil {
 		bad("instance", "%v", err)
+	}
+	if c.MetricsPort < 0 || c.MetricsPort > 65535 {
+		bad("metrics-port", "%d is not a TCP port", c.MetricsPort)
 	}
 	if c.JanitorInterval < 0 {
 		bad("janitor-interval", "must not be negative")
