@@ -12,7 +12,7 @@ import (
 const actorKey = "orchestrator.actor"
 
 // openPaths never require a token.
-var openPaths = map[string]bool{"/health": true, "/metrics": true}
+var openPaths = map[string]bool{"/health": true, "/metrics": true, OpenAPIPath: true}
 
 // unauthorized is the 401 answer of requests without a valid token.
 func unauthorized(c echo.Context, msg string) error {

@@ -1,0 +1,161 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/provisioning/orchestrator/server"
+	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/workflows"
+)
+
+// apiChecker sends requests and validates every response against the
+// OpenAPI document the running app serves, recording which documented
+// operations were exercised.
+type apiChecker struct {
+	t    *testing.T
+	doc  map[string]any
+	seen map[string]bool
+}
+
+func (c *apiChecker) call(base, method, tmpl, path string, body any) (int, []byte) {
+	c.t.Helper()
+	var r io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		require.NoError(c.t, err)
+		r = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, base+path, r)
+	require.NoError(c.t, err)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(c.t, err)
+	defer res.Body.Close()
+	raw, err := io.ReadAll(res.Body)
+	require.NoError(c.t, err)
+	if c.doc != nil {
+		assert.NoError(c.t, server.ValidateResponse(c.doc, tmpl, method, res.StatusCode, res.Header.Get("Content-Type"), raw))
+	}
+	if c.seen == nil {
+		c.seen = map[string]bool{}
+	}
+	c.seen[strings.ToLower(method)+" "+tmpl] = true
+	return res.StatusCode, raw
+}
+
+func (c *apiChecker) expect(base string, want int, method, tmpl, path string, body any) json.RawMessage {
+	c.t.Helper()
+	status, raw := c.call(base, method, tmpl, path, body)
+	require.Equal(c.t, want, status, "%s %s: %s", method, path, raw)
+	var env struct {
+		Data json.RawMessage `json:"data"`
+	}
+	if strings.HasPrefix(strings.TrimSpace(string(raw)), "{") {
+		require.NoError(c.t, json.Unmarshal(raw, &env))
+	}
+	return env.Data
+}
+
+func (c *apiChecker) str(data json.RawMessage) string {
+	c.t.Helper()
+	var s string
+	require.NoError(c.t, json.Unmarshal(data, &s))
+	return s
+}
+
+func TestOpenAPIMatchesEveryEndpoint(t *testing.T) {
+	c := &apiChecker{t: t}
+	h := startApp(t, "PROVISIONING_DEMO_DELAY_MS=120000")
+	env := startEnvApp(t)
+
+	// The document itself, fetched from the running app.
+	status, raw := c.call(h.base, http.MethodGet, server.OpenAPIPath, server.OpenAPIPath, nil)
+	require.Equal(t, http.StatusOK, status, "%s", raw)
+	require.NoError(t, json.Unmarshal(raw, &c.doc))
+	require.NoError(t, server.ValidateResponse(c.doc, server.OpenAPIPath, http.MethodGet, status, "application/json", raw))
+
+	// Tasks.
+	b := h.base
+	assert.Equal(t, server.HealthyMessage, c.str(c.expect(b, 200, "GET", "/health", "/health", nil)))
+	c.expect(b, 200, "GET", "/metrics", "/metrics", nil)
+	id := c.str(c.expect(b, 200, "POST", "/workflows/servers/create", "/workflows/servers/create", serverBody("web-01")))
+	c.expect(b, 200, "POST", "/workflows/taskserv/create", "/workflows/taskserv/create", map[string]any{
+		"infra": "production", "settings": "./settings.yaml", "taskserv": "kubernetes", "servers": []string{"web-01"}})
+	c.expect(b, 200, "POST", "/workflows/cluster/create", "/workflows/cluster/create", map[string]any{
+		"infra": "production", "settings": "./settings.yaml", "cluster": "buildkit"})
+	c.expect(b, 400, "POST", "/workflows/servers/create", "/workflows/servers/create", map[string]any{"infra": "production", "bogus": 1})
+	c.expect(b, 400, "POST", "/workflows/cluster/create", "/workflows/cluster/create", map[string]any{"infra": "production"})
+	c.expect(b, 400, "POST", "/workflows/taskserv/create", "/workflows/taskserv/create", map[string]any{"infra": "x y"})
+
+	waitTask(t, b, id, 30*time.Second, func(tk storage.Task) bool { return tk.Status == storage.StatusRunning })
+	c.expect(b, 200, "GET", "/tasks", "/tasks", nil)
+	c.expect(b, 200, "GET", "/tasks", "/tasks?status=Running&limit=2&offset=0&workflow_type="+workflows.ServerCreateWorkflowName, nil)
+	c.expect(b, 400, "GET", "/tasks", "/tasks?limit=0", nil)
+	c.expect(b, 400, "GET", "/tasks", "/tasks?status=Sleeping", nil)
+	c.expect(b, 200, "GET", "/tasks/{id}", "/tasks/"+id, nil)
+	c.expect(b, 400, "GET", "/tasks/{id}", "/tasks/not-a-uuid", nil)
+	c.expect(b, 404, "GET", "/tasks/{id}", "/tasks/00000000-0000-4000-8000-000000000000", nil)
+	c.expect(b, 202, "POST", "/tasks/{id}/cancel", "/tasks/"+id+"/cancel", nil)
+	waitTask(t, b, id, 30*time.Second, terminal)
+	c.expect(b, 409, "POST", "/tasks/{id}/cancel", "/tasks/"+id+"/cancel", nil)
+	c.expect(b, 404, "POST", "/tasks/{id}/cancel", "/tasks/00000000-0000-4000-8000-000000000000/cancel", nil)
+	c.expect(b, 200, "GET", "/tasks/{id}", "/tasks/"+id, nil)
+	c.expect(b, 200, "GET", "/tasks/{id}/audit", "/tasks/"+id+"/audit?limit=10", nil)
+	c.expect(b, 404, "GET", "/tasks/{id}/audit", "/tasks/00000000-0000-4000-8000-000000000000/audit", nil)
+	c.expect(b, 200, "GET", "/audit", "/audit", nil)
+	c.expect(b, 200, "GET", "/audit", "/audit?task_id="+id+"&limit=5", nil)
+	c.expect(b, 400, "GET", "/audit", "/audit?task_id=nope", nil)
+	c.expect(b, 404, "GET", "/test/environments/{id}", "/test/environments/"+id, nil)
+
+	// Test environments.
+	e := env.base
+	c.expect(e, 200, "GET", "/test/topologies", "/test/topologies", nil)
+	c.expect(e, 400, "POST", "/test/environments/create", "/test/environments/create", map[string]any{"config": map[string]any{"type": "nope"}})
+	envID := c.str(c.expect(e, 200, "POST", "/test/environments/create", "/test/environments/create", map[string]any{
+		"config": map[string]any{"type": "single_taskserv", "taskserv": "containerd", "base_image": env.image},
+		"infra":  "prod-stack", "auto_start": true,
+	}))
+	c.expect(e, 200, "GET", "/test/environments/{id}", "/test/environments/"+envID, nil)
+	st := env.waitEnv(envID, 60*time.Second, statusIs(workflows.EnvReady, workflows.EnvError))
+	require.Equal(t, workflows.EnvReady, st.Status, st.Error)
+	c.expect(e, 200, "GET", "/test/environments", "/test/environments", nil)
+	c.expect(e, 400, "GET", "/test/environments", "/test/environments?limit=-1", nil)
+	c.expect(e, 200, "POST", "/test/environments/{id}/run", "/test/environments/"+envID+"/run", map[string]any{
+		"tests": []any{map[string]any{"name": "echo", "command": []string{"echo", "hi"}}}})
+	c.expect(e, 400, "POST", "/test/environments/{id}/run", "/test/environments/"+envID+"/run", map[string]any{"tests": "no"})
+	c.expect(e, 200, "GET", "/test/environments/{id}", "/test/environments/"+envID, nil)
+	c.expect(e, 200, "GET", "/test/environments/{id}/logs", "/test/environments/"+envID+"/logs?tail=20&node=containerd", nil)
+	c.expect(e, 400, "GET", "/test/environments/{id}/logs", "/test/environments/"+envID+"/logs?tail=0", nil)
+	c.expect(e, 404, "GET", "/test/environments/{id}/logs", "/test/environments/00000000-0000-4000-8000-000000000000/logs", nil)
+	c.expect(e, 202, "DELETE", "/test/environments/{id}", "/test/environments/"+envID, nil)
+	env.waitEnv(envID, 60*time.Second, statusIs(workflows.EnvCleaned))
+	c.expect(e, 200, "DELETE", "/test/environments/{id}", "/test/environments/"+envID, nil)
+	c.expect(e, 404, "DELETE", "/test/environments/{id}", "/test/environments/00000000-0000-4000-8000-000000000000", nil)
+	c.expect(e, 409, "POST", "/test/environments/{id}/run", "/test/environments/"+envID+"/run", nil)
+	c.expect(e, 200, "GET", "/test/environments/{id}/logs", "/test/environments/"+envID+"/logs", nil)
+	c.expect(e, 200, "GET", "/test/environments", "/test/environments?limit=5", nil)
+
+	// Every documented operation was exercised.
+	var missing []string
+	for p, item := range c.doc["paths"].(map[string]any) {
+		for m := range item.(map[string]any) {
+			if !c.seen[m+" "+p] {
+				missing = append(missing, m+" "+p)
+			}
+		}
+	}
+	sort.Strings(missing)
+	assert.Empty(t, missing, "documented operations this test never exercised")
+}

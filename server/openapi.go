@@ -1,0 +1,537 @@
+package server
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/http"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/provisioning/orchestrator/activities"
+	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/testenv"
+)
+
+// OpenAPIPath is where the API description is served.
+const OpenAPIPath = "/openapi.json"
+
+// apiParam is one query parameter of an operation.
+type apiParam struct {
+	name   string
+	desc   string
+	schema map[string]any
+}
+
+// apiOp describes one route. Schemas are generated from the Go types the
+// handlers decode and encode, so the document cannot drift from the code.
+type apiOp struct {
+	method, path, summary string
+	public                bool
+	query                 []apiParam
+	body                  reflect.Type // nil: no request body
+	bodyOptional          bool
+	success               []int
+	data                  any // reflect.Type or a literal schema (map)
+	raw                   map[string]any
+	errors                []int
+}
+
+func typeOf[T any]() reflect.Type { return reflect.TypeFor[T]() }
+
+func intRange(lo, hi int) map[string]any {
+	s := map[string]any{"type": "integer", "minimum": lo}
+	if hi > 0 {
+		s["maximum"] = hi
+	}
+	return s
+}
+
+var uuidSchema = map[string]any{"type": "string", "format": "uuid"}
+
+// apiOps is every operation the server can register.
+func apiOps() []apiOp {
+	statuses := []any{}
+	for _, s := range []storage.TaskStatus{storage.StatusPending, storage.StatusRunning, storage.StatusCompleted, storage.StatusFailed, storage.StatusCancelled} {
+		statuses = append(statuses, string(s))
+	}
+	auditLimit := apiParam{"limit", "newest entries to return", intRange(1, storage.DefaultAuditLimit)}
+	body := []int{http.StatusBadRequest, http.StatusConflict, http.StatusRequestEntityTooLarge, http.StatusUnsupportedMediaType, http.StatusServiceUnavailable}
+	return []apiOp{
+		{method: http.MethodGet, path: "/health", summary: "Service health", public: true,
+			success: []int{http.StatusOK}, data: map[string]any{"type": "string"}, errors: []int{http.StatusServiceUnavailable}},
+		{method: http.MethodGet, path: "/metrics", summary: "Prometheus metrics (text exposition format)", public: true,
+			success: []int{http.StatusOK}, raw: map[string]any{"text/plain": map[string]any{"schema": map[string]any{"type": "string"}}}},
+		{method: http.MethodGet, path: OpenAPIPath, summary: "This OpenAPI document", public: true,
+			success: []int{http.StatusOK}, raw: map[string]any{"application/json": map[string]any{"schema": map[string]any{"type": "object"}}}},
+		{method: http.MethodGet, path: "/tasks", summary: "List tasks, newest first (X-Total-Count holds the total)",
+			query: []apiParam{
+				{"status", "only tasks in this status", map[string]any{"type": "string", "enum": statuses}},
+				{"limit", "page size", intRange(1, storage.MaxLimit)},
+				{"offset", "tasks to skip", intRange(0, 0)},
+				{"workflow_type", "only tasks of this Temporal workflow type", map[string]any{"type": "string"}},
+			},
+			success: []int{http.StatusOK}, data: typeOf[[]storage.Task](), errors: []int{http.StatusBadRequest, http.StatusServiceUnavailable}},
+		{method: http.MethodGet, path: "/tasks/:id", summary: "Get a task",
+			success: []int{http.StatusOK}, data: typeOf[storage.Task](), errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusServiceUnavailable}},
+		{method: http.MethodPost, path: "/tasks/:id/cancel", summary: "Request a task's cancellation; data is the task id",
+			success: []int{http.StatusAccepted}, data: uuidSchema, errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusServiceUnavailable}},
+		{method: http.MethodGet, path: "/tasks/:id/audit", summary: "A task's audit trail", query: []apiParam{auditLimit},
+			success: []int{http.StatusOK}, data: typeOf[[]storage.AuditEntry](), errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusServiceUnavailable}},
+		{method: http.MethodGet, path: "/audit", summary: "The audit trail",
+			query:   []apiParam{{"task_id", "only this task's entries", uuidSchema}, auditLimit},
+			success: []int{http.StatusOK}, data: typeOf[[]storage.AuditEntry](), errors: []int{http.StatusBadRequest, http.StatusServiceUnavailable}},
+		{method: http.MethodPost, path: "/workflows/servers/create", summary: "Create servers; data is the task id", body: typeOf[CreateServersRequest](),
+			success: []int{http.StatusOK}, data: uuidSchema, errors: body},
+		{method: http.MethodPost, path: "/workflows/taskserv/create", summary: "Install a taskserv; data is the task id", body: typeOf[CreateTaskservRequest](),
+			success: []int{http.StatusOK}, data: uuidSchema, errors: body},
+		{method: http.MethodPost, path: "/workflows/cluster/create", summary: "Create a cluster; data is the task id", body: typeOf[CreateClusterRequest](),
+			success: []int{http.StatusOK}, data: uuidSchema, errors: body},
+		{method: http.MethodPost, path: "/test/environments/create", summary: "Create a test environment; data is its id", body: typeOf[testenv.CreateRequest](),
+			success: []int{http.StatusOK}, data: uuidSchema, errors: body},
+		{method: http.MethodGet, path: "/test/environments", summary: "List test environments (without request and runs)",
+			query:   []apiParam{{"limit", "page size", intRange(1, storage.MaxLimit)}},
+			success: []int{http.StatusOK}, data: typeOf[[]activities.EnvState](), errors: []int{http.StatusBadRequest, http.StatusServiceUnavailable}},
+		{method: http.MethodGet, path: "/test/environments/:id", summary: "Get a test environment",
+			success: []int{http.StatusOK}, data: typeOf[activities.EnvState](), errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusServiceUnavailable}},
+		{method: http.MethodPost, path: "/test/environments/:id/run", summary: "Run tests and wait for the result (no body: default checks)",
+			body: typeOf[testenv.RunRequest](), bodyOptional: true,
+			success: []int{http.StatusOK}, data: typeOf[activities.TestRun](),
+			errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusRequestEntityTooLarge, http.StatusUnsupportedMediaType, http.StatusServiceUnavailable, http.StatusGatewayTimeout}},
+		{method: http.MethodDelete, path: "/test/environments/:id", summary: "Clean a test environment up (200: already ended, 202: cleanup requested)",
+			success: []int{http.StatusOK, http.StatusAccepted}, data: typeOf[activities.EnvState](), errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusServiceUnavailable}},
+		{method: http.MethodGet, path: "/test/environments/:id/logs", summary: "Container logs and the last run's results",
+			query: []apiParam{
+				{"node", "only this node", map[string]any{"type": "string"}},
+				{"tail", "log lines per stream", intRange(1, 10000)},
+			},
+			success: []int{http.StatusOK}, data: typeOf[EnvLogs](), errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusServiceUnavailable}},
+		{method: http.MethodGet, path: "/test/topologies", summary: "Cluster topology templates",
+			success: []int{http.StatusOK}, data: typeOf[[]testenv.Template]()},
+	}
+}
+
+// openAPIPath turns an echo path (/tasks/:id) into an OpenAPI one (/tasks/{id}).
+func openAPIPath(p string) string {
+	parts := strings.Split(p, "/")
+	for i, s := range parts {
+		if name, ok := strings.CutPrefix(s, ":"); ok {
+			parts[i] = "{" + name + "}"
+		}
+	}
+	return strings.Join(parts, "/")
+}
+
+// OpenAPI returns the OpenAPI 3 document of exactly the routes this server
+// registered. It panics if a route has no description (a test catches it).
+func (s *Server) OpenAPI() map[string]any {
+	g := &schemaGen{components: map[string]any{}, names: map[reflect.Type]string{}}
+	ops := map[string]apiOp{}
+	for _, o := range apiOps() {
+		ops[o.method+" "+o.path] = o
+	}
+	paths := map[string]any{}
+	for _, r := range s.e.Routes() {
+		o, found := ops[r.Method+" "+r.Path]
+		if !found {
+			panic("openapi: route " + r.Method + " " + r.Path + " is not described")
+		}
+		p := openAPIPath(r.Path)
+		item, _ := paths[p].(map[string]any)
+		if item == nil {
+			item = map[string]any{}
+			paths[p] = item
+		}
+		item[strings.ToLower(r.Method)] = g.operation(o, len(s.tokens) > 0)
+	}
+	return map[string]any{
+		"openapi": "3.0.3",
+		"info": map[string]any{
+			"title":       "Provisioning orchestrator",
+			"version":     "1",
+			"description": "REST API of the provisioning orchestrator. Every JSON response is an envelope: {success: true, data} or {success: false, error}.",
+		},
+		"paths": paths,
+		"components": map[string]any{
+			"schemas": g.components,
+			"securitySchemes": map[string]any{
+				"bearer": map[string]any{"type": "http", "scheme": "bearer"},
+			},
+		},
+	}
+}
+
+func (s *Server) openAPI(c echo.Context) error {
+	return c.JSON(http.StatusOK, s.OpenAPI())
+}
+
+func (g *schemaGen) operation(o apiOp, auth bool) map[string]any {
+	op := map[string]any{"summary": o.summary, "operationId": strings.ToLower(o.method) + strings.NewReplacer("/", "_", ":", "", ".", "_").Replace(o.path)}
+	params := []any{}
+	if strings.Contains(o.path, ":id") {
+		params = append(params, map[string]any{"name": "id", "in": "path", "required": true, "description": "task (or test environment) id", "schema": uuidSchema})
+	}
+	for _, q := range o.query {
+		params = append(params, map[string]any{"name": q.name, "in": "query", "required": false, "description": q.desc, "schema": q.schema})
+	}
+	if len(params) > 0 {
+		op["parameters"] = params
+	}
+	if o.body != nil {
+		op["requestBody"] = map[string]any{
+			"required": !o.bodyOptional,
+			"content":  map[string]any{"application/json": map[string]any{"schema": g.schema(o.body)}},
+		}
+	}
+	responses := map[string]any{}
+	for _, code := range o.success {
+		if o.raw != nil {
+			responses[strconv.Itoa(code)] = map[string]any{"description": http.StatusText(code), "content": o.raw}
+			continue
+		}
+		data, isSchema := o.data.(map[string]any)
+		if !isSchema {
+			data = g.schema(o.data.(reflect.Type))
+		}
+		env := map[string]any{
+			"type":                 "object",
+			"required":             []any{"success", "data"},
+			"additionalProperties": false,
+			"properties": map[string]any{
+				"success": map[string]any{"type": "boolean", "enum": []any{true}},
+				"data":    data,
+			},
+		}
+		responses[strconv.Itoa(code)] = map[string]any{"description": http.StatusText(code), "content": jsonContent(env)}
+	}
+	errs := slices.Clone(o.errors)
+	if auth && !o.public {
+		errs = append(errs, http.StatusUnauthorized)
+	}
+	errs = append(errs, http.StatusInternalServerError)
+	g.schema(typeOf[Envelope]()) // registers ErrorBody
+	errEnv := map[string]any{
+		"type":                 "object",
+		"required":             []any{"success", "error"},
+		"additionalProperties": false,
+		"properties": map[string]any{
+			"success": map[string]any{"type": "boolean", "enum": []any{false}},
+			"error":   map[string]any{"$ref": "#/components/schemas/ErrorBody"},
+		},
+	}
+	for _, code := range errs {
+		responses[strconv.Itoa(code)] = map[string]any{"description": http.StatusText(code), "content": jsonContent(errEnv)}
+	}
+	op["responses"] = responses
+	if o.public {
+		op["security"] = []any{}
+	} else if auth {
+		op["security"] = []any{map[string]any{"bearer": []any{}}}
+	}
+	return op
+}
+
+func jsonContent(schema map[string]any) map[string]any {
+	return map[string]any{"application/json": map[string]any{"schema": schema}}
+}
+
+// schemaGen derives JSON schemas (the OpenAPI 3.0 subset) from Go types and
+// their json tags. Named structs become components.
+type schemaGen struct {
+	components map[string]any
+	names      map[reflect.Type]string
+}
+
+var (
+	timeType = reflect.TypeFor[time.Time]()
+	rawType  = reflect.TypeFor[json.RawMessage]()
+)
+
+func (g *schemaGen) schema(t reflect.Type) map[string]any {
+	switch t {
+	case timeType:
+		return map[string]any{"type": "string", "format": "date-time"}
+	case rawType:
+		return map[string]any{}
+	}
+	switch t.Kind() {
+	case reflect.Pointer:
+		return nullable(g.schema(t.Elem()))
+	case reflect.String:
+		return map[string]any{"type": "string"}
+	case reflect.Bool:
+		return map[string]any{"type": "boolean"}
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		s := map[string]any{"type": "integer"}
+		if t.Bits() == 64 {
+			s["format"] = "int64"
+		} else if t.Bits() == 32 {
+			s["format"] = "int32"
+		}
+		return s
+	case reflect.Float32, reflect.Float64:
+		return map[string]any{"type": "number"}
+	case reflect.Slice, reflect.Array:
+		// A nil Go slice encodes as null.
+		return map[string]any{"type": "array", "items": g.schema(t.Elem()), "nullable": true}
+	case reflect.Map:
+		return map[string]any{"type": "object", "additionalProperties": g.schema(t.Elem()), "nullable": true}
+	case reflect.Interface:
+		return map[string]any{}
+	case reflect.Struct:
+		return g.structRef(t)
+	}
+	panic("openapi: unsupported type " + t.String())
+}
+
+func nullable(s map[string]any) map[string]any {
+	if _, isRef := s["$ref"]; isRef {
+		return map[string]any{"allOf": []any{s}, "nullable": true}
+	}
+	out := map[string]any{}
+	for k, v := range s {
+		out[k] = v
+	}
+	if len(out) > 0 {
+		out["nullable"] = true
+	}
+	return out
+}
+
+func (g *schemaGen) structRef(t reflect.Type) map[string]any {
+	name, seen := g.names[t]
+	if !seen {
+		name = t.Name()
+		if _, taken := g.components[name]; taken || name == "" {
+			name = strings.ReplaceAll(t.PkgPath()[strings.LastIndex(t.PkgPath(), "/")+1:], ".", "_") + "_" + t.Name()
+		}
+		g.names[t] = name
+		g.components[name] = map[string]any{} // placeholder for recursion
+		props := map[string]any{}
+		required := []any{}
+		g.fields(t, props, &required)
+		s := map[string]any{"type": "object", "properties": props, "additionalProperties": false}
+		if len(required) > 0 {
+			s["required"] = required
+		}
+		g.components[name] = s
+	}
+	return map[string]any{"$ref": "#/components/schemas/" + name}
+}
+
+func (g *schemaGen) fields(t reflect.Type, props map[string]any, required *[]any) {
+	for f := range t.Fields() {
+		tag := f.Tag.Get("json")
+		if tag == "-" {
+			continue
+		}
+		name, opts, _ := strings.Cut(tag, ",")
+		if f.Anonymous && name == "" && f.Type.Kind() == reflect.Struct {
+			g.fields(f.Type, props, required)
+			continue
+		}
+		if !f.IsExported() {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		props[name] = g.schema(f.Type)
+		optional := false
+		for o := range strings.SplitSeq(opts, ",") {
+			optional = optional || o == "omitempty" || o == "omitzero"
+		}
+		if !optional {
+			*required = append(*required, name)
+		}
+	}
+}
+
+// ValidateResponse checks a response body against doc (a decoded OpenAPI
+// document as served at /openapi.json) for the operation at pathTemplate
+// (OpenAPI form, /tasks/{id}) and method, picking the response by status
+// (exact, then 4XX/5XX, then default). The error names the JSON path of
+// every mismatch.
+func ValidateResponse(doc map[string]any, pathTemplate, method string, status int, contentType string, body []byte) error {
+	paths, _ := doc["paths"].(map[string]any)
+	item, _ := paths[pathTemplate].(map[string]any)
+	op, _ := item[strings.ToLower(method)].(map[string]any)
+	if op == nil {
+		return fmt.Errorf("%s %s is not documented", method, pathTemplate)
+	}
+	responses, _ := op["responses"].(map[string]any)
+	code := strconv.Itoa(status)
+	resp, _ := responses[code].(map[string]any)
+	if resp == nil {
+		resp, _ = responses[code[:1]+"XX"].(map[string]any)
+	}
+	if resp == nil {
+		resp, _ = responses["default"].(map[string]any)
+	}
+	if resp == nil {
+		return fmt.Errorf("%s %s: status %d is not documented", method, pathTemplate, status)
+	}
+	content, _ := resp["content"].(map[string]any)
+	mt, _, _ := strings.Cut(contentType, ";")
+	media, _ := content[strings.TrimSpace(mt)].(map[string]any)
+	if media == nil {
+		return fmt.Errorf("%s %s %d: content type %q is not documented", method, pathTemplate, status, contentType)
+	}
+	schema, _ := media["schema"].(map[string]any)
+	var v any
+	if strings.HasSuffix(strings.TrimSpace(mt), "json") {
+		dec := json.NewDecoder(strings.NewReader(string(body)))
+		dec.UseNumber()
+		if err := dec.Decode(&v); err != nil {
+			return fmt.Errorf("%s %s %d: body is not JSON: %w", method, pathTemplate, status, err)
+		}
+	} else {
+		v = string(body)
+	}
+	var errs []string
+	validate(doc, schema, v, "$", &errs)
+	if len(errs) > 0 {
+		return fmt.Errorf("%s %s %d does not match the OpenAPI document:\n  %s", method, pathTemplate, status, strings.Join(errs, "\n  "))
+	}
+	return nil
+}
+
+func validate(doc, schema map[string]any, v any, path string, errs *[]string) {
+	if ref, isRef := schema["$ref"].(string); isRef {
+		name, found := strings.CutPrefix(ref, "#/components/schemas/")
+		comps, _ := doc["components"].(map[string]any)
+		schemas, _ := comps["schemas"].(map[string]any)
+		target, _ := schemas[name].(map[string]any)
+		if !found || target == nil {
+			*errs = append(*errs, path+": unresolvable $ref "+ref)
+			return
+		}
+		validate(doc, target, v, path, errs)
+		return
+	}
+	if v == nil {
+		if n, _ := schema["nullable"].(bool); !n && len(schema) > 0 {
+			*errs = append(*errs, path+": null is not allowed")
+		}
+		return
+	}
+	if all, isAll := schema["allOf"].([]any); isAll {
+		for _, s := range all {
+			sub, _ := s.(map[string]any)
+			validate(doc, sub, v, path, errs)
+		}
+	}
+	if enum, isEnum := schema["enum"].([]any); isEnum {
+		if !slices.ContainsFunc(enum, func(e any) bool { return fmt.Sprint(e) == fmt.Sprint(v) }) {
+			*errs = append(*errs, fmt.Sprintf("%s: %v is not one of %v", path, v, enum))
+		}
+	}
+	typ, _ := schema["type"].(string)
+	switch typ {
+	case "":
+	case "object":
+		obj, isObj := v.(map[string]any)
+		if !isObj {
+			*errs = append(*errs, fmt.Sprintf("%s: expected object, got %T", path, v))
+			return
+		}
+		validateObject(doc, schema, obj, path, errs)
+	case "array":
+		arr, isArr := v.([]any)
+		if !isArr {
+			*errs = append(*errs, fmt.Sprintf("%s: expected array, got %T", path, v))
+			return
+		}
+		items, _ := schema["items"].(map[string]any)
+		for i, e := range arr {
+			validate(doc, items, e, fmt.Sprintf("%s[%d]", path, i), errs)
+		}
+	case "string":
+		str, isStr := v.(string)
+		if !isStr {
+			*errs = append(*errs, fmt.Sprintf("%s: expected string, got %T", path, v))
+			return
+		}
+		validateFormat(schema, str, path, errs)
+	case "integer", "number":
+		n, isNum := v.(json.Number)
+		if !isNum {
+			*errs = append(*errs, fmt.Sprintf("%s: expected %s, got %T", path, typ, v))
+			return
+		}
+		f, err := n.Float64()
+		if err != nil || typ == "integer" && strings.ContainsAny(n.String(), ".eE") {
+			*errs = append(*errs, fmt.Sprintf("%s: %s is not an %s", path, n, typ))
+			return
+		}
+		if lo, has := num(schema["minimum"]); has && f < lo {
+			*errs = append(*errs, fmt.Sprintf("%s: %s is below the minimum %v", path, n, lo))
+		}
+		if hi, has := num(schema["maximum"]); has && f > hi {
+			*errs = append(*errs, fmt.Sprintf("%s: %s is above the maximum %v", path, n, hi))
+		}
+	case "boolean":
+		if _, isBool := v.(bool); !isBool {
+			*errs = append(*errs, fmt.Sprintf("%s: expected boolean, got %T", path, v))
+		}
+	default:
+		*errs = append(*errs, path+": schema has unknown type "+typ)
+	}
+}
+
+func validateObject(doc, schema, obj map[string]any, path string, errs *[]string) {
+	props, _ := schema["properties"].(map[string]any)
+	req, _ := schema["required"].([]any)
+	for _, r := range req {
+		if _, has := obj[fmt.Sprint(r)]; !has {
+			*errs = append(*errs, fmt.Sprintf("%s.%v: required property is missing", path, r))
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(obj)) {
+		child := path + "." + k
+		if ps, has := props[k].(map[string]any); has {
+			validate(doc, ps, obj[k], child, errs)
+			continue
+		}
+		switch ap := schema["additionalProperties"].(type) {
+		case bool:
+			if !ap {
+				*errs = append(*errs, child+": property is not documented")
+			}
+		case map[string]any:
+			validate(doc, ap, obj[k], child, errs)
+		}
+	}
+}
+
+func validateFormat(schema map[string]any, s, path string, errs *[]string) {
+	switch schema["format"] {
+	case "date-time":
+		if _, err := time.Parse(time.RFC3339Nano, s); err != nil {
+			*errs = append(*errs, fmt.Sprintf("%s: %q is not a date-time", path, s))
+		}
+	case "uuid":
+		if storage.ValidateID(s) != nil {
+			*errs = append(*errs, fmt.Sprintf("%s: %q is not a uuid", path, s))
+		}
+	}
+}
+
+func num(v any) (float64, bool) {
+	switch n := v.(type) {
+	case json.Number:
+		f, err := n.Float64()
+		return f, err == nil
+	case float64:
+		return n, true
+	case int:
+		return float64(n), true
+	}
+	return 0, false
+}
