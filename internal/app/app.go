@@ -373,6 +373,9 @@ func (a *App) Stop(ctx context.Context) {
 // Run parses args, starts the app, and serves until ctx is done or serving
 // fails. It is the whole of main.
 func Run(ctx context.Context, args []string, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "openapi" {
+		return WriteOpenAPI(os.Stdout)
+	}
 	if len(args) > 0 && args[0] == string(ModeMigrate) {
 		return RunMigrate(ctx, args[1:], os.Getenv, os.Stdout, stderr)
 	}
