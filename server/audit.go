@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -82,15 +81,8 @@ func envStatus(st activities.EnvState) (storage.TaskStatus, int64) {
 // auditLimit parses an optional limit query parameter (1..MaxLimit); 0
 // means the store's default.
 func auditLimit(c echo.Context) (int, error) {
-	v := c.QueryParam("limit")
-	if v == "" {
-		return 0, nil
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 || n > storage.DefaultAuditLimit {
-		return 0, fieldErr("limit", fmt.Sprintf("must be an integer from 1 to %d", storage.DefaultAuditLimit))
-	}
-	return n, nil
+	n, _, err := intParam(c, "limit", 1, storage.DefaultAuditLimit)
+	return n, err
 }
 
 // taskAudit serves GET /tasks/{id}/audit: the task's audit trail, oldest

@@ -10,6 +10,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/labstack/echo/v4"
@@ -121,6 +122,20 @@ func codeForStatus(status int) string {
 		return CodeInternal
 	}
 	return CodeBadRequest
+}
+
+// intParam reads an optional integer query parameter within [lo, hi];
+// ok is false when it is absent. The 400 names the parameter.
+func intParam(c echo.Context, name string, lo, hi int) (n int, ok bool, err error) {
+	v := c.QueryParam(name)
+	if v == "" {
+		return 0, false, nil
+	}
+	n, err = strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		return 0, false, fieldErr(name, fmt.Sprintf("must be an integer from %d to %d", lo, hi))
+	}
+	return n, true, nil
 }
 
 // decodeJSON reads a strict JSON body into v: one object, no unknown

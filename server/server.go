@@ -207,11 +207,9 @@ func (s *Server) listTasks(c echo.Context) error {
 		f.Status = st
 	}
 	f.WorkflowType = q.Get("workflow_type")
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > storage.MaxLimit {
-			return fieldErr("limit", fmt.Sprintf("must be an integer from 1 to %d", storage.MaxLimit))
-		}
+	if n, ok, err := intParam(c, "limit", 1, storage.MaxLimit); err != nil {
+		return err
+	} else if ok {
 		f.Limit = n
 	}
 	if v := q.Get("offset"); v != "" {

@@ -96,11 +96,9 @@ func envView(t storage.Task) (activities.EnvState, error) {
 
 func (s *Server) listEnvs(c echo.Context) error {
 	f := storage.ListFilter{WorkflowType: activities.EnvTaskType, Limit: storage.MaxLimit}
-	if v := c.QueryParam("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > storage.MaxLimit {
-			return fieldErr("limit", fmt.Sprintf("must be an integer from 1 to %d", storage.MaxLimit))
-		}
+	if n, ok, err := intParam(c, "limit", 1, storage.MaxLimit); err != nil {
+		return err
+	} else if ok {
 		f.Limit = n
 	}
 	tasks, total, err := s.store.List(c.Request().Context(), f)
@@ -264,11 +262,9 @@ func (s *Server) envLogs(c echo.Context) error {
 		}
 	}
 	tail := 200
-	if v := c.QueryParam("tail"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 10000 {
-			return fieldErr("tail", "must be an integer from 1 to 10000")
-		}
+	if n, ok, err := intParam(c, "tail", 1, 10000); err != nil {
+		return err
+	} else if ok {
 		tail = n
 	}
 	node := c.QueryParam("node")

@@ -262,17 +262,9 @@ func (a *App) startOpsHTTP() error {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"success":true,"data":"Orchestrator worker is healthy"}`))
 	})
-	ln, err := net.Listen("tcp", net.JoinHostPort(a.cfg.Host, strconv.Itoa(a.cfg.MetricsPort)))
-	if err != nil {
-		return fmt.Errorf("--metrics-port %d: %w", a.cfg.MetricsPort, err)
+	if err := a.listen("metrics-port", a.cfg.MetricsPort, mux); err != nil {
+		return err
 	}
-	a.httpAddr = ln.Addr().String()
-	a.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		if err := a.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			a.httpErr <- err
-		}
-	}()
 	a.log.Info("worker metrics listening", "address", "http://"+a.httpAddr+"/metrics")
 	return nil
 }
@@ -317,18 +309,27 @@ func (a *App) startHTTP() error {
 			Instance:     a.cfg.Instance,
 		},
 	})
-	ln, err := net.Listen("tcp", net.JoinHostPort(a.cfg.Host, strconv.Itoa(a.cfg.Port)))
+	if err := a.listen("port", a.cfg.Port, srv); err != nil {
+		return err
+	}
+	a.log.Info("REST API listening", "address", "http://"+a.httpAddr)
+	return nil
+}
+
+// listen binds host:port (flagName names the flag in errors) and serves h
+// until Stop; a serving failure is reported on Errors().
+func (a *App) listen(flagName string, port int, h http.Handler) error {
+	ln, err := net.Listen("tcp", net.JoinHostPort(a.cfg.Host, strconv.Itoa(port)))
 	if err != nil {
-		return fmt.Errorf("--port %d: %w", a.cfg.Port, err)
+		return fmt.Errorf("--%s %d: %w", flagName, port, err)
 	}
 	a.httpAddr = ln.Addr().String()
-	a.http = &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+	a.http = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := a.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			a.httpErr <- err
 		}
 	}()
-	a.log.Info("REST API listening", "address", "http://"+a.httpAddr)
 	return nil
 }
 
