@@ -83,6 +83,11 @@ func TestOpenStoreSurrealEmbedded(t *testing.T) {
 	if got.ID != task.ID || got.Name != "embedded" {
 		t.Fatalf("after restart Get = %+v", got)
 	}
+	// The store can reconnect a moment before the supervisor's own health
+	// poll counts the restart, so await the counter rather than read it.
+	for es.proc.Restarts() != 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if es.proc.Restarts() != 1 {
 		t.Fatalf("Restarts() = %d, want 1", es.proc.Restarts())
 	}
