@@ -1,6 +1,13 @@
 // Package activities holds the orchestrator's side effects as Temporal
-// activities: running the user's Nushell provisioning scripts and projecting
-// workflow state into the task store.
+// activities: thin adapters over the drivers (driver/nushell runs the
+// user's provisioning scripts, driver/docker the test environments) and
+// the task store. They heartbeat, classify errors into retryable and
+// non-retryable Temporal error types, and shape bounded results; the work
+// itself is in the drivers.
+//
+// The package imports no Docker client and no Prometheus, so workflows (and
+// the Go SDK, which imports them) stay light: the engine and the metrics
+// come in through the driver.Engine and Recorder interfaces.
 package activities
 
 import (
@@ -13,7 +20,9 @@ import (
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 
-	"github.com/provisioning/orchestrator/metrics"
+	"github.com/provisioning/orchestrator/driver"
+	"github.com/provisioning/orchestrator/driver/nushell"
+	"github.com/provisioning/orchestrator/internal/tailbuf"
 	"github.com/provisioning/orchestrator/storage"
 )
 
@@ -30,6 +39,9 @@ const (
 	ErrTypeNushellStart = "NushellStart"
 	// ErrTypeInvalidArgs: the step's argv was malformed.
 	ErrTypeInvalidArgs = "InvalidArgs"
+	// ErrTypeInvalidTaskID: a projection named a task id the store refuses;
+	// never retried.
+	ErrTypeInvalidTaskID = "InvalidTaskID"
 )
 
 // MaxReturnedOutput caps each stream returned to the workflow so that event
@@ -40,16 +52,38 @@ const MaxReturnedOutput = 64 << 10
 // a typed nil pointer. Its fields are the dependencies.
 type Activities struct {
 	// Runner runs `nu <provisioning-path> ...`.
-	Runner *NuRunner
+	Runner *nushell.Runner
 	// Store receives task projections.
 	Store storage.Store
-	// Docker runs test environments; nil on workers without an engine
-	// (their environment activities fail with ErrTypeNoDocker).
-	Docker *DockerRuntime
+	// Docker runs test environments (a *docker.Runtime in production); nil
+	// on workers without an engine (their environment activities fail with
+	// ErrTypeNoDocker). Leave it nil, not a typed nil pointer.
+	Docker driver.Engine
 	// Logger, default slog.Default().
 	Logger *slog.Logger
-	// Metrics counts Nushell runs and task durations; nil records nothing.
-	Metrics *metrics.Metrics
+	// Metrics counts Nushell runs and task durations (a *metrics.Metrics in
+	// production); nil records nothing.
+	Metrics Recorder
+}
+
+// Recorder is what the activities record in the process's metrics.
+type Recorder interface {
+	// NushellInvocation counts one run by outcome (nushell.Outcome*).
+	NushellInvocation(outcome string)
+	// ObserveTask records a projected task (its duration once finished).
+	ObserveTask(t storage.Task)
+}
+
+type noRecorder struct{}
+
+func (noRecorder) NushellInvocation(string) {}
+func (noRecorder) ObserveTask(storage.Task) {}
+
+func (a *Activities) metrics() Recorder {
+	if a.Metrics == nil {
+		return noRecorder{}
+	}
+	return a.Metrics
 }
 
 // NuStep is one Nushell invocation: argv after `nu <provisioning-path>`.
@@ -86,8 +120,8 @@ func (a *Activities) RunNushell(ctx context.Context, step NuStep) (NuStepResult,
 	info := activity.GetInfo(ctx)
 	log := a.logger().With("task_id", step.TaskID, "step", step.Step, "attempt", info.Attempt)
 	every := info.HeartbeatTimeout / 3
-	if every <= 0 || every > DefaultHeartbeatInterval {
-		every = DefaultHeartbeatInterval
+	if every <= 0 || every > nushell.DefaultHeartbeatInterval {
+		every = nushell.DefaultHeartbeatInterval
 	}
 	env := []string{
 		"ORCHESTRATOR_TASK_ID=" + step.TaskID,
@@ -98,26 +132,26 @@ func (a *Activities) RunNushell(ctx context.Context, step NuStep) (NuStepResult,
 	res, err := a.Runner.Run(ctx, step.Args, env, func() { activity.RecordHeartbeat(ctx, step.Step) }, every)
 	out := NuStepResult{
 		ExitCode:   res.ExitCode,
-		Stdout:     tail(res.Stdout, MaxReturnedOutput),
-		Stderr:     tail(res.Stderr, MaxReturnedOutput),
+		Stdout:     tailbuf.String(res.Stdout, MaxReturnedOutput),
+		Stderr:     tailbuf.String(res.Stderr, MaxReturnedOutput),
 		Truncated:  res.StdoutTruncated || res.StderrTruncated || len(res.Stdout) > MaxReturnedOutput || len(res.Stderr) > MaxReturnedOutput,
 		DurationMS: res.Duration.Milliseconds(),
 		Attempt:    info.Attempt,
 	}
 	if err == nil {
-		a.Metrics.NushellInvocation(metrics.OutcomeSuccess)
+		a.metrics().NushellInvocation(nushell.OutcomeSuccess)
 		log.Info("nushell step completed", "duration_ms", out.DurationMS)
 		return out, nil
 	}
 	if ctx.Err() != nil {
-		a.Metrics.NushellInvocation(metrics.OutcomeCancelled)
+		a.metrics().NushellInvocation(nushell.OutcomeCancelled)
 		log.Warn("nushell step cancelled; process group killed", "error", err)
 		return out, ctx.Err()
 	}
-	a.Metrics.NushellInvocation(metrics.OutcomeFailure)
+	a.metrics().NushellInvocation(nushell.OutcomeFailure)
 	log.Warn("nushell step failed", "error", err, "exit_code", out.ExitCode)
-	var startErr *StartError
-	var exitErr *ExitError
+	var startErr *nushell.StartError
+	var exitErr *nushell.ExitError
 	switch {
 	case errors.As(err, &startErr) && startErr.Flag == "":
 		// Flag is empty when the argv/env itself was rejected (NUL bytes).
@@ -153,7 +187,7 @@ const ProjectionActor = "workflow"
 // the write, by the store) with actor ProjectionActor.
 func (a *Activities) ProjectTask(ctx context.Context, t storage.Task) error {
 	if err := storage.ValidateID(t.ID); err != nil {
-		return temporal.NewNonRetryableApplicationError(err.Error(), "InvalidTaskID", err)
+		return temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeInvalidTaskID, err)
 	}
 	ctx = storage.WithActor(ctx, ProjectionActor)
 	start := time.Now()
@@ -161,14 +195,7 @@ func (a *Activities) ProjectTask(ctx context.Context, t storage.Task) error {
 		a.logger().Warn("task projection failed", "task_id", t.ID, "status", t.Status, "error", err)
 		return fmt.Errorf("project task %s (%s): %w", t.ID, t.Status, err)
 	}
-	a.Metrics.ObserveTask(t)
+	a.metrics().ObserveTask(t)
 	a.logger().Debug("task projected", "task_id", t.ID, "status", t.Status, "version", t.Version, "took", time.Since(start))
 	return nil
-}
-
-func tail(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[len(s)-n:]
 }

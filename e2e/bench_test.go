@@ -17,14 +17,12 @@ package e2e
 // (default 5m).
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"math"
 	"net/http"
 	"os"
@@ -43,9 +41,8 @@ import (
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
 
-	"github.com/provisioning/orchestrator/activities"
+	"github.com/provisioning/orchestrator/driver/nushell"
 	"github.com/provisioning/orchestrator/internal/app"
-	"github.com/provisioning/orchestrator/internal/testsupport"
 	"github.com/provisioning/orchestrator/server"
 	"github.com/provisioning/orchestrator/storage"
 	"github.com/provisioning/orchestrator/workflows"
@@ -116,108 +113,38 @@ type benchApp struct {
 	http   *http.Client
 	nu     string
 	script string
-	warns  *benchLog
-}
-
-// benchLog forwards the app's warnings to the benchmark log (and counts
-// them) until the app starts shutting down; later lines are dropped, so a
-// late log line cannot panic the finished benchmark.
-type benchLog struct {
-	b      testing.TB
-	mu     sync.Mutex
-	closed bool
-	lines  atomic.Int64
-}
-
-func (l *benchLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.closed {
-		l.lines.Add(1)
-		l.b.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
+	warns  *appLog
 }
 
 func startBenchApp(b *testing.B) *benchApp {
 	b.Helper()
-	nu := testsupport.NuPath(b)
-	dir := b.TempDir()
-	script := filepath.Join(dir, "provisioning.nu")
+	script := filepath.Join(b.TempDir(), "provisioning.nu")
 	if err := os.WriteFile(script, []byte(benchScript), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	cfg := app.DefaultConfig()
-	cfg.Port = 0
-	cfg.TemporalPort = 0
-	cfg.TemporalUIPort = -1
-	cfg.DataDir = filepath.Join(dir, "data")
-	cfg.NuPath = nu
-	cfg.ProvisioningPath = script
-	cfg.Policy = benchPolicy()
-	cfg.MaxConcurrentActivities = benchConcurrency
-	cfg.ScriptEnv = []string{"PROVISIONING_STATE_DIR=" + filepath.Join(dir, "provider-state")}
-	warns := &benchLog{b: b}
-	log := slog.New(slog.NewTextHandler(warns, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	a, err := app.Start(context.Background(), cfg, log)
-	if err != nil {
-		b.Fatalf("start orchestrator: %v", err)
-	}
-	b.Cleanup(func() {
-		// The embedded server's internal pollers log "graceful_stop"
-		// warnings while shutting down: noise, so stop forwarding first.
-		warns.mu.Lock()
-		warns.closed = true
-		warns.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		a.Stop(ctx)
+	cfg := appConfig(b, withNu(b, script), func(c *app.Config) {
+		c.Policy = benchPolicy()
+		c.MaxConcurrentActivities = benchConcurrency
 	})
+	a, warns := launchApp(b, cfg)
 	return &benchApp{
 		app:    a,
-		base:   "http://" + a.HTTPAddr(),
+		base:   baseURL(a),
 		http:   &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 32}, Timeout: time.Minute},
-		nu:     nu,
+		nu:     cfg.NuPath,
 		script: script,
 		warns:  warns,
 	}
 }
 
-// call does one REST request and decodes the envelope; errors instead of
-// failing, so it can run on any goroutine.
+// call does one REST request and decodes the envelope; errors (also for a
+// status other than 200) instead of failing, so it can run on any goroutine.
 func (h *benchApp) call(method, path string, body any) (envelope, http.Header, error) {
-	var rd io.Reader
-	if body != nil {
-		raw, err := json.Marshal(body)
-		if err != nil {
-			return envelope{}, nil, err
-		}
-		rd = bytes.NewReader(raw)
+	r, err := sendOK(h.http, method, h.base+path, body)
+	if err == nil && r.status != http.StatusOK {
+		err = fmt.Errorf("%s %s: HTTP %d: %s", method, path, r.status, r.raw)
 	}
-	req, err := http.NewRequest(method, h.base+path, rd)
-	if err != nil {
-		return envelope{}, nil, err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	res, err := h.http.Do(req)
-	if err != nil {
-		return envelope{}, nil, err
-	}
-	defer res.Body.Close()
-	raw, err := io.ReadAll(res.Body)
-	if err != nil {
-		return envelope{}, nil, err
-	}
-	var env envelope
-	if err := json.Unmarshal(raw, &env); err != nil {
-		return envelope{}, nil, fmt.Errorf("%s %s: HTTP %d, not an envelope: %s", method, path, res.StatusCode, raw)
-	}
-	if res.StatusCode != http.StatusOK || !env.Success {
-		return env, res.Header, fmt.Errorf("%s %s: HTTP %d: %s", method, path, res.StatusCode, raw)
-	}
-	return env, res.Header, nil
+	return r.env, r.header, err
 }
 
 // submitServer posts one server-create request and returns the task id.
@@ -279,10 +206,10 @@ func (h *benchApp) describe(st storage.TaskStatus, n int) error {
 
 // direct runs nu exactly as the worker's activity does (same runner, argv
 // and per-step environment), with no orchestration around it.
-func (h *benchApp) direct(ctx context.Context, runner *activities.NuRunner, server string) (time.Duration, error) {
+func (h *benchApp) direct(ctx context.Context, runner *nushell.Runner, server string) (time.Duration, error) {
 	in := benchInput(server)
 	env := []string{"ORCHESTRATOR_TASK_ID=" + in.TaskID, "ORCHESTRATOR_STEP=" + server, "ORCHESTRATOR_ATTEMPT=1"}
-	res, err := runner.Run(ctx, in.ServerArgs(server), env, func() {}, activities.DefaultHeartbeatInterval)
+	res, err := runner.Run(ctx, in.ServerArgs(server), env, func() {}, nushell.DefaultHeartbeatInterval)
 	if err != nil {
 		return res.Duration, fmt.Errorf("direct nu %s: %w (stderr: %s)", server, err, res.Stderr)
 	}
@@ -301,7 +228,7 @@ func (h *benchApp) direct(ctx context.Context, runner *activities.NuRunner, serv
 func BenchmarkOrchestratedVsDirect(b *testing.B) {
 	n, maxTime := *benchTasks, *benchMaxTime
 	h := startBenchApp(b)
-	runner := &activities.NuRunner{NuPath: h.nu, ScriptPath: h.script}
+	runner := &nushell.Runner{NuPath: h.nu, ScriptPath: h.script}
 	ctx := context.Background()
 
 	// Warm up both paths (page cache for nu, SQLite, connections) so the
@@ -354,7 +281,7 @@ func BenchmarkOrchestratedVsDirect(b *testing.B) {
 							mu.Unlock()
 							return
 						}
-						directNuMS = append(directNuMS, float64(d.Microseconds())/1000)
+						directNuMS = append(directNuMS, ms(d))
 						directDone++
 						mu.Unlock()
 					}
@@ -471,7 +398,7 @@ func BenchmarkOrchestratedVsDirect(b *testing.B) {
 	if orchDone < orchSubmitted || orchSubmitted < n*b.N {
 		b.Logf("time cap %s reached: only what finished is counted", maxTime)
 	}
-	if w := h.warns.lines.Load(); w > 0 {
+	if w := h.warns.count(); w > 0 {
 		b.Logf("%d warning/error log line(s) from the app during the run", w)
 	}
 }
@@ -550,24 +477,24 @@ func BenchmarkSubmitLatency(b *testing.B) {
 			if _, err := h.submitServer(fmt.Sprintf("r-%d", i)); err != nil {
 				b.Fatal(err)
 			}
-			rest = append(rest, float64(time.Since(t0).Microseconds())/1000)
+			rest = append(rest, ms(time.Since(t0)))
 
 			t0 = time.Now()
 			if err := sdkStart(fmt.Sprintf("k-%d", i)); err != nil {
 				b.Fatalf("sdk ExecuteWorkflow: %v", err)
 			}
-			sdk = append(sdk, float64(time.Since(t0).Microseconds())/1000)
+			sdk = append(sdk, ms(time.Since(t0)))
 
 			d, err := storeCreate(i)
 			if err != nil {
 				b.Fatal(err)
 			}
-			store = append(store, float64(d.Microseconds())/1000)
+			store = append(store, ms(d))
 
 			if d, err = httpProbe(); err != nil {
 				b.Fatal(err)
 			}
-			rtt = append(rtt, float64(d.Microseconds())/1000)
+			rtt = append(rtt, ms(d))
 		}
 	}
 	b.StopTimer()
@@ -593,7 +520,7 @@ func BenchmarkSubmitLatency(b *testing.B) {
 	if done < want {
 		b.Errorf("only %d of %d started tasks Completed within %s", done, want, maxTime)
 	}
-	if w := h.warns.lines.Load(); w > 0 {
+	if w := h.warns.count(); w > 0 {
 		b.Logf("%d warning/error log line(s) from the app during the run", w)
 	}
 }
@@ -636,8 +563,11 @@ func cpuTimes() (self, children time.Duration) {
 	return self, children
 }
 
+// ms is d in milliseconds, to the microsecond.
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
 func msPer(d time.Duration, n int) float64 {
-	return float64(d.Microseconds()) / 1000 / float64(max(n, 1))
+	return ms(d) / float64(max(n, 1))
 }
 
 // percentile is the nearest-rank p-th percentile of xs (NaN when empty).
@@ -651,7 +581,11 @@ func percentile(xs []float64, p float64) float64 {
 	return s[min(max(k-1, 0), len(s)-1)]
 }
 
+// mean is the arithmetic mean of xs (NaN when empty).
 func mean(xs []float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
 	var sum float64
 	for _, x := range xs {
 		sum += x

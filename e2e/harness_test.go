@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
@@ -22,7 +21,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/provisioning/orchestrator/internal/app"
-	"github.com/provisioning/orchestrator/internal/testsupport"
 	"github.com/provisioning/orchestrator/storage"
 	"github.com/provisioning/orchestrator/workflows"
 )
@@ -75,38 +73,13 @@ func startApp(t *testing.T, scriptEnv ...string) *harness {
 // startAppWith is startApp with a chance to change the configuration.
 func startAppWith(t *testing.T, mutate func(*app.Config), scriptEnv ...string) *harness {
 	t.Helper()
-	nu := testsupport.NuPath(t)
-	root := testsupport.RepoRoot(t)
-	dir := t.TempDir()
-	stateDir := filepath.Join(dir, "provider-state")
-	cfg := app.DefaultConfig()
-	cfg.Port = 0
-	cfg.TemporalPort = 0
-	cfg.TemporalUIPort = -1
-	cfg.DataDir = filepath.Join(dir, "data")
-	cfg.NuPath = nu
-	cfg.ProvisioningPath = filepath.Join(root, "core", "nulib", "provisioning")
-	cfg.Policy = fastPolicy
-	cfg.ScriptEnv = append([]string{"PROVISIONING_STATE_DIR=" + stateDir, "PROVISIONING_DEMO_DELAY_MS=50"}, scriptEnv...)
+	opts := []func(*app.Config){withDemoProvider(t, scriptEnv...)}
 	if mutate != nil {
-		mutate(&cfg)
+		opts = append(opts, mutate)
 	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	a, err := app.Start(context.Background(), cfg, log)
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		a.Stop(ctx)
-	})
-	return &harness{t: t, app: a, base: "http://" + a.HTTPAddr(), stateDir: stateDir, dataDir: cfg.DataDir}
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
+	cfg := appConfig(t, opts...)
+	a, _ := launchApp(t, cfg)
+	return &harness{t: t, app: a, base: baseURL(a), stateDir: providerState(cfg), dataDir: cfg.DataDir}
 }
 
 // envelope mirrors the REST envelope for decoding.
@@ -128,28 +101,76 @@ type response struct {
 	raw    []byte
 }
 
-func do(t *testing.T, method, url, contentType string, body io.Reader) response {
-	t.Helper()
-	req, err := http.NewRequest(method, url, body)
-	require.NoError(t, err)
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
+// send does one REST request and decodes the reply's envelope. body is
+// nil, an io.Reader sent as it is, or a value sent as JSON (with its
+// Content-Type); header is name, value pairs. It returns an error instead of
+// failing, so it can run on any goroutine: when the request fails or the
+// reply is not an envelope. What the status means is for the caller.
+func send(c *http.Client, method, url string, body any, header ...string) (response, error) {
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case io.Reader:
+		rd = b
+	default:
+		raw, err := json.Marshal(b)
+		if err != nil {
+			return response{}, err
+		}
+		rd = bytes.NewReader(raw)
+		header = append([]string{"Content-Type", "application/json"}, header...)
 	}
-	res, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
+	req, err := http.NewRequest(method, url, rd)
+	if err != nil {
+		return response{}, err
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	res, err := c.Do(req)
+	if err != nil {
+		return response{}, err
+	}
 	defer res.Body.Close()
 	raw, err := io.ReadAll(res.Body)
-	require.NoError(t, err)
-	var env envelope
-	require.NoError(t, json.Unmarshal(raw, &env), "body is not an envelope: %s", raw)
-	if env.Success {
-		require.Nil(t, env.Error, "success with error: %s", raw)
-	} else {
-		require.NotNil(t, env.Error, "failure without error: %s", raw)
-		require.NotEmpty(t, env.Error.Code)
-		require.NotEmpty(t, env.Error.Message)
+	if err != nil {
+		return response{status: res.StatusCode, header: res.Header}, err
 	}
-	return response{status: res.StatusCode, env: env, header: res.Header, raw: raw}
+	r := response{status: res.StatusCode, header: res.Header, raw: raw}
+	if err := json.Unmarshal(raw, &r.env); err != nil {
+		return r, fmt.Errorf("%s %s: HTTP %d, not an envelope: %s", method, url, res.StatusCode, raw)
+	}
+	return r, nil
+}
+
+// sendOK is send, and an error too when the envelope reports a failure.
+func sendOK(c *http.Client, method, url string, body any) (response, error) {
+	r, err := send(c, method, url, body)
+	if err == nil && !r.env.Success {
+		err = fmt.Errorf("%s %s: HTTP %d: %s", method, url, r.status, r.raw)
+	}
+	return r, err
+}
+
+// do sends a request (with contentType when not empty) and fails the test
+// unless the reply is a well-formed envelope: success without an error,
+// failure with an error code and message.
+func do(t testing.TB, method, url, contentType string, body io.Reader) response {
+	t.Helper()
+	var header []string
+	if contentType != "" {
+		header = []string{"Content-Type", contentType}
+	}
+	r, err := send(http.DefaultClient, method, url, body, header...)
+	require.NoError(t, err)
+	if r.env.Success {
+		require.Nil(t, r.env.Error, "success with error: %s", r.raw)
+	} else {
+		require.NotNil(t, r.env.Error, "failure without error: %s", r.raw)
+		require.NotEmpty(t, r.env.Error.Code)
+		require.NotEmpty(t, r.env.Error.Message)
+	}
+	return r
 }
 
 func (h *harness) postJSON(path string, body any) response {

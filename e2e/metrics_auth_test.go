@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -82,28 +81,13 @@ func TestMetricsExposed(t *testing.T) {
 // envelope.
 func authDo(t *testing.T, method, url, token string, body any) response {
 	t.Helper()
-	var r io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		require.NoError(t, err)
-		r = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, url, r)
-	require.NoError(t, err)
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
+	var header []string
 	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
+		header = []string{"Authorization", "Bearer " + token}
 	}
-	res, err := http.DefaultClient.Do(req)
+	r, err := send(http.DefaultClient, method, url, body, header...)
 	require.NoError(t, err)
-	defer res.Body.Close()
-	raw, err := io.ReadAll(res.Body)
-	require.NoError(t, err)
-	var env envelope
-	require.NoError(t, json.Unmarshal(raw, &env), "body is not an envelope: %s", raw)
-	return response{status: res.StatusCode, env: env, header: res.Header, raw: raw}
+	return r
 }
 
 func TestAuthBearerTokens(t *testing.T) {

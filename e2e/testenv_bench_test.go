@@ -13,8 +13,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"math"
 	"net/http"
 	"os"
@@ -36,9 +34,7 @@ import (
 	"github.com/google/uuid"
 	enumspb "go.temporal.io/api/enums/v1"
 
-	"github.com/provisioning/orchestrator/activities"
 	"github.com/provisioning/orchestrator/internal/app"
-	"github.com/provisioning/orchestrator/internal/testsupport"
 	"github.com/provisioning/orchestrator/testenv"
 	"github.com/provisioning/orchestrator/workflows"
 )
@@ -66,7 +62,7 @@ var tenv3Nodes = [][2]string{{"cp-01", "control-plane"}, {"worker-01", "worker"}
 var tenv3ScriptOut = regexp.MustCompile(`(?m)^create_ms=(\d+) cleanup_ms=(\d+)$`)
 
 // tenv3Bench is an in-process orchestrator with Docker, configured as
-// startEnvApp does (which needs a *testing.T).
+// startEnvApp's (startDockerApp).
 type tenv3Bench struct {
 	b        *testing.B
 	app      *app.App
@@ -75,117 +71,43 @@ type tenv3Bench struct {
 	docker   *client.Client
 	image    string
 	script   string
-	log      *tenv3Log
+	log      *appLog
 	mu       sync.Mutex
 	prefixes []string // script runs, for the leftover sweep
 }
 
-// tenv3Log forwards the app's warnings to the benchmark log and counts them,
-// until shutdown starts (later lines are dropped so they cannot reach a
-// finished benchmark).
-type tenv3Log struct {
-	b      testing.TB
-	mu     sync.Mutex
-	closed bool
-	lines  int
-}
-
-func (l *tenv3Log) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.closed {
-		l.lines++
-		l.b.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
-}
-
-// tenv3SkipOrFail mirrors testsupport's rule: skip, or fail when
-// ORCHESTRATOR_REQUIRE_DOCKER=1.
-func tenv3SkipOrFail(b *testing.B, msg string) {
-	b.Helper()
-	if os.Getenv("ORCHESTRATOR_REQUIRE_DOCKER") == "1" {
-		b.Fatal(msg + " (ORCHESTRATOR_REQUIRE_DOCKER=1, so this is a failure, not a skip)")
-	}
-	b.Skip(msg)
-}
-
 func startTenv3Bench(b *testing.B) *tenv3Bench {
 	b.Helper()
-	cli := testsupport.Docker(b) // skips, or fails under ORCHESTRATOR_REQUIRE_DOCKER=1
-	img := testsupport.BusyboxImage(b, cli)
 	for _, tool := range []string{"bash", "docker"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			tenv3SkipOrFail(b, fmt.Sprintf("the docker CLI baseline needs %s on PATH: %v", tool, err))
+			skipOrFail(b, fmt.Sprintf("the docker CLI baseline needs %s on PATH: %v", tool, err))
 		}
 	}
 	script, err := filepath.Abs(tenv3Script)
 	if err != nil {
 		b.Fatal(err)
 	}
-	dir := b.TempDir()
-	cfg := app.DefaultConfig()
-	cfg.Port = 0
-	cfg.TemporalPort = 0
-	cfg.TemporalUIPort = -1
-	cfg.DataDir = filepath.Join(dir, "data")
-	cfg.TestBaseImage = img
-	cfg.JanitorInterval = 0
-	cfg.Instance = "e2e-bench-" + uuid.NewString()[:8]
-	lg := &tenv3Log{b: b}
-	a, err := app.Start(context.Background(), cfg, slog.New(slog.NewTextHandler(lg, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	if err != nil {
-		b.Fatalf("start orchestrator: %v", err)
-	}
+	// Skips, or fails under ORCHESTRATOR_REQUIRE_DOCKER=1, without an engine.
+	d := startDockerApp(b, "e2e-bench")
 	h := &tenv3Bench{
-		b: b, app: a, base: "http://" + a.HTTPAddr(),
+		b: b, app: d.app, base: baseURL(d.app),
 		http:   &http.Client{Timeout: time.Minute},
-		docker: cli, image: img, script: script, log: lg,
+		docker: d.docker, image: d.image, script: script, log: d.log,
 	}
 	b.Cleanup(func() {
+		// Whatever a failed iteration left behind goes too: the script
+		// runs' objects (startDockerApp removes this instance's
+		// environments).
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		// Whatever a failed iteration left behind goes too: this
-		// instance's environments, and the script runs' objects.
-		for _, id := range h.instanceEnvs(ctx) {
-			_, _ = a.Docker().RemoveEnvironment(ctx, id)
-		}
 		h.mu.Lock()
 		prefixes := slices.Clone(h.prefixes)
 		h.mu.Unlock()
 		for _, p := range prefixes {
 			h.removeScriptObjects(ctx, p)
 		}
-		lg.mu.Lock()
-		lg.closed = true
-		lg.mu.Unlock()
-		a.Stop(ctx)
 	})
 	return h
-}
-
-// instanceEnvs lists the env ids of this instance's managed objects.
-func (h *tenv3Bench) instanceEnvs(ctx context.Context) []string {
-	f := filters.NewArgs(
-		filters.Arg("label", testenv.ManagedByLabel+"="+testenv.ManagedByValue),
-		filters.Arg("label", testenv.InstanceLabel+"="+h.app.Config().Instance))
-	ids := map[string]bool{}
-	if cs, err := h.docker.ContainerList(ctx, container.ListOptions{All: true, Filters: f}); err == nil {
-		for _, c := range cs {
-			ids[c.Labels[testenv.EnvIDLabel]] = true
-		}
-	}
-	if ns, err := h.docker.NetworkList(ctx, network.ListOptions{Filters: f}); err == nil {
-		for _, n := range ns {
-			ids[n.Labels[testenv.EnvIDLabel]] = true
-		}
-	}
-	delete(ids, "")
-	var out []string
-	for id := range ids {
-		out = append(out, id)
-	}
-	return out
 }
 
 func (h *tenv3Bench) removeScriptObjects(ctx context.Context, prefix string) {
@@ -205,67 +127,28 @@ func (h *tenv3Bench) removeScriptObjects(ctx context.Context, prefix string) {
 // count counts containers and networks carrying label (key=value).
 func (h *tenv3Bench) count(label string) (containers, networks int) {
 	h.b.Helper()
-	f := filters.NewArgs(filters.Arg("label", label))
-	cs, err := h.docker.ContainerList(context.Background(), container.ListOptions{All: true, Filters: f})
-	if err != nil {
-		h.b.Fatal(err)
-	}
-	ns, err := h.docker.NetworkList(context.Background(), network.ListOptions{Filters: f})
-	if err != nil {
-		h.b.Fatal(err)
-	}
-	return len(cs), len(ns)
+	return countObjects(h.b, h.docker, label)
 }
 
 // call does one REST request and decodes the envelope.
 func (h *tenv3Bench) call(method, path string, body any) (envelope, int, error) {
-	var rd io.Reader
-	if body != nil {
-		raw, err := json.Marshal(body)
-		if err != nil {
-			return envelope{}, 0, err
-		}
-		rd = bytes.NewReader(raw)
-	}
-	req, err := http.NewRequest(method, h.base+path, rd)
-	if err != nil {
-		return envelope{}, 0, err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	res, err := h.http.Do(req)
-	if err != nil {
-		return envelope{}, 0, err
-	}
-	defer res.Body.Close()
-	raw, err := io.ReadAll(res.Body)
-	if err != nil {
-		return envelope{}, res.StatusCode, err
-	}
-	var env envelope
-	if err := json.Unmarshal(raw, &env); err != nil {
-		return envelope{}, res.StatusCode, fmt.Errorf("%s %s: HTTP %d, not an envelope: %s", method, path, res.StatusCode, raw)
-	}
-	if !env.Success {
-		return env, res.StatusCode, fmt.Errorf("%s %s: HTTP %d: %s", method, path, res.StatusCode, raw)
-	}
-	return env, res.StatusCode, nil
+	r, err := sendOK(h.http, method, h.base+path, body)
+	return r.env, r.status, err
 }
 
 // waitStatus polls the environment until its status is one of want and
 // returns that state and when the poll that saw it returned.
-func (h *tenv3Bench) waitStatus(id string, want ...string) (activities.EnvState, time.Time) {
+func (h *tenv3Bench) waitStatus(id string, want ...string) (testenv.EnvState, time.Time) {
 	h.b.Helper()
 	deadline := time.Now().Add(tenv3Timeout)
-	var st activities.EnvState
+	var st testenv.EnvState
 	for {
 		env, _, err := h.call(http.MethodGet, "/test/environments/"+id, nil)
 		if err != nil {
 			h.b.Fatal(err)
 		}
 		seen := time.Now()
-		st = activities.EnvState{}
+		st = testenv.EnvState{}
 		if err := json.Unmarshal(env.Data, &st); err != nil {
 			h.b.Fatal(err)
 		}
@@ -345,8 +228,8 @@ func (h *tenv3Bench) apiCycle() tenv3APICycle {
 	if cs, ns := h.count(testenv.EnvIDLabel + "=" + c.id); cs+ns != 0 {
 		h.b.Fatalf("environment %s cleaned but %d containers and %d networks are left", c.id, cs, ns)
 	}
-	c.createMS = tenv3MS(c.ready.Sub(c.t0))
-	c.cleanupMS = tenv3MS(c.gone.Sub(c.del))
+	c.createMS = ms(c.ready.Sub(c.t0))
+	c.cleanupMS = ms(c.gone.Sub(c.del))
 	c.totalMS = c.createMS + c.cleanupMS
 	return c
 }
@@ -394,7 +277,7 @@ func (h *tenv3Bench) cliCycle(verify bool) tenv3CLICycle {
 	}
 	create, _ := strconv.ParseFloat(m[1], 64)
 	cleanup, _ := strconv.ParseFloat(m[2], 64)
-	return tenv3CLICycle{createMS: create, cleanupMS: cleanup, totalMS: create + cleanup, wallMS: tenv3MS(wall), stdout: stdout.String()}
+	return tenv3CLICycle{createMS: create, cleanupMS: cleanup, totalMS: create + cleanup, wallMS: ms(wall), stdout: stdout.String()}
 }
 
 // checkVerify checks the script's DOCKER_CLI_3NODE_VERIFY lines: the
@@ -481,14 +364,14 @@ func (h *tenv3Bench) spans(c tenv3APICycle) (tenv3Spans, error) {
 		actEnd["CreateEnvironment"].IsZero() || actEnd["RemoveEnvironment"].IsZero() {
 		return s, fmt.Errorf("history of %s lacks expected events (%d events)", c.id, s.events)
 	}
-	s.submit = tenv3MS(started.Sub(c.t0))
-	s.preCreate = tenv3MS(createStarted.Sub(started))
-	s.createAct = tenv3MS(actEnd["CreateEnvironment"].Sub(createStarted))
-	s.postCreate = tenv3MS(c.ready.Sub(actEnd["CreateEnvironment"]))
-	s.signal = tenv3MS(signaled.Sub(c.del))
-	s.preRemove = tenv3MS(removeStart.Sub(signaled))
-	s.removeAct = tenv3MS(actEnd["RemoveEnvironment"].Sub(removeStart))
-	s.postRemove = tenv3MS(c.gone.Sub(actEnd["RemoveEnvironment"]))
+	s.submit = ms(started.Sub(c.t0))
+	s.preCreate = ms(createStarted.Sub(started))
+	s.createAct = ms(actEnd["CreateEnvironment"].Sub(createStarted))
+	s.postCreate = ms(c.ready.Sub(actEnd["CreateEnvironment"]))
+	s.signal = ms(signaled.Sub(c.del))
+	s.preRemove = ms(removeStart.Sub(signaled))
+	s.removeAct = ms(actEnd["RemoveEnvironment"].Sub(removeStart))
+	s.postRemove = ms(c.gone.Sub(actEnd["RemoveEnvironment"]))
 	return s, nil
 }
 
@@ -502,7 +385,7 @@ func (h *tenv3Bench) cliCallMS() float64 {
 	if err != nil {
 		h.b.Fatalf("docker ps: %v: %s", err, out)
 	}
-	return tenv3MS(time.Since(t0))
+	return ms(time.Since(t0))
 }
 
 // BenchmarkTestEnv3NodeCreateCleanup measures a 3-node cluster_topology test
@@ -557,35 +440,35 @@ func BenchmarkTestEnv3NodeCreateCleanup(b *testing.B) {
 	}
 	b.StopTimer()
 
-	ratio := tenv3Mean(apiTotal) / tenv3Mean(cliTotal)
+	ratio := mean(apiTotal) / mean(cliTotal)
 	b.ReportMetric(0, "ns/op") // each op is two whole cycles; the figures below are what matter
-	b.ReportMetric(tenv3Mean(apiCreate), "api-create-ms")
-	b.ReportMetric(tenv3Mean(apiCleanup), "api-cleanup-ms")
-	b.ReportMetric(tenv3Mean(apiTotal), "api-total-ms")
-	b.ReportMetric(tenv3Mean(cliCreate), "cli-create-ms")
-	b.ReportMetric(tenv3Mean(cliCleanup), "cli-cleanup-ms")
-	b.ReportMetric(tenv3Mean(cliTotal), "cli-total-ms")
+	b.ReportMetric(mean(apiCreate), "api-create-ms")
+	b.ReportMetric(mean(apiCleanup), "api-cleanup-ms")
+	b.ReportMetric(mean(apiTotal), "api-total-ms")
+	b.ReportMetric(mean(cliCreate), "cli-create-ms")
+	b.ReportMetric(mean(cliCleanup), "cli-cleanup-ms")
+	b.ReportMetric(mean(cliTotal), "cli-total-ms")
 	b.ReportMetric(ratio, "ratio-api/cli")
 
 	// The summary stays within the 10 lines go test prints of a
 	// benchmark's log without -v.
 	stat := func(xs []float64) string {
-		return fmt.Sprintf("%.0f (median %.0f, %.0f-%.0f)", tenv3Mean(xs), tenv3Median(xs), slices.Min(xs), slices.Max(xs))
+		return fmt.Sprintf("%.0f (median %.0f, %.0f-%.0f)", mean(xs), tenv3Median(xs), slices.Min(xs), slices.Max(xs))
 	}
 	b.Logf("3-node env, %d iterations, mean ms: API create→ready %s, delete→cleaned %s, total %s",
 		len(apiTotal), stat(apiCreate), stat(apiCleanup), stat(apiTotal))
 	b.Logf("docker CLI script, same objects: create %s, cleanup %s, total %s; API/CLI total %.2f, API adds %.0f ms (create %+.0f, cleanup %+.0f)",
 		stat(cliCreate), stat(cliCleanup), stat(cliTotal), ratio,
-		tenv3Mean(apiTotal)-tenv3Mean(cliTotal), tenv3Mean(apiCreate)-tenv3Mean(cliCreate), tenv3Mean(apiCleanup)-tenv3Mean(cliCleanup))
+		mean(apiTotal)-mean(cliTotal), mean(apiCreate)-mean(cliCreate), mean(apiCleanup)-mean(cliCleanup))
 	b.Logf("CLI detail: script wall from Go (bash, trap) %.0f ms; one trivial docker CLI call (process + API negotiation + 1 request) %.0f ms",
-		tenv3Mean(cliWall), tenv3Mean(cliCall))
+		mean(cliWall), mean(cliCall))
 	if len(spans) > 0 {
 		pick := func(f func(tenv3Spans) float64) float64 {
 			xs := make([]float64, len(spans))
 			for i, s := range spans {
 				xs[i] = f(s)
 			}
-			return tenv3Mean(xs)
+			return mean(xs)
 		}
 		b.Logf("API create from workflow history, mean ms: POST→workflow started %.1f, →CreateEnvironment activity started %.1f, activity body %.1f, →ready seen by poller %.1f",
 			pick(func(s tenv3Spans) float64 { return s.submit }), pick(func(s tenv3Spans) float64 { return s.preCreate }),
@@ -599,24 +482,9 @@ func BenchmarkTestEnv3NodeCreateCleanup(b *testing.B) {
 	if spanErr != nil {
 		b.Logf("workflow history attribution incomplete: %v", spanErr)
 	}
-	h.log.mu.Lock()
-	if h.log.lines > 0 {
-		b.Logf("%d warning/error log line(s) from the app during the run (run with -v to see them)", h.log.lines)
+	if w := h.log.count(); w > 0 {
+		b.Logf("%d warning/error log line(s) from the app during the run (run with -v to see them)", w)
 	}
-	h.log.mu.Unlock()
-}
-
-func tenv3MS(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-func tenv3Mean(xs []float64) float64 {
-	if len(xs) == 0 {
-		return math.NaN()
-	}
-	var s float64
-	for _, x := range xs {
-		s += x
-	}
-	return s / float64(len(xs))
 }
 
 func tenv3Median(xs []float64) float64 {

@@ -5,15 +5,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"log/slog"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
@@ -21,9 +18,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/provisioning/orchestrator/activities"
 	"github.com/provisioning/orchestrator/internal/app"
-	"github.com/provisioning/orchestrator/internal/testsupport"
 	"github.com/provisioning/orchestrator/testenv"
 	"github.com/provisioning/orchestrator/workflows"
 )
@@ -34,83 +29,42 @@ type envHarness struct {
 	image  string
 }
 
-// startEnvApp runs an orchestrator with Docker; instance scopes its
-// objects and janitor so parallel test packages never touch each other's.
+// startEnvApp runs an orchestrator with Docker (startDockerApp); its
+// instance scopes its objects and janitor so parallel test packages never
+// touch each other's.
 func startEnvApp(t *testing.T, mutate ...func(*app.Config)) *envHarness {
 	t.Helper()
-	cli := testsupport.Docker(t)
-	img := testsupport.BusyboxImage(t, cli)
-	dir := t.TempDir()
-	cfg := app.DefaultConfig()
-	cfg.Port = 0
-	cfg.TemporalPort = 0
-	cfg.TemporalUIPort = -1
-	cfg.DataDir = filepath.Join(dir, "data")
-	cfg.TestBaseImage = img
-	cfg.JanitorInterval = 0
-	cfg.Instance = "e2e-" + uuid.NewString()[:8]
-	for _, m := range mutate {
-		m(&cfg)
+	d := startDockerApp(t, "e2e", mutate...)
+	return &envHarness{
+		harness: &harness{t: t, app: d.app, base: baseURL(d.app), dataDir: d.app.Config().DataDir},
+		docker:  d.docker, image: d.image,
 	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	a, err := app.Start(context.Background(), cfg, log)
-	require.NoError(t, err)
-	h := &envHarness{harness: &harness{t: t, app: a, base: "http://" + a.HTTPAddr(), dataDir: cfg.DataDir}, docker: cli, image: img}
-	t.Cleanup(func() {
-		// Whatever a failed test left behind goes too.
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		for _, id := range h.instanceEnvs() {
-			_, _ = a.Docker().RemoveEnvironment(ctx, id)
-		}
-		a.Stop(ctx)
-	})
-	return h
 }
 
 // instanceEnvs lists env ids of managed objects of this app's instance.
 func (h *envHarness) instanceEnvs() []string {
-	ids := map[string]bool{}
-	f := filters.NewArgs(filters.Arg("label", testenv.ManagedByLabel+"="+testenv.ManagedByValue))
-	cs, err := h.docker.ContainerList(context.Background(), container.ListOptions{All: true, Filters: f})
+	ids, err := instanceEnvs(context.Background(), h.docker, h.app.Config().Instance)
 	require.NoError(h.t, err)
-	for _, c := range cs {
-		ids[c.Labels[testenv.EnvIDLabel]] = true
-	}
-	ns, err := h.docker.NetworkList(context.Background(), network.ListOptions{Filters: f})
-	require.NoError(h.t, err)
-	for _, n := range ns {
-		ids[n.Labels[testenv.EnvIDLabel]] = true
-	}
-	var out []string
-	for id := range ids {
-		out = append(out, id)
-	}
-	return out
+	return ids
 }
 
 // objects counts the Docker objects labelled with envID.
 func (h *envHarness) objects(envID string) (containers, networks int) {
-	f := filters.NewArgs(filters.Arg("label", testenv.EnvIDLabel+"="+envID))
-	cs, err := h.docker.ContainerList(context.Background(), container.ListOptions{All: true, Filters: f})
-	require.NoError(h.t, err)
-	ns, err := h.docker.NetworkList(context.Background(), network.ListOptions{Filters: f})
-	require.NoError(h.t, err)
-	return len(cs), len(ns)
+	return countObjects(h.t, h.docker, testenv.EnvIDLabel+"="+envID)
 }
 
-func (h *envHarness) env(id string) activities.EnvState {
+func (h *envHarness) env(id string) testenv.EnvState {
 	h.t.Helper()
 	r := h.get("/test/environments/" + id)
 	require.Equal(h.t, http.StatusOK, r.status, "%s", r.raw)
-	var st activities.EnvState
+	var st testenv.EnvState
 	require.NoError(h.t, json.Unmarshal(r.env.Data, &st))
 	return st
 }
 
-func (h *envHarness) waitEnv(id string, timeout time.Duration, cond func(activities.EnvState) bool) activities.EnvState {
+func (h *envHarness) waitEnv(id string, timeout time.Duration, cond func(testenv.EnvState) bool) testenv.EnvState {
 	h.t.Helper()
-	var st activities.EnvState
+	var st testenv.EnvState
 	eventually(h.t, timeout, "environment "+id+" condition", func() bool {
 		st = h.env(id)
 		return cond(st)
@@ -118,8 +72,8 @@ func (h *envHarness) waitEnv(id string, timeout time.Duration, cond func(activit
 	return st
 }
 
-func statusIs(s ...string) func(activities.EnvState) bool {
-	return func(st activities.EnvState) bool {
+func statusIs(s ...string) func(testenv.EnvState) bool {
+	return func(st testenv.EnvState) bool {
 		for _, x := range s {
 			if st.Status == x {
 				return true
@@ -129,17 +83,17 @@ func statusIs(s ...string) func(activities.EnvState) bool {
 	}
 }
 
-func (h *envHarness) run(id string, body any) (activities.TestRun, response) {
+func (h *envHarness) run(id string, body any) (testenv.TestRun, response) {
 	h.t.Helper()
 	r := h.postJSON("/test/environments/"+id+"/run", body)
-	var run activities.TestRun
+	var run testenv.TestRun
 	if r.status == http.StatusOK {
 		require.NoError(h.t, json.Unmarshal(r.env.Data, &run))
 	}
 	return run, r
 }
 
-func (h *envHarness) deleteAndWait(id string) activities.EnvState {
+func (h *envHarness) deleteAndWait(id string) testenv.EnvState {
 	h.t.Helper()
 	r := do(h.t, http.MethodDelete, h.base+"/test/environments/"+id, "", nil)
 	require.Contains(h.t, []int{http.StatusOK, http.StatusAccepted}, r.status, "%s", r.raw)
@@ -192,7 +146,7 @@ func TestEnvSingleTaskservLifecycle(t *testing.T) {
 	require.Equal(t, http.StatusOK, logs.status, "%s", logs.raw)
 	var lg struct {
 		Nodes []struct{ Node string }
-		Tests []activities.TestResult
+		Tests []testenv.TestResult
 	}
 	require.NoError(t, json.Unmarshal(logs.env.Data, &lg))
 	require.Len(t, lg.Nodes, 1)

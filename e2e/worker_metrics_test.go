@@ -1,11 +1,8 @@
 package e2e
 
 import (
-	"context"
 	"io"
-	"log/slog"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,29 +11,22 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/provisioning/orchestrator/internal/app"
-	"github.com/provisioning/orchestrator/internal/testsupport"
 )
 
 // A worker-only process has no REST API; --metrics-port serves its own
 // metrics (its Nushell runs and Temporal SDK calls happen only there).
 func TestWorkerServesItsOwnMetrics(t *testing.T) {
 	h := startApp(t)
-	cfg := app.DefaultConfig()
-	cfg.Mode = app.ModeWorker
-	cfg.TemporalAddress = h.app.TemporalAddress()
-	cfg.DataDir = h.dataDir
-	cfg.NuPath = testsupport.NuPath(t)
-	cfg.ProvisioningPath = filepath.Join(testsupport.RepoRoot(t), "core", "nulib", "provisioning")
-	cfg.MetricsPort = freePort(t)
-	cfg.JanitorInterval = 0
-	w, err := app.Start(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		w.Stop(ctx)
+	// A second worker for h's cluster, like h's own: same data dir, demo
+	// provider and provider state.
+	cfg := appConfig(t, func(c *app.Config) { c.DataDir = h.dataDir }, withDemoProvider(t), func(c *app.Config) {
+		c.Mode = app.ModeWorker
+		c.TemporalAddress = h.app.TemporalAddress()
+		c.MetricsPort = freePort(t)
+		c.JanitorInterval = 0
 	})
-	base := "http://" + w.HTTPAddr()
+	w, _ := launchApp(t, cfg)
+	base := baseURL(w)
 	res, err := http.Get(base + "/health")
 	require.NoError(t, err)
 	res.Body.Close()

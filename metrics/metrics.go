@@ -14,19 +14,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/provisioning/orchestrator/driver/nushell"
 	"github.com/provisioning/orchestrator/storage"
 )
 
 // Namespace prefixes every orchestrator metric.
 const Namespace = "orchestrator"
-
-// Nushell invocation outcomes (the outcome label of
-// orchestrator_nushell_invocations_total).
-const (
-	OutcomeSuccess   = "success"
-	OutcomeFailure   = "failure"
-	OutcomeCancelled = "cancelled"
-)
 
 // Metrics is the process's metrics registry and the metrics recorded on it.
 // A nil *Metrics is valid and records nothing.
@@ -66,7 +59,7 @@ func New() *Metrics {
 	}
 	m.reg.MustRegister(m.httpRequests, m.httpDuration, m.taskDuration, m.nushell, m.temporal,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	for _, o := range []string{OutcomeSuccess, OutcomeFailure, OutcomeCancelled} {
+	for _, o := range []string{nushell.OutcomeSuccess, nushell.OutcomeFailure, nushell.OutcomeCancelled} {
 		m.nushell.WithLabelValues(o)
 	}
 	return m

@@ -35,20 +35,32 @@
 //  4. Start the service on the new backend. Projections retried by
 //     Temporal land on the new backend (Put's version check keeps them
 //     idempotent).
+//
+// # Where things are
+//
+//   - migrate.go: Options, Run and the order of the phases (resume, full
+//     pass, delta passes, verification), and the migration's shared state
+//     (which records the target is known to hold, the mismatches found).
+//   - pass.go: the full and delta passes: copying one record (syncRecord),
+//     deleting what the source lost meanwhile (gone), the dry run's counts.
+//   - verify.go: the final verification and the comparison of one record
+//     on both sides (compare), with the mismatch reasons it reports.
+//   - store.go: reading a record from a store, retries of an unavailable
+//     store, listing IDs, and running work on Options.Concurrency goroutines.
+//   - progress.go: the progress lines while a pass runs, and resuming from
+//     and periodically writing the checkpoint.
+//   - checkpoint.go: the checkpoint file's format, loading and atomic write.
+//   - report.go: Report, PassStats and Mismatch, how a pass is added to the
+//     report, and the human summary (Report.WriteSummary).
+//   - checksum.go: the content checksums both sides are compared by.
 package migrate
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
-	"slices"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/provisioning/orchestrator/storage"
@@ -67,17 +79,6 @@ const (
 // source does not have (its last write did not change the status) makes
 // the target append an AuditTransition entry by this actor.
 const Actor = "migrate"
-
-// auditLimit is the ListAudit limit used per task. A task with this many
-// entries or more cannot be verified completely and is reported.
-const auditLimit = 100_000
-
-// Retry of storage.ErrUnavailable failures (a database restarting).
-const (
-	retryAttempts = 6
-	retryFirst    = 100 * time.Millisecond
-	retryMax      = 5 * time.Second
-)
 
 // ErrMismatch is wrapped by the error Run returns when verification (or,
 // in a dry run, the comparison) found differences it could not resolve.
@@ -121,80 +122,6 @@ type Options struct {
 	Throttle time.Duration
 }
 
-// Mismatch is one record that differs between source and target after the
-// migration, or that could not be migrated.
-type Mismatch struct {
-	ID     string `json:"id"`
-	Reason string `json:"reason"`
-}
-
-// Pass kinds.
-const (
-	PassFull   = "full"
-	PassDelta  = "delta"
-	PassVerify = "verify"
-)
-
-// PassStats counts what one pass did (in a dry run: would have done).
-type PassStats struct {
-	Pass int    `json:"pass"`
-	Kind string `json:"kind"`
-	// Checked records (source IDs listed by this pass).
-	Checked int `json:"checked"`
-	// Copied tasks written to the target.
-	Copied int `json:"copied"`
-	// Skipped tasks already identical in the target (first pass only).
-	Skipped int `json:"skipped"`
-	// Resumed: skipped without reading the target, per the checkpoint.
-	Resumed int `json:"resumed"`
-	// AuditCopied audit entries appended to the target.
-	AuditCopied int `json:"audit_copied"`
-	// Deleted from the target: copied by this migration, since deleted
-	// from the source.
-	Deleted  int           `json:"deleted"`
-	Duration time.Duration `json:"duration"`
-}
-
-// Report is the outcome of Run.
-type Report struct {
-	SourceName string `json:"source_name"`
-	TargetName string `json:"target_name"`
-	DryRun     bool   `json:"dry_run"`
-	// Source and Target count the tasks of each side at the end (after
-	// the verification; in a dry run, after the comparison).
-	Source int `json:"source"`
-	Target int `json:"target"`
-	// TargetBefore counts the target's tasks when the migration began.
-	TargetBefore int `json:"target_before"`
-	// Copied tasks, over all passes (a task changed during the migration
-	// counts once per copy); in a dry run: tasks that would be copied.
-	Copied int `json:"copied"`
-	// Skipped tasks the first pass found already identical in the target.
-	Skipped int `json:"skipped"`
-	// Resumed is the part of Skipped known from the checkpoint.
-	Resumed int `json:"resumed"`
-	// AuditCopied audit entries, over all passes.
-	AuditCopied int `json:"audit_copied"`
-	// Deleted tasks from the target (deleted from the source meanwhile).
-	Deleted int `json:"deleted"`
-	// Verified tasks: content checksum and audit trail equal on both sides.
-	Verified int `json:"verified"`
-	// Passes run, the verification included.
-	Passes    int         `json:"passes"`
-	PassStats []PassStats `json:"pass_stats"`
-	// Mismatches found; non-empty means Run returned an error.
-	Mismatches []Mismatch `json:"mismatches"`
-	// TargetExtra lists tasks the target held before the migration began
-	// that the source does not have. They are left alone.
-	TargetExtra []string      `json:"target_extra"`
-	Duration    time.Duration `json:"duration"`
-	// Rate is source tasks per second of Duration.
-	Rate float64 `json:"rate"`
-}
-
-// OK reports whether the migration verified without a mismatch.
-func (r Report) OK() bool { return len(r.Mismatches) == 0 }
-
 // Run migrates src to dst; see the package documentation. The returned
 // report is filled as far as the migration got, also on error. Errors other
 // than ErrMismatch are failures to run at all (a store unreachable after
@@ -231,21 +158,7 @@ func Run(ctx context.Context, src, dst storage.Store, opts Options) (Report, err
 	start := time.Now()
 	rep := Report{SourceName: opts.SourceName, TargetName: opts.TargetName, DryRun: opts.DryRun}
 	err := m.run(ctx, &rep)
-	rep.Duration = time.Since(start)
-	if s := rep.Duration.Seconds(); s > 0 {
-		rep.Rate = float64(rep.Source) / s
-	}
-	for id, reason := range m.issues {
-		rep.Mismatches = append(rep.Mismatches, Mismatch{ID: id, Reason: reason})
-	}
-	slices.SortFunc(rep.Mismatches, func(a, b Mismatch) int { return strings.Compare(a.ID, b.ID) })
-	if err == nil && len(rep.Mismatches) > 0 {
-		what := "verification"
-		if opts.DryRun {
-			what = "comparison (dry run)"
-		}
-		err = fmt.Errorf("%w: %s found %d mismatching record(s)", ErrMismatch, what, len(rep.Mismatches))
-	}
+	err = m.finish(&rep, time.Since(start), err)
 	return rep, err
 }
 
@@ -256,6 +169,8 @@ type knownRecord struct {
 	state string
 }
 
+// migration is the state of one Run, shared by the goroutines of a pass;
+// mu guards the maps and generations below it.
 type migration struct {
 	src, dst storage.Store
 	opts     Options
@@ -283,20 +198,8 @@ func (m *migration) run(ctx context.Context, rep *Report) error {
 		return err
 	}
 	rep.TargetBefore = len(dstStart)
-	if m.opts.CheckpointPath != "" && !m.opts.DryRun {
-		cp, err := loadCheckpoint(m.opts.CheckpointPath, m.opts.SourceName, m.opts.TargetName)
-		if err != nil {
-			return err
-		}
-		m.known = make(map[string]knownRecord, len(cp))
-		m.fromCheckpoint = make(map[string]bool, len(cp))
-		for id, e := range cp {
-			m.known[id] = knownRecord{task: e.T, state: e.S}
-			m.fromCheckpoint[id] = true
-		}
-		if len(cp) > 0 {
-			m.log.Info("resuming from checkpoint", "path", m.opts.CheckpointPath, "records", len(cp))
-		}
+	if err := m.resume(); err != nil {
+		return err
 	}
 	m.preExisting = map[string]bool{}
 	for _, id := range dstStart {
@@ -329,537 +232,6 @@ func (m *migration) run(ctx context.Context, rep *Report) error {
 		m.log.Warn("source still changing after the delta passes; verifying anyway", "max_delta_passes", m.opts.MaxDeltaPasses)
 	}
 	return m.verify(ctx, rep)
-}
-
-// counters are one pass's live statistics.
-type counters struct {
-	checked, copied, skipped, resumed, audit, deleted atomic.Int64
-}
-
-func (c *counters) stats(pass int, kind string, d time.Duration) PassStats {
-	return PassStats{
-		Pass: pass, Kind: kind, Checked: int(c.checked.Load()), Copied: int(c.copied.Load()),
-		Skipped: int(c.skipped.Load()), Resumed: int(c.resumed.Load()), AuditCopied: int(c.audit.Load()),
-		Deleted: int(c.deleted.Load()), Duration: d,
-	}
-}
-
-// pass runs one full or delta pass over the source's current IDs.
-func (m *migration) pass(ctx context.Context, n int, kind string, rep *Report) (PassStats, error) {
-	start := time.Now()
-	ids, err := m.ids(ctx, m.src, "source")
-	if err != nil {
-		return PassStats{}, err
-	}
-	slices.Sort(ids)
-	var c counters
-	stopProgress := m.progress(n, kind, len(ids), &c, start)
-	err = m.each(ctx, ids, func(ctx context.Context, id string) error {
-		defer c.checked.Add(1)
-		if err := m.processID(ctx, id, kind == PassFull, &c); err != nil {
-			return err
-		}
-		if kind == PassFull && m.opts.Throttle > 0 {
-			return sleep(ctx, m.opts.Throttle)
-		}
-		return nil
-	})
-	if err == nil {
-		// Tasks this migration copied that are gone from the source.
-		err = m.each(ctx, m.goneIDs(ids), func(ctx context.Context, id string) error {
-			return m.gone(ctx, id, &c)
-		})
-	}
-	st := c.stats(n, kind, time.Since(start))
-	stopProgress(st, err == nil)
-	if err != nil {
-		return st, err
-	}
-	m.addPass(rep, st)
-	m.checkpoint(false)
-	return st, nil
-}
-
-func (m *migration) addPass(rep *Report, st PassStats) {
-	rep.Passes++
-	rep.PassStats = append(rep.PassStats, st)
-	rep.Copied += st.Copied
-	rep.AuditCopied += st.AuditCopied
-	rep.Deleted += st.Deleted
-	if st.Kind == PassFull {
-		rep.Skipped += st.Skipped
-		rep.Resumed += st.Resumed
-	}
-	m.log.Info("migration pass done", "pass", st.Pass, "kind", st.Kind, "checked", st.Checked,
-		"copied", st.Copied, "skipped", st.Skipped, "audit_copied", st.AuditCopied, "deleted", st.Deleted,
-		"took", st.Duration.Round(time.Millisecond), "dry_run", m.opts.DryRun)
-	if m.opts.AfterPass != nil {
-		m.opts.AfterPass(st)
-	}
-}
-
-// goneIDs are the known ids (copied by this migration) missing from ids.
-func (m *migration) goneIDs(ids []string) []string {
-	present := make(map[string]struct{}, len(ids))
-	for _, id := range ids {
-		present[id] = struct{}{}
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []string
-	for id := range m.known {
-		if _, ok := present[id]; !ok {
-			out = append(out, id)
-		}
-	}
-	slices.Sort(out)
-	return out
-}
-
-// processID brings one source record over. In the full pass a record the
-// target is known (from the checkpoint) to hold unchanged is skipped
-// without reading the target; in a delta pass one unchanged since this
-// migration copied it is skipped.
-func (m *migration) processID(ctx context.Context, id string, full bool, c *counters) error {
-	s, found, err := m.read(ctx, m.src, id)
-	if err != nil {
-		return m.recordErr(id, "read source", err)
-	}
-	if !found {
-		return m.gone(ctx, id, c)
-	}
-	if k, ok := m.getKnown(id); ok && k.state == s.state {
-		if full {
-			c.skipped.Add(1)
-			c.resumed.Add(1)
-		}
-		return nil
-	}
-	r, err := m.syncRecord(ctx, id, s)
-	if err != nil {
-		return err
-	}
-	c.audit.Add(int64(r.audit))
-	switch {
-	case r.copied:
-		c.copied.Add(1)
-	case r.identical && full:
-		c.skipped.Add(1)
-	}
-	return nil
-}
-
-type syncResult struct {
-	copied    bool // the task was (or would be) written
-	identical bool // the target already held the task
-	audit     int  // audit entries appended (or that would be)
-}
-
-// syncRecord writes what the target lacks of source record s: missing
-// audit entries first (so that the Put does not make the target append its
-// own entry under an ID the source has), then the task if its checksum
-// differs. A target version higher than the source's is a mismatch, and
-// nothing is written.
-func (m *migration) syncRecord(ctx context.Context, id string, s record) (syncResult, error) {
-	var r syncResult
-	d, dfound, err := m.read(ctx, m.dst, id)
-	if err != nil {
-		return r, m.recordErr(id, "read target", err)
-	}
-	if dfound && d.task.Version > s.task.Version {
-		m.setIssue(id, fmt.Sprintf("target has version %d, newer than the source's %d: not overwritten", d.task.Version, s.task.Version))
-		return r, nil
-	}
-	missing, differ := auditDiff(s, d)
-	needTask := !dfound || d.sum != s.sum
-	r.copied, r.identical, r.audit = needTask, !needTask, len(missing)
-	if !m.opts.DryRun {
-		wctx := m.wctx(ctx, Actor)
-		for _, e := range missing {
-			if err := m.call(ctx, func() error { return m.dst.AppendAudit(wctx, e) }); err != nil {
-				return syncResult{}, m.recordErr(id, "append audit entry "+e.ID+" to target", err)
-			}
-		}
-		if needTask {
-			if err := m.call(ctx, func() error { return m.dst.Put(wctx, s.task) }); err != nil {
-				return syncResult{}, m.recordErr(id, "write target", err)
-			}
-		}
-	}
-	if len(differ) > 0 {
-		m.setIssue(id, "audit entries differ in target (same ID, other content): "+listIDs(differ))
-		return r, nil
-	}
-	m.setIssue(id, "")
-	if !m.opts.DryRun {
-		m.setKnown(id, knownRecord{task: s.sum, state: s.state})
-	}
-	return r, nil
-}
-
-// gone handles a known id the source no longer has: the target's copy is
-// deleted if it is still what this migration copied. A task the target
-// held before the migration began is never deleted.
-func (m *migration) gone(ctx context.Context, id string, c *counters) error {
-	k, ok := m.getKnown(id)
-	if !ok {
-		return nil
-	}
-	if m.preExisting[id] {
-		m.dropKnown(id)
-		return nil
-	}
-	d, dfound, err := m.read(ctx, m.dst, id)
-	if err != nil {
-		return m.recordErr(id, "read target", err)
-	}
-	if !dfound {
-		m.dropKnown(id)
-		return nil
-	}
-	if d.sum != k.task {
-		m.setIssue(id, "deleted from the source during the migration, but the target's copy changed since it was copied: left in place")
-		return nil
-	}
-	if !m.opts.DryRun {
-		if err := m.call(ctx, func() error { return m.dst.Delete(m.wctx(ctx, Actor), id) }); err != nil {
-			return m.recordErr(id, "delete from target", err)
-		}
-		m.dropKnown(id)
-	}
-	m.setIssue(id, "")
-	c.deleted.Add(1)
-	return nil
-}
-
-// finishDryRun fills the counts of a dry run.
-func (m *migration) finishDryRun(ctx context.Context, rep *Report) error {
-	srcIDs, err := m.ids(ctx, m.src, "source")
-	if err != nil {
-		return err
-	}
-	dstIDs, err := m.ids(ctx, m.dst, "target")
-	if err != nil {
-		return err
-	}
-	rep.Source, rep.Target = len(srcIDs), len(dstIDs)
-	rep.TargetExtra = extras(srcIDs, dstIDs)
-	return nil
-}
-
-// verify reads every record on both sides. A difference that a copy can
-// resolve (the source changed since the last pass, an entry missing) is
-// copied and checked once more; what still differs is a mismatch.
-func (m *migration) verify(ctx context.Context, rep *Report) error {
-	start := time.Now()
-	m.mu.Lock()
-	m.issues = map[string]string{}
-	m.mu.Unlock()
-	srcIDs, err := m.ids(ctx, m.src, "source")
-	if err != nil {
-		return err
-	}
-	slices.Sort(srcIDs)
-	var c counters
-	var verified atomic.Int64
-	n := rep.Passes + 1
-	stopProgress := m.progress(n, PassVerify, len(srcIDs), &c, start)
-	err = m.each(ctx, srcIDs, func(ctx context.Context, id string) error {
-		defer c.checked.Add(1)
-		for attempt := 1; ; attempt++ {
-			s, sfound, err := m.read(ctx, m.src, id)
-			if err != nil {
-				return m.recordErr(id, "read source", err)
-			}
-			if !sfound {
-				return m.gone(ctx, id, &c)
-			}
-			d, dfound, err := m.read(ctx, m.dst, id)
-			if err != nil {
-				return m.recordErr(id, "read target", err)
-			}
-			reason, fixable := compare(s, d, dfound)
-			if reason == "" {
-				verified.Add(1)
-				m.setIssue(id, "")
-				m.setKnown(id, knownRecord{task: s.sum, state: s.state})
-				return nil
-			}
-			if !fixable || attempt > 1 {
-				m.setIssue(id, reason)
-				return nil
-			}
-			r, err := m.syncRecord(ctx, id, s)
-			if err != nil {
-				return err
-			}
-			c.audit.Add(int64(r.audit))
-			if r.copied {
-				c.copied.Add(1)
-			}
-		}
-	})
-	if err != nil {
-		stopProgress(c.stats(n, PassVerify, time.Since(start)), false)
-		return err
-	}
-	// The target's side: the source's tasks must all be there (checked
-	// above); anything else must have been there before.
-	srcSet := make(map[string]struct{}, len(srcIDs))
-	for _, id := range srcIDs {
-		srcSet[id] = struct{}{}
-	}
-	dstIDs, err := m.ids(ctx, m.dst, "target")
-	if err != nil {
-		return err
-	}
-	var extra []string
-	for _, id := range dstIDs {
-		if _, ok := srcSet[id]; !ok {
-			extra = append(extra, id)
-		}
-	}
-	deletedBefore := c.deleted.Load()
-	for _, id := range extra {
-		if err := m.gone(ctx, id, &c); err != nil {
-			return err
-		}
-	}
-	if c.deleted.Load() != deletedBefore {
-		if dstIDs, err = m.ids(ctx, m.dst, "target"); err != nil {
-			return err
-		}
-	}
-	for _, id := range extras(srcIDs, dstIDs) {
-		switch {
-		case m.preExisting[id]:
-			rep.TargetExtra = append(rep.TargetExtra, id)
-		case m.hasIssue(id):
-		default:
-			m.setIssue(id, "in the target but not in the source, and not there before the migration")
-		}
-	}
-	rep.Source, rep.Target = len(srcIDs), len(dstIDs)
-	rep.Verified = int(verified.Load())
-	if missing := rep.Source - rep.Verified; missing > 0 {
-		m.log.Warn("verification: records differ", "count", missing)
-	}
-	st := c.stats(n, PassVerify, time.Since(start))
-	stopProgress(st, true)
-	m.addPass(rep, st)
-	m.mu.Lock()
-	complete := len(m.issues) == 0
-	m.mu.Unlock()
-	m.checkpoint(complete)
-	return nil
-}
-
-// compare returns why target record d (dfound: it exists) differs from
-// source record s, "" if it does not, and whether copying can fix it.
-func compare(s, d record, dfound bool) (reason string, fixable bool) {
-	switch {
-	case !dfound:
-		return "missing in target", true
-	case d.task.Version > s.task.Version:
-		return fmt.Sprintf("target has version %d, newer than the source's %d: not overwritten", d.task.Version, s.task.Version), false
-	case d.sum != s.sum:
-		return fmt.Sprintf("content checksum differs: source version %d sha256 %s, target version %d sha256 %s",
-			s.task.Version, s.sum[:16], d.task.Version, d.sum[:16]), true
-	}
-	missing, differ := auditDiff(s, d)
-	if len(differ) > 0 {
-		return "audit entries differ in target (same ID, other content): " + listIDs(differ), false
-	}
-	if len(missing) > 0 {
-		return "audit entries missing in target: " + listIDs(entryIDs(missing)), true
-	}
-	return "", false
-}
-
-// record is one task with its audit trail as read from a store.
-type record struct {
-	task      storage.Task
-	sum       string
-	audit     []storage.AuditEntry
-	auditSums map[string]string
-	state     string
-}
-
-// read gets task id and its audit trail from st. found is false when the
-// task does not exist (for the target, the audit trail is still read).
-func (m *migration) read(ctx context.Context, st storage.Store, id string) (rec record, found bool, err error) {
-	err = m.call(ctx, func() error {
-		var gerr error
-		rec.task, gerr = st.Get(ctx, id)
-		return gerr
-	})
-	switch {
-	case err == nil:
-		found = true
-		if rec.sum, err = Checksum(rec.task); err != nil {
-			return rec, false, err
-		}
-	case errors.Is(err, storage.ErrNotFound):
-		if st == m.src {
-			return rec, false, nil
-		}
-	default:
-		return rec, false, err
-	}
-	// The audit trail is read after the task: a transition's entry is
-	// appended atomically with its write, so the entry of the version just
-	// read is already there.
-	err = m.call(ctx, func() error {
-		var lerr error
-		rec.audit, lerr = st.ListAudit(ctx, storage.AuditFilter{TaskID: id, Limit: auditLimit})
-		return lerr
-	})
-	if err != nil {
-		return rec, false, fmt.Errorf("audit trail: %w", err)
-	}
-	if len(rec.audit) >= auditLimit {
-		return rec, false, fmt.Errorf("audit trail has %d entries or more; cannot migrate it completely", auditLimit)
-	}
-	h := sha256.New()
-	h.Write([]byte(rec.sum))
-	rec.auditSums = make(map[string]string, len(rec.audit))
-	for _, e := range rec.audit {
-		s, err := AuditChecksum(e)
-		if err != nil {
-			return rec, false, err
-		}
-		rec.auditSums[e.ID] = s
-		fmt.Fprintf(h, "\n%s %s", e.ID, s)
-	}
-	rec.state = hex.EncodeToString(h.Sum(nil))
-	return rec, found, nil
-}
-
-// auditDiff: the source's entries the target lacks (source order), and the
-// IDs present on both sides with different content.
-func auditDiff(s, d record) (missing []storage.AuditEntry, differ []string) {
-	for _, e := range s.audit {
-		ds, ok := d.auditSums[e.ID]
-		switch {
-		case !ok:
-			missing = append(missing, e)
-		case ds != s.auditSums[e.ID]:
-			differ = append(differ, e.ID)
-		}
-	}
-	return missing, differ
-}
-
-func entryIDs(es []storage.AuditEntry) []string {
-	out := make([]string, len(es))
-	for i, e := range es {
-		out[i] = e.ID
-	}
-	return out
-}
-
-func listIDs(ids []string) string {
-	const show = 5
-	if len(ids) <= show {
-		return strings.Join(ids, ", ")
-	}
-	return fmt.Sprintf("%s and %d more", strings.Join(ids[:show], ", "), len(ids)-show)
-}
-
-// extras are the ids of b that are not in a, sorted.
-func extras(a, b []string) []string {
-	in := make(map[string]struct{}, len(a))
-	for _, id := range a {
-		in[id] = struct{}{}
-	}
-	var out []string
-	for _, id := range b {
-		if _, ok := in[id]; !ok {
-			out = append(out, id)
-		}
-	}
-	slices.Sort(out)
-	return out
-}
-
-// recordErr turns a per-record failure into a mismatch (the migration goes
-// on with the other records) unless it is fatal: the store stayed
-// unavailable through the retries, or ctx is done.
-func (m *migration) recordErr(id, what string, err error) error {
-	if fatal(err) {
-		return fmt.Errorf("%s: task %s: %w", what, id, err)
-	}
-	m.setIssue(id, fmt.Sprintf("%s: %v", what, err))
-	return nil
-}
-
-func fatal(err error) bool {
-	return errors.Is(err, storage.ErrUnavailable) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
-}
-
-// call runs fn, retrying storage.ErrUnavailable with backoff.
-func (m *migration) call(ctx context.Context, fn func() error) error {
-	delay := retryFirst
-	for attempt := 1; ; attempt++ {
-		err := fn()
-		if err == nil || !errors.Is(err, storage.ErrUnavailable) || attempt == retryAttempts {
-			return err
-		}
-		m.log.Warn("storage unavailable; retrying", "attempt", attempt, "in", delay, "error", err)
-		if serr := sleep(ctx, delay); serr != nil {
-			return serr
-		}
-		delay = min(2*delay, retryMax)
-	}
-}
-
-func (m *migration) ids(ctx context.Context, st storage.Store, side string) ([]string, error) {
-	var ids []string
-	err := m.call(ctx, func() error {
-		var err error
-		ids, err = st.IDs(ctx)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list %s tasks: %w", side, err)
-	}
-	return ids, nil
-}
-
-// each runs fn for every id on opts.Concurrency goroutines; the first
-// error stops it.
-func (m *migration) each(ctx context.Context, ids []string, fn func(ctx context.Context, id string) error) error {
-	if len(ids) == 0 {
-		return ctx.Err()
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	ch := make(chan string)
-	var wg sync.WaitGroup
-	for range min(m.opts.Concurrency, len(ids)) {
-		wg.Go(func() {
-			for id := range ch {
-				if err := fn(ctx, id); err != nil {
-					cancel(err)
-					return
-				}
-			}
-		})
-	}
-feed:
-	for _, id := range ids {
-		select {
-		case ch <- id:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(ch)
-	wg.Wait()
-	if ctx.Err() != nil {
-		return context.Cause(ctx)
-	}
-	return nil
 }
 
 func (m *migration) getKnown(id string) (knownRecord, bool) {
@@ -907,192 +279,16 @@ func (m *migration) hasIssue(id string) bool {
 	return ok
 }
 
-// startCheckpointer writes the checkpoint every CheckpointInterval while
-// the migration runs; the returned function stops it.
-func (m *migration) startCheckpointer() (stop func()) {
-	if m.opts.CheckpointPath == "" || m.opts.DryRun {
-		return func() {}
-	}
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		interval := m.opts.CheckpointInterval
-		timer := time.NewTimer(interval)
-		defer timer.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-timer.C:
-			}
-			took := m.checkpoint(false)
-			// Never spend more than a tenth of the time writing it.
-			timer.Reset(max(interval, 10*took))
-		}
-	}()
-	return func() {
-		close(done)
-		<-finished
-	}
-}
-
-// checkpoint writes the checkpoint file if known changed since the last
-// write and returns how long that took. Failures are logged: the
-// checkpoint only saves work.
-func (m *migration) checkpoint(complete bool) time.Duration {
-	if m.opts.CheckpointPath == "" || m.opts.DryRun {
-		return 0
-	}
-	start := time.Now()
+// resetIssues forgets the mismatches found so far: the verification judges
+// every record afresh.
+func (m *migration) resetIssues() {
 	m.mu.Lock()
-	if m.knownGen == m.cpGen && !complete {
-		m.mu.Unlock()
-		return 0
-	}
-	gen := m.knownGen
-	cp := checkpointFile{
-		Format: checkpointFormat, Source: m.opts.SourceName, Target: m.opts.TargetName,
-		UpdatedAt: start.UTC(), Complete: complete,
-		Tasks: make(map[string]checkpointEntry, len(m.known)),
-	}
-	for id, k := range m.known {
-		cp.Tasks[id] = checkpointEntry{T: k.task, S: k.state}
-	}
-	m.mu.Unlock()
-	if err := writeCheckpoint(m.opts.CheckpointPath, cp); err != nil {
-		m.log.Warn("cannot write checkpoint", "path", m.opts.CheckpointPath, "error", err)
-		return time.Since(start)
-	}
+	defer m.mu.Unlock()
+	m.issues = map[string]string{}
+}
+
+func (m *migration) issueCount() int {
 	m.mu.Lock()
-	m.cpGen = max(m.cpGen, gen)
-	m.mu.Unlock()
-	return time.Since(start)
-}
-
-// progress prints a line every ProgressInterval until the returned
-// function is called, which prints the pass's final line.
-func (m *migration) progress(n int, kind string, total int, c *counters, start time.Time) (stop func(PassStats, bool)) {
-	w := m.opts.Progress
-	if w == nil {
-		return func(PassStats, bool) {}
-	}
-	var mu sync.Mutex // one line at a time
-	line := func(st PassStats, elapsed time.Duration, final bool) {
-		rate := 0.0
-		if s := elapsed.Seconds(); s > 0 {
-			rate = float64(st.Checked) / s
-		}
-		verb := "copied"
-		if m.opts.DryRun {
-			verb = "would copy"
-		}
-		pct := 100.0
-		if total > 0 {
-			pct = 100 * float64(st.Checked) / float64(total)
-		}
-		var b strings.Builder
-		fmt.Fprintf(&b, "pass %d (%s): %d/%d tasks (%.0f%%), %s %d, ", n, kind, st.Checked, total, pct, verb, st.Copied)
-		if kind == PassFull {
-			fmt.Fprintf(&b, "identical %d, ", st.Skipped)
-		}
-		fmt.Fprintf(&b, "audit entries %d", st.AuditCopied)
-		if st.Deleted > 0 {
-			fmt.Fprintf(&b, ", deleted %d", st.Deleted)
-		}
-		fmt.Fprintf(&b, " (%.0f/s)", rate)
-		if final {
-			fmt.Fprintf(&b, " done in %s", elapsed.Round(time.Millisecond))
-		}
-		mu.Lock()
-		fmt.Fprintln(w, b.String())
-		mu.Unlock()
-	}
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		t := time.NewTicker(m.opts.ProgressInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				line(c.stats(n, kind, 0), time.Since(start), false)
-			}
-		}
-	}()
-	return func(st PassStats, ok bool) {
-		close(done)
-		<-finished
-		if ok {
-			line(st, st.Duration, true)
-		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// WriteSummary prints the report for people: counts, verification,
-// duration and rate, then the mismatches (at most 50).
-func (r Report) WriteSummary(w io.Writer) {
-	mode := "migration"
-	if r.DryRun {
-		mode = "dry run (nothing written)"
-	}
-	fmt.Fprintf(w, "%s: %s -> %s\n", mode, r.SourceName, r.TargetName)
-	fmt.Fprintf(w, "  source tasks:      %d\n", r.Source)
-	fmt.Fprintf(w, "  target tasks:      %d (%d before", r.Target, r.TargetBefore)
-	if len(r.TargetExtra) > 0 {
-		fmt.Fprintf(w, "; %d not in the source, there before the migration, left alone", len(r.TargetExtra))
-	}
-	fmt.Fprintln(w, ")")
-	verb := "copied"
-	if r.DryRun {
-		verb = "to copy"
-	}
-	fmt.Fprintf(w, "  %-18s %d tasks, %d audit entries\n", verb+":", r.Copied, r.AuditCopied)
-	fmt.Fprintf(w, "  already identical: %d", r.Skipped)
-	if r.Resumed > 0 {
-		fmt.Fprintf(w, " (%d known from the checkpoint)", r.Resumed)
-	}
-	fmt.Fprintln(w)
-	if r.Deleted > 0 {
-		fmt.Fprintf(w, "  deleted:           %d (deleted from the source during the migration)\n", r.Deleted)
-	}
-	kinds := make([]string, len(r.PassStats))
-	for i, p := range r.PassStats {
-		kinds[i] = p.Kind
-	}
-	fmt.Fprintf(w, "  passes:            %d (%s)\n", r.Passes, strings.Join(kinds, ", "))
-	switch {
-	case r.DryRun:
-		fmt.Fprintf(w, "  verification:      not run (dry run)\n")
-	case r.OK():
-		fmt.Fprintf(w, "  verification:      OK: %d/%d tasks with equal sha256 content checksums and complete audit trails; counts equal\n", r.Verified, r.Source)
-	default:
-		fmt.Fprintf(w, "  verification:      FAILED: %d/%d tasks verified\n", r.Verified, r.Source)
-	}
-	fmt.Fprintf(w, "  duration:          %s\n", r.Duration.Round(time.Millisecond))
-	fmt.Fprintf(w, "  rate:              %.0f tasks/s\n", r.Rate)
-	if len(r.Mismatches) > 0 {
-		fmt.Fprintf(w, "  mismatches:        %d\n", len(r.Mismatches))
-		for i, mm := range r.Mismatches {
-			if i == 50 {
-				fmt.Fprintf(w, "    ... and %d more\n", len(r.Mismatches)-50)
-				break
-			}
-			fmt.Fprintf(w, "    %s: %s\n", mm.ID, mm.Reason)
-		}
-	}
+	defer m.mu.Unlock()
+	return len(m.issues)
 }

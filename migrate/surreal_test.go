@@ -1,3 +1,5 @@
+//go:build !nosurrealdb
+
 package migrate_test
 
 import (
@@ -13,6 +15,7 @@ import (
 	"github.com/provisioning/orchestrator/migrate"
 	"github.com/provisioning/orchestrator/migrate/migratetest"
 	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/storage/surrealdb"
 )
 
 // dbSeq gives every store its own SurrealDB database on the shared server.
@@ -24,7 +27,7 @@ func surrealDatabase() string {
 
 func surrealFactory(srv *testsupport.SurrealServer) migratetest.Factory {
 	return func(t *testing.T) storage.Store {
-		st, err := storage.NewSurreal(context.Background(), storage.SurrealOptions{
+		st, err := surrealdb.New(context.Background(), surrealdb.Options{
 			URL: srv.URL, Username: srv.User, Password: srv.Pass,
 			Namespace: "orchestrator", Database: surrealDatabase(),
 		})
@@ -42,7 +45,7 @@ func surrealCLIStore(srv *testsupport.SurrealServer) migratetest.CLIStore {
 			"--" + side + "-surrealdb-password", srv.Pass,
 			"--" + side + "-surrealdb-database", db}
 		return args, func(t *testing.T) storage.Store {
-			st, err := storage.NewSurreal(context.Background(), storage.SurrealOptions{
+			st, err := surrealdb.New(context.Background(), surrealdb.Options{
 				URL: srv.URL, Username: srv.User, Password: srv.Pass,
 				Namespace: "orchestrator", Database: db,
 			})
@@ -81,7 +84,7 @@ func BenchmarkMigrate10kSurreal(b *testing.B) {
 	require.NoError(b, err)
 	defer fsSrc.Close()
 	open := func(b *testing.B) storage.Store {
-		st, err := storage.NewSurreal(context.Background(), storage.SurrealOptions{
+		st, err := surrealdb.New(context.Background(), surrealdb.Options{
 			URL: srv.URL, Username: srv.User, Password: srv.Pass,
 			Namespace: "orchestrator", Database: surrealDatabase(), OpTimeout: time.Minute,
 		})

@@ -26,12 +26,12 @@
 //   - workflow types: ServerCreate, TaskservCreate, ClusterCreate,
 //     TestEnvironment (workflows.*WorkflowName);
 //   - query "status" (workflows.StatusQuery) answers the current
-//     storage.Task, or activities.EnvState for an environment:
+//     storage.Task, or testenv.EnvState for an environment:
 //     temporal workflow query --type status -w <task id>;
 //   - signal "cleanup" (workflows.CleanupSignal, no input) removes a test
 //     environment: temporal workflow signal --name cleanup -w <env id>;
 //   - update "run-tests" (workflows.RunTestsUpdate, input testenv.RunRequest,
-//     result activities.TestRun) runs tests in a ready environment:
+//     result testenv.TestRun) runs tests in a ready environment:
 //     temporal workflow update execute --name run-tests -w <env id> --input '{}';
 //   - cancellation ends a task as Cancelled (and kills its processes):
 //     temporal workflow cancel -w <task id>.
@@ -249,7 +249,7 @@ func (r Run) ID() string { return r.id }
 
 // Wait blocks until the task ends (or ctx is done) and returns it. A
 // Completed task returns a nil error. A Failed task returns the task and an
-// error (a *temporal.ApplicationError of type "ProvisioningFailed"); a
+// error (a *temporal.ApplicationError of type workflows.ErrTypeProvisioningFailed, "ProvisioningFailed"); a
 // Cancelled one the task and a *temporal.CanceledError. The failed task is
 // read with the status query, so it needs a running worker; if that fails
 // only the error is meaningful.

@@ -10,7 +10,6 @@ import (
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 
-	"github.com/provisioning/orchestrator/activities"
 	"github.com/provisioning/orchestrator/storage"
 	"github.com/provisioning/orchestrator/testenv"
 	"github.com/provisioning/orchestrator/workflows"
@@ -85,7 +84,7 @@ var ErrNotReady = errors.New("sdk: environment not ready")
 // and returns its state. It returns an error wrapping ErrNotReady when the
 // environment failed to come up or was cleaned up, and ctx's error when ctx
 // ends first: bound it with a timeout.
-func (e EnvRun) WaitReady(ctx context.Context) (activities.EnvState, error) {
+func (e EnvRun) WaitReady(ctx context.Context) (testenv.EnvState, error) {
 	t := time.NewTicker(pollInterval)
 	defer t.Stop()
 	for {
@@ -117,8 +116,8 @@ func retryableQueryErr(err error) bool {
 }
 
 // Status returns the environment's current state with the status query.
-func (e EnvRun) Status(ctx context.Context) (activities.EnvState, error) {
-	var st activities.EnvState
+func (e EnvRun) Status(ctx context.Context) (testenv.EnvState, error) {
+	var st testenv.EnvState
 	if err := query(ctx, e.c.Temporal, e.id, &st); err != nil {
 		return st, fmt.Errorf("sdk: status of environment %s: %w", e.id, err)
 	}
@@ -130,8 +129,8 @@ func (e EnvRun) Status(ctx context.Context) (activities.EnvState, error) {
 // tests are a TestRun with Passed false, not an error; a rejected run (not
 // ready, another run in progress, invalid request) is an error whose
 // *temporal.ApplicationError type is one of workflows.ErrType*.
-func (e EnvRun) RunTests(ctx context.Context, req testenv.RunRequest) (activities.TestRun, error) {
-	var run activities.TestRun
+func (e EnvRun) RunTests(ctx context.Context, req testenv.RunRequest) (testenv.TestRun, error) {
+	var run testenv.TestRun
 	h, err := e.c.Temporal.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
 		WorkflowID:   e.id,
 		UpdateName:   workflows.RunTestsUpdate,
@@ -168,8 +167,8 @@ func (e EnvRun) Cancel(ctx context.Context) error {
 // Wait blocks until the environment's workflow ends and returns its final
 // state (status cleaned after a cleanup or TTL). Failed creation returns
 // the last state and an error.
-func (e EnvRun) Wait(ctx context.Context) (activities.EnvState, error) {
-	var st activities.EnvState
+func (e EnvRun) Wait(ctx context.Context) (testenv.EnvState, error) {
+	var st testenv.EnvState
 	err := e.c.Temporal.GetWorkflow(ctx, e.id, "").Get(ctx, &st)
 	if err == nil {
 		return st, nil
@@ -194,5 +193,5 @@ func (e EnvRun) Task(ctx context.Context) (storage.Task, error) {
 	if err != nil {
 		return storage.Task{}, err
 	}
-	return activities.EnvTask(st)
+	return testenv.EnvTask(st)
 }

@@ -8,8 +8,8 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/provisioning/orchestrator/activities"
 	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/testenv"
 )
 
 // AnonymousActor is the audit actor of API requests when the API has no
@@ -70,8 +70,8 @@ func (s *Server) recordEvent(ctx context.Context, taskID, kind string, once bool
 }
 
 // envStatus is the task status and version an environment is projected as.
-func envStatus(st activities.EnvState) (storage.TaskStatus, int64) {
-	t, err := activities.EnvTask(st)
+func envStatus(st testenv.EnvState) (storage.TaskStatus, int64) {
+	t, err := testenv.EnvTask(st)
 	if err != nil {
 		return "", st.Version
 	}

@@ -4,10 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -19,54 +16,16 @@ import (
 
 	"github.com/provisioning/orchestrator/activities"
 	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/testenv"
 	"github.com/provisioning/orchestrator/workflows"
 )
 
-type auditFixture struct {
-	t      *testing.T
-	store  *storage.Filesystem
-	client *mocks.Client
-	srv    *Server
-}
-
-func newAuditFixture(t *testing.T) *auditFixture {
+func newAuditFixture(t *testing.T) *fixture {
 	t.Helper()
-	store, err := storage.NewFilesystem(t.TempDir())
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = store.Close() })
-	c := &mocks.Client{}
-	t.Cleanup(func() { c.AssertExpectations(t) })
-	srv := New(Options{Client: c, Store: store, Logger: slog.New(slog.DiscardHandler)})
-	return &auditFixture{t: t, store: store, client: c, srv: srv}
+	return newFixture(t, Options{})
 }
 
-func (f *auditFixture) do(method, path, body string) (int, json.RawMessage) {
-	f.t.Helper()
-	var r io.Reader
-	if body != "" {
-		r = strings.NewReader(body)
-	}
-	req := httptest.NewRequest(method, path, r)
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	rec := httptest.NewRecorder()
-	f.srv.ServeHTTP(rec, req)
-	var env struct {
-		Success bool            `json:"success"`
-		Data    json.RawMessage `json:"data"`
-		Error   *ErrorBody      `json:"error"`
-	}
-	require.NoError(f.t, json.Unmarshal(rec.Body.Bytes(), &env), rec.Body.String())
-	require.Equal(f.t, rec.Code < 300, env.Success, rec.Body.String())
-	if !env.Success {
-		b, _ := json.Marshal(env.Error)
-		return rec.Code, b
-	}
-	return rec.Code, env.Data
-}
-
-func (f *auditFixture) audit(path string) []storage.AuditEntry {
+func (f *fixture) audit(path string) []storage.AuditEntry {
 	f.t.Helper()
 	code, data := f.do(http.MethodGet, path, "")
 	require.Equal(f.t, http.StatusOK, code, string(data))
@@ -172,14 +131,14 @@ func TestAuditFailedStart(t *testing.T) {
 func TestAuditEnvironmentEvents(t *testing.T) {
 	f := newAuditFixture(t)
 	now := time.Now().UTC().Truncate(time.Microsecond)
-	st := activities.EnvState{ID: uuid.NewString(), Status: "ready", Type: "single", CreatedAt: now, UpdatedAt: now, Version: 3}
-	tk, err := activities.EnvTask(st)
+	st := testenv.EnvState{ID: uuid.NewString(), Status: "ready", Type: "single", CreatedAt: now, UpdatedAt: now, Version: 3}
+	tk, err := testenv.EnvTask(st)
 	require.NoError(t, err)
 	require.NoError(t, f.store.Put(context.Background(), tk))
 
 	handle := &mocks.WorkflowUpdateHandle{}
 	handle.On("Get", mock.Anything, mock.Anything).Run(func(args mock.Arguments) {
-		*args.Get(1).(*activities.TestRun) = activities.TestRun{Number: 1, Passed: false, Total: 4, Failed: 1}
+		*args.Get(1).(*testenv.TestRun) = testenv.TestRun{Number: 1, Passed: false, Total: 4, Failed: 1}
 	}).Return(nil).Once()
 	f.client.On("UpdateWorkflow", mock.Anything, mock.Anything).Return(handle, nil).Once()
 	code, data := f.do(http.MethodPost, "/test/environments/"+st.ID+"/run", "")

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/mocks"
 
+	"github.com/provisioning/orchestrator/internal/testsupport/openapicheck"
 	"github.com/provisioning/orchestrator/metrics"
 	"github.com/provisioning/orchestrator/storage"
 )
@@ -121,18 +122,18 @@ func TestOpenAPIValidatorReportsThePath(t *testing.T) {
 	doc := fetchDoc(t, s)
 	notAList := `{"success":true,"data":{"id":"x","task_id":"y","time":"2024-01-01T00:00:00Z","actor":"a","action":"b","before":"","after":"","version":1}}`
 	bad := `{"success":true,"data":[{"id":"x","task_id":"y","time":"yesterday","actor":"a","action":"b","before":"","after":"","version":1.5,"extra":1}]}`
-	require.Error(t, ValidateResponse(doc, "/audit", "GET", 200, "application/json", []byte(notAList)))
-	err := ValidateResponse(doc, "/audit", "GET", 200, "application/json", []byte(bad))
+	require.Error(t, openapicheck.ValidateResponse(doc, "/audit", "GET", 200, "application/json", []byte(notAList)))
+	err := openapicheck.ValidateResponse(doc, "/audit", "GET", 200, "application/json", []byte(bad))
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "$.data[0].time")
 	assert.Contains(t, err.Error(), "$.data[0].version")
 	assert.Contains(t, err.Error(), "$.data[0].extra")
-	require.NoError(t, ValidateResponse(doc, "/tasks/{id}", "GET", 404, "application/json; charset=UTF-8",
+	require.NoError(t, openapicheck.ValidateResponse(doc, "/tasks/{id}", "GET", 404, "application/json; charset=UTF-8",
 		[]byte(`{"success":false,"error":{"code":"not_found","message":"task not found"}}`)))
-	err = ValidateResponse(doc, "/tasks/{id}", "GET", 404, "application/json", []byte(`{"success":false,"error":{"code":"not_found"}}`))
+	err = openapicheck.ValidateResponse(doc, "/tasks/{id}", "GET", 404, "application/json", []byte(`{"success":false,"error":{"code":"not_found"}}`))
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "$.error.message")
-	require.Error(t, ValidateResponse(doc, "/nope", "GET", 200, "application/json", []byte(`{}`)))
+	require.Error(t, openapicheck.ValidateResponse(doc, "/nope", "GET", 200, "application/json", []byte(`{}`)))
 
 	// Real responses of the handlers match.
 	for _, path := range []string{"/tasks", "/audit", "/test/topologies", "/test/environments", "/tasks?status=bogus", "/tasks/not-a-uuid"} {
@@ -142,6 +143,6 @@ func TestOpenAPIValidatorReportsThePath(t *testing.T) {
 		if strings.HasPrefix(tmpl, "/tasks/") {
 			tmpl = "/tasks/{id}"
 		}
-		assert.NoError(t, ValidateResponse(doc, tmpl, "GET", rec.Code, rec.Header().Get("Content-Type"), rec.Body.Bytes()), path)
+		assert.NoError(t, openapicheck.ValidateResponse(doc, tmpl, "GET", rec.Code, rec.Header().Get("Content-Type"), rec.Body.Bytes()), path)
 	}
 }

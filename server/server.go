@@ -176,7 +176,7 @@ func (s *Server) health(c echo.Context) error {
 	}
 	if s.envOpts.Docker == nil {
 		deps["docker"] = "not configured (test environments disabled)"
-	} else if _, err := s.envOpts.Docker.Client.Ping(ctx); err != nil {
+	} else if err := s.envOpts.Docker.Ping(ctx); err != nil {
 		deps["docker"] = err.Error()
 		healthy = false
 	} else {
@@ -338,7 +338,7 @@ func (s *Server) createServers(c echo.Context) error {
 	if err := in.Validate(); err != nil {
 		return validationErr(err)
 	}
-	return s.start(c, in.Common, workflows.ServerCreateWorkflowName, "server create "+in.Infra, "server create", in)
+	return s.start(c, in.Common, in.Task(), in)
 }
 
 func (s *Server) createTaskserv(c echo.Context) error {
@@ -350,7 +350,7 @@ func (s *Server) createTaskserv(c echo.Context) error {
 	if err := in.Validate(); err != nil {
 		return validationErr(err)
 	}
-	return s.start(c, in.Common, workflows.TaskservCreateWorkflowName, "taskserv create "+in.Taskserv, "taskserv create", in)
+	return s.start(c, in.Common, in.Task(), in)
 }
 
 func (s *Server) createCluster(c echo.Context) error {
@@ -362,7 +362,7 @@ func (s *Server) createCluster(c echo.Context) error {
 	if err := in.Validate(); err != nil {
 		return validationErr(err)
 	}
-	return s.start(c, in.Common, workflows.ClusterCreateWorkflowName, "cluster create "+in.Cluster, "cluster create", in)
+	return s.start(c, in.Common, in.Task(), in)
 }
 
 func validationErr(err error) error {
@@ -376,17 +376,17 @@ func validationErr(err error) error {
 // start records the task as Pending and starts its workflow (ID = task ID).
 // If the start fails the Pending record is removed again, so a failed
 // request leaves nothing behind.
-func (s *Server) start(c echo.Context, common workflows.Common, wfType, name, command string, input any) error {
+func (s *Server) start(c echo.Context, common workflows.Common, spec workflows.TaskSpec, input any) error {
 	task := storage.Normalize(storage.Task{
 		ID:           common.TaskID,
-		Name:         name,
-		Command:      command,
+		Name:         spec.Name,
+		Command:      spec.Command,
 		Status:       storage.StatusPending,
 		CreatedAt:    common.CreatedAt,
 		UpdatedAt:    common.CreatedAt,
-		WorkflowType: wfType,
+		WorkflowType: spec.Workflow,
 	})
-	return s.startTask(c, task, wfType, input)
+	return s.startTask(c, task, spec.Workflow, input)
 }
 
 // startTask stores task (Pending) and starts its workflow with ID = task ID.

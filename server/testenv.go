@@ -15,7 +15,7 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
-	"github.com/provisioning/orchestrator/activities"
+	"github.com/provisioning/orchestrator/driver"
 	"github.com/provisioning/orchestrator/storage"
 	"github.com/provisioning/orchestrator/testenv"
 	"github.com/provisioning/orchestrator/workflows"
@@ -31,7 +31,7 @@ type TestEnvOptions struct {
 	// workflows.DefaultEnvTTL.
 	DefaultTTL time.Duration
 	// Docker reads container logs; nil makes the logs endpoint answer 503.
-	Docker *activities.DockerRuntime
+	Docker driver.Environments
 	// RunWait bounds how long POST .../run waits for results; default 15m.
 	RunWait time.Duration
 	// Instance is put on every Docker object as testenv.InstanceLabel.
@@ -75,9 +75,9 @@ func (s *Server) createEnv(c echo.Context) error {
 	}
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	in := workflows.TestEnvInput{EnvID: id, Request: req, Plan: plan, TTL: ttl, CreatedAt: now}
-	state := activities.EnvState{ID: id, Status: workflows.EnvCreating, Type: req.Config.Type, Infra: req.Infra,
+	state := testenv.EnvState{ID: id, Status: workflows.EnvCreating, Type: req.Config.Type, Infra: req.Infra,
 		Request: req, CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(ttl)}
-	task, err := activities.EnvTask(state)
+	task, err := testenv.EnvTask(state)
 	if err != nil {
 		return err
 	}
@@ -85,8 +85,8 @@ func (s *Server) createEnv(c echo.Context) error {
 }
 
 // envView decodes an environment task's state.
-func envView(t storage.Task) (activities.EnvState, error) {
-	var st activities.EnvState
+func envView(t storage.Task) (testenv.EnvState, error) {
+	var st testenv.EnvState
 	if len(t.Environment) == 0 {
 		return st, errors.New("not a test environment")
 	}
@@ -95,7 +95,7 @@ func envView(t storage.Task) (activities.EnvState, error) {
 }
 
 func (s *Server) listEnvs(c echo.Context) error {
-	f := storage.ListFilter{WorkflowType: activities.EnvTaskType, Limit: storage.MaxLimit}
+	f := storage.ListFilter{WorkflowType: testenv.EnvTaskType, Limit: storage.MaxLimit}
 	if n, ok, err := intParam(c, "limit", 1, storage.MaxLimit); err != nil {
 		return err
 	} else if ok {
@@ -105,7 +105,7 @@ func (s *Server) listEnvs(c echo.Context) error {
 	if err != nil {
 		return s.storeErr(err)
 	}
-	out := make([]activities.EnvState, 0, len(tasks))
+	out := make([]testenv.EnvState, 0, len(tasks))
 	for _, t := range tasks {
 		if st, err := envView(t); err == nil {
 			st.Request = testenv.CreateRequest{} // keep the list light
@@ -117,21 +117,21 @@ func (s *Server) listEnvs(c echo.Context) error {
 	return ok(c, http.StatusOK, out)
 }
 
-func (s *Server) env(c echo.Context) (activities.EnvState, error) {
+func (s *Server) env(c echo.Context) (testenv.EnvState, error) {
 	id, err := s.taskID(c)
 	if err != nil {
-		return activities.EnvState{}, err
+		return testenv.EnvState{}, err
 	}
 	t, err := s.store.Get(c.Request().Context(), id)
 	if err != nil {
 		if errors.Is(err, storage.ErrNotFound) {
-			return activities.EnvState{}, notFound("test environment not found")
+			return testenv.EnvState{}, notFound("test environment not found")
 		}
-		return activities.EnvState{}, s.storeErr(err)
+		return testenv.EnvState{}, s.storeErr(err)
 	}
 	st, err := envView(t)
 	if err != nil {
-		return activities.EnvState{}, notFound("test environment not found (that id is a provisioning task)")
+		return testenv.EnvState{}, notFound("test environment not found (that id is a provisioning task)")
 	}
 	return st, nil
 }
@@ -172,7 +172,7 @@ func (s *Server) runEnv(c echo.Context) error {
 	status, version := envStatus(st)
 	event := storage.AuditEntry{Action: ActionTestRunRequested, Before: status, After: status, Version: version}
 	if err == nil {
-		var run activities.TestRun
+		var run testenv.TestRun
 		if err = h.Get(ctx, &run); err == nil {
 			event.Detail = fmt.Sprintf("run %d: %d of %d tests passed", run.Number, run.Total-run.Failed, run.Total)
 			s.recordEvent(ctx, st.ID, "run", false, event)
@@ -214,7 +214,7 @@ func (s *Server) deleteEnv(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if st.Status == workflows.EnvCleaned || st.Status == workflows.EnvError && st.FinishedAt != nil {
+	if st.Status == workflows.EnvCleaned || st.Status == workflows.EnvError {
 		// Already gone: DELETE is idempotent.
 		return ok(c, http.StatusOK, st)
 	}
@@ -237,9 +237,9 @@ func (s *Server) deleteEnv(c echo.Context) error {
 
 // EnvLogs is the body of GET /test/environments/{id}/logs.
 type EnvLogs struct {
-	ID    string                  `json:"id"`
-	Nodes []NodeLogs              `json:"nodes"`
-	Tests []activities.TestResult `json:"tests"`
+	ID    string               `json:"id"`
+	Nodes []NodeLogs           `json:"nodes"`
+	Tests []testenv.TestResult `json:"tests"`
 }
 
 // NodeLogs is one container's output.
@@ -277,7 +277,7 @@ func (s *Server) envLogs(c echo.Context) error {
 			return fieldErr("node", fmt.Sprintf("%q is not a node of this environment", node))
 		}
 	}
-	out := EnvLogs{ID: st.ID, Nodes: []NodeLogs{}, Tests: []activities.TestResult{}}
+	out := EnvLogs{ID: st.ID, Nodes: []NodeLogs{}, Tests: []testenv.TestResult{}}
 	if st.LastRun != nil {
 		for _, r := range st.LastRun.Results {
 			if node == "" || r.Node == node {

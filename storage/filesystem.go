@@ -1,9 +1,7 @@
 package storage
 
 import (
-	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -12,10 +10,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -43,24 +39,7 @@ const (
 	// staleTempAge: temp files older than this were left by a crashed
 	// writer and are removed when a store is opened.
 	staleTempAge = time.Hour
-	// racyWindow: a cached index entry is trusted only if the file's mtime
-	// was at least this much older than the moment it was read. A file
-	// rewritten within the same timestamp tick (coarse kernel clocks,
-	// 1–2 s on some filesystems) with the same size could otherwise look
-	// unchanged; such "racy" entries are re-read on every List until they
-	// settle (the idea of Git's racy-index check).
-	racyWindow = 2 * time.Second
-	// listAttempts bounds how often List restarts when the files of the
-	// selected page changed under it.
-	listAttempts = 3
-	// fullScanEvery bounds how long List relies on the directory's own
-	// stat key alone (see Filesystem.index) before it stats every file.
-	fullScanEvery = 10 * time.Second
 )
-
-// errCorrupt marks a task file that exists but cannot be decoded, or
-// whose content names another ID than its file name.
-var errCorrupt = errors.New("corrupt task file")
 
 // Filesystem is the default Store: one JSON file per task under
 // {dataDir}/queue.rkvs/tasks/{id}.json.
@@ -77,7 +56,8 @@ var errCorrupt = errors.New("corrupt task file")
 // List keeps an in-memory index (status, created_at) keyed by file name,
 // size, mtime and inode and only re-reads files whose key changed, so it
 // sees other processes' writes without parsing every file on every call;
-// the page it returns is always read from disk. Get always reads the file.
+// the page it returns is always read from disk (see filesystem_index.go).
+// Get always reads the file.
 // While the tasks directory itself is unchanged (every write renames a file
 // into it, every delete removes one), List skips even the per-file stats;
 // a task file edited in place by hand, bypassing the store, is therefore
@@ -102,25 +82,8 @@ type Filesystem struct {
 
 	stripes [lockStripes]lockStripe
 
-	// noIndexCache makes List read and parse every file on every call (the
-	// baseline in benchmarks). Set only before first use.
-	noIndexCache bool
-
-	// refreshMu serialises index refreshes; cacheMu guards the fields
-	// below it (held only briefly, never during I/O).
-	refreshMu sync.Mutex
-	cacheMu   sync.Mutex
-	cache     map[string]*indexCacheEntry // by task ID
-	sorted    []indexEntry                // valid entries, List order
-	dirty     bool                        // sorted must be rebuilt
-	scanned   bool                        // dirKey and dirScanAt are set
-	forceScan bool                        // an entry was invalidated
-	dirKey    fileKey                     // tasks dir at the last full scan
-	dirScanAt time.Time                   // when that scan started
-	// scans counts full directory scans (tests/benchmarks).
-	scans atomic.Int64
-	// parses counts files decoded to refresh the index (tests/benchmarks).
-	parses atomic.Int64
+	// listIndex is List's index (filesystem_index.go).
+	listIndex
 }
 
 // lockStripe serialises writers of the tasks hashed to it: sem within the
@@ -128,40 +91,6 @@ type Filesystem struct {
 type lockStripe struct {
 	sem  chan struct{}
 	file *os.File // opened lazily; guarded by sem
-}
-
-// fileKey identifies one version of a task file as far as stat can tell.
-// Every write renames a fresh temp file into place, so the inode changes
-// too, unless the kernel reuses the inode number of the file it replaced.
-type fileKey struct {
-	size  int64
-	mtime int64 // UnixNano
-	ino   uint64
-}
-
-func keyOf(fi fs.FileInfo) fileKey {
-	return fileKey{size: fi.Size(), mtime: fi.ModTime().UnixNano(), ino: inodeOf(fi)}
-}
-
-// indexEntry is what List needs to select and order tasks.
-type indexEntry struct {
-	id      string
-	status  TaskStatus
-	wfType  string
-	created time.Time
-}
-
-type indexCacheEntry struct {
-	key    fileKey
-	readAt time.Time // taken before the file was opened
-	ok     bool      // false: the file is corrupt (logged once per key)
-	entry  indexEntry
-}
-
-// racy reports whether the entry may hide a rewrite that left size, mtime
-// and inode unchanged: the file was read too soon after its mtime.
-func (c *indexCacheEntry) racy() bool {
-	return c.readAt.Sub(time.Unix(0, c.key.mtime)) <= racyWindow
 }
 
 var _ Store = (*Filesystem)(nil)
@@ -187,8 +116,8 @@ func NewFilesystem(dataDir string) (*Filesystem, error) {
 		dir:      dir,
 		lockDir:  lockDir,
 		auditDir: auditDir,
-		cache:    make(map[string]*indexCacheEntry),
 	}
+	f.cache = make(map[string]*indexCacheEntry)
 	for i := range f.stripes {
 		f.stripes[i].sem = make(chan struct{}, 1)
 	}
@@ -219,15 +148,11 @@ func (f *Filesystem) Dir() string { return f.dir }
 // task's lock, before the task file is renamed into place: a crash between
 // the two leaves an entry that the retried Create finds (by ID) and keeps.
 func (f *Filesystem) Create(ctx context.Context, t Task) error {
-	if err := ValidateID(t.ID); err != nil {
+	t, data, err := prepareFile(t)
+	if err != nil {
 		return err
 	}
 	if err := f.usable(ctx); err != nil {
-		return err
-	}
-	t = Normalize(t)
-	data, err := encodeTask(t)
-	if err != nil {
 		return err
 	}
 	unlock, err := f.lock(ctx, t.ID)
@@ -241,11 +166,7 @@ func (f *Filesystem) Create(ctx context.Context, t Task) error {
 	case !errors.Is(err, fs.ErrNotExist):
 		return unavailable("stat task "+t.ID, err)
 	}
-	entry := AuditEntry{
-		ID: AuditCreateID(t.ID), TaskID: t.ID, Time: auditTime(t), Actor: ActorFrom(ctx),
-		Action: AuditCreate, After: t.Status, Version: t.Version,
-	}
-	if err := f.appendAuditLocked(entry); err != nil {
+	if err := f.appendAuditLocked(CreateAuditEntry(ctx, t)); err != nil {
 		return err
 	}
 	return f.writeFile(t.ID, data)
@@ -261,15 +182,11 @@ func (f *Filesystem) Create(ctx context.Context, t Task) error {
 // entry by its ID and appends nothing, so the entry is neither lost nor
 // duplicated.
 func (f *Filesystem) Put(ctx context.Context, t Task) error {
-	if err := ValidateID(t.ID); err != nil {
+	t, data, err := prepareFile(t)
+	if err != nil {
 		return err
 	}
 	if err := f.usable(ctx); err != nil {
-		return err
-	}
-	t = Normalize(t)
-	data, err := encodeTask(t)
-	if err != nil {
 		return err
 	}
 	unlock, err := f.lock(ctx, t.ID)
@@ -287,17 +204,13 @@ func (f *Filesystem) Put(ctx context.Context, t Task) error {
 		}
 		before, stored = cur.Status, true
 	case errors.Is(err, ErrNotFound):
-	case errors.Is(err, errCorrupt):
+	case errors.Is(err, ErrCorrupt):
 		f.log().Warn("overwriting corrupt task file", "id", t.ID, "error", err)
 	default:
 		return err
 	}
 	if !stored || before != t.Status {
-		entry := AuditEntry{
-			ID: AuditTransitionID(t.ID, t.Version), TaskID: t.ID, Time: auditTime(t), Actor: ActorFrom(ctx),
-			Action: AuditTransition, Before: before, After: t.Status, Version: t.Version,
-		}
-		if err := f.appendAuditLocked(entry); err != nil {
+		if err := f.appendAuditLocked(TransitionAuditEntry(ctx, t, before)); err != nil {
 			return err
 		}
 	}
@@ -342,56 +255,24 @@ func (f *Filesystem) Delete(ctx context.Context, id string) error {
 	return nil
 }
 
-// List returns one page of matching tasks, newest first (CreatedAt, then
-// ID descending), and the number of matching tasks. Limit 0 (or negative)
-// means DefaultLimit, larger than MaxLimit is clamped; a negative Offset is
-// taken as 0. Corrupt files are skipped and logged.
-func (f *Filesystem) List(ctx context.Context, lf ListFilter) ([]Task, int, error) {
+// IDs returns the id of every task file (any order). It reads the
+// directory on every call (the same scan List's index makes), so tasks
+// created since an earlier call are included and a file deleted during
+// the scan is not. Corrupt task files are included: they are tasks on
+// disk.
+func (f *Filesystem) IDs(ctx context.Context) ([]string, error) {
 	if err := f.usable(ctx); err != nil {
-		return nil, 0, err
+		return nil, err
 	}
-	limit := lf.Limit
-	if limit <= 0 {
-		limit = DefaultLimit
+	files, err := f.scanDir(ctx)
+	if err != nil {
+		return nil, err
 	}
-	limit = min(limit, MaxLimit)
-	offset := max(lf.Offset, 0)
-	if f.noIndexCache {
-		return f.listUncached(ctx, lf, offset, limit)
+	out := make([]string, len(files))
+	for i, df := range files {
+		out[i] = df.id
 	}
-
-	for attempt := 1; ; attempt++ {
-		idx, err := f.index(ctx)
-		if err != nil {
-			return nil, 0, err
-		}
-		page, total := selectPage(idx, lf, offset, limit)
-		out := make([]Task, 0, len(page))
-		stale := false
-		last := attempt == listAttempts
-		for _, e := range page {
-			t, _, err := f.readFile(e.id)
-			switch {
-			case err == nil && t.Status == e.status && t.WorkflowType == e.wfType && t.CreatedAt.Equal(e.created):
-				out = append(out, t)
-			case err == nil:
-				// Changed since the index saw it: the next attempt re-reads it.
-				stale = true
-				f.invalidate(e.id)
-				if last && matches(lf, t.Status, t.WorkflowType) {
-					out = append(out, t)
-				}
-			case errors.Is(err, ErrNotFound), errors.Is(err, errCorrupt):
-				stale = true
-				f.invalidate(e.id)
-			default:
-				return nil, 0, err
-			}
-		}
-		if !stale || last {
-			return out, total, nil
-		}
-	}
+	return out, nil
 }
 
 // Ping checks that the tasks directory is writable by creating and
@@ -429,11 +310,7 @@ func (f *Filesystem) Close() error {
 		}
 		<-s.sem
 	}
-	f.cacheMu.Lock()
-	f.cache = make(map[string]*indexCacheEntry)
-	f.sorted = nil
-	f.scanned = false
-	f.cacheMu.Unlock()
+	f.listIndex.reset()
 	return errors.Join(errs...)
 }
 
@@ -575,27 +452,28 @@ func (f *Filesystem) readFile(id string) (Task, fileKey, error) {
 			buf = slices.Grow(buf, 4096)
 		}
 	}
-	t, err := decodeTask(id, buf)
+	t, err := decodeFile(id, buf)
 	return t, keyOf(fi), err
 }
 
-func encodeTask(t Task) ([]byte, error) {
-	data, err := json.Marshal(t)
+// prepareFile is PrepareWrite for a task file: the document plus a
+// newline, so the file is a text file.
+func prepareFile(t Task) (Task, []byte, error) {
+	t, doc, err := PrepareWrite(t)
 	if err != nil {
-		return nil, fmt.Errorf("storage: encode task %s: %w", t.ID, err)
+		return Task{}, nil, err
 	}
-	return append(data, '\n'), nil
+	return t, append(doc, '\n'), nil
 }
 
-func decodeTask(id string, data []byte) (Task, error) {
-	var t Task
-	if err := json.Unmarshal(data, &t); err != nil {
-		return Task{}, fmt.Errorf("%w %s%s: %w", errCorrupt, id, taskFileExt, err)
+// decodeFile decodes the content of id's task file (DecodeTask), naming
+// the file in errors.
+func decodeFile(id string, data []byte) (Task, error) {
+	t, err := DecodeTask(id, data)
+	if err != nil {
+		return Task{}, fmt.Errorf("%w %s%s: %w", ErrCorrupt, id, taskFileExt, err)
 	}
-	if t.ID != id {
-		return Task{}, fmt.Errorf("%w %s%s: content has id %q", errCorrupt, id, taskFileExt, t.ID)
-	}
-	return Normalize(t), nil
+	return t, nil
 }
 
 // taskIDFromName returns the task ID of a directory entry name, or false
@@ -630,6 +508,7 @@ func isCanonicalUUID(s string) bool {
 	return true
 }
 
+// dirFile is one task file found by scanDir.
 type dirFile struct {
 	id  string
 	key fileKey
@@ -637,12 +516,7 @@ type dirFile struct {
 
 // scanDir lists the task files with their stat keys.
 func (f *Filesystem) scanDir(ctx context.Context) ([]dirFile, error) {
-	d, err := os.Open(f.dir)
-	if err != nil {
-		return nil, unavailable("list tasks", err)
-	}
-	ents, err := d.ReadDir(-1)
-	_ = d.Close()
+	ents, err := readDir(f.dir)
 	if err != nil {
 		return nil, unavailable("list tasks", err)
 	}
@@ -669,225 +543,15 @@ func (f *Filesystem) scanDir(ctx context.Context) ([]dirFile, error) {
 	return out, nil
 }
 
-type indexRead struct {
-	id     string
-	key    fileKey
-	readAt time.Time
-	entry  indexEntry
-	err    error
-}
-
-// index refreshes the cache against the directory and returns all valid
-// entries in List order. Only files that are new, changed (name, size,
-// mtime, inode) or racy are read. The returned slice is never modified.
-//
-// Before that, the directory's own stat key is compared with the one taken
-// at the last full scan. Every Create, Put and Delete (of any process)
-// renames into or removes from the directory and so changes its mtime; if
-// the key is unchanged, the last scan began more than racyWindow after the
-// directory's mtime (so no change can hide within one timestamp tick), and
-// that scan is recent, the index is returned as it is.
-func (f *Filesystem) index(ctx context.Context) ([]indexEntry, error) {
-	f.refreshMu.Lock()
-	defer f.refreshMu.Unlock()
-
-	start := time.Now()
-	dirFi, err := os.Stat(f.dir)
-	if err != nil {
-		return nil, unavailable("list tasks", err)
-	}
-	dk := keyOf(dirFi)
-	f.cacheMu.Lock()
-	if f.scanned && !f.forceScan && f.dirKey == dk &&
-		f.dirScanAt.Sub(time.Unix(0, dk.mtime)) > racyWindow &&
-		start.Sub(f.dirScanAt) < fullScanEvery {
-		sorted := f.sorted
-		f.cacheMu.Unlock()
-		return sorted, nil
-	}
-	f.forceScan = false
-	f.cacheMu.Unlock()
-
-	f.scans.Add(1)
-	files, err := f.scanDir(ctx)
+// readDir lists dir; unlike os.ReadDir it does not sort the entries,
+// which callers do not need.
+func readDir(dir string) ([]os.DirEntry, error) {
+	d, err := os.Open(dir)
 	if err != nil {
 		return nil, err
 	}
-
-	f.cacheMu.Lock()
-	var todo []indexRead
-	for _, df := range files {
-		c := f.cache[df.id]
-		if c == nil || c.key != df.key || c.racy() {
-			todo = append(todo, indexRead{id: df.id})
-		}
-	}
-	f.cacheMu.Unlock()
-
-	f.readIndexEntries(ctx, todo)
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-
-	f.cacheMu.Lock()
-	defer f.cacheMu.Unlock()
-	dirty := f.dirty
-	gone := 0
-	for _, r := range todo {
-		prev := f.cache[r.id]
-		switch {
-		case r.err == nil:
-			if prev == nil || !prev.ok || prev.entry != r.entry {
-				dirty = true
-			}
-			f.cache[r.id] = &indexCacheEntry{key: r.key, readAt: r.readAt, ok: true, entry: r.entry}
-		case errors.Is(r.err, ErrNotFound):
-			gone++
-			if prev != nil {
-				delete(f.cache, r.id)
-				dirty = dirty || prev.ok
-			}
-		case errors.Is(r.err, errCorrupt):
-			if prev == nil || prev.ok || prev.key != r.key {
-				f.log().Warn("skipping corrupt task file", "path", f.path(r.id), "error", r.err)
-			}
-			if prev != nil && prev.ok {
-				dirty = true
-			}
-			f.cache[r.id] = &indexCacheEntry{key: r.key, readAt: r.readAt, ok: false}
-		default:
-			return nil, r.err
-		}
-	}
-	// Every listed file is now cached, unless it vanished meanwhile; more
-	// cache entries than that means files were deleted.
-	if len(f.cache) != len(files)-gone {
-		present := make(map[string]struct{}, len(files))
-		for _, df := range files {
-			present[df.id] = struct{}{}
-		}
-		for id, c := range f.cache {
-			if _, ok := present[id]; !ok {
-				delete(f.cache, id)
-				dirty = dirty || c.ok
-			}
-		}
-	}
-	if dirty || (f.sorted == nil && len(f.cache) > 0) {
-		sorted := make([]indexEntry, 0, len(f.cache))
-		for _, c := range f.cache {
-			if c.ok {
-				sorted = append(sorted, c.entry)
-			}
-		}
-		slices.SortFunc(sorted, compareEntries)
-		f.sorted = sorted
-		f.dirty = false
-	}
-	f.dirKey, f.dirScanAt, f.scanned = dk, start, true
-	return f.sorted, nil
-}
-
-// readIndexEntries reads the files in todo, in parallel when there are many
-// (the first List over a large directory).
-func (f *Filesystem) readIndexEntries(ctx context.Context, todo []indexRead) {
-	read := func(r *indexRead) {
-		r.readAt = time.Now()
-		t, key, err := f.readFile(r.id)
-		f.parses.Add(1)
-		r.key, r.err = key, err
-		if err == nil {
-			r.entry = indexEntry{id: t.ID, status: t.Status, wfType: t.WorkflowType, created: t.CreatedAt}
-		}
-	}
-	workers := min(runtime.GOMAXPROCS(0), 8, len(todo)/64+1)
-	if workers <= 1 {
-		for i := range todo {
-			read(&todo[i])
-		}
-		return
-	}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(todo) || ctx.Err() != nil {
-					return
-				}
-				read(&todo[i])
-			}
-		})
-	}
-	wg.Wait()
-}
-
-// invalidate drops id's cache entry so the next index refresh re-reads it.
-func (f *Filesystem) invalidate(id string) {
-	f.cacheMu.Lock()
-	delete(f.cache, id)
-	f.dirty = true
-	f.forceScan = true
-	f.cacheMu.Unlock()
-}
-
-// listUncached is List without the index: read and parse every file.
-func (f *Filesystem) listUncached(ctx context.Context, lf ListFilter, offset, limit int) ([]Task, int, error) {
-	files, err := f.scanDir(ctx)
-	if err != nil {
-		return nil, 0, err
-	}
-	var matched []Task
-	for _, df := range files {
-		t, _, err := f.readFile(df.id)
-		switch {
-		case err == nil:
-		case errors.Is(err, ErrNotFound):
-			continue
-		case errors.Is(err, errCorrupt):
-			f.log().Warn("skipping corrupt task file", "path", f.path(df.id), "error", err)
-			continue
-		default:
-			return nil, 0, err
-		}
-		if matches(lf, t.Status, t.WorkflowType) {
-			matched = append(matched, t)
-		}
-	}
-	slices.SortFunc(matched, func(a, b Task) int {
-		return compareEntries(indexEntry{id: a.ID, created: a.CreatedAt}, indexEntry{id: b.ID, created: b.CreatedAt})
-	})
-	total := len(matched)
-	lo := min(offset, total)
-	hi := min(lo+limit, total)
-	return append(make([]Task, 0, hi-lo), matched[lo:hi]...), total, nil
-}
-
-// compareEntries orders newest first by creation time, then ID descending.
-func compareEntries(a, b indexEntry) int {
-	if c := b.created.Compare(a.created); c != 0 {
-		return c
-	}
-	return cmp.Compare(b.id, a.id)
-}
-
-// matches applies a ListFilter's selection (not its paging).
-func matches(lf ListFilter, status TaskStatus, wfType string) bool {
-	return (lf.Status == "" || status == lf.Status) && (lf.WorkflowType == "" || wfType == lf.WorkflowType)
-}
-
-func selectPage(idx []indexEntry, lf ListFilter, offset, limit int) (page []indexEntry, total int) {
-	for _, e := range idx {
-		if !matches(lf, e.status, e.wfType) {
-			continue
-		}
-		if total >= offset && len(page) < limit {
-			page = append(page, e)
-		}
-		total++
-	}
-	return page, total
+	defer d.Close()
+	return d.ReadDir(-1)
 }
 
 // removeStaleTemps deletes temp files a crashed writer left long ago.

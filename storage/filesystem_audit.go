@@ -2,7 +2,6 @@ package storage
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,11 +11,9 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 )
 
 // Audit trail of the filesystem backend: {dataDir}/queue.rkvs/audit/{id}.jsonl,
@@ -31,50 +28,17 @@ import (
 
 const auditFileExt = ".jsonl"
 
-// IDs returns the id of every task file (any order). It reads the
-// directory on every call, so tasks created since an earlier call are
-// included. Corrupt task files are included: they are tasks on disk.
-func (f *Filesystem) IDs(ctx context.Context) ([]string, error) {
-	if err := f.usable(ctx); err != nil {
-		return nil, err
-	}
-	ents, err := readDir(f.dir)
-	if err != nil {
-		return nil, unavailable("list tasks", err)
-	}
-	out := make([]string, 0, len(ents))
-	for i, e := range ents {
-		if i%1024 == 1023 {
-			if err := ctx.Err(); err != nil {
-				return nil, err
-			}
-		}
-		if id, ok := taskIDFromName(e.Name()); ok && e.Type().IsRegular() {
-			out = append(out, id)
-		}
-	}
-	return out, nil
-}
-
 // AppendAudit appends e to its task's audit file unless an entry with the
 // same ID is already there (then it is a no-op). e.TaskID must be a valid
 // task id (the task itself need not exist) and e.ID non-empty. A zero Time
 // is taken as now, an empty Actor as ActorFrom(ctx); Time is stored in UTC.
 func (f *Filesystem) AppendAudit(ctx context.Context, e AuditEntry) error {
-	if err := ValidateID(e.TaskID); err != nil {
+	e, err := PrepareAuditEntry(ctx, e)
+	if err != nil {
 		return err
-	}
-	if e.ID == "" {
-		return fmt.Errorf("storage: audit entry of task %s has no id", e.TaskID)
 	}
 	if err := f.usable(ctx); err != nil {
 		return err
-	}
-	if e.Time.IsZero() {
-		e.Time = time.Now()
-	}
-	if e.Actor == "" {
-		e.Actor = ActorFrom(ctx)
 	}
 	unlock, err := f.lock(ctx, e.TaskID)
 	if err != nil {
@@ -88,17 +52,12 @@ func (f *Filesystem) AppendAudit(ctx context.Context, e AuditEntry) error {
 // more than the limit (default DefaultAuditLimit) matching, the newest are
 // kept. Without a TaskID it reads every task's audit file.
 func (f *Filesystem) ListAudit(ctx context.Context, af AuditFilter) ([]AuditEntry, error) {
-	if af.TaskID != "" {
-		if err := ValidateID(af.TaskID); err != nil {
-			return nil, err
-		}
+	af, err := PrepareAuditFilter(af)
+	if err != nil {
+		return nil, err
 	}
 	if err := f.usable(ctx); err != nil {
 		return nil, err
-	}
-	limit := af.Limit
-	if limit <= 0 {
-		limit = DefaultAuditLimit
 	}
 	var all []AuditEntry
 	if af.TaskID != "" {
@@ -108,37 +67,11 @@ func (f *Filesystem) ListAudit(ctx context.Context, af AuditFilter) ([]AuditEntr
 		}
 		all = f.parseAudit(af.TaskID, data, true)
 	} else {
-		var err error
 		if all, err = f.readAllAudit(ctx); err != nil {
 			return nil, err
 		}
 	}
-	slices.SortFunc(all, compareAudit)
-	if len(all) > limit {
-		all = all[len(all)-limit:]
-	}
-	return append(make([]AuditEntry, 0, len(all)), all...), nil
-}
-
-// compareAudit orders entries oldest first, ties broken by ID.
-func compareAudit(a, b AuditEntry) int {
-	if c := a.Time.Compare(b.Time); c != 0 {
-		return c
-	}
-	return cmp.Compare(a.ID, b.ID)
-}
-
-// auditTime is the time of a Create's or Put's entry: when the transition
-// happened in the workflow (UpdatedAt), so that a retried or delayed
-// projection records the same time; now if the task carries no time.
-func auditTime(t Task) time.Time {
-	switch {
-	case !t.UpdatedAt.IsZero():
-		return t.UpdatedAt
-	case !t.CreatedAt.IsZero():
-		return t.CreatedAt
-	}
-	return time.Now().UTC()
+	return NewestAudit(all, af.Limit), nil
 }
 
 func (f *Filesystem) auditPath(id string) string {
@@ -292,13 +225,4 @@ func (f *Filesystem) readAllAudit(ctx context.Context) ([]AuditEntry, error) {
 		out = append(out, r...)
 	}
 	return out, nil
-}
-
-func readDir(dir string) ([]os.DirEntry, error) {
-	d, err := os.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer d.Close()
-	return d.ReadDir(-1)
 }

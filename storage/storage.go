@@ -2,6 +2,11 @@
 // the REST task API reads. Temporal stays the source of truth; the store is
 // written by workflow activities on every state transition so that the task
 // API is fast and outlives Temporal's history retention.
+//
+// The filesystem backend (Filesystem) lives here; the SurrealDB backend
+// lives in package storage/surrealdb, so that importing storage does not
+// pull in the SurrealDB client. Both build on the helpers in backend.go
+// for everything that is not about their own storage.
 package storage
 
 import (
@@ -129,6 +134,10 @@ var (
 	// ErrUnavailable wraps backend failures that a caller may retry later
 	// (database down, disk full); the API maps it to 503.
 	ErrUnavailable = errors.New("storage unavailable")
+	// ErrCorrupt: a stored task (a file, a database record) exists but
+	// cannot be decoded, or names another ID than it is stored under.
+	// Get returns it; List skips such tasks and Put overwrites them.
+	ErrCorrupt = errors.New("corrupt task file")
 )
 
 // Store persists tasks. Implementations are safe for concurrent use by many

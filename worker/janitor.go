@@ -6,11 +6,11 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/provisioning/orchestrator/driver"
+	"github.com/provisioning/orchestrator/testenv"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
-
-	"github.com/provisioning/orchestrator/activities"
 )
 
 // DefaultJanitorInterval is how often a worker sweeps for leftover Docker
@@ -22,7 +22,7 @@ const DefaultJanitorInterval = 5 * time.Minute
 // or cleanup leaves behind. Objects without the service's managed-by label
 // are never listed, so never touched.
 type Janitor struct {
-	Docker *activities.DockerRuntime
+	Docker driver.Environments
 	Client client.Client
 	Logger *slog.Logger
 	// Instance limits the sweep to objects of this deployment
@@ -33,7 +33,7 @@ type Janitor struct {
 // JanitorReport says what one sweep did.
 type JanitorReport struct {
 	// Removed maps environment ids to what was removed.
-	Removed map[string]activities.RemovedCounts `json:"removed"`
+	Removed map[string]testenv.RemovedCounts `json:"removed"`
 	// Kept are environments whose workflow still runs.
 	Kept []string `json:"kept"`
 }
@@ -42,7 +42,7 @@ type JanitorReport struct {
 // (Temporal down) is kept: removing a live environment is worse than
 // waiting for the next sweep.
 func (j *Janitor) RunOnce(ctx context.Context) (JanitorReport, error) {
-	rep := JanitorReport{Removed: map[string]activities.RemovedCounts{}}
+	rep := JanitorReport{Removed: map[string]testenv.RemovedCounts{}}
 	envs, err := j.Docker.ListManagedEnvironments(ctx, j.Instance)
 	if err != nil {
 		return rep, err

@@ -12,6 +12,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/provisioning/orchestrator/activities"
+	"github.com/provisioning/orchestrator/internal/tailbuf"
 	"github.com/provisioning/orchestrator/storage"
 )
 
@@ -29,15 +30,7 @@ func ServerCreateWorkflow(ctx workflow.Context, in ServerCreateInput) (storage.T
 	for i, s := range in.Servers {
 		steps[i] = step{name: s, args: in.ServerArgs(s)}
 	}
-	return run(ctx, job{
-		common:   in.Common,
-		workflow: ServerCreateWorkflowName,
-		name:     "server create " + in.Infra,
-		command:  "server create",
-		args:     append(in.flags(), in.Servers...),
-		steps:    steps,
-		validate: in.Validate,
-	})
+	return newProvisioning(in.Common, in.Task(), steps, in.Validate).run(ctx)
 }
 
 // TaskservCreateWorkflow installs a taskserv on each server (one Nushell
@@ -50,28 +43,13 @@ func TaskservCreateWorkflow(ctx workflow.Context, in TaskservCreateInput) (stora
 	if len(steps) == 0 {
 		steps = []step{{name: in.Taskserv, args: in.TaskservArgs("")}}
 	}
-	return run(ctx, job{
-		common:   in.Common,
-		workflow: TaskservCreateWorkflowName,
-		name:     "taskserv create " + in.Taskserv,
-		command:  "taskserv create",
-		args:     append(append([]string{in.Taskserv}, in.flags()...), in.Servers...),
-		steps:    steps,
-		validate: in.Validate,
-	})
+	return newProvisioning(in.Common, in.Task(), steps, in.Validate).run(ctx)
 }
 
 // ClusterCreateWorkflow builds a cluster with one Nushell call.
 func ClusterCreateWorkflow(ctx workflow.Context, in ClusterCreateInput) (storage.Task, error) {
-	return run(ctx, job{
-		common:   in.Common,
-		workflow: ClusterCreateWorkflowName,
-		name:     "cluster create " + in.Cluster,
-		command:  "cluster create",
-		args:     append([]string{in.Cluster}, in.flags()...),
-		steps:    []step{{name: in.Cluster, args: in.ClusterArgs()}},
-		validate: in.Validate,
-	})
+	steps := []step{{name: in.Cluster, args: in.ClusterArgs()}}
+	return newProvisioning(in.Common, in.Task(), steps, in.Validate).run(ctx)
 }
 
 type step struct {
@@ -79,76 +57,108 @@ type step struct {
 	args []string
 }
 
-type job struct {
+// provisioning is one provisioning workflow run: its input, policy and the
+// task it projects. The status query returns the task.
+type provisioning struct {
 	common   Common
-	workflow string
-	name     string
-	command  string
-	args     []string
 	steps    []step
 	validate func() error
+	policy   ExecPolicy
+	task     storage.Task
+	// cancelled is set once the workflow is cancelled or a step reports
+	// cancellation: no new step starts.
+	cancelled bool
 }
 
-// taskState is the workflow's private state; the status query returns it.
-type taskState struct {
-	task storage.Task
+func newProvisioning(common Common, spec TaskSpec, steps []step, validate func() error) *provisioning {
+	return &provisioning{
+		common:   common,
+		steps:    steps,
+		validate: validate,
+		policy:   common.Policy.WithDefaults(),
+		task: storage.Normalize(storage.Task{
+			ID:           common.TaskID,
+			Name:         spec.Name,
+			Command:      spec.Command,
+			Args:         spec.Args,
+			Status:       storage.StatusPending,
+			CreatedAt:    common.CreatedAt,
+			WorkflowType: spec.Workflow,
+			Progress:     storage.Progress{Total: len(steps)},
+		}),
+	}
 }
 
-func run(ctx workflow.Context, j job) (storage.Task, error) {
-	p := j.common.Policy.WithDefaults()
-	st := &taskState{task: storage.Normalize(storage.Task{
-		ID:           j.common.TaskID,
-		Name:         j.name,
-		Command:      j.command,
-		Args:         j.args,
-		Status:       storage.StatusPending,
-		CreatedAt:    j.common.CreatedAt,
-		WorkflowType: j.workflow,
-		Progress:     storage.Progress{Total: len(j.steps)},
-	})}
-	if st.task.CreatedAt.IsZero() {
-		st.task.CreatedAt = workflow.Now(ctx)
+func (w *provisioning) run(ctx workflow.Context) (storage.Task, error) {
+	if err := w.setup(ctx); err != nil {
+		return w.task, err
 	}
-	if err := workflow.SetQueryHandler(ctx, StatusQuery, func() (storage.Task, error) {
-		return st.task, nil
-	}); err != nil {
-		return st.task, err
-	}
-	for _, s := range j.steps {
-		st.task.Steps = append(st.task.Steps, storage.StepResult{Name: s.name, Status: storage.StatusPending})
-	}
-	if j.common.TaskID == "" {
+	if w.common.TaskID == "" {
 		// Without an ID there is nowhere to project to.
-		return st.task, temporal.NewNonRetryableApplicationError("task_id: must not be empty", "InvalidInput", nil)
+		return w.task, temporal.NewNonRetryableApplicationError("task_id: must not be empty", ErrTypeInvalidInput, nil)
 	}
-
-	if err := j.validate(); err != nil {
+	if err := w.validate(); err != nil {
 		// Invalid input can never succeed: fail fast, visibly, without retries.
 		now := workflow.Now(ctx)
-		st.task.StartedAt = &now
-		st.finish(ctx, storage.StatusFailed, "", "invalid input: "+err.Error())
-		if perr := st.projectFinal(ctx); perr != nil {
-			return st.task, perr
-		}
-		return st.task, temporal.NewNonRetryableApplicationError(err.Error(), "InvalidInput", nil)
+		w.task.StartedAt = &now
+		return w.finish(ctx, storage.StatusFailed, "", "invalid input: "+err.Error(),
+			temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeInvalidInput, nil))
 	}
+	if err := w.start(ctx); err != nil {
+		return w.task, err
+	}
+	if err := w.runSteps(ctx); err != nil {
+		return w.task, err
+	}
+	return w.conclude(ctx)
+}
 
+// setup registers the status query (first, so it answers from the start)
+// and lists the steps as Pending.
+func (w *provisioning) setup(ctx workflow.Context) error {
+	if w.task.CreatedAt.IsZero() {
+		w.task.CreatedAt = workflow.Now(ctx)
+	}
+	if err := workflow.SetQueryHandler(ctx, StatusQuery, func() (storage.Task, error) {
+		return w.task, nil
+	}); err != nil {
+		return err
+	}
+	for _, s := range w.steps {
+		w.task.Steps = append(w.task.Steps, storage.StepResult{Name: s.name, Status: storage.StatusPending})
+	}
+	return nil
+}
+
+// start marks the task Running. A cancel arriving during that projection
+// is not an error: the run ends Cancelled.
+func (w *provisioning) start(ctx workflow.Context) error {
 	now := workflow.Now(ctx)
-	st.task.Status = storage.StatusRunning
-	st.task.StartedAt = &now
-	cancelled := false
-	if err := st.project(ctx); err != nil {
-		if ctx.Err() == nil {
-			return st.task, err
-		}
-		cancelled = true
-	}
+	w.task.Status = storage.StatusRunning
+	w.task.StartedAt = &now
+	return w.projectProgress(ctx)
+}
 
-	actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+// projectProgress projects a transition while the workflow runs; an error
+// caused by cancellation marks the run cancelled instead of failing it.
+func (w *provisioning) projectProgress(ctx workflow.Context) error {
+	if err := projectTask(ctx, &w.task); err != nil {
+		if ctx.Err() == nil {
+			return err
+		}
+		w.cancelled = true
+	}
+	return nil
+}
+
+// stepCtx applies the options of Nushell steps: the policy's timeouts and
+// retries, and waiting for cancellation so that a step's processes are gone
+// before the task may say Cancelled.
+func (w *provisioning) stepCtx(ctx workflow.Context) workflow.Context {
+	p := w.policy
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		StartToCloseTimeout: p.StepTimeout,
 		HeartbeatTimeout:    p.HeartbeatTimeout,
-		// The activity must finish killing its processes before the task
-		// may say Cancelled.
 		WaitForCancellation: true,
 		RetryPolicy: &temporal.RetryPolicy{
 			InitialInterval:    p.InitialInterval,
@@ -160,28 +170,34 @@ func run(ctx workflow.Context, j job) (storage.Task, error) {
 			},
 		},
 	})
+}
 
+// runSteps runs the steps, Policy.Parallelism at a time, projecting the
+// progress after each one ends; after a cancel it starts no new step and
+// waits for the running ones to stop.
+func (w *provisioning) runSteps(ctx workflow.Context) error {
+	actx := w.stepCtx(ctx)
 	sel := workflow.NewSelector(ctx)
 	running, next := 0, 0
 	startNext := func() {
 		i := next
 		next++
 		running++
-		st.task.Steps[i].Status = storage.StatusRunning
+		w.task.Steps[i].Status = storage.StatusRunning
 		f := workflow.ExecuteActivity(actx, a.RunNushell, activities.NuStep{
-			TaskID: j.common.TaskID, Step: j.steps[i].name, Args: j.steps[i].args,
+			TaskID: w.common.TaskID, Step: w.steps[i].name, Args: w.steps[i].args,
 		})
 		sel.AddFuture(f, func(f workflow.Future) {
 			running--
 			var res activities.NuStepResult
 			err := f.Get(ctx, &res)
-			if st.recordStep(i, res, err) {
-				cancelled = true
+			if w.recordStep(i, res, err) {
+				w.cancelled = true
 			}
 		})
 	}
-	for next < len(j.steps) || running > 0 {
-		for !cancelled && ctx.Err() == nil && running < p.Parallelism && next < len(j.steps) {
+	for next < len(w.steps) || running > 0 {
+		for !w.cancelled && ctx.Err() == nil && running < w.policy.Parallelism && next < len(w.steps) {
 			startNext()
 		}
 		if running == 0 {
@@ -190,52 +206,66 @@ func run(ctx workflow.Context, j job) (storage.Task, error) {
 		sel.Select(ctx)
 		if ctx.Err() == nil {
 			// Progress is a transition users watch; project it.
-			if err := st.project(ctx); err != nil {
-				if ctx.Err() == nil {
-					return st.task, err
-				}
-				cancelled = true
+			if err := w.projectProgress(ctx); err != nil {
+				return err
 			}
 		}
 	}
+	return nil
+}
 
-	if cancelled || ctx.Err() != nil {
-		for i := range st.task.Steps {
-			if !st.task.Steps[i].Status.Terminal() {
-				st.task.Steps[i].Status = storage.StatusCancelled
+// conclude ends the task Cancelled, Failed (naming every failed step) or
+// Completed.
+func (w *provisioning) conclude(ctx workflow.Context) (storage.Task, error) {
+	if w.cancelled || ctx.Err() != nil {
+		for i := range w.task.Steps {
+			if !w.task.Steps[i].Status.Terminal() {
+				w.task.Steps[i].Status = storage.StatusCancelled
 			}
 		}
-		st.finish(ctx, storage.StatusCancelled, st.combinedOutput(), "task cancelled")
-		if err := st.projectFinal(ctx); err != nil {
-			return st.task, err
-		}
-		return st.task, temporal.NewCanceledError("task cancelled")
+		return w.finish(ctx, storage.StatusCancelled, w.combinedOutput(), "task cancelled",
+			temporal.NewCanceledError("task cancelled"))
 	}
-
 	var failed []string
-	for _, s := range st.task.Steps {
+	for _, s := range w.task.Steps {
 		if s.Status != storage.StatusCompleted {
 			failed = append(failed, fmt.Sprintf("%s: %s", s.Name, lastLine(s.Error)))
 		}
 	}
 	if len(failed) > 0 {
-		msg := fmt.Sprintf("%d of %d steps failed: %s", len(failed), len(st.task.Steps), strings.Join(failed, "; "))
-		st.finish(ctx, storage.StatusFailed, st.combinedOutput(), msg+"\n\n"+st.combinedErrors())
-		if err := st.projectFinal(ctx); err != nil {
-			return st.task, err
-		}
-		return st.task, temporal.NewNonRetryableApplicationError(msg, "ProvisioningFailed", nil)
+		msg := fmt.Sprintf("%d of %d steps failed: %s", len(failed), len(w.task.Steps), strings.Join(failed, "; "))
+		return w.finish(ctx, storage.StatusFailed, w.combinedOutput(), msg+"\n\n"+w.combinedErrors(),
+			temporal.NewNonRetryableApplicationError(msg, ErrTypeProvisioningFailed, nil))
 	}
-	st.finish(ctx, storage.StatusCompleted, st.combinedOutput(), "")
-	if err := st.projectFinal(ctx); err != nil {
-		return st.task, err
+	return w.finish(ctx, storage.StatusCompleted, w.combinedOutput(), "", nil)
+}
+
+// finish sets the terminal status, output and error, projects the final
+// snapshot (on a disconnected context: it must land even while the
+// workflow is being cancelled) and returns the workflow's result, with
+// result as its error unless the projection failed.
+func (w *provisioning) finish(ctx workflow.Context, status storage.TaskStatus, output, errText string, result error) (storage.Task, error) {
+	now := workflow.Now(ctx)
+	w.task.Status = status
+	w.task.CompletedAt = &now
+	if output != "" {
+		o := tailbuf.String(output, maxTaskOutput)
+		w.task.Output = &o
 	}
-	return st.task, nil
+	if errText != "" {
+		e := tailbuf.String(errText, maxTaskOutput)
+		w.task.Error = &e
+	}
+	dctx, _ := workflow.NewDisconnectedContext(ctx)
+	if err := projectTask(dctx, &w.task); err != nil {
+		return w.task, err
+	}
+	return w.task, result
 }
 
 // recordStep stores one step's outcome and reports whether it was cancelled.
-func (st *taskState) recordStep(i int, res activities.NuStepResult, err error) bool {
-	s := &st.task.Steps[i]
+func (w *provisioning) recordStep(i int, res activities.NuStepResult, err error) bool {
+	s := &w.task.Steps[i]
 	if err == nil {
 		s.Status = storage.StatusCompleted
 		s.Attempts = res.Attempt
@@ -243,7 +273,7 @@ func (st *taskState) recordStep(i int, res activities.NuStepResult, err error) b
 		s.ExitCode = &code
 		s.Output = res.Stdout
 		s.DurationMS = res.DurationMS
-		st.task.Progress.Done++
+		w.task.Progress.Done++
 		return false
 	}
 	var canceled *temporal.CanceledError
@@ -253,7 +283,7 @@ func (st *taskState) recordStep(i int, res activities.NuStepResult, err error) b
 		return true
 	}
 	s.Status = storage.StatusFailed
-	st.task.Progress.Done++
+	w.task.Progress.Done++
 	var appErr *temporal.ApplicationError
 	if errors.As(err, &appErr) && appErr.HasDetails() {
 		var details activities.NuStepResult
@@ -279,20 +309,6 @@ func (st *taskState) recordStep(i int, res activities.NuStepResult, err error) b
 	return false
 }
 
-func (st *taskState) finish(ctx workflow.Context, status storage.TaskStatus, output, errText string) {
-	now := workflow.Now(ctx)
-	st.task.Status = status
-	st.task.CompletedAt = &now
-	if output != "" {
-		o := tail(output, maxTaskOutput)
-		st.task.Output = &o
-	}
-	if errText != "" {
-		e := tail(errText, maxTaskOutput)
-		st.task.Error = &e
-	}
-}
-
 // projectionCtx applies the options of every store projection: a short
 // local activity retried until the store is back, because a store outage
 // must not lose a transition.
@@ -303,41 +319,33 @@ func projectionCtx(ctx workflow.Context) workflow.Context {
 			InitialInterval:        200 * time.Millisecond,
 			BackoffCoefficient:     2,
 			MaximumInterval:        30 * time.Second,
-			NonRetryableErrorTypes: []string{"InvalidTaskID"},
+			NonRetryableErrorTypes: []string{activities.ErrTypeInvalidTaskID},
 		},
 	})
 }
 
-// project writes the current snapshot with the next version. Projection is
-// a local activity: it is a short store write, and running it in the
-// workflow task avoids a task-queue round trip per transition.
-func (st *taskState) project(ctx workflow.Context) error {
-	st.task.Version++
-	st.task.UpdatedAt = workflow.Now(ctx)
+// projectTask writes the task's current snapshot with the next version.
+// Projection is a local activity: it is a short store write, and running it
+// in the workflow task avoids a task-queue round trip per transition.
+func projectTask(ctx workflow.Context, t *storage.Task) error {
+	t.Version++
+	t.UpdatedAt = workflow.Now(ctx)
 	lctx := projectionCtx(ctx)
 	// Local activities get the argument itself, not a serialised copy: hand
 	// over a snapshot that later step updates cannot change.
-	snap := st.task
-	snap.Args = slices.Clone(st.task.Args)
-	snap.Dependencies = slices.Clone(st.task.Dependencies)
-	snap.Steps = slices.Clone(st.task.Steps)
+	snap := *t
+	snap.Args = slices.Clone(t.Args)
+	snap.Dependencies = slices.Clone(t.Dependencies)
+	snap.Steps = slices.Clone(t.Steps)
 	return workflow.ExecuteLocalActivity(lctx, a.ProjectTask, snap).Get(lctx, nil)
 }
 
-// projectFinal writes a terminal snapshot. A terminal transition must reach
-// the store even when the workflow is being cancelled at that very moment,
-// so it runs on a disconnected context.
-func (st *taskState) projectFinal(ctx workflow.Context) error {
-	dctx, _ := workflow.NewDisconnectedContext(ctx)
-	return st.project(dctx)
-}
-
-func (st *taskState) combinedOutput() string {
-	if len(st.task.Steps) == 1 {
-		return st.task.Steps[0].Output
+func (w *provisioning) combinedOutput() string {
+	if len(w.task.Steps) == 1 {
+		return w.task.Steps[0].Output
 	}
 	var b strings.Builder
-	for _, s := range st.task.Steps {
+	for _, s := range w.task.Steps {
 		if s.Output == "" {
 			continue
 		}
@@ -349,9 +357,9 @@ func (st *taskState) combinedOutput() string {
 	return b.String()
 }
 
-func (st *taskState) combinedErrors() string {
+func (w *provisioning) combinedErrors() string {
 	var b strings.Builder
-	for _, s := range st.task.Steps {
+	for _, s := range w.task.Steps {
 		if s.Error == "" {
 			continue
 		}
@@ -367,11 +375,4 @@ func lastLine(s string) string {
 		return strings.TrimSpace(s[i+1:])
 	}
 	return s
-}
-
-func tail(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[len(s)-n:]
 }

@@ -39,21 +39,21 @@ func TestRecordHistories_TestEnvironment(t *testing.T) {
 
 	// Stand-ins for the Docker activities (the real ones need an engine):
 	// same names, input and output types.
-	createEnvironment := func(_ context.Context, in activities.CreateEnvInput) (activities.EnvInfo, error) {
+	createEnvironment := func(_ context.Context, in activities.CreateEnvInput) (testenv.EnvInfo, error) {
 		return envInfo(in.Plan, in.Start), nil
 	}
 	startEnvironment := func(context.Context, string) error { return nil }
-	inspectEnvironment := func(_ context.Context, envID string) ([]activities.NodeStatus, error) {
+	inspectEnvironment := func(_ context.Context, envID string) ([]testenv.NodeStatus, error) {
 		plan, err := testenv.BuildPlan(envID, envRequest(), nil, testImage)
 		if err != nil {
 			return nil, err
 		}
 		return engineNodes(plan, "running"), nil
 	}
-	runTests := func(_ context.Context, in activities.RunTestsInput) (activities.TestRun, error) {
+	runTests := func(_ context.Context, in activities.RunTestsInput) (testenv.TestRun, error) {
 		return runResult(in), nil
 	}
-	removeEnvironment := func(context.Context, string) (activities.RemovedCounts, error) {
+	removeEnvironment := func(context.Context, string) (testenv.RemovedCounts, error) {
 		return removedCounts, nil
 	}
 	srv.NewWorker(taskQueue, func(r sdkworker.Registry) {
@@ -90,7 +90,7 @@ func TestRecordHistories_TestEnvironment(t *testing.T) {
 		if err != nil {
 			return false
 		}
-		var st activities.EnvState
+		var st testenv.EnvState
 		return v.Get(&st) == nil && st.Status == workflows.EnvReady
 	}, time.Minute, 50*time.Millisecond)
 
@@ -103,14 +103,14 @@ func TestRecordHistories_TestEnvironment(t *testing.T) {
 		WaitForStage: client.WorkflowUpdateStageCompleted,
 	})
 	require.NoError(t, err)
-	var tr activities.TestRun
+	var tr testenv.TestRun
 	require.NoError(t, h.Get(ctx, &tr))
 	require.True(t, tr.Passed)
 	require.Equal(t, 1, tr.Number)
 	require.Equal(t, len(plan.DefaultTests()), tr.Total)
 
 	require.NoError(t, c.SignalWorkflow(ctx, run.GetID(), run.GetRunID(), workflows.CleanupSignal, nil))
-	var final activities.EnvState
+	var final testenv.EnvState
 	require.NoError(t, run.Get(ctx, &final))
 	require.Equal(t, workflows.EnvCleaned, final.Status)
 	require.Equal(t, "cleanup requested", final.EndReason)

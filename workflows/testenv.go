@@ -19,7 +19,7 @@ const TestEnvironmentWorkflowName = "TestEnvironment"
 
 // RunTestsUpdate is the update that runs tests in a ready environment and
 // returns their results: `temporal workflow update execute --name run-tests`.
-// Its input is testenv.RunRequest; its result is activities.TestRun. A run
+// Its input is testenv.RunRequest; its result is testenv.TestRun. A run
 // while another is in progress, or after cleanup began, is rejected.
 const RunTestsUpdate = "run-tests"
 
@@ -71,10 +71,15 @@ const (
 	EnvError = "error"
 )
 
-type envState struct {
-	s       activities.EnvState
+// envWorkflow is one test environment's workflow: its input and the state
+// the status query returns and the task store receives.
+type envWorkflow struct {
+	in      TestEnvInput
+	s       testenv.EnvState
 	version int64
+	// started: the containers were started (auto_start, or by a first run).
 	started bool
+	// cleanup: cleanup was signalled or follows from auto_cleanup.
 	cleanup bool
 	// running is true from the start of a RunTestsUpdate handler until it
 	// returns (Status says passed/failed before the handler's last steps).
@@ -85,7 +90,19 @@ type envState struct {
 // (RunTestsUpdate) until cleanup is signalled, auto_cleanup follows a run,
 // the TTL expires, or the workflow is cancelled, and then removes every
 // Docker object it created. Its timer is durable: a TTL outlives crashes.
-func TestEnvironmentWorkflow(ctx workflow.Context, in TestEnvInput) (activities.EnvState, error) {
+func TestEnvironmentWorkflow(ctx workflow.Context, in TestEnvInput) (testenv.EnvState, error) {
+	w := newEnvWorkflow(ctx, in)
+	if err := w.setup(ctx); err != nil {
+		return w.s, err
+	}
+	if err := w.create(ctx); err != nil {
+		return w.s, err
+	}
+	expired := w.serve(ctx)
+	return w.teardown(ctx, expired)
+}
+
+func newEnvWorkflow(ctx workflow.Context, in TestEnvInput) *envWorkflow {
 	ttl := in.TTL
 	if ttl <= 0 {
 		ttl = DefaultEnvTTL
@@ -94,176 +111,193 @@ func TestEnvironmentWorkflow(ctx workflow.Context, in TestEnvInput) (activities.
 	if created.IsZero() {
 		created = workflow.Now(ctx)
 	}
-	st := &envState{s: activities.EnvState{
+	w := &envWorkflow{in: in, s: testenv.EnvState{
 		ID:          in.EnvID,
 		Status:      EnvCreating,
 		Type:        in.Request.Config.Type,
 		Infra:       in.Request.Infra,
 		Request:     in.Request,
-		Network:     activities.EnvNetwork{Name: in.Plan.NetworkName, Subnet: in.Plan.Subnet},
+		Network:     testenv.EnvNetwork{Name: in.Plan.NetworkName, Subnet: in.Plan.Subnet},
 		AutoStart:   in.Request.AutoStart,
 		AutoCleanup: in.Request.AutoCleanup,
 		CreatedAt:   created,
 		ExpiresAt:   created.Add(ttl),
 	}}
 	for _, n := range in.Plan.Nodes {
-		st.s.Nodes = append(st.s.Nodes, activities.NodeStatus{Node: n.Name, Role: n.Role, Name: n.ContainerName, Taskservs: n.Taskservs, NanoCPUs: n.NanoCPUs, MemoryBytes: n.MemoryBytes, State: "planned"})
+		w.s.Nodes = append(w.s.Nodes, testenv.NodeStatus{Node: n.Name, Role: n.Role, Name: n.ContainerName, Taskservs: n.Taskservs, NanoCPUs: n.NanoCPUs, MemoryBytes: n.MemoryBytes, State: "planned"})
 	}
-	if err := workflow.SetQueryHandler(ctx, StatusQuery, func() (activities.EnvState, error) {
-		return st.s, nil
-	}); err != nil {
-		return st.s, err
-	}
-	if in.EnvID == "" || len(in.Plan.Nodes) == 0 {
-		return st.s, temporal.NewNonRetryableApplicationError("env_id and plan.nodes are required", "InvalidInput", nil)
-	}
+	return w
+}
 
+// setup registers the status query (first, so it answers from the start),
+// checks the input, and registers the cleanup signal and the run-tests
+// update with its validator.
+func (w *envWorkflow) setup(ctx workflow.Context) error {
+	if err := workflow.SetQueryHandler(ctx, StatusQuery, func() (testenv.EnvState, error) {
+		return w.s, nil
+	}); err != nil {
+		return err
+	}
+	if w.in.EnvID == "" || len(w.in.Plan.Nodes) == 0 {
+		return temporal.NewNonRetryableApplicationError("env_id and plan.nodes are required", ErrTypeInvalidInput, nil)
+	}
 	cleanupCh := workflow.GetSignalChannel(ctx, CleanupSignal)
 	workflow.Go(ctx, func(ctx workflow.Context) {
 		for {
 			cleanupCh.Receive(ctx, nil)
-			st.cleanup = true
+			w.cleanup = true
 		}
 	})
-	if err := workflow.SetUpdateHandlerWithOptions(ctx, RunTestsUpdate,
-		func(ctx workflow.Context, req testenv.RunRequest) (activities.TestRun, error) {
-			return st.runTests(ctx, in.Plan, req)
-		},
-		workflow.UpdateHandlerOptions{Validator: func(req testenv.RunRequest) error {
-			if st.running {
-				return temporal.NewApplicationError("a test run is already in progress in this environment", ErrTypeRunInProgress)
-			}
-			switch st.s.Status {
-			case EnvRunning:
-				return temporal.NewApplicationError("a test run is already in progress in this environment", ErrTypeRunInProgress)
-			case EnvReady, EnvPassed, EnvFailed:
-			default:
-				return temporal.NewApplicationError(fmt.Sprintf("environment is %s, not ready for tests", st.s.Status), ErrTypeEnvNotReady)
-			}
-			if st.cleanup {
-				return temporal.NewApplicationError("environment cleanup was requested", ErrTypeEnvNotReady)
-			}
-			if err := req.Validate(in.Plan); err != nil {
-				return temporal.NewApplicationError(err.Error(), ErrTypeInvalidRunSpec)
-			}
-			return nil
-		}},
-	); err != nil {
-		return st.s, err
-	}
+	return workflow.SetUpdateHandlerWithOptions(ctx, RunTestsUpdate, w.runTests,
+		workflow.UpdateHandlerOptions{Validator: w.validateRun})
+}
 
-	if err := st.project(ctx); err != nil {
-		return st.s, err
+// validateRun admits a run only into a ready environment with no run in
+// progress and no cleanup requested, and only with tests that fit the plan;
+// a rejected update never enters history.
+func (w *envWorkflow) validateRun(req testenv.RunRequest) error {
+	if w.running {
+		return temporal.NewApplicationError("a test run is already in progress in this environment", ErrTypeRunInProgress)
 	}
+	switch w.s.Status {
+	case EnvRunning:
+		return temporal.NewApplicationError("a test run is already in progress in this environment", ErrTypeRunInProgress)
+	case EnvReady, EnvPassed, EnvFailed:
+	default:
+		return temporal.NewApplicationError(fmt.Sprintf("environment is %s, not ready for tests", w.s.Status), ErrTypeEnvNotReady)
+	}
+	if w.cleanup {
+		return temporal.NewApplicationError("environment cleanup was requested", ErrTypeEnvNotReady)
+	}
+	if err := req.Validate(w.in.Plan); err != nil {
+		return temporal.NewApplicationError(err.Error(), ErrTypeInvalidRunSpec)
+	}
+	return nil
+}
 
-	var env activities.EnvInfo
+// create makes the environment and marks it ready. On failure it rolls back
+// (unless keep_on_failure) and returns the workflow's error.
+func (w *envWorkflow) create(ctx workflow.Context) error {
+	if err := w.project(ctx); err != nil {
+		return err
+	}
+	var env testenv.EnvInfo
 	err := workflow.ExecuteActivity(dockerCtx(ctx, 10*time.Minute), a.CreateEnvironment, activities.CreateEnvInput{
-		Plan: in.Plan, Start: in.Request.AutoStart,
+		Plan: w.in.Plan, Start: w.in.Request.AutoStart,
 	}).Get(ctx, &env)
 	if err != nil {
-		cancelled := ctx.Err() != nil
-		switch {
-		case cancelled:
-			// End like a cancel while ready: remove what was made.
-			st.s.EndReason = "cancelled"
-			st.s.LastStatus = EnvCreating
-			st.s.Status = EnvCleaned
-			if cerr := st.remove(ctx); cerr != nil {
-				st.s.Status = EnvError
-				st.s.Error = "cancelled during creation; cleanup failed: " + rootMessage(cerr)
-			}
-		case in.Request.KeepOnFailure:
-			st.s.Status = EnvError
-			st.s.Error = rootMessage(err)
-		default:
-			st.s.Status = EnvError
-			st.s.Error = rootMessage(err)
-			if cerr := st.remove(ctx); cerr != nil {
-				st.s.Error += "; rollback failed: " + rootMessage(cerr)
-			} else {
-				st.s.Error += " (rolled back)"
-			}
-		}
-		now := workflow.Now(ctx)
-		st.s.FinishedAt = &now
-		_ = st.projectFinal(ctx)
-		if cancelled {
-			return st.s, temporal.NewCanceledError("environment creation cancelled")
-		}
-		return st.s, temporal.NewNonRetryableApplicationError("environment creation failed: "+st.s.Error, "EnvironmentCreateFailed", nil)
+		return w.createFailed(ctx, err)
 	}
-	st.started = in.Request.AutoStart
-	st.s.Network.Subnet = env.Subnet
-	st.s.Network.ID = env.NetworkID
-	st.s.Nodes = withPlan(env.Nodes, in.Plan)
-	st.s.Status = EnvReady
-	if err := st.project(ctx); err != nil && ctx.Err() == nil {
-		return st.s, err
+	w.started = w.in.Request.AutoStart
+	w.s.Network.Subnet = env.Subnet
+	w.s.Network.ID = env.NetworkID
+	w.s.Nodes = withPlan(env.Nodes, w.in.Plan)
+	w.s.Status = EnvReady
+	if err := w.project(ctx); err != nil && ctx.Err() == nil {
+		return err
 	}
+	return nil
+}
 
-	// Serve runs until something ends the environment.
-	remaining := st.s.ExpiresAt.Sub(workflow.Now(ctx))
-	expired := false
+// createFailed ends an environment whose creation failed or was cancelled:
+// what was made is removed, except for keep_on_failure (debugging).
+func (w *envWorkflow) createFailed(ctx workflow.Context, err error) error {
+	cancelled := ctx.Err() != nil
+	switch {
+	case cancelled:
+		// End like a cancel while ready: remove what was made.
+		w.s.EndReason = "cancelled"
+		w.s.LastStatus = EnvCreating
+		w.s.Status = EnvCleaned
+		if cerr := w.remove(ctx); cerr != nil {
+			w.s.Status = EnvError
+			w.s.Error = "cancelled during creation; cleanup failed: " + rootMessage(cerr)
+		}
+	case w.in.Request.KeepOnFailure:
+		w.s.Status = EnvError
+		w.s.Error = rootMessage(err)
+	default:
+		w.s.Status = EnvError
+		w.s.Error = rootMessage(err)
+		if cerr := w.remove(ctx); cerr != nil {
+			w.s.Error += "; rollback failed: " + rootMessage(cerr)
+		} else {
+			w.s.Error += " (rolled back)"
+		}
+	}
+	now := workflow.Now(ctx)
+	w.s.FinishedAt = &now
+	_ = w.projectFinal(ctx)
+	if cancelled {
+		return temporal.NewCanceledError("environment creation cancelled")
+	}
+	return temporal.NewNonRetryableApplicationError("environment creation failed: "+w.s.Error, ErrTypeEnvironmentCreateFailed, nil)
+}
+
+// serve waits until something ends the environment and reports whether
+// that was the TTL. A run in flight finishes first (its result is part of
+// the state) unless the workflow itself is being cancelled.
+func (w *envWorkflow) serve(ctx workflow.Context) (expired bool) {
+	remaining := w.s.ExpiresAt.Sub(workflow.Now(ctx))
 	if remaining > 0 && ctx.Err() == nil {
-		ok, err := workflow.AwaitWithTimeout(ctx, remaining, func() bool { return st.cleanup })
+		ok, err := workflow.AwaitWithTimeout(ctx, remaining, func() bool { return w.cleanup })
 		expired = err == nil && !ok
 	} else {
 		expired = true
 	}
-	// Let a run in flight finish (its result is part of the state) unless
-	// the workflow itself is being cancelled.
 	if ctx.Err() == nil {
-		_ = workflow.Await(ctx, func() bool { return !st.running && workflow.AllHandlersFinished(ctx) })
+		_ = workflow.Await(ctx, func() bool { return !w.running && workflow.AllHandlersFinished(ctx) })
 	}
-	switch {
-	case ctx.Err() != nil:
-		st.s.EndReason = "cancelled"
-	case expired:
-		st.s.EndReason = "ttl expired"
-	case st.s.AutoCleanup && len(st.s.Runs) > 0:
-		st.s.EndReason = "auto_cleanup after run"
-	default:
-		st.s.EndReason = "cleanup requested"
-	}
-	lastStatus := st.s.Status
-	st.s.Status = EnvCleaning
-	_ = st.projectFinal(ctx)
-	if err := st.remove(ctx); err != nil {
-		st.s.Status = EnvError
-		st.s.Error = "cleanup failed: " + rootMessage(err)
-		_ = st.projectFinal(ctx)
-		return st.s, err
-	}
-	st.s.Status = EnvCleaned
-	st.s.LastStatus = lastStatus
-	now := workflow.Now(ctx)
-	st.s.FinishedAt = &now
-	if err := st.projectFinal(ctx); err != nil {
-		return st.s, err
-	}
-	if ctx.Err() != nil {
-		return st.s, temporal.NewCanceledError("environment cancelled")
-	}
-	return st.s, nil
+	return expired
 }
 
-// runTests is the RunTestsUpdate handler body.
-func (st *envState) runTests(ctx workflow.Context, plan testenv.Plan, req testenv.RunRequest) (activities.TestRun, error) {
-	st.running = true
-	defer func() { st.running = false }()
-	st.s.Status = EnvRunning
-	_ = st.project(ctx)
-	if !st.started {
+// teardown removes every Docker object of the environment and records why
+// it ended.
+func (w *envWorkflow) teardown(ctx workflow.Context, expired bool) (testenv.EnvState, error) {
+	switch {
+	case ctx.Err() != nil:
+		w.s.EndReason = "cancelled"
+	case expired:
+		w.s.EndReason = "ttl expired"
+	case w.s.AutoCleanup && len(w.s.Runs) > 0:
+		w.s.EndReason = "auto_cleanup after run"
+	default:
+		w.s.EndReason = "cleanup requested"
+	}
+	lastStatus := w.s.Status
+	w.s.Status = EnvCleaning
+	_ = w.projectFinal(ctx)
+	if err := w.remove(ctx); err != nil {
+		w.s.Status = EnvError
+		w.s.Error = "cleanup failed: " + rootMessage(err)
+		_ = w.projectFinal(ctx)
+		return w.s, err
+	}
+	w.s.Status = EnvCleaned
+	w.s.LastStatus = lastStatus
+	now := workflow.Now(ctx)
+	w.s.FinishedAt = &now
+	if err := w.projectFinal(ctx); err != nil {
+		return w.s, err
+	}
+	if ctx.Err() != nil {
+		return w.s, temporal.NewCanceledError("environment cancelled")
+	}
+	return w.s, nil
+}
+
+// runTests is the RunTestsUpdate handler.
+func (w *envWorkflow) runTests(ctx workflow.Context, req testenv.RunRequest) (testenv.TestRun, error) {
+	plan := w.in.Plan
+	w.running = true
+	defer func() { w.running = false }()
+	w.s.Status = EnvRunning
+	_ = w.project(ctx)
+	if !w.started {
 		if err := workflow.ExecuteActivity(dockerCtx(ctx, 5*time.Minute), a.StartEnvironment, plan.EnvID).Get(ctx, nil); err != nil {
-			st.s.Status = EnvFailed
-			st.s.Error = "starting the containers failed: " + rootMessage(err)
-			if st.s.AutoCleanup {
-				st.cleanup = true
-			}
-			_ = st.project(ctx)
-			return activities.TestRun{}, err
+			return w.failRun(ctx, "starting the containers failed", err)
 		}
-		st.started = true
+		w.started = true
 	}
 	specs := testenv.ExpandTests(req, plan)
 	if len(specs) == 0 {
@@ -276,53 +310,59 @@ func (st *envState) runTests(ctx workflow.Context, plan testenv.Plan, req testen
 		total = 300
 	}
 	started := workflow.Now(ctx)
-	var run activities.TestRun
+	var run testenv.TestRun
 	err := workflow.ExecuteActivity(dockerCtx(ctx, time.Duration(total)*time.Second+time.Minute), a.RunTests, activities.RunTestsInput{
-		EnvID: plan.EnvID, Tests: specs, Nodes: st.s.Nodes,
+		EnvID: plan.EnvID, Tests: specs, Nodes: w.s.Nodes,
 	}).Get(ctx, &run)
 	if err != nil {
-		st.s.Status = EnvFailed
-		st.s.Error = "test run failed: " + rootMessage(err)
-		if st.s.AutoCleanup {
-			// auto_cleanup means "do not keep it after the run", whatever
-			// the run's outcome.
-			st.cleanup = true
-		}
-		_ = st.project(ctx)
-		return activities.TestRun{}, err
+		return w.failRun(ctx, "test run failed", err)
 	}
 	run.Number = 1
-	if st.s.LastRun != nil {
-		run.Number = st.s.LastRun.Number + 1
+	if w.s.LastRun != nil {
+		run.Number = w.s.LastRun.Number + 1
 	}
 	run.StartedAt = started
 	run.FinishedAt = workflow.Now(ctx)
-	st.s.Runs = append(st.s.Runs, run)
-	if len(st.s.Runs) > maxKeptRuns {
-		st.s.Runs = st.s.Runs[len(st.s.Runs)-maxKeptRuns:]
+	w.s.Runs = append(w.s.Runs, run)
+	if len(w.s.Runs) > maxKeptRuns {
+		w.s.Runs = w.s.Runs[len(w.s.Runs)-maxKeptRuns:]
 	}
-	st.s.LastRun = &st.s.Runs[len(st.s.Runs)-1]
+	w.s.LastRun = &w.s.Runs[len(w.s.Runs)-1]
 	if run.Passed {
-		st.s.Status = EnvPassed
+		w.s.Status = EnvPassed
 	} else {
-		st.s.Status = EnvFailed
+		w.s.Status = EnvFailed
 	}
 	// Refresh node state (a test may have killed a container).
-	var nodes []activities.NodeStatus
+	var nodes []testenv.NodeStatus
 	if err := workflow.ExecuteActivity(dockerCtx(ctx, time.Minute), a.InspectEnvironment, plan.EnvID).Get(ctx, &nodes); err == nil && len(nodes) > 0 {
-		st.s.Nodes = withPlan(nodes, plan)
+		w.s.Nodes = withPlan(nodes, plan)
 	}
-	if st.s.AutoCleanup {
-		st.cleanup = true
+	if w.s.AutoCleanup {
+		w.cleanup = true
 	}
-	_ = st.project(ctx)
+	_ = w.project(ctx)
 	return run, nil
+}
+
+// failRun marks the environment failed by a run that could not complete
+// (what names the step), projects it, and returns err as the update's
+// result. auto_cleanup means "do not keep it after the run", whatever the
+// run's outcome.
+func (w *envWorkflow) failRun(ctx workflow.Context, what string, err error) (testenv.TestRun, error) {
+	w.s.Status = EnvFailed
+	w.s.Error = what + ": " + rootMessage(err)
+	if w.s.AutoCleanup {
+		w.cleanup = true
+	}
+	_ = w.project(ctx)
+	return testenv.TestRun{}, err
 }
 
 // withPlan completes the engine's view of the nodes with what only the plan
 // knows (taskservs) and puts them in plan order (InspectNodes sorts by
 // name).
-func withPlan(nodes []activities.NodeStatus, plan testenv.Plan) []activities.NodeStatus {
+func withPlan(nodes []testenv.NodeStatus, plan testenv.Plan) []testenv.NodeStatus {
 	order := map[string]int{}
 	for i, n := range plan.Nodes {
 		order[n.Name] = i
@@ -333,20 +373,20 @@ func withPlan(nodes []activities.NodeStatus, plan testenv.Plan) []activities.Nod
 			out[i].Taskservs = slices.Clone(n.Taskservs)
 		}
 	}
-	slices.SortStableFunc(out, func(x, y activities.NodeStatus) int { return order[x.Node] - order[y.Node] })
+	slices.SortStableFunc(out, func(x, y testenv.NodeStatus) int { return order[x.Node] - order[y.Node] })
 	return out
 }
 
 // remove deletes every Docker object of the environment, on a disconnected
 // context so that cancellation cannot leave containers behind.
-func (st *envState) remove(ctx workflow.Context) error {
+func (w *envWorkflow) remove(ctx workflow.Context) error {
 	dctx, _ := workflow.NewDisconnectedContext(ctx)
-	var removed activities.RemovedCounts
-	err := workflow.ExecuteActivity(dockerCtx(dctx, 5*time.Minute), a.RemoveEnvironment, st.s.ID).Get(dctx, &removed)
+	var removed testenv.RemovedCounts
+	err := workflow.ExecuteActivity(dockerCtx(dctx, 5*time.Minute), a.RemoveEnvironment, w.s.ID).Get(dctx, &removed)
 	if err == nil {
-		st.s.Removed = &removed
-		for i := range st.s.Nodes {
-			st.s.Nodes[i].State = "removed"
+		w.s.Removed = &removed
+		for i := range w.s.Nodes {
+			w.s.Nodes[i].State = "removed"
 		}
 	}
 	return err
@@ -372,17 +412,17 @@ func dockerCtx(ctx workflow.Context, timeout time.Duration) workflow.Context {
 	})
 }
 
-func (st *envState) project(ctx workflow.Context) error {
-	st.version++
-	st.s.UpdatedAt = workflow.Now(ctx)
-	st.s.Version = st.version
+func (w *envWorkflow) project(ctx workflow.Context) error {
+	w.version++
+	w.s.UpdatedAt = workflow.Now(ctx)
+	w.s.Version = w.version
 	lctx := projectionCtx(ctx)
-	return workflow.ExecuteLocalActivity(lctx, a.ProjectEnvironment, st.s.Clone()).Get(lctx, nil)
+	return workflow.ExecuteLocalActivity(lctx, a.ProjectEnvironment, w.s.Clone()).Get(lctx, nil)
 }
 
-func (st *envState) projectFinal(ctx workflow.Context) error {
+func (w *envWorkflow) projectFinal(ctx workflow.Context) error {
 	dctx, _ := workflow.NewDisconnectedContext(ctx)
-	return st.project(dctx)
+	return w.project(dctx)
 }
 
 // rootMessage is what actually went wrong: the message of the activity's

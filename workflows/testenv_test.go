@@ -2,24 +2,18 @@ package workflows_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/mock"
 	"github.com/stretchr/testify/require"
 	enumspb "go.temporal.io/api/enums/v1"
-	"go.temporal.io/sdk/activity"
-	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/temporal"
-	"go.temporal.io/sdk/testsuite"
 
 	"github.com/provisioning/orchestrator/activities"
 	"github.com/provisioning/orchestrator/storage"
@@ -27,398 +21,6 @@ import (
 	"github.com/provisioning/orchestrator/workflows"
 )
 
-// Environment IDs are task IDs: canonical lowercase UUIDs.
-const envID1 = "3c9e7a10-4b2d-4f6e-8a1c-5d7e9f0a1b01"
-
-// History of a TestEnvironment (auto_start false: create, one run that
-// starts the containers, cleanup signal) recorded by
-// record_testenv_history_test.go.
-const replayTestEnvFile = "test_environment_run_cleanup.json"
-
-// Durations of the mocked Docker activities on the workflow clock.
-const (
-	createTook = 20 * time.Second
-	startTook  = 5 * time.Second
-	runTook    = 30 * time.Second
-	removeTook = 5 * time.Second
-)
-
-// testImage is the service's default base image in these tests.
-const testImage = "busybox:1.36"
-
-// removedCounts is what the mocked RemoveEnvironment reports.
-var removedCounts = activities.RemovedCounts{Containers: 2, Networks: 1, Volumes: 1}
-
-// dockerCall is one call of a mocked Docker activity.
-type dockerCall struct {
-	name     string
-	arg      any
-	returned time.Time // workflow clock when the mocked call returned
-	info     activity.Info
-}
-
-// envHarness runs TestEnvironmentWorkflow in the harness of
-// workflows_test.go (worker.Register, the real ProjectEnvironment and
-// ProjectTask local activities against the fake store) with the Docker
-// activities mocked. Mocks a test registers before start() take precedence
-// over the defaults start() adds.
-type envHarness struct {
-	*harness
-	in workflows.TestEnvInput
-
-	mu    sync.Mutex
-	calls []dockerCall
-	// starts has the workflow clock when each activity (of any kind,
-	// attempts included) started, by activity type.
-	starts map[string][]time.Time
-}
-
-// envRequest is a two-node cluster_topology request with auto_start.
-func envRequest() testenv.CreateRequest {
-	return testenv.CreateRequest{
-		Config: testenv.EnvConfig{
-			Type:        testenv.TypeClusterTopology,
-			ClusterType: "etcd",
-			Topology: &testenv.Topology{Nodes: []testenv.Node{
-				{Name: "etcd-1", Role: testenv.RoleEtcd, Taskservs: []string{"etcd"}},
-				{Name: "etcd-2", Role: testenv.RoleEtcd, Taskservs: []string{"etcd", "containerd"}},
-			}},
-		},
-		Infra:     "staging",
-		AutoStart: true,
-	}
-}
-
-// envInput builds the workflow input the way the API does: the plan from
-// testenv.BuildPlan with the built-in templates.
-func envInput(t *testing.T, req testenv.CreateRequest, ttl time.Duration) workflows.TestEnvInput {
-	t.Helper()
-	plan, err := testenv.BuildPlan(envID1, req, testenv.DefaultTemplates(), testImage)
-	require.NoError(t, err)
-	return workflows.TestEnvInput{EnvID: envID1, Request: req, Plan: plan, TTL: ttl, CreatedAt: createdAt}
-}
-
-func newEnvHarness(t *testing.T, in workflows.TestEnvInput) *envHarness {
-	t.Helper()
-	h := &envHarness{harness: newHarness(t), in: in, starts: map[string][]time.Time{}}
-	// Replaces the harness's RunNushell listener: no Nushell here.
-	h.env.SetOnActivityStartedListener(func(info *activity.Info, _ context.Context, _ converter.EncodedValues) {
-		now := h.env.Now()
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		h.starts[info.ActivityType.Name] = append(h.starts[info.ActivityType.Name], now)
-	})
-	return h
-}
-
-// startedAt is when each call of the named activity started (workflow
-// clock).
-func (h *envHarness) startedAt(name string) []time.Time {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return append([]time.Time(nil), h.starts[name]...)
-}
-
-func (h *envHarness) record(ctx context.Context, name string, arg any) {
-	c := dockerCall{name: name, arg: arg, returned: h.env.Now(), info: activity.GetInfo(ctx)}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.calls = append(h.calls, c)
-}
-
-// dockerCalls returns the mocked Docker calls named (all when none), in
-// call order.
-func (h *envHarness) dockerCalls(names ...string) []dockerCall {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	var out []dockerCall
-	for _, c := range h.calls {
-		if len(names) == 0 || containsString(names, c.name) {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
-func (h *envHarness) callNames() []string {
-	var out []string
-	for _, c := range h.dockerCalls() {
-		out = append(out, c.name)
-	}
-	return out
-}
-
-func (h *envHarness) runInputs() []activities.RunTestsInput {
-	var out []activities.RunTestsInput
-	for _, c := range h.dockerCalls("RunTests") {
-		out = append(out, c.arg.(activities.RunTestsInput))
-	}
-	return out
-}
-
-func containsString(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
-
-// engineNodes is what the engine reports for the plan's containers (as
-// InspectNodes does: no taskservs, they are not labels).
-func engineNodes(plan testenv.Plan, state string) []activities.NodeStatus {
-	var out []activities.NodeStatus
-	for i, n := range plan.Nodes {
-		ns := activities.NodeStatus{
-			ContainerID: fmt.Sprintf("c0ffee%02d", i),
-			Name:        n.ContainerName,
-			Node:        n.Name,
-			Role:        n.Role,
-			Image:       n.Image,
-			State:       state,
-			NanoCPUs:    n.NanoCPUs,
-			MemoryBytes: n.MemoryBytes,
-		}
-		if state == "running" {
-			ns.IP = fmt.Sprintf("172.30.0.%d", i+2)
-		}
-		out = append(out, ns)
-	}
-	return out
-}
-
-// envInfo is what CreateEnvironment reports for the plan.
-func envInfo(plan testenv.Plan, started bool) activities.EnvInfo {
-	state := "created"
-	if started {
-		state = "running"
-	}
-	return activities.EnvInfo{NetworkID: "net0123", Subnet: "172.30.0.0/24", Nodes: engineNodes(plan, state)}
-}
-
-// runResult is a TestRun for the given tests; failing names tests that fail.
-func runResult(in activities.RunTestsInput, failing ...string) activities.TestRun {
-	run := activities.TestRun{Passed: true, Total: len(in.Tests)}
-	for _, s := range in.Tests {
-		r := activities.TestResult{Name: s.Name, Node: s.Node, Command: s.Command, Passed: true, Stdout: "ok\n", DurationMS: 7}
-		if containsString(failing, s.Name) {
-			r.Passed, r.ExitCode, r.Stdout, r.Stderr = false, 1, "", "boom\n"
-			run.Passed = false
-			run.Failed++
-		}
-		run.Results = append(run.Results, r)
-	}
-	return run
-}
-
-func (h *envHarness) onCreate(fn func(activities.CreateEnvInput) (activities.EnvInfo, error)) *testsuite.MockCallWrapper {
-	return h.env.OnActivity(h.acts.CreateEnvironment, mock.Anything, mock.Anything).Return(
-		func(ctx context.Context, in activities.CreateEnvInput) (activities.EnvInfo, error) {
-			h.record(ctx, "CreateEnvironment", in)
-			return fn(in)
-		})
-}
-
-func (h *envHarness) onStart(fn func(string) error) *testsuite.MockCallWrapper {
-	return h.env.OnActivity(h.acts.StartEnvironment, mock.Anything, mock.Anything).Return(
-		func(ctx context.Context, envID string) error {
-			h.record(ctx, "StartEnvironment", envID)
-			return fn(envID)
-		})
-}
-
-func (h *envHarness) onRun(fn func(activities.RunTestsInput) (activities.TestRun, error)) *testsuite.MockCallWrapper {
-	return h.env.OnActivity(h.acts.RunTests, mock.Anything, mock.Anything).Return(
-		func(ctx context.Context, in activities.RunTestsInput) (activities.TestRun, error) {
-			h.record(ctx, "RunTests", in)
-			return fn(in)
-		})
-}
-
-func (h *envHarness) onInspect(fn func(string) ([]activities.NodeStatus, error)) *testsuite.MockCallWrapper {
-	return h.env.OnActivity(h.acts.InspectEnvironment, mock.Anything, mock.Anything).Return(
-		func(ctx context.Context, envID string) ([]activities.NodeStatus, error) {
-			h.record(ctx, "InspectEnvironment", envID)
-			return fn(envID)
-		})
-}
-
-func (h *envHarness) onRemove(fn func(string) (activities.RemovedCounts, error)) *testsuite.MockCallWrapper {
-	return h.env.OnActivity(h.acts.RemoveEnvironment, mock.Anything, mock.Anything).Return(
-		func(ctx context.Context, envID string) (activities.RemovedCounts, error) {
-			h.record(ctx, "RemoveEnvironment", envID)
-			return fn(envID)
-		})
-}
-
-// start adds the default Docker mocks (everything succeeds, every test
-// passes) and runs the workflow to its end.
-func (h *envHarness) start() {
-	plan := h.in.Plan
-	h.onCreate(func(in activities.CreateEnvInput) (activities.EnvInfo, error) {
-		return envInfo(in.Plan, in.Start), nil
-	}).After(createTook).Maybe()
-	h.onStart(func(string) error { return nil }).After(startTook).Maybe()
-	h.onRun(func(in activities.RunTestsInput) (activities.TestRun, error) {
-		return runResult(in), nil
-	}).After(runTook).Maybe()
-	h.onInspect(func(string) ([]activities.NodeStatus, error) {
-		return engineNodes(plan, "running"), nil
-	}).Maybe()
-	h.onRemove(func(string) (activities.RemovedCounts, error) {
-		return removedCounts, nil
-	}).After(removeTook).Maybe()
-	h.env.ExecuteWorkflow(workflows.TestEnvironmentWorkflowName, h.in)
-}
-
-// runOutcome collects the callbacks of one run-tests update.
-type runOutcome struct {
-	mu        sync.Mutex
-	accepted  bool
-	rejected  error
-	completed bool
-	run       activities.TestRun
-	err       error
-	decodeErr error
-}
-
-func (o *runOutcome) snapshot() runOutcome {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return runOutcome{accepted: o.accepted, rejected: o.rejected, completed: o.completed, run: o.run, err: o.err, decodeErr: o.decodeErr}
-}
-
-// sendRun sends the run-tests update after d on the workflow clock.
-func (h *envHarness) sendRun(d time.Duration, id string, req testenv.RunRequest) *runOutcome {
-	o := &runOutcome{}
-	h.env.RegisterDelayedCallback(func() { h.updateRun(o, id, req) }, d)
-	return o
-}
-
-func (h *envHarness) updateRun(o *runOutcome, id string, req testenv.RunRequest) {
-	h.env.UpdateWorkflow(workflows.RunTestsUpdate, id, &testsuite.TestUpdateCallback{
-		OnAccept: func() {
-			o.mu.Lock()
-			defer o.mu.Unlock()
-			o.accepted = true
-		},
-		OnReject: func(err error) {
-			o.mu.Lock()
-			defer o.mu.Unlock()
-			o.rejected = err
-		},
-		OnComplete: func(v any, err error) {
-			o.mu.Lock()
-			defer o.mu.Unlock()
-			o.completed, o.err = true, err
-			if err == nil {
-				// The handler's value as is; decode it the way a client would.
-				b, merr := json.Marshal(v)
-				if merr == nil {
-					merr = json.Unmarshal(b, &o.run)
-				}
-				o.decodeErr = merr
-			}
-		},
-	}, req)
-}
-
-// sendCleanup signals cleanup after d on the workflow clock.
-func (h *envHarness) sendCleanup(d time.Duration) {
-	h.env.RegisterDelayedCallback(func() { h.env.SignalWorkflow(workflows.CleanupSignal, nil) }, d)
-}
-
-// queryAt queries the status after d on the workflow clock.
-func (h *envHarness) queryAt(d time.Duration) *activities.EnvState {
-	var st activities.EnvState
-	h.env.RegisterDelayedCallback(func() { st = h.envQuery() }, d)
-	return &st
-}
-
-func (h *envHarness) envQuery() activities.EnvState {
-	h.t.Helper()
-	v, err := h.env.QueryWorkflow(workflows.StatusQuery)
-	require.NoError(h.t, err)
-	var st activities.EnvState
-	require.NoError(h.t, v.Get(&st))
-	return st
-}
-
-// envResult returns the workflow's EnvState; it fails the test unless the
-// workflow completed successfully.
-func (h *envHarness) envResult() activities.EnvState {
-	h.t.Helper()
-	require.True(h.t, h.env.IsWorkflowCompleted(), "workflow did not complete")
-	require.NoError(h.t, h.env.GetWorkflowError())
-	var st activities.EnvState
-	require.NoError(h.t, h.env.GetWorkflowResult(&st))
-	return st
-}
-
-// envProjections returns the accepted projections of the environment and
-// the EnvState each carries.
-func (h *envHarness) envProjections() ([]storage.Task, []activities.EnvState) {
-	h.t.Helper()
-	ps := h.store.projections(h.in.EnvID)
-	states := make([]activities.EnvState, len(ps))
-	for i, p := range ps {
-		require.Equal(h.t, workflows.TestEnvironmentWorkflowName, p.WorkflowType)
-		require.NoError(h.t, json.Unmarshal(p.Environment, &states[i]), "projection %d", i)
-		require.Equal(h.t, p.Version, states[i].Version, "task and environment versions of projection %d", i)
-	}
-	return ps, states
-}
-
-func (h *envHarness) lastEnvProjection() (storage.Task, activities.EnvState) {
-	h.t.Helper()
-	ps, states := h.envProjections()
-	require.NotEmpty(h.t, ps, "nothing was projected")
-	return ps[len(ps)-1], states[len(states)-1]
-}
-
-func envStatuses(states []activities.EnvState) []string {
-	out := make([]string, len(states))
-	for i, s := range states {
-		out[i] = s.Status
-	}
-	return out
-}
-
-// withoutTaskservs drops what the plan knows and the engine does not, to
-// compare nodes with the engine's view (see TestTestEnv_NodesKeepTheirTaskservs).
-func withoutTaskservs(nodes []activities.NodeStatus) []activities.NodeStatus {
-	out := make([]activities.NodeStatus, len(nodes))
-	for i, n := range nodes {
-		n.Taskservs = nil
-		out[i] = n
-	}
-	return out
-}
-
-func nodeStates(s activities.EnvState) []string {
-	out := make([]string, len(s.Nodes))
-	for i, n := range s.Nodes {
-		out[i] = n.State
-	}
-	return out
-}
-
-func requireAppErrType(t *testing.T, err error, typ string) *temporal.ApplicationError {
-	t.Helper()
-	require.Error(t, err)
-	var appErr *temporal.ApplicationError
-	require.ErrorAs(t, err, &appErr, "want an ApplicationError, got %T %v", err, err)
-	require.Equal(t, typ, appErr.Type(), "error %v", err)
-	return appErr
-}
-
-func requireSameTime(t *testing.T, want, got time.Time, msgAndArgs ...any) {
-	t.Helper()
-	require.True(t, want.Equal(got), "want %v, got %v %v", want, got, fmt.Sprint(msgAndArgs...))
-}
-
-// uname is a test of every node.
 var unameRun = testenv.RunRequest{Tests: []testenv.TestSpec{{Name: "uname", Command: []string{"uname", "-a"}}}}
 
 func TestTestEnv_HappyPath(t *testing.T) {
@@ -434,7 +36,7 @@ func TestTestEnv_HappyPath(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newEnvHarness(t, envInput(t, envRequest(), 0))
 			plan := h.in.Plan
-			h.onRun(func(in activities.RunTestsInput) (activities.TestRun, error) {
+			h.onRun(func(in activities.RunTestsInput) (testenv.TestRun, error) {
 				return runResult(in, tc.failing...), nil
 			}).After(runTook).Once()
 			runAt, cleanupAt := time.Minute, 10*time.Minute
@@ -494,7 +96,7 @@ func TestTestEnv_HappyPath(t *testing.T) {
 			assert.Equal(t, testenv.TypeClusterTopology, final.Type)
 			assert.Equal(t, "staging", final.Infra)
 			assert.Equal(t, envRequest(), final.Request)
-			assert.Equal(t, activities.EnvNetwork{Name: plan.NetworkName, ID: "net0123", Subnet: "172.30.0.0/24"}, final.Network)
+			assert.Equal(t, testenv.EnvNetwork{Name: plan.NetworkName, ID: "net0123", Subnet: "172.30.0.0/24"}, final.Network)
 			assert.Equal(t, []string{"removed", "removed"}, nodeStates(final))
 			require.NotNil(t, final.Removed)
 			assert.Equal(t, removedCounts, *final.Removed)
@@ -579,7 +181,7 @@ func TestTestEnv_EmptyRunRunsDefaultChecks(t *testing.T) {
 func TestTestEnv_Validator(t *testing.T) {
 	t.Run("a second run while one is in progress is rejected", func(t *testing.T) {
 		h := newEnvHarness(t, envInput(t, envRequest(), 0))
-		h.onRun(func(in activities.RunTestsInput) (activities.TestRun, error) {
+		h.onRun(func(in activities.RunTestsInput) (testenv.TestRun, error) {
 			return runResult(in), nil
 		}).After(5 * time.Minute)
 		first := h.sendRun(time.Minute, "run-1", unameRun)
@@ -607,7 +209,7 @@ func TestTestEnv_Validator(t *testing.T) {
 		h := newEnvHarness(t, envInput(t, envRequest(), 0))
 		bad := testenv.RunRequest{Tests: []testenv.TestSpec{{Name: "uname", Node: "etcd-9", Command: []string{"uname"}}}}
 		out := h.sendRun(time.Minute, "run-1", bad)
-		var afterReject activities.EnvState
+		var afterReject testenv.EnvState
 		h.env.RegisterDelayedCallback(func() { afterReject = h.envQuery() }, 2*time.Minute)
 		h.sendCleanup(10 * time.Minute)
 		h.start()
@@ -647,7 +249,7 @@ func TestTestEnv_Validator(t *testing.T) {
 
 	t.Run("runs after cleanup was signalled are rejected", func(t *testing.T) {
 		h := newEnvHarness(t, envInput(t, envRequest(), 0))
-		h.onRemove(func(string) (activities.RemovedCounts, error) { return removedCounts, nil }).After(time.Minute).Once()
+		h.onRemove(func(string) (testenv.RemovedCounts, error) { return removedCounts, nil }).After(time.Minute).Once()
 		// One update right behind the signal, one while the environment is
 		// being removed.
 		withSignal := &runOutcome{}
@@ -710,7 +312,7 @@ func TestTestEnv_TTLExpires(t *testing.T) {
 			in := envInput(t, envRequest(), ttl)
 			in.CreatedAt = tc.createdAt
 			h := newEnvHarness(t, in)
-			h.onRemove(func(string) (activities.RemovedCounts, error) { return removedCounts, nil }).Once()
+			h.onRemove(func(string) (testenv.RemovedCounts, error) { return removedCounts, nil }).Once()
 			ready := h.queryAt(time.Minute)
 			h.start()
 			final := h.envResult()
@@ -731,10 +333,10 @@ func TestTestEnv_TTLExpires(t *testing.T) {
 
 	t.Run("a run in flight at expiry finishes first", func(t *testing.T) {
 		h := newEnvHarness(t, envInput(t, envRequest(), ttl))
-		h.onRun(func(in activities.RunTestsInput) (activities.TestRun, error) {
+		h.onRun(func(in activities.RunTestsInput) (testenv.TestRun, error) {
 			return runResult(in), nil
 		}).After(3 * time.Minute)
-		h.onRemove(func(string) (activities.RemovedCounts, error) { return removedCounts, nil }).Once()
+		h.onRemove(func(string) (testenv.RemovedCounts, error) { return removedCounts, nil }).Once()
 		out := h.sendRun(ttl-createdAtOffset()-time.Minute, "run-1", unameRun)
 		h.start()
 		final := h.envResult()
@@ -752,14 +354,10 @@ func TestTestEnv_TTLExpires(t *testing.T) {
 	})
 }
 
-// createdAtOffset is how long before the workflow start the API accepted
-// the request (envInput's CreatedAt).
-func createdAtOffset() time.Duration { return t0.Sub(createdAt) }
-
 func TestTestEnv_CreationFailure(t *testing.T) {
 	const imageMsg = `image "busybox:nope" is not available locally and could not be pulled: pull access denied`
-	imageMissing := func(activities.CreateEnvInput) (activities.EnvInfo, error) {
-		return activities.EnvInfo{}, temporal.NewNonRetryableApplicationError(imageMsg, activities.ErrTypeImageMissing, nil)
+	imageMissing := func(activities.CreateEnvInput) (testenv.EnvInfo, error) {
+		return testenv.EnvInfo{}, temporal.NewNonRetryableApplicationError(imageMsg, activities.ErrTypeImageMissing, nil)
 	}
 
 	t.Run("rolled back", func(t *testing.T) {
@@ -768,7 +366,7 @@ func TestTestEnv_CreationFailure(t *testing.T) {
 		h.start()
 		err := h.workflowErr()
 
-		appErr := requireAppErrType(t, err, "EnvironmentCreateFailed")
+		appErr := requireAppErrType(t, err, workflows.ErrTypeEnvironmentCreateFailed)
 		assert.True(t, appErr.NonRetryable())
 		assert.Equal(t, "environment creation failed: "+imageMsg+" (rolled back)", appErr.Message())
 		assert.Equal(t, []string{"CreateEnvironment", "RemoveEnvironment"}, h.callNames(), "a missing image is not retried; the rollback removes what was made")
@@ -799,7 +397,7 @@ func TestTestEnv_CreationFailure(t *testing.T) {
 		h.start()
 		err := h.workflowErr()
 
-		appErr := requireAppErrType(t, err, "EnvironmentCreateFailed")
+		appErr := requireAppErrType(t, err, workflows.ErrTypeEnvironmentCreateFailed)
 		assert.True(t, appErr.NonRetryable())
 		assert.Equal(t, "environment creation failed: "+imageMsg, appErr.Message())
 		assert.Empty(t, h.dockerCalls("RemoveEnvironment"), "keep_on_failure keeps what was made")
@@ -812,13 +410,13 @@ func TestTestEnv_CreationFailure(t *testing.T) {
 
 	t.Run("transient errors are retried three times", func(t *testing.T) {
 		h := newEnvHarness(t, envInput(t, envRequest(), 0))
-		h.onCreate(func(activities.CreateEnvInput) (activities.EnvInfo, error) {
-			return activities.EnvInfo{}, errors.New("Cannot connect to the Docker daemon")
+		h.onCreate(func(activities.CreateEnvInput) (testenv.EnvInfo, error) {
+			return testenv.EnvInfo{}, errors.New("Cannot connect to the Docker daemon")
 		})
 		h.start()
 		err := h.workflowErr()
 
-		requireAppErrType(t, err, "EnvironmentCreateFailed")
+		requireAppErrType(t, err, workflows.ErrTypeEnvironmentCreateFailed)
 		assert.Equal(t, []string{"CreateEnvironment", "CreateEnvironment", "CreateEnvironment", "RemoveEnvironment"}, h.callNames())
 		_, last := h.lastEnvProjection()
 		assert.Equal(t, "Cannot connect to the Docker daemon (rolled back)", last.Error)
@@ -827,13 +425,13 @@ func TestTestEnv_CreationFailure(t *testing.T) {
 	t.Run("failed rollback", func(t *testing.T) {
 		h := newEnvHarness(t, envInput(t, envRequest(), 0))
 		h.onCreate(imageMissing)
-		h.onRemove(func(string) (activities.RemovedCounts, error) {
-			return activities.RemovedCounts{}, temporal.NewNonRetryableApplicationError("network in use", "Other", nil)
+		h.onRemove(func(string) (testenv.RemovedCounts, error) {
+			return testenv.RemovedCounts{}, temporal.NewNonRetryableApplicationError("network in use", "Other", nil)
 		})
 		h.start()
 		err := h.workflowErr()
 
-		appErr := requireAppErrType(t, err, "EnvironmentCreateFailed")
+		appErr := requireAppErrType(t, err, workflows.ErrTypeEnvironmentCreateFailed)
 		assert.Contains(t, appErr.Message(), "rollback failed: network in use")
 		_, last := h.lastEnvProjection()
 		assert.True(t, strings.HasPrefix(last.Error, imageMsg), "error %q", last.Error)
@@ -845,7 +443,7 @@ func TestTestEnv_CreationFailure(t *testing.T) {
 func TestTestEnv_Cancel(t *testing.T) {
 	t.Run("while ready", func(t *testing.T) {
 		h := newEnvHarness(t, envInput(t, envRequest(), 0))
-		h.onRemove(func(string) (activities.RemovedCounts, error) {
+		h.onRemove(func(string) (testenv.RemovedCounts, error) {
 			return removedCounts, nil
 		}).After(removeTook).Once()
 		cancelAt := 5 * time.Minute
@@ -867,7 +465,7 @@ func TestTestEnv_Cancel(t *testing.T) {
 		require.NotNil(t, last.FinishedAt)
 		requireSameTime(t, t0.Add(cancelAt+removeTook), *last.FinishedAt)
 		assert.Equal(t, storage.StatusCancelled, task.Status)
-		mapped, err := activities.EnvTask(last)
+		mapped, err := testenv.EnvTask(last)
 		require.NoError(t, err)
 		assert.Equal(t, storage.StatusCancelled, mapped.Status)
 
@@ -878,10 +476,10 @@ func TestTestEnv_Cancel(t *testing.T) {
 
 	t.Run("during a run", func(t *testing.T) {
 		h := newEnvHarness(t, envInput(t, envRequest(), 0))
-		h.onRun(func(in activities.RunTestsInput) (activities.TestRun, error) {
+		h.onRun(func(in activities.RunTestsInput) (testenv.TestRun, error) {
 			return runResult(in), nil
 		}).After(time.Hour).Maybe()
-		h.onRemove(func(string) (activities.RemovedCounts, error) { return removedCounts, nil }).Once()
+		h.onRemove(func(string) (testenv.RemovedCounts, error) { return removedCounts, nil }).Once()
 		out := h.sendRun(time.Minute, "run-1", unameRun)
 		h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 2*time.Minute)
 		h.start()
@@ -906,10 +504,10 @@ func TestTestEnv_Cancel(t *testing.T) {
 
 	t.Run("during creation", func(t *testing.T) {
 		h := newEnvHarness(t, envInput(t, envRequest(), 0))
-		h.onCreate(func(in activities.CreateEnvInput) (activities.EnvInfo, error) {
+		h.onCreate(func(in activities.CreateEnvInput) (testenv.EnvInfo, error) {
 			return envInfo(in.Plan, true), nil
 		}).After(time.Hour).Maybe()
-		h.onRemove(func(string) (activities.RemovedCounts, error) { return removedCounts, nil }).Once()
+		h.onRemove(func(string) (testenv.RemovedCounts, error) { return removedCounts, nil }).Once()
 		h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 10*time.Second)
 		h.start()
 		err := h.workflowErr()
@@ -968,10 +566,6 @@ func TestTestEnv_StartOnFirstRunWithoutAutoStart(t *testing.T) {
 	assert.False(t, final.AutoStart)
 }
 
-func nodeStatesOf(nodes []activities.NodeStatus) []string {
-	return nodeStates(activities.EnvState{Nodes: nodes})
-}
-
 func TestTestEnv_StartFailure(t *testing.T) {
 	req := envRequest()
 	req.AutoStart = false
@@ -1003,11 +597,11 @@ func TestTestEnv_StartFailure(t *testing.T) {
 
 func TestTestEnv_RunFailure(t *testing.T) {
 	h := newEnvHarness(t, envInput(t, envRequest(), 0))
-	h.onRun(func(activities.RunTestsInput) (activities.TestRun, error) {
-		return activities.TestRun{}, temporal.NewNonRetryableApplicationError("this worker has no Docker engine", activities.ErrTypeNoDocker, nil)
+	h.onRun(func(activities.RunTestsInput) (testenv.TestRun, error) {
+		return testenv.TestRun{}, temporal.NewNonRetryableApplicationError("this worker has no Docker engine", activities.ErrTypeNoDocker, nil)
 	}).Once()
 	out := h.sendRun(time.Minute, "run-1", unameRun)
-	var afterRun activities.EnvState
+	var afterRun testenv.EnvState
 	h.env.RegisterDelayedCallback(func() { afterRun = h.envQuery() }, 2*time.Minute)
 	h.sendCleanup(10 * time.Minute)
 	h.start()
@@ -1081,7 +675,7 @@ func TestTestEnv_InvalidInput(t *testing.T) {
 			h := newEnvHarness(t, in)
 			h.start()
 			err := h.workflowErr()
-			appErr := requireAppErrType(t, err, "InvalidInput")
+			appErr := requireAppErrType(t, err, workflows.ErrTypeInvalidInput)
 			assert.True(t, appErr.NonRetryable())
 			assert.Empty(t, h.dockerCalls())
 			attempts, _ := h.store.counts()
@@ -1092,8 +686,8 @@ func TestTestEnv_InvalidInput(t *testing.T) {
 
 func TestTestEnv_CleanupFailure(t *testing.T) {
 	h := newEnvHarness(t, envInput(t, envRequest(), 0))
-	h.onRemove(func(string) (activities.RemovedCounts, error) {
-		return activities.RemovedCounts{Containers: 1}, temporal.NewNonRetryableApplicationError("network orch-env-x has active endpoints", "Other", nil)
+	h.onRemove(func(string) (testenv.RemovedCounts, error) {
+		return testenv.RemovedCounts{Containers: 1}, temporal.NewNonRetryableApplicationError("network orch-env-x has active endpoints", "Other", nil)
 	})
 	h.sendCleanup(time.Minute)
 	h.start()
@@ -1166,7 +760,7 @@ func TestTestEnv_NodesKeepTheirTaskservs(t *testing.T) {
 	final := h.envResult()
 
 	want := [][]string{{"etcd"}, {"etcd", "containerd"}}
-	for name, st := range map[string]activities.EnvState{"ready": *ready, "final": final} {
+	for name, st := range map[string]testenv.EnvState{"ready": *ready, "final": final} {
 		var got [][]string
 		for _, n := range st.Nodes {
 			got = append(got, n.Taskservs)
@@ -1186,7 +780,7 @@ func TestTestEnv_RunInProgressUntilItsUpdateCompletes(t *testing.T) {
 			req.AutoCleanup = autoCleanup
 			h := newEnvHarness(t, envInput(t, req, 0))
 			plan := h.in.Plan
-			h.onInspect(func(string) ([]activities.NodeStatus, error) {
+			h.onInspect(func(string) ([]testenv.NodeStatus, error) {
 				return engineNodes(plan, "running"), nil
 			}).After(time.Minute).Once()
 			// RunTests from 1m to 1m30s, InspectEnvironment until 2m30s.
@@ -1210,7 +804,7 @@ func TestTestEnv_RunInProgressUntilItsUpdateCompletes(t *testing.T) {
 // task), not as a failed creation with the error "canceled".
 func TestTestEnv_CancelDuringCreationIsCancelled(t *testing.T) {
 	h := newEnvHarness(t, envInput(t, envRequest(), 0))
-	h.onCreate(func(in activities.CreateEnvInput) (activities.EnvInfo, error) {
+	h.onCreate(func(in activities.CreateEnvInput) (testenv.EnvInfo, error) {
 		return envInfo(in.Plan, true), nil
 	}).After(time.Hour).Maybe()
 	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 10*time.Second)
@@ -1233,11 +827,11 @@ func TestTestEnv_CancelDuringCreationIsCancelled(t *testing.T) {
 func TestTestEnv_FailedRollbackIsNotRolledBack(t *testing.T) {
 	const imageMsg = "image busybox:nope not found"
 	h := newEnvHarness(t, envInput(t, envRequest(), 0))
-	h.onCreate(func(activities.CreateEnvInput) (activities.EnvInfo, error) {
-		return activities.EnvInfo{}, temporal.NewNonRetryableApplicationError(imageMsg, activities.ErrTypeImageMissing, nil)
+	h.onCreate(func(activities.CreateEnvInput) (testenv.EnvInfo, error) {
+		return testenv.EnvInfo{}, temporal.NewNonRetryableApplicationError(imageMsg, activities.ErrTypeImageMissing, nil)
 	})
-	h.onRemove(func(string) (activities.RemovedCounts, error) {
-		return activities.RemovedCounts{}, temporal.NewNonRetryableApplicationError("network in use", "Other", nil)
+	h.onRemove(func(string) (testenv.RemovedCounts, error) {
+		return testenv.RemovedCounts{}, temporal.NewNonRetryableApplicationError("network in use", "Other", nil)
 	})
 	h.start()
 	h.workflowErr()

@@ -27,6 +27,18 @@ const (
 	ClusterCreateWorkflowName  = "ClusterCreate"
 )
 
+// Error types of the workflows' own failures, as operators see
+// them in `temporal workflow show` and SDK callers in ApplicationError.Type.
+const (
+	// ErrTypeInvalidInput: the input can never succeed (bad names, no id).
+	ErrTypeInvalidInput = "InvalidInput"
+	// ErrTypeProvisioningFailed: at least one step failed for good.
+	ErrTypeProvisioningFailed = "ProvisioningFailed"
+	// ErrTypeEnvironmentCreateFailed: a test environment could not be
+	// created (and was rolled back unless kept).
+	ErrTypeEnvironmentCreateFailed = "EnvironmentCreateFailed"
+)
+
 // StatusQuery is the query every task workflow answers with its current
 // storage.Task snapshot: `temporal workflow query --type status -w <task id>`.
 const StatusQuery = "status"
@@ -212,6 +224,38 @@ func (in ClusterCreateInput) Validate() error {
 		return err
 	}
 	return ValidateName("cluster", in.Cluster)
+}
+
+// TaskSpec is how a workflow input describes its task: the one source of the
+// name, command and arguments that the API's Pending record and the
+// workflow's projections show.
+type TaskSpec struct {
+	// Workflow is the registered workflow type.
+	Workflow string
+	// Name is the task's display name, e.g. "server create production".
+	Name string
+	// Command is the provisioning command, e.g. "server create".
+	Command string
+	// Args are the command's arguments as the task shows them.
+	Args []string
+}
+
+// Task names a server-create task: "server create <infra>".
+func (in ServerCreateInput) Task() TaskSpec {
+	return TaskSpec{Workflow: ServerCreateWorkflowName, Name: "server create " + in.Infra, Command: "server create",
+		Args: append(in.flags(), in.Servers...)}
+}
+
+// Task names a taskserv-create task: "taskserv create <taskserv>".
+func (in TaskservCreateInput) Task() TaskSpec {
+	return TaskSpec{Workflow: TaskservCreateWorkflowName, Name: "taskserv create " + in.Taskserv, Command: "taskserv create",
+		Args: append(append([]string{in.Taskserv}, in.flags()...), in.Servers...)}
+}
+
+// Task names a cluster-create task: "cluster create <cluster>".
+func (in ClusterCreateInput) Task() TaskSpec {
+	return TaskSpec{Workflow: ClusterCreateWorkflowName, Name: "cluster create " + in.Cluster, Command: "cluster create",
+		Args: append([]string{in.Cluster}, in.flags()...)}
 }
 
 // flags renders the shared flags in the documented argv order.

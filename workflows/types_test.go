@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/provisioning/orchestrator/activities"
 	"github.com/provisioning/orchestrator/workflows"
 )
 
@@ -211,4 +212,52 @@ func TestExecPolicy_WithDefaults(t *testing.T) {
 	assert.Equal(t, time.Minute, partial.StepTimeout)
 	assert.Equal(t, int32(workflows.DefaultMaxAttempts), partial.MaxAttempts)
 	assert.Equal(t, workflows.DefaultHeartbeatTimeout, partial.HeartbeatTimeout)
+}
+
+// The error types are part of the SDK surface and of recorded histories:
+// operators filter on them and SDK callers switch on them, so their values
+// must never change with a rename of the Go constants.
+func TestErrorTypesAreStable(t *testing.T) {
+	t.Parallel()
+	for got, want := range map[string]string{
+		workflows.ErrTypeInvalidInput:            "InvalidInput",
+		workflows.ErrTypeProvisioningFailed:      "ProvisioningFailed",
+		workflows.ErrTypeEnvironmentCreateFailed: "EnvironmentCreateFailed",
+		workflows.ErrTypeRunInProgress:           "RunInProgress",
+		workflows.ErrTypeEnvNotReady:             "EnvironmentNotReady",
+		workflows.ErrTypeInvalidRunSpec:          "InvalidRunRequest",
+		activities.ErrTypeInvalidTaskID:          "InvalidTaskID",
+		activities.ErrTypeNushellExit:            "NushellExit",
+		activities.ErrTypeNushellPermanent:       "NushellPermanent",
+		activities.ErrTypeNushellStart:           "NushellStart",
+		activities.ErrTypeInvalidArgs:            "InvalidArgs",
+		activities.ErrTypeImageMissing:           "ImageMissing",
+		activities.ErrTypeInvalidSpec:            "InvalidSpec",
+		activities.ErrTypeNoDocker:               "DockerUnavailable",
+	} {
+		assert.Equal(t, want, got)
+	}
+}
+
+// The task name, command and args the API's Pending record and the
+// workflow's projections show come from one place.
+func TestTaskSpecs(t *testing.T) {
+	t.Parallel()
+	common := workflows.Common{Infra: "prod", Settings: "./s.yaml", CheckMode: true}
+	for _, tc := range []struct {
+		got  workflows.TaskSpec
+		want workflows.TaskSpec
+	}{
+		{workflows.ServerCreateInput{Common: common, Servers: []string{"web-01", "web-02"}}.Task(),
+			workflows.TaskSpec{Workflow: "ServerCreate", Name: "server create prod", Command: "server create",
+				Args: []string{"--infra", "prod", "--settings", "./s.yaml", "--check", "web-01", "web-02"}}},
+		{workflows.TaskservCreateInput{Common: common, Taskserv: "kubernetes", Servers: []string{"web-01"}}.Task(),
+			workflows.TaskSpec{Workflow: "TaskservCreate", Name: "taskserv create kubernetes", Command: "taskserv create",
+				Args: []string{"kubernetes", "--infra", "prod", "--settings", "./s.yaml", "--check", "web-01"}}},
+		{workflows.ClusterCreateInput{Common: common, Cluster: "k8s"}.Task(),
+			workflows.TaskSpec{Workflow: "ClusterCreate", Name: "cluster create k8s", Command: "cluster create",
+				Args: []string{"k8s", "--infra", "prod", "--settings", "./s.yaml", "--check"}}},
+	} {
+		assert.Equal(t, tc.want, tc.got)
+	}
 }

@@ -424,7 +424,7 @@ func TestServerCreate_RetriesExhausted(t *testing.T) {
 			assert.Len(t, h.callsFor("web-02"), int(want))
 			var appErr *temporal.ApplicationError
 			require.ErrorAs(t, err, &appErr)
-			assert.Equal(t, "ProvisioningFailed", appErr.Type())
+			assert.Equal(t, workflows.ErrTypeProvisioningFailed, appErr.Type())
 			assert.True(t, appErr.NonRetryable())
 			assert.Contains(t, appErr.Error(), "1 of 3 steps failed: web-02: error: quota exceeded")
 
@@ -472,7 +472,7 @@ func TestServerCreate_NonRetryableFailures(t *testing.T) {
 			assert.Len(t, h.nuCalls(), 1, "a permanent failure must not be retried")
 			var appErr *temporal.ApplicationError
 			require.ErrorAs(t, err, &appErr)
-			assert.Equal(t, "ProvisioningFailed", appErr.Type())
+			assert.Equal(t, workflows.ErrTypeProvisioningFailed, appErr.Type())
 			assert.Contains(t, appErr.Error(), "web-01: error: invalid server spec")
 
 			task := h.lastProjection(taskID1)
@@ -601,7 +601,7 @@ func TestServerCreate_InvalidInput(t *testing.T) {
 			assert.Empty(t, h.startedSteps(), "invalid input must not run Nushell")
 			var appErr *temporal.ApplicationError
 			require.ErrorAs(t, err, &appErr)
-			assert.Equal(t, "InvalidInput", appErr.Type())
+			assert.Equal(t, workflows.ErrTypeInvalidInput, appErr.Type())
 			assert.True(t, appErr.NonRetryable())
 			assert.True(t, strings.HasPrefix(appErr.Message(), tc.field+": "), "message %q names %s", appErr.Message(), tc.field)
 
@@ -628,7 +628,7 @@ func TestServerCreate_MissingTaskID(t *testing.T) {
 	err := h.workflowErr()
 	var appErr *temporal.ApplicationError
 	require.ErrorAs(t, err, &appErr)
-	assert.Equal(t, "InvalidInput", appErr.Type())
+	assert.Equal(t, workflows.ErrTypeInvalidInput, appErr.Type())
 	assert.True(t, appErr.NonRetryable())
 	assert.Contains(t, appErr.Message(), "task_id")
 	assert.Empty(t, h.startedSteps())
@@ -643,7 +643,7 @@ func TestServerCreate_NonUUIDTaskIDFailsProjection(t *testing.T) {
 	err := h.workflowErr()
 	var appErr *temporal.ApplicationError
 	require.ErrorAs(t, err, &appErr)
-	assert.Equal(t, "InvalidTaskID", appErr.Type())
+	assert.Equal(t, activities.ErrTypeInvalidTaskID, appErr.Type())
 	assert.Empty(t, h.startedSteps(), "no step runs when the task cannot be projected")
 	attempts, _ := h.store.counts()
 	assert.Zero(t, attempts, "ProjectTask rejects the ID before touching the store")

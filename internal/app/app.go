@@ -21,6 +21,9 @@ import (
 	sdkworker "go.temporal.io/sdk/worker"
 
 	"github.com/provisioning/orchestrator/activities"
+	"github.com/provisioning/orchestrator/driver"
+	"github.com/provisioning/orchestrator/driver/docker"
+	"github.com/provisioning/orchestrator/driver/nushell"
 	"github.com/provisioning/orchestrator/internal/devserver"
 	"github.com/provisioning/orchestrator/metrics"
 	"github.com/provisioning/orchestrator/server"
@@ -40,7 +43,7 @@ type App struct {
 	http     *http.Server
 	httpAddr string
 	httpErr  chan error
-	docker   *activities.DockerRuntime
+	docker   *docker.Runtime
 	janitor  *worker.Janitor
 	stopBg   context.CancelFunc
 	bgDone   chan struct{}
@@ -54,7 +57,16 @@ func (a *App) Metrics() *metrics.Metrics { return a.metrics }
 func (a *App) Config() Config { return a.cfg }
 
 // Docker is the Docker runtime, nil when no engine was reachable at start.
-func (a *App) Docker() *activities.DockerRuntime { return a.docker }
+func (a *App) Docker() *docker.Runtime { return a.docker }
+
+// engine is the Docker runtime as the activities and the API take it: an
+// untyped nil without an engine, so their nil checks see "no engine".
+func (a *App) engine() driver.Engine {
+	if a.docker == nil {
+		return nil
+	}
+	return a.docker
+}
 
 // Janitor sweeps leftover Docker objects; nil without Docker or outside
 // worker mode.
@@ -175,7 +187,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	// Docker is optional: without it provisioning works and test
 	// environments fail with a clear error.
 	dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
-	a.docker, err = activities.NewDockerRuntime(dctx)
+	a.docker, err = docker.New(dctx)
 	dcancel()
 	if err != nil {
 		log.Warn("Docker engine unavailable: test environments disabled", "error", err)
@@ -210,13 +222,13 @@ func (a *App) startWorker() error {
 	}
 	env = append(env, a.cfg.ScriptEnv...)
 	acts := &activities.Activities{
-		Runner: &activities.NuRunner{
+		Runner: &nushell.Runner{
 			NuPath:     a.cfg.NuPath,
 			ScriptPath: a.cfg.ProvisioningPath,
 			Env:        env,
 		},
 		Store:   a.store,
-		Docker:  a.docker,
+		Docker:  a.engine(),
 		Logger:  a.log,
 		Metrics: a.metrics,
 	}
@@ -305,7 +317,7 @@ func (a *App) startHTTP() error {
 			Templates:    templates,
 			DefaultImage: a.cfg.TestBaseImage,
 			DefaultTTL:   a.cfg.TestEnvTTL,
-			Docker:       a.docker,
+			Docker:       a.engine(),
 			Instance:     a.cfg.Instance,
 		},
 	})
@@ -376,6 +388,9 @@ func (a *App) Stop(ctx context.Context) {
 func Run(ctx context.Context, args []string, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "openapi" {
 		return WriteOpenAPI(os.Stdout)
+	}
+	if len(args) > 0 && args[0] == string(ModeVersion) {
+		return RunVersion(args[1:], os.Stdout, stderr)
 	}
 	if len(args) > 0 && args[0] == string(ModeMigrate) {
 		return RunMigrate(ctx, args[1:], os.Getenv, os.Stdout, stderr)

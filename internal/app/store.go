@@ -59,6 +59,12 @@ var openers = map[string]func(ctx context.Context, sc StoreConfig, log *slog.Log
 	},
 }
 
+// builtWithout marks the storage types whose opener only explains that
+// this binary was built without them (store_nosurreal.go): they stay in
+// openers, so asking for one fails with that explanation, but they are not
+// among the backends `orchestrator version` lists.
+var builtWithout = map[string]bool{}
+
 // OpenStore opens the backend sc describes. Closing the store also stops
 // anything it started (the embedded SurrealDB process).
 func OpenStore(ctx context.Context, sc StoreConfig, log *slog.Logger) (storage.Store, error) {

@@ -1,3 +1,5 @@
+//go:build !nosurrealdb
+
 package app
 
 import (
@@ -7,6 +9,7 @@ import (
 	"log/slog"
 
 	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/storage/surrealdb"
 )
 
 func init() {
@@ -22,7 +25,7 @@ func openSurrealServer(ctx context.Context, sc StoreConfig, log *slog.Logger) (s
 	if sc.SurrealURL == "" {
 		return nil, errors.New("--surrealdb-url is required")
 	}
-	s, err := storage.NewSurreal(ctx, storage.SurrealOptions{
+	s, err := surrealdb.New(ctx, surrealdb.Options{
 		URL:       sc.SurrealURL,
 		Namespace: cmp.Or(sc.SurrealNamespace, DefaultSurrealNamespace),
 		Database:  cmp.Or(sc.SurrealDatabase, DefaultSurrealDatabase),

@@ -1,3 +1,5 @@
+//go:build !nosurrealdb
+
 package app
 
 import (
@@ -8,6 +10,7 @@ import (
 
 	"github.com/provisioning/orchestrator/internal/surrealproc"
 	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/storage/surrealdb"
 )
 
 func init() {
@@ -42,7 +45,7 @@ func openSurrealEmbedded(ctx context.Context, sc StoreConfig, log *slog.Logger) 
 	if db == "" {
 		db = DefaultSurrealDatabase
 	}
-	st, err := storage.NewSurreal(ctx, storage.SurrealOptions{
+	st, err := surrealdb.New(ctx, surrealdb.Options{
 		URL:       proc.URL(),
 		Namespace: ns,
 		Database:  db,

@@ -1,3 +1,5 @@
+//go:build !nosurrealdb
+
 package app
 
 import (

@@ -22,6 +22,7 @@ import (
 	"github.com/provisioning/orchestrator/internal/testsupport"
 	"github.com/provisioning/orchestrator/storage"
 	"github.com/provisioning/orchestrator/storage/storagetest"
+	"github.com/provisioning/orchestrator/storage/surrealdb"
 )
 
 // syncBuffer is a log sink safe for the supervisor's goroutines.
@@ -273,13 +274,13 @@ func TestDataSurvivesKillAndSupervisorRestart(t *testing.T) {
 	dir := t.TempDir()
 	p, _ := start(t, dir)
 	ctx := storage.WithActor(context.Background(), "test")
-	open := func(p *surrealproc.Process) *storage.Surreal {
+	open := func(p *surrealproc.Process) *surrealdb.Store {
 		t.Helper()
-		s, err := storage.NewSurreal(ctx, storage.SurrealOptions{
+		s, err := surrealdb.New(ctx, surrealdb.Options{
 			URL: p.URL(), Username: p.Username(), Password: p.Password(), OpTimeout: 5 * time.Second,
 		})
 		if err != nil {
-			t.Fatalf("NewSurreal: %v", err)
+			t.Fatalf("surrealdb.New: %v", err)
 		}
 		t.Cleanup(func() { _ = s.Close() })
 		return s

@@ -46,7 +46,7 @@ var busyboxApplets = []string{
 }
 
 const dockerMissing = "Docker Engine not reachable: install docker.io and start " +
-	"`dockerd --iptables=false --storage-driver=vfs` (or point DOCKER_HOST at an engine)"
+	"`dockerd --storage-driver=vfs` (or point DOCKER_HOST at an engine)"
 
 // skipOrFail skips the test with msg, or fails it when
 // ORCHESTRATOR_REQUIRE_DOCKER=1 (CI sets it, so CI never passes by skipping).

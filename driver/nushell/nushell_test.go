@@ -1,4 +1,4 @@
-package activities
+package nushell
 
 import (
 	"context"
@@ -32,8 +32,8 @@ func testContext(t *testing.T) context.Context {
 }
 
 // demoRunner runs the shipped demo provider with the real nu.
-func demoRunner(t *testing.T) *NuRunner {
-	return &NuRunner{
+func demoRunner(t *testing.T) *Runner {
+	return &Runner{
 		NuPath:     testsupport.NuPath(t),
 		ScriptPath: filepath.Join(testsupport.RepoRoot(t), "core", "nulib", "provisioning"),
 	}
@@ -50,10 +50,10 @@ func demoEnv(stateDir string, extra ...string) []string {
 }
 
 // scriptRunner runs a small test script written to a temp dir.
-func scriptRunner(t *testing.T, script string) *NuRunner {
+func scriptRunner(t *testing.T, script string) *Runner {
 	path := filepath.Join(t.TempDir(), "script.nu")
 	require.NoError(t, os.WriteFile(path, []byte(script), 0o644))
-	return &NuRunner{NuPath: testsupport.NuPath(t), ScriptPath: path}
+	return &Runner{NuPath: testsupport.NuPath(t), ScriptPath: path}
 }
 
 func readJSON(t *testing.T, path string) map[string]any {
@@ -394,16 +394,16 @@ func TestRunStartErrors(t *testing.T) {
 
 	tests := []struct {
 		name     string
-		runner   *NuRunner
+		runner   *Runner
 		args     []string
 		wantFlag string
 		wantMsg  string
 	}{
-		{"missing script", &NuRunner{NuPath: nu, ScriptPath: filepath.Join(dir, "nope")}, nil, "--provisioning-path", "check --provisioning-path"},
-		{"script is a directory", &NuRunner{NuPath: nu, ScriptPath: dir}, nil, "--provisioning-path", "is a directory"},
-		{"missing nu", &NuRunner{NuPath: filepath.Join(dir, "no-such-nu"), ScriptPath: script}, nil, "--nu-path", "check --nu-path"},
-		{"nu not on PATH", &NuRunner{NuPath: "no-such-nu-binary-anywhere", ScriptPath: script}, nil, "--nu-path", "check --nu-path"},
-		{"NUL in argument", &NuRunner{NuPath: nu, ScriptPath: script}, []string{"server", "web\x0001"}, "", "NUL byte"},
+		{"missing script", &Runner{NuPath: nu, ScriptPath: filepath.Join(dir, "nope")}, nil, "--provisioning-path", "check --provisioning-path"},
+		{"script is a directory", &Runner{NuPath: nu, ScriptPath: dir}, nil, "--provisioning-path", "is a directory"},
+		{"missing nu", &Runner{NuPath: filepath.Join(dir, "no-such-nu"), ScriptPath: script}, nil, "--nu-path", "check --nu-path"},
+		{"nu not on PATH", &Runner{NuPath: "no-such-nu-binary-anywhere", ScriptPath: script}, nil, "--nu-path", "check --nu-path"},
+		{"NUL in argument", &Runner{NuPath: nu, ScriptPath: script}, []string{"server", "web\x0001"}, "", "NUL byte"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -415,7 +415,7 @@ func TestRunStartErrors(t *testing.T) {
 			assert.Equal(t, tt.wantFlag, startErr.Flag)
 			assert.Contains(t, err.Error(), tt.wantMsg)
 			assert.True(t, IsPermanent(err))
-			assert.Equal(t, NuResult{}, res)
+			assert.Equal(t, Result{}, res)
 			assert.Zero(t, beats.Load(), "nothing ran")
 		})
 	}
@@ -485,33 +485,6 @@ func assertSameText(t *testing.T, want, got string) {
 	}
 	edge := func(s string) string { return s[max(0, len(s)-60):] }
 	t.Errorf("text differs: want %d bytes ending %q, got %d bytes ending %q", len(want), edge(want), len(got), edge(got))
-}
-
-func TestTailBuffer(t *testing.T) {
-	t.Parallel()
-	var all strings.Builder
-	b := newTailBuffer(100)
-	// Writes of every size, below, at and above the limit.
-	for i := range 400 {
-		chunk := strings.Repeat(string(rune('a'+i%26)), i%150)
-		all.WriteString(chunk)
-		n, err := b.Write([]byte(chunk))
-		require.NoError(t, err)
-		require.Equal(t, len(chunk), n)
-		want := all.String()
-		if len(want) > 100 {
-			want = want[len(want)-100:]
-		}
-		require.Equal(t, want, b.String(), "after write %d", i)
-		require.Equal(t, all.Len() > 100, b.Truncated())
-		require.LessOrEqual(t, cap(b.buf), 2*100+150, "the buffer stays bounded")
-	}
-
-	// A cut in the middle of a multi-byte character is not kept.
-	b = newTailBuffer(4)
-	_, _ = b.Write([]byte("xé€")) // 1 + 2 + 3 bytes: the last 4 start inside é
-	assert.Equal(t, "€", b.String())
-	assert.True(t, b.Truncated())
 }
 
 func TestStderrSummary(t *testing.T) {
@@ -652,12 +625,12 @@ func TestRunCancelKillsTheWholeProcessTree(t *testing.T) {
 	dir := t.TempDir()
 	pidDir := filepath.Join(dir, "pids")
 	require.NoError(t, os.Mkdir(pidDir, 0o755))
-	r := &NuRunner{NuPath: testsupport.NuPath(t), ScriptPath: treeScripts(t, dir), KillGrace: 2 * time.Second}
+	r := &Runner{NuPath: testsupport.NuPath(t), ScriptPath: treeScripts(t, dir), KillGrace: 2 * time.Second}
 
 	ctx, cancel := context.WithCancel(testContext(t))
 	defer cancel()
 	type outcome struct {
-		res NuResult
+		res Result
 		err error
 	}
 	done := make(chan struct{})

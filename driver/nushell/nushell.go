@@ -1,4 +1,10 @@
-package activities
+// Package nushell supervises the user's Nushell provisioning scripts: it
+// runs `nu <provisioning-path> <args...>` as argv (never a shell string),
+// captures bounded output, calls a heartbeat while the script runs, kills
+// the script's whole session on cancel, and classifies exit codes into
+// permanent and retryable failures. It knows nothing of Temporal: the
+// activities package adapts it (heartbeats, error types, results).
+package nushell
 
 import (
 	"cmp"
@@ -14,11 +20,12 @@ import (
 	"strings"
 	"syscall"
 	"time"
-	"unicode/utf8"
 	"unsafe"
+
+	"github.com/provisioning/orchestrator/internal/tailbuf"
 )
 
-// Defaults applied by NuRunner for zero-valued fields and arguments. They
+// Defaults applied by Runner for zero-valued fields and arguments. They
 // mirror the orchestrator's --nu-path and --provisioning-path flag defaults.
 const (
 	// DefaultNuPath is looked up in PATH, like a shell would.
@@ -37,6 +44,16 @@ const (
 	DefaultHeartbeatInterval = 5 * time.Second
 )
 
+// Outcomes of a run, as counted by the orchestrator's metrics.
+const (
+	// OutcomeSuccess: the script exited 0.
+	OutcomeSuccess = "success"
+	// OutcomeFailure: the script failed or could not be started.
+	OutcomeFailure = "failure"
+	// OutcomeCancelled: the run was cancelled and its processes killed.
+	OutcomeCancelled = "cancelled"
+)
+
 // DefaultPermanentExitCodes are the exit codes retrying cannot fix: 2 (usage
 // error) and 3 (invalid configuration) by the provisioning scripts'
 // convention, 126 and 127 (not executable, not found) by the shells'.
@@ -45,17 +62,17 @@ var DefaultPermanentExitCodes = []int{2, 3, 126, 127}
 
 // maxErrorStderr bounds the stderr copy an ExitError carries: it ends up in
 // error messages and Temporal failure details, which should stay small; the
-// full (bounded) tail is in NuResult.Stderr.
+// full (bounded) tail is in Result.Stderr.
 const maxErrorStderr = 4 << 10
 
 // procPollInterval is how often /proc is rescanned while waiting for a run's
 // processes to go away.
 const procPollInterval = 20 * time.Millisecond
 
-// NuRunner runs `<NuPath> <ScriptPath> <args...>` as argv, never through a
+// Runner runs `<NuPath> <ScriptPath> <args...>` as argv, never through a
 // shell, so that no argument (a server name, say) can ever become code.
-// The zero value is ready to use; a NuRunner is safe for concurrent Runs.
-type NuRunner struct {
+// The zero value is ready to use; a Runner is safe for concurrent Runs.
+type Runner struct {
 	// NuPath is the nu executable, a path or a name looked up in PATH.
 	// Default DefaultNuPath ("nu"); set from --nu-path.
 	NuPath string
@@ -68,7 +85,7 @@ type NuRunner struct {
 	Env []string
 	// MaxOutputBytes caps what is kept of each of stdout and stderr. The last
 	// bytes are kept, because that is where a failing script says why, and
-	// NuResult marks the truncation. Default DefaultMaxOutputBytes (256 KiB)
+	// Result marks the truncation. Default DefaultMaxOutputBytes (256 KiB)
 	// when zero or negative.
 	MaxOutputBytes int
 	// PermanentExitCodes are exit codes reported as permanent (not worth
@@ -81,9 +98,9 @@ type NuRunner struct {
 	KillGrace time.Duration
 }
 
-// NuResult is what a run produced. Run returns it, as far as it got, with
+// Result is what a run produced. Run returns it, as far as it got, with
 // errors too, so callers can record the output of failed runs.
-type NuResult struct {
+type Result struct {
 	// ExitCode is nu's exit status; -1 if it was killed by a signal.
 	ExitCode int
 	// Stdout and Stderr are the last MaxOutputBytes of each stream, cut at a
@@ -191,21 +208,21 @@ func IsPermanent(err error) bool {
 // for a non-zero exit, Permanent per PermanentExitCodes; a wrapped ctx.Err()
 // when cancelled (not permanent); a plain error when the fork itself failed
 // (EAGAIN and the like, worth retrying). Use IsPermanent to classify.
-func (r *NuRunner) Run(ctx context.Context, args []string, env []string, heartbeat func(), every time.Duration) (NuResult, error) {
+func (r *Runner) Run(ctx context.Context, args []string, env []string, heartbeat func(), every time.Duration) (Result, error) {
 	nuPath, scriptPath, err := r.prepare(args, env)
 	if err != nil {
-		return NuResult{}, err
+		return Result{}, err
 	}
 	if err := ctx.Err(); err != nil {
-		return NuResult{}, fmt.Errorf("nushell run not started: %w", err)
+		return Result{}, fmt.Errorf("nushell run not started: %w", err)
 	}
 	if every <= 0 {
 		every = DefaultHeartbeatInterval
 	}
 	grace := r.killGrace()
 
-	stdout := newTailBuffer(r.maxOutputBytes())
-	stderr := newTailBuffer(r.maxOutputBytes())
+	stdout := tailbuf.New(r.maxOutputBytes())
+	stderr := tailbuf.New(r.maxOutputBytes())
 	cmd := exec.Command(nuPath, append([]string{scriptPath}, args...)...)
 	cmd.Env = slices.Concat(os.Environ(), r.Env, env)
 	cmd.Stdout = stdout
@@ -218,7 +235,7 @@ func (r *NuRunner) Run(ctx context.Context, args []string, env []string, heartbe
 	started := time.Now()
 	exited, startErr := startAndWatch(cmd)
 	if startErr != nil {
-		return NuResult{}, classifyStartError(nuPath, startErr)
+		return Result{}, classifyStartError(nuPath, startErr)
 	}
 	sid := cmd.Process.Pid
 
@@ -246,7 +263,7 @@ wait:
 	<-exited
 	waitErr := cmd.Wait()
 
-	res := NuResult{
+	res := Result{
 		ExitCode:        cmd.ProcessState.ExitCode(),
 		Stdout:          stdout.String(),
 		Stderr:          stderr.String(),
@@ -271,7 +288,7 @@ wait:
 }
 
 // prepare resolves paths and rejects what would only fail later, less clearly.
-func (r *NuRunner) prepare(args, env []string) (nuPath, scriptPath string, err error) {
+func (r *Runner) prepare(args, env []string) (nuPath, scriptPath string, err error) {
 	for i, a := range args {
 		if strings.IndexByte(a, 0) >= 0 {
 			return "", "", &StartError{Err: fmt.Errorf("argument %d (%q) contains a NUL byte", i, a)}
@@ -326,8 +343,8 @@ func classifyStartError(nuPath string, err error) error {
 	return fmt.Errorf("starting nu: %w", err)
 }
 
-func (r *NuRunner) exitError(ps *os.ProcessState, stderr string) *ExitError {
-	e := &ExitError{Code: ps.ExitCode(), Stderr: tailString(stderr, maxErrorStderr)}
+func (r *Runner) exitError(ps *os.ProcessState, stderr string) *ExitError {
+	e := &ExitError{Code: ps.ExitCode(), Stderr: tailbuf.String(stderr, maxErrorStderr)}
 	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 		e.Signal = ws.Signal()
 		e.Code = 128 + int(e.Signal)
@@ -340,14 +357,14 @@ func (r *NuRunner) exitError(ps *os.ProcessState, stderr string) *ExitError {
 	return e
 }
 
-func (r *NuRunner) maxOutputBytes() int {
+func (r *Runner) maxOutputBytes() int {
 	if r.MaxOutputBytes <= 0 {
 		return DefaultMaxOutputBytes
 	}
 	return r.MaxOutputBytes
 }
 
-func (r *NuRunner) killGrace() time.Duration {
+func (r *Runner) killGrace() time.Duration {
 	if r.KillGrace <= 0 {
 		return DefaultKillGrace
 	}
@@ -501,65 +518,6 @@ func parseProcStat(data []byte) (state byte, session int, ok bool) {
 	return fields[0][0], session, true
 }
 
-// tailBuffer is an io.Writer keeping only the last limit bytes written.
-// It is written by a single os/exec copying goroutine and read only after
-// cmd.Wait has returned, which waits for that goroutine, so it needs no lock.
-type tailBuffer struct {
-	limit int
-	buf   []byte
-	total int64
-}
-
-func newTailBuffer(limit int) *tailBuffer { return &tailBuffer{limit: limit} }
-
-func (b *tailBuffer) Write(p []byte) (int, error) {
-	n := len(p)
-	b.total += int64(n)
-	if n >= b.limit {
-		b.buf = append(b.buf[:0], p[n-b.limit:]...)
-		return n, nil
-	}
-	// Let buf grow to twice the limit before compacting, so each byte is
-	// moved a bounded number of times however small the writes are.
-	if len(b.buf)+n > 2*b.limit {
-		keep := b.limit - n
-		copy(b.buf, b.buf[len(b.buf)-keep:])
-		b.buf = b.buf[:keep]
-	}
-	b.buf = append(b.buf, p...)
-	return n, nil
-}
-
-func (b *tailBuffer) Truncated() bool { return b.total > int64(b.limit) }
-
-func (b *tailBuffer) String() string {
-	tail := b.buf
-	if len(tail) > b.limit {
-		tail = tail[len(tail)-b.limit:]
-	}
-	if b.Truncated() {
-		tail = trimPartialRune(tail)
-	}
-	return string(tail)
-}
-
-// tailString returns the last max bytes of s, starting at a character boundary.
-func tailString(s string, max int) string {
-	if len(s) <= max {
-		return s
-	}
-	return string(trimPartialRune([]byte(s[len(s)-max:])))
-}
-
-// trimPartialRune drops the continuation bytes a byte-wise cut may have left
-// at the start, so the text stays valid UTF-8 for JSON and logs.
-func trimPartialRune(b []byte) []byte {
-	for i := 0; i < utf8.UTFMax && len(b) > 0 && !utf8.RuneStart(b[0]); i++ {
-		b = b[1:]
-	}
-	return b
-}
-
 // stderrSummary picks the line of stderr that best says why a run failed.
 // Scripts print their reason last; nu's own uncaught errors are multi-line
 // diagnostics that end in source excerpts, so for those the diagnostic's
@@ -591,5 +549,5 @@ func stderrSummary(stderr string) string {
 		break
 	}
 	const maxSummary = 512
-	return tailString(summary, maxSummary)
+	return tailbuf.String(summary, maxSummary)
 }

@@ -1,4 +1,4 @@
-package storage
+package surrealdb
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/provisioning/orchestrator/internal/testsupport"
+	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/storage/storagetest"
 )
 
 // BenchmarkSurreal measures Put, Get and List (status filter, page of 50)
@@ -17,13 +19,13 @@ import (
 // (testsupport.StartSurreal, mem://) over one WebSocket connection from one
 // goroutine.
 //
-//	go test -run xxx -bench . -benchtime 200x ./storage/
+//	go test -run xxx -bench . -benchtime 200x ./storage/surrealdb/
 func BenchmarkSurreal(b *testing.B) {
 	srv := testsupport.StartSurreal(b, "mem://")
 	for _, n := range []int{100, 10_000} {
 		b.Run(fmt.Sprintf("tasks=%d", n), func(b *testing.B) {
 			ctx := context.Background()
-			s, err := NewSurreal(ctx, SurrealOptions{
+			s, err := New(ctx, Options{
 				URL: srv.URL, Username: srv.User, Password: srv.Pass,
 				Database: fmt.Sprintf("bench%d", n), OpTimeout: time.Minute,
 			})
@@ -34,8 +36,8 @@ func BenchmarkSurreal(b *testing.B) {
 			running := n / 5
 			pages := max(1, min(4, running/50))
 			wantLen := min(50, running)
-			filter := func(i int) ListFilter {
-				return ListFilter{Status: StatusRunning, Limit: 50, Offset: (i % pages) * 50}
+			filter := func(i int) storage.ListFilter {
+				return storage.ListFilter{Status: storage.StatusRunning, Limit: 50, Offset: (i % pages) * 50}
 			}
 
 			b.Run("Get", func(b *testing.B) {
@@ -63,7 +65,7 @@ func BenchmarkSurreal(b *testing.B) {
 					t := tasks[(i*7919)%n]
 					version++
 					t.Version = version
-					t.Status = StatusCompleted
+					t.Status = storage.StatusCompleted
 					if err := s.Put(ctx, t); err != nil {
 						b.Fatal(err)
 					}
@@ -77,33 +79,33 @@ func BenchmarkSurreal(b *testing.B) {
 // seedSurreal stores n tasks like seedFiles' (statuses cycling through all
 // five, CreatedAt increasing with i), in batches of 500 tasks
 // (their records and task_key records) per query.
-func seedSurreal(tb testing.TB, s *Surreal, n int) []Task {
+func seedSurreal(tb testing.TB, s *Store, n int) []storage.Task {
 	tb.Helper()
-	statuses := []TaskStatus{StatusPending, StatusRunning, StatusCompleted, StatusFailed, StatusCancelled}
+	statuses := []storage.TaskStatus{storage.StatusPending, storage.StatusRunning, storage.StatusCompleted, storage.StatusFailed, storage.StatusCancelled}
 	base := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
-	tasks := make([]Task, n)
+	tasks := make([]storage.Task, n)
 	const batch = 500
 	for lo := 0; lo < n; lo += batch {
 		var rows, keys []map[string]any
 		for i := lo; i < min(lo+batch, n); i++ {
 			out := fmt.Sprintf("server web-%03d: created\n", i%1000)
-			t := Normalize(Task{
-				ID: randomID(), Name: fmt.Sprintf("task %d", i), Command: "server create",
+			t, doc, err := storage.PrepareWrite(storage.Task{
+				ID: storagetest.NewID(), Name: fmt.Sprintf("task %d", i), Command: "server create",
 				Args:      []string{"--infra", "prod-stack", fmt.Sprintf("web-%03d", i%1000)},
 				Status:    statuses[i%len(statuses)],
 				CreatedAt: base.Add(time.Duration(i) * time.Second),
 				UpdatedAt: base.Add(time.Duration(i)*time.Second + time.Minute),
 				Output:    &out, WorkflowType: "ServerCreateWorkflow",
-				Progress: Progress{Done: 1, Total: 1},
-				Steps: []StepResult{{
-					Name: fmt.Sprintf("web-%03d", i%1000), Status: StatusCompleted,
+				Progress: storage.Progress{Done: 1, Total: 1},
+				Steps: []storage.StepResult{{
+					Name: fmt.Sprintf("web-%03d", i%1000), Status: storage.StatusCompleted,
 					Attempts: 1, Output: out, DurationMS: 1200,
 				}},
 				Version: 1,
 			})
-			tasks[i] = t
-			row, err := surrealTaskContent(t)
 			require.NoError(tb, err)
+			tasks[i] = t
+			row := surrealTaskContent(t, doc)
 			row["id"] = taskRecordID(t.ID)
 			rows = append(rows, row)
 			for _, k := range surrealTaskKeys(t) {
@@ -116,4 +118,10 @@ func seedSurreal(tb testing.TB, s *Surreal, n int) []Task {
 		require.NoError(tb, err)
 	}
 	return tasks
+}
+
+// reportOps reports throughput in the unit BenchmarkFilesystem uses, so
+// the two benchmarks' results line up.
+func reportOps(b *testing.B) {
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
 }

@@ -1,4 +1,4 @@
-package activities
+package docker
 
 import (
 	"context"
@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/provisioning/orchestrator/driver"
 	"github.com/provisioning/orchestrator/internal/testsupport"
 	"github.com/provisioning/orchestrator/testenv"
 )
@@ -37,7 +38,7 @@ func dockerCtx(t *testing.T) context.Context {
 
 // dockerEnv is one test's environment on the real engine.
 type dockerEnv struct {
-	rt    *DockerRuntime
+	rt    *Runtime
 	image string
 	plan  testenv.Plan
 }
@@ -48,7 +49,7 @@ func newDockerEnv(t *testing.T, nodes ...string) *dockerEnv {
 	t.Helper()
 	cli := testsupport.Docker(t)
 	img := testsupport.BusyboxImage(t, cli)
-	rt := &DockerRuntime{Client: cli, Logger: slog.New(slog.DiscardHandler)}
+	rt := &Runtime{Client: cli, Logger: slog.New(slog.DiscardHandler)}
 	envID := uuid.NewString()
 	p := testenv.Plan{
 		EnvID:       envID,
@@ -113,7 +114,7 @@ func (e *dockerEnv) createNetwork(t *testing.T, ctx context.Context) (id, subnet
 
 // up creates the network and every node, starts them and waits until all
 // run.
-func (e *dockerEnv) up(t *testing.T, ctx context.Context) []NodeStatus {
+func (e *dockerEnv) up(t *testing.T, ctx context.Context) []testenv.NodeStatus {
 	t.Helper()
 	e.createNetwork(t, ctx)
 	for _, n := range e.plan.Nodes {
@@ -121,7 +122,7 @@ func (e *dockerEnv) up(t *testing.T, ctx context.Context) []NodeStatus {
 		require.NoError(t, err)
 		require.NoError(t, e.rt.StartNode(ctx, id))
 	}
-	var nodes []NodeStatus
+	var nodes []testenv.NodeStatus
 	waitUntil(t, 30*time.Second, func() (bool, string) {
 		var err error
 		nodes, err = e.rt.InspectNodes(ctx, e.plan.EnvID)
@@ -139,9 +140,9 @@ func (e *dockerEnv) up(t *testing.T, ctx context.Context) []NodeStatus {
 	return nodes
 }
 
-func (e *dockerEnv) containerID(t *testing.T, nodes []NodeStatus, node string) string {
+func (e *dockerEnv) containerID(t *testing.T, nodes []testenv.NodeStatus, node string) string {
 	t.Helper()
-	i := slices.IndexFunc(nodes, func(n NodeStatus) bool { return n.Node == node })
+	i := slices.IndexFunc(nodes, func(n testenv.NodeStatus) bool { return n.Node == node })
 	require.GreaterOrEqual(t, i, 0, "node %s not found", node)
 	return nodes[i].ContainerID
 }
@@ -165,7 +166,7 @@ func waitUntil(t *testing.T, timeout time.Duration, cond func() (bool, string)) 
 
 // labelled counts the containers, networks and volumes carrying label
 // (key=value), queried directly on the engine.
-func labelled(t *testing.T, ctx context.Context, rt *DockerRuntime, labels ...string) RemovedCounts {
+func labelled(t *testing.T, ctx context.Context, rt *Runtime, labels ...string) testenv.RemovedCounts {
 	t.Helper()
 	f := filters.NewArgs()
 	for _, l := range labels {
@@ -177,18 +178,18 @@ func labelled(t *testing.T, ctx context.Context, rt *DockerRuntime, labels ...st
 	require.NoError(t, err)
 	vs, err := rt.Client.VolumeList(ctx, volume.ListOptions{Filters: f})
 	require.NoError(t, err)
-	return RemovedCounts{Containers: len(cs), Networks: len(ns), Volumes: len(vs.Volumes)}
+	return testenv.RemovedCounts{Containers: len(cs), Networks: len(ns), Volumes: len(vs.Volumes)}
 }
 
 func TestDockerNewRuntime(t *testing.T) {
 	testsupport.Docker(t) // skip (or fail in CI) without an engine
 	ctx := dockerCtx(t)
-	rt, err := NewDockerRuntime(ctx)
+	rt, err := New(ctx)
 	require.NoError(t, err)
 	require.NoError(t, rt.Close())
 
 	t.Setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-	_, err = NewDockerRuntime(ctx)
+	_, err = New(ctx)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "unreachable")
 	assert.Contains(t, err.Error(), "DOCKER_HOST")
@@ -205,16 +206,16 @@ func TestDockerEnsureImage(t *testing.T) {
 	const missing = "orchestrator-test/does-not-exist:1"
 	err := e.rt.EnsureImage(ctx, missing)
 	require.Error(t, err)
-	assert.True(t, IsImageMissing(err), "%v", err)
-	assert.True(t, IsImageMissing(fmt.Errorf("wrapped: %w", err)))
-	var ie *ImageError
+	assert.True(t, driver.IsImageMissing(err), "%v", err)
+	assert.True(t, driver.IsImageMissing(fmt.Errorf("wrapped: %w", err)))
+	var ie *driver.ImageError
 	require.ErrorAs(t, err, &ie)
 	assert.Equal(t, missing, ie.Ref)
 	assert.Contains(t, err.Error(), "image "+missing+" is not present locally and could not be pulled")
 	assert.Contains(t, err.Error(), "build or load it")
 
 	assert.Error(t, e.rt.EnsureImage(ctx, ""))
-	assert.False(t, IsImageMissing(errors.New("other")))
+	assert.False(t, driver.IsImageMissing(errors.New("other")))
 }
 
 func TestDockerNetworkWithLabelsAndSubnet(t *testing.T) {
@@ -261,7 +262,7 @@ func TestDockerNetworkWithLabelsAndSubnet(t *testing.T) {
 
 	envs, err := e.rt.ListManagedEnvironments(ctx, "")
 	require.NoError(t, err)
-	assert.Equal(t, RemovedCounts{Networks: 1}, envs[e.plan.EnvID])
+	assert.Equal(t, testenv.RemovedCounts{Networks: 1}, envs[e.plan.EnvID])
 }
 
 func TestDockerNetworkEngineChosenSubnet(t *testing.T) {
@@ -381,8 +382,8 @@ func TestDockerExec(t *testing.T) {
 		assert.Equal(t, 0, res.ExitCode)
 		assert.True(t, res.StdoutTruncated)
 		assert.False(t, res.StderrTruncated)
-		assert.LessOrEqual(t, len(res.Stdout), MaxReturnedOutput)
-		assert.Greater(t, len(res.Stdout), MaxReturnedOutput-16)
+		assert.LessOrEqual(t, len(res.Stdout), MaxOutputBytes)
+		assert.Greater(t, len(res.Stdout), MaxOutputBytes-16)
 		assert.True(t, strings.HasSuffix(res.Stdout, "\n99999\n100000\n"))
 	})
 	t.Run("missing container", func(t *testing.T) {
@@ -402,7 +403,7 @@ func TestDockerExecTimeout(t *testing.T) {
 	ctx := dockerCtx(t)
 	id := e.up(t, ctx)[0].ContainerID
 
-	hbCtx := WithHeartbeat(ctx, func() {})
+	hbCtx := driver.WithHeartbeat(ctx, func(string) {})
 	start := time.Now()
 	res, err := e.rt.Exec(hbCtx, id, []string{"sh", "-c", "echo started; sleep 30"}, time.Second)
 	elapsed := time.Since(start)
@@ -473,7 +474,7 @@ func TestDockerInspectNodesReportsStates(t *testing.T) {
 	require.NoError(t, e.rt.StartNode(ctx, ids["quits"]))
 	require.NoError(t, e.rt.StartNode(ctx, ids["up"]))
 
-	var nodes []NodeStatus
+	var nodes []testenv.NodeStatus
 	waitUntil(t, 30*time.Second, func() (bool, string) {
 		var err error
 		nodes, err = e.rt.InspectNodes(ctx, e.plan.EnvID)
@@ -522,11 +523,11 @@ func TestDockerCreateIsIdempotent(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, id, id3)
 
-	assert.Equal(t, RemovedCounts{Containers: 1, Networks: 1},
+	assert.Equal(t, testenv.RemovedCounts{Containers: 1, Networks: 1},
 		labelled(t, ctx, e.rt, testenv.EnvIDLabel+"="+e.plan.EnvID), "no duplicates were made")
 	envs, err := e.rt.ListManagedEnvironments(ctx, "")
 	require.NoError(t, err)
-	assert.Equal(t, RemovedCounts{Containers: 1, Networks: 1}, envs[e.plan.EnvID])
+	assert.Equal(t, testenv.RemovedCounts{Containers: 1, Networks: 1}, envs[e.plan.EnvID])
 }
 
 func TestDockerCreateRefusesForeignNames(t *testing.T) {
@@ -566,20 +567,20 @@ func TestDockerRemoveEnvironment(t *testing.T) {
 	require.NoError(t, err)
 
 	envLabel := testenv.EnvIDLabel + "=" + e.plan.EnvID
-	want := RemovedCounts{Containers: 2, Networks: 1, Volumes: 1}
+	want := testenv.RemovedCounts{Containers: 2, Networks: 1, Volumes: 1}
 	assert.Equal(t, want, labelled(t, ctx, e.rt, envLabel))
 	envs, err := e.rt.ListManagedEnvironments(ctx, "")
 	require.NoError(t, err)
 	assert.Equal(t, want, envs[e.plan.EnvID])
 
-	removed, err := e.rt.RemoveEnvironment(WithHeartbeat(ctx, func() {}), e.plan.EnvID)
+	removed, err := e.rt.RemoveEnvironment(driver.WithHeartbeat(ctx, func(string) {}), e.plan.EnvID)
 	require.NoError(t, err)
 	assert.Equal(t, want, removed)
-	assert.Equal(t, RemovedCounts{}, labelled(t, ctx, e.rt, envLabel), "zero labelled objects left")
+	assert.Equal(t, testenv.RemovedCounts{}, labelled(t, ctx, e.rt, envLabel), "zero labelled objects left")
 
 	again, err := e.rt.RemoveEnvironment(ctx, e.plan.EnvID)
 	require.NoError(t, err, "a second removal is not an error")
-	assert.Equal(t, RemovedCounts{}, again)
+	assert.Equal(t, testenv.RemovedCounts{}, again)
 
 	envs, err = e.rt.ListManagedEnvironments(ctx, "")
 	require.NoError(t, err)
@@ -632,7 +633,7 @@ func TestDockerRemoveEnvironmentLeavesForeignObjects(t *testing.T) {
 
 	removed, err := e.rt.RemoveEnvironment(ctx, e.plan.EnvID)
 	require.NoError(t, err)
-	assert.Equal(t, RemovedCounts{Containers: 1, Networks: 1}, removed)
+	assert.Equal(t, testenv.RemovedCounts{Containers: 1, Networks: 1}, removed)
 
 	for name, id := range map[string]string{"unlabelled": plain.ID, "other env": other.ID, "not managed": unmanaged.ID} {
 		_, err := cli.ContainerInspect(ctx, id)
@@ -646,6 +647,6 @@ func TestDockerRemoveEnvironmentLeavesForeignObjects(t *testing.T) {
 
 	envs, err := e.rt.ListManagedEnvironments(ctx, "")
 	require.NoError(t, err)
-	assert.Equal(t, RemovedCounts{Containers: 1}, envs[otherEnv])
+	assert.Equal(t, testenv.RemovedCounts{Containers: 1}, envs[otherEnv])
 	assert.NotContains(t, envs, e.plan.EnvID, "objects without managed-by are not listed")
 }

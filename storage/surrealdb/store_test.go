@@ -1,4 +1,4 @@
-package storage_test
+package surrealdb_test
 
 import (
 	"cmp"
@@ -21,6 +21,7 @@ import (
 	"github.com/provisioning/orchestrator/internal/testsupport"
 	"github.com/provisioning/orchestrator/storage"
 	"github.com/provisioning/orchestrator/storage/storagetest"
+	"github.com/provisioning/orchestrator/storage/surrealdb"
 )
 
 // Tests of the SurrealDB backend against the real SurrealDB engine
@@ -32,7 +33,7 @@ var surrealDBCounter atomic.Int64
 
 // openSurreal opens a store on srv in a fresh database and closes it when
 // the test ends.
-func openSurreal(t testing.TB, srv *testsupport.SurrealServer, o storage.SurrealOptions) *storage.Surreal {
+func openSurreal(t testing.TB, srv *testsupport.SurrealServer, o surrealdb.Options) *surrealdb.Store {
 	t.Helper()
 	o.URL, o.Username, o.Password = srv.URL, srv.User, srv.Pass
 	if o.Database == "" {
@@ -43,7 +44,7 @@ func openSurreal(t testing.TB, srv *testsupport.SurrealServer, o storage.Surreal
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, err := storage.NewSurreal(ctx, o)
+	s, err := surrealdb.New(ctx, o)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = s.Close() })
 	return s
@@ -61,14 +62,14 @@ func (w testWriter) Write(p []byte) (int, error) {
 func TestSurrealConformance(t *testing.T) {
 	srv := testsupport.StartSurreal(t, "mem://")
 	storagetest.Run(t, func(t *testing.T) storage.Store {
-		return openSurreal(t, srv, storage.SurrealOptions{})
+		return openSurreal(t, srv, surrealdb.Options{})
 	})
 }
 
 func TestSurrealOptions(t *testing.T) {
 	ctx := context.Background()
 	for _, bad := range []string{"", "ftp://h:1", "ws://", "ws://h:1/prefix", "ws://u:p@h:1", "127.0.0.1:8000"} {
-		_, err := storage.NewSurreal(ctx, storage.SurrealOptions{URL: bad})
+		_, err := surrealdb.New(ctx, surrealdb.Options{URL: bad})
 		require.Error(t, err, "%q", bad)
 		require.NotErrorIs(t, err, storage.ErrUnavailable, "%q is a configuration error", bad)
 	}
@@ -76,19 +77,19 @@ func TestSurrealOptions(t *testing.T) {
 	srv := testsupport.StartSurreal(t, "mem://")
 
 	// Wrong credentials: a start-up error.
-	_, err := storage.NewSurreal(ctx, storage.SurrealOptions{URL: srv.URL, Username: srv.User, Password: "wrong"})
+	_, err := surrealdb.New(ctx, surrealdb.Options{URL: srv.URL, Username: srv.User, Password: "wrong"})
 	require.Error(t, err)
 	require.ErrorContains(t, err, "sign in")
 
 	// Nothing listening: ErrUnavailable within OpTimeout.
 	start := time.Now()
-	_, err = storage.NewSurreal(ctx, storage.SurrealOptions{URL: "ws://127.0.0.1:1", OpTimeout: time.Second})
+	_, err = surrealdb.New(ctx, surrealdb.Options{URL: "ws://127.0.0.1:1", OpTimeout: time.Second})
 	require.ErrorIs(t, err, storage.ErrUnavailable)
 	require.Less(t, time.Since(start), 5*time.Second)
 
 	// Defaults: namespace orchestrator, database tasks; /rpc and http work.
 	for _, u := range []string{srv.URL, srv.URL + "/rpc", srv.HTTPURL} {
-		s, err := storage.NewSurreal(ctx, storage.SurrealOptions{URL: u, Username: srv.User, Password: srv.Pass})
+		s, err := surrealdb.New(ctx, surrealdb.Options{URL: u, Username: srv.User, Password: srv.Pass})
 		require.NoError(t, err, u)
 		task := storage.Task{ID: storagetest.NewID(), Name: u, Status: storage.StatusPending, CreatedAt: time.Now(), Version: 1}
 		require.NoError(t, s.Create(ctx, task), u)
@@ -100,11 +101,11 @@ func TestSurrealOptions(t *testing.T) {
 		_, err = s.Get(ctx, task.ID)
 		require.ErrorIs(t, err, storage.ErrUnavailable, "after Close")
 	}
-	other := openSurreal(t, srv, storage.SurrealOptions{Namespace: storage.DefaultSurrealNamespace, Database: storage.DefaultSurrealDatabase})
+	other := openSurreal(t, srv, surrealdb.Options{Namespace: surrealdb.DefaultNamespace, Database: surrealdb.DefaultDatabase})
 	_, total, err := other.List(ctx, storage.ListFilter{})
 	require.NoError(t, err)
 	require.Equal(t, 3, total, "the three tasks above are in orchestrator/tasks")
-	fresh := openSurreal(t, srv, storage.SurrealOptions{})
+	fresh := openSurreal(t, srv, surrealdb.Options{})
 	_, total, err = fresh.List(ctx, storage.ListFilter{})
 	require.NoError(t, err)
 	require.Zero(t, total, "another database is separate")
@@ -117,7 +118,7 @@ func TestSurrealOptions(t *testing.T) {
 func TestSurrealReconnect(t *testing.T) {
 	srv := testsupport.StartSurreal(t, "surrealkv://"+t.TempDir()+"/db")
 	const opTimeout = 2 * time.Second
-	s := openSurreal(t, srv, storage.SurrealOptions{OpTimeout: opTimeout})
+	s := openSurreal(t, srv, surrealdb.Options{OpTimeout: opTimeout})
 	ctx := storage.WithActor(context.Background(), "test")
 
 	var stored []storage.Task
@@ -254,7 +255,7 @@ func TestSurrealUnresponsive(t *testing.T) {
 	srv := testsupport.StartSurreal(t, "mem://")
 	proxy := newFreezeProxy(t, srv.Addr)
 	const opTimeout = time.Second
-	s, err := storage.NewSurreal(context.Background(), storage.SurrealOptions{
+	s, err := surrealdb.New(context.Background(), surrealdb.Options{
 		URL: "ws://" + proxy.Addr(), Username: srv.User, Password: srv.Pass, OpTimeout: opTimeout,
 		Database: fmt.Sprintf("test%d", surrealDBCounter.Add(1)),
 	})
@@ -372,7 +373,7 @@ func (p *freezeProxy) close() {
 // SurrealDB 3.0.2 planner's LIMIT-below-filter bug.
 func TestSurrealListModel(t *testing.T) {
 	srv := testsupport.StartSurreal(t, "mem://")
-	s := openSurreal(t, srv, storage.SurrealOptions{})
+	s := openSurreal(t, srv, surrealdb.Options{})
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(1, 2))
 	statuses := []storage.TaskStatus{storage.StatusPending, storage.StatusRunning, storage.StatusCompleted, storage.StatusFailed, storage.StatusCancelled}
@@ -487,7 +488,7 @@ func eventually[T any](t *testing.T, f func() (T, error)) (T, error) {
 // with an error is not an outage (no 503, no reconnect).
 func TestSurrealStatementErrorsAreNotUnavailable(t *testing.T) {
 	srv := testsupport.StartSurreal(t, "mem://")
-	s := openSurreal(t, srv, storage.SurrealOptions{})
+	s := openSurreal(t, srv, surrealdb.Options{})
 	ctx := context.Background()
 	task := storage.Task{ID: storagetest.NewID(), Status: storage.StatusPending, Version: 1}
 	require.NoError(t, s.Create(ctx, task))
@@ -504,7 +505,7 @@ func TestSurrealStatementErrorsAreNotUnavailable(t *testing.T) {
 // a cancellation is only context.Canceled.
 func TestSurrealDeadlineIsUnavailable(t *testing.T) {
 	srv := testsupport.StartSurreal(t, "mem://")
-	s := openSurreal(t, srv, storage.SurrealOptions{OpTimeout: 2 * time.Second})
+	s := openSurreal(t, srv, surrealdb.Options{OpTimeout: 2 * time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Nanosecond)
 	defer cancel()
 	<-ctx.Done()
@@ -526,7 +527,7 @@ func TestSurrealDeadlineIsUnavailable(t *testing.T) {
 // oldest time are completed and ordered by ID.
 func TestSurrealAuditModel(t *testing.T) {
 	srv := testsupport.StartSurreal(t, "mem://")
-	s := openSurreal(t, srv, storage.SurrealOptions{})
+	s := openSurreal(t, srv, surrealdb.Options{})
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(3, 4))
 	tasks := []string{storagetest.NewID(), storagetest.NewID(), storagetest.NewID()}

@@ -1,22 +1,14 @@
-package storage
-
-import (
-	"context"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"log/slog"
-	"net/url"
-	"slices"
-	"strings"
-	"sync"
-	"time"
-
-	"github.com/surrealdb/surrealdb.go/pkg/models"
-	"github.com/surrealdb/surrealdb.go/surrealcbor"
-)
-
-// SurrealDB backend (surrealdb-server, and the embedded mode's client).
+// Package surrealdb is the SurrealDB backend of storage.Store: the
+// --storage-type surrealdb-server store, and the client of the embedded
+// mode's supervised server (internal/surrealproc). It lives in its own
+// package so that importing storage does not pull in the SurrealDB client,
+// and an orchestrator built with -tags nosurrealdb (see internal/app)
+// leaves out both.
+//
+// It shares everything that is not about SurrealDB with the filesystem
+// backend through storage's backend helpers (storage.PrepareWrite,
+// storage.CreateAuditEntry, storage.PrepareAuditEntry, ...): the two
+// accept, record and page alike, and storagetest checks that they do.
 //
 // Schema (defined idempotently on every (re)connect, so a server that lost
 // its data, e.g. mem://, is usable again at once):
@@ -56,9 +48,26 @@ import (
 // even when a filter the index does not cover runs after it, which returns
 // wrong pages (see TestSurrealListModel), so every List query's WHERE is
 // exactly its index's equality prefix.
+package surrealdb
 
-// SurrealOptions configures NewSurreal.
-type SurrealOptions struct {
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/surrealdb/surrealdb.go/pkg/models"
+	"github.com/surrealdb/surrealdb.go/surrealcbor"
+
+	"github.com/provisioning/orchestrator/storage"
+)
+
+// Options configures New.
+type Options struct {
 	// URL of the server: ws://, wss://, http:// or https://HOST:PORT (a
 	// trailing /rpc is accepted).
 	URL string
@@ -70,22 +79,23 @@ type SurrealOptions struct {
 	Logger *slog.Logger
 	// OpTimeout bounds every operation, including (re)connecting; default
 	// 10s. A request without an answer within it counts as a lost
-	// connection (ErrUnavailable).
+	// connection (storage.ErrUnavailable).
 	OpTimeout time.Duration
 }
 
-// Defaults of SurrealOptions.
+// Defaults of Options.
 const (
-	DefaultSurrealNamespace = "orchestrator"
-	DefaultSurrealDatabase  = "tasks"
-	DefaultSurrealOpTimeout = 10 * time.Second
+	DefaultNamespace = "orchestrator"
+	DefaultDatabase  = "tasks"
+	DefaultOpTimeout = 10 * time.Second
 )
 
-// Surreal is the Store on a SurrealDB server. It reconnects by itself: while
-// the server is unreachable operations fail with ErrUnavailable (see
-// surreal_conn.go), afterwards they succeed again on a new connection.
-type Surreal struct {
-	opts SurrealOptions
+// Store is the storage.Store on a SurrealDB server. It reconnects by
+// itself: while the server is unreachable operations fail with
+// storage.ErrUnavailable (see conn.go), afterwards they succeed again on a
+// new connection.
+type Store struct {
+	opts Options
 	url  *url.URL
 	log  *slog.Logger
 
@@ -99,7 +109,7 @@ type Surreal struct {
 	lastErr   error     // error of the last failed dial
 }
 
-var _ Store = (*Surreal)(nil)
+var _ storage.Store = (*Store)(nil)
 
 // surrealTimeLayout is fixed-width, so its strings sort like the instants
 // (years 0–9999, always UTC).
@@ -176,19 +186,19 @@ IF $stored {
 COMMIT TRANSACTION;
 `
 
-// NewSurreal connects to a SurrealDB server (signs in, selects the
-// namespace and database, defines the tables) and returns the store. A
-// server that cannot be reached within ctx and OpTimeout is an error
-// wrapping ErrUnavailable; later outages are handled by reconnecting.
-func NewSurreal(ctx context.Context, o SurrealOptions) (*Surreal, error) {
+// New connects to a SurrealDB server (signs in, selects the namespace and
+// database, defines the tables) and returns the store. A server that
+// cannot be reached within ctx and OpTimeout is an error wrapping
+// storage.ErrUnavailable; later outages are handled by reconnecting.
+func New(ctx context.Context, o Options) (*Store, error) {
 	if o.Namespace == "" {
-		o.Namespace = DefaultSurrealNamespace
+		o.Namespace = DefaultNamespace
 	}
 	if o.Database == "" {
-		o.Database = DefaultSurrealDatabase
+		o.Database = DefaultDatabase
 	}
 	if o.OpTimeout <= 0 {
-		o.OpTimeout = DefaultSurrealOpTimeout
+		o.OpTimeout = DefaultOpTimeout
 	}
 	u, err := parseSurrealURL(o.URL)
 	if err != nil {
@@ -198,7 +208,7 @@ func NewSurreal(ctx context.Context, o SurrealOptions) (*Surreal, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Surreal{opts: o, url: u, log: log}
+	s := &Store{opts: o, url: u, log: log}
 	dctx, cancel := context.WithTimeout(ctx, o.OpTimeout)
 	defer cancel()
 	c, err := s.dialConn(dctx)
@@ -206,7 +216,7 @@ func NewSurreal(ctx context.Context, o SurrealOptions) (*Surreal, error) {
 		if ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return nil, fmt.Errorf("surrealdb: %w", ctx.Err())
 		}
-		return nil, fmt.Errorf("%w: surrealdb: %w", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: surrealdb: %w", storage.ErrUnavailable, err)
 	}
 	s.conn, s.connected = c, true
 	return s, nil
@@ -237,9 +247,9 @@ func parseSurrealURL(raw string) (*url.URL, error) {
 	return &url.URL{Scheme: u.Scheme, Host: u.Host}, nil
 }
 
-// Close closes the connection. Calls after Close fail with ErrUnavailable;
-// closing twice is a no-op.
-func (s *Surreal) Close() error {
+// Close closes the connection. Calls after Close fail with
+// storage.ErrUnavailable; closing twice is a no-op.
+func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -261,97 +271,81 @@ func (s *Surreal) Close() error {
 	return nil
 }
 
-// Create stores a new task and its AuditCreate entry in one transaction;
-// ErrExists if the ID is taken.
-func (s *Surreal) Create(ctx context.Context, t Task) error {
-	if err := ValidateID(t.ID); err != nil {
-		return err
-	}
-	t = Normalize(t)
-	content, err := surrealTaskContent(t)
+// Create stores a new task and its storage.AuditCreate entry in one
+// transaction; storage.ErrExists if the ID is taken.
+func (s *Store) Create(ctx context.Context, t storage.Task) error {
+	t, doc, err := storage.PrepareWrite(t)
 	if err != nil {
 		return err
 	}
-	entry := AuditEntry{
-		ID: AuditCreateID(t.ID), TaskID: t.ID, Time: auditTime(t), Actor: ActorFrom(ctx),
-		Action: AuditCreate, After: t.Status, Version: t.Version,
-	}
 	vars := map[string]any{
 		"rid":   taskRecordID(t.ID),
-		"task":  content,
-		"entry": surrealAuditContent(entry),
+		"task":  surrealTaskContent(t, doc),
+		"entry": surrealAuditContent(storage.CreateAuditEntry(ctx, t)),
 	}
 	addTaskKeys(vars, t)
 	_, err = s.query(ctx, "create task "+t.ID, surrealCreateSQL, vars)
 	if err != nil && strings.Contains(err.Error(), surrealExistsMarker) {
-		return fmt.Errorf("%w: %s", ErrExists, t.ID)
+		return fmt.Errorf("%w: %s", storage.ErrExists, t.ID)
 	}
 	return err
 }
 
 // Put upserts t unless the stored task has a higher Version; when it
-// creates the task or changes its status it appends the AuditTransition
-// entry (unless one with that ID is stored) in the same transaction.
-func (s *Surreal) Put(ctx context.Context, t Task) error {
-	if err := ValidateID(t.ID); err != nil {
-		return err
-	}
-	t = Normalize(t)
-	content, err := surrealTaskContent(t)
+// creates the task or changes its status it appends the
+// storage.AuditTransition entry (unless one with that ID is stored) in the
+// same transaction.
+func (s *Store) Put(ctx context.Context, t storage.Task) error {
+	t, doc, err := storage.PrepareWrite(t)
 	if err != nil {
 		return err
 	}
-	eid := AuditTransitionID(t.ID, t.Version)
+	// The stored status (the entry's Before) is known only inside the
+	// transaction, which fills it in; the rest is bound from the entry.
+	e := storage.TransitionAuditEntry(ctx, t, "")
 	vars := map[string]any{
 		"rid":    taskRecordID(t.ID),
-		"task":   content,
-		"aid":    auditRecordID(t.ID, eid),
-		"tid":    t.ID,
-		"eid":    eid,
-		"time":   surrealTime(auditTime(t)),
-		"alist":  surrealTimeKey(auditTime(t)),
-		"actor":  ActorFrom(ctx),
-		"action": AuditTransition,
+		"task":   surrealTaskContent(t, doc),
+		"aid":    auditRecordID(e.TaskID, e.ID),
+		"eid":    e.ID,
+		"time":   surrealTime(e.Time),
+		"alist":  surrealTimeKey(e.Time),
+		"actor":  e.Actor,
+		"action": e.Action,
 	}
 	addTaskKeys(vars, t)
 	_, err = s.query(ctx, "put task "+t.ID, surrealPutSQL, vars)
 	return err
 }
 
-// Get returns the task or ErrNotFound.
-func (s *Surreal) Get(ctx context.Context, id string) (Task, error) {
-	if err := ValidateID(id); err != nil {
-		return Task{}, err
+// Get returns the task or storage.ErrNotFound.
+func (s *Store) Get(ctx context.Context, id string) (storage.Task, error) {
+	if err := storage.ValidateID(id); err != nil {
+		return storage.Task{}, err
 	}
 	res, err := s.query(ctx, "get task "+id, `SELECT VALUE doc FROM ONLY $rid;`, map[string]any{"rid": taskRecordID(id)})
 	if err != nil {
-		return Task{}, err
+		return storage.Task{}, err
 	}
 	var doc any
 	if err := decodeResult(res, 0, &doc); err != nil {
-		return Task{}, err
+		return storage.Task{}, err
 	}
 	switch d := doc.(type) {
 	case nil:
-		return Task{}, fmt.Errorf("%w: %s", ErrNotFound, id)
+		return storage.Task{}, fmt.Errorf("%w: %s", storage.ErrNotFound, id)
 	case string:
-		return decodeSurrealTask(id, d)
+		return decodeSurrealTask(id, []byte(d))
 	default:
-		return Task{}, fmt.Errorf("%w: surrealdb record task:%s: doc is a %T, not a string", errCorrupt, id, doc)
+		return storage.Task{}, fmt.Errorf("%w: surrealdb record task:%s: doc is a %T, not a string", storage.ErrCorrupt, id, doc)
 	}
 }
 
 // List returns one page of matching tasks, newest first (CreatedAt, then
-// ID descending), and the number of matching tasks. Limit 0 (or negative)
-// means DefaultLimit, larger than MaxLimit is clamped; a negative Offset is
-// taken as 0. Undecodable records are skipped and logged.
-func (s *Surreal) List(ctx context.Context, lf ListFilter) ([]Task, int, error) {
-	limit := lf.Limit
-	if limit <= 0 {
-		limit = DefaultLimit
-	}
-	limit = min(limit, MaxLimit)
-	offset := max(lf.Offset, 0)
+// ID descending), and the number of matching tasks; lf.Page tells which
+// page. Undecodable records are skipped and logged.
+func (s *Store) List(ctx context.Context, lf storage.ListFilter) ([]storage.Task, int, error) {
+	offset, limit := lf.Page()
 	vars := map[string]any{"limit": limit, "offset": offset, "status": string(lf.Status), "wf": lf.WorkflowType}
 	var page, count string
 	switch {
@@ -391,10 +385,10 @@ func (s *Surreal) List(ctx context.Context, lf ListFilter) ([]Task, int, error) 
 	if len(counts) > 0 {
 		total = counts[0].N
 	}
-	out := make([]Task, 0, len(rows))
+	out := make([]storage.Task, 0, len(rows))
 	for _, r := range rows {
 		id, _ := r.ID.ID.(string)
-		t, err := decodeSurrealTask(id, r.Doc)
+		t, err := decodeSurrealTask(id, []byte(r.Doc))
 		if err != nil {
 			s.log.Warn("skipping undecodable task record", "id", id, "error", err)
 			continue
@@ -406,8 +400,8 @@ func (s *Surreal) List(ctx context.Context, lf ListFilter) ([]Task, int, error) 
 
 // Delete removes a task; a missing task is not an error. Its audit entries
 // are kept.
-func (s *Surreal) Delete(ctx context.Context, id string) error {
-	if err := ValidateID(id); err != nil {
+func (s *Store) Delete(ctx context.Context, id string) error {
+	if err := storage.ValidateID(id); err != nil {
 		return err
 	}
 	_, err := s.query(ctx, "delete task "+id, surrealDeleteSQL, map[string]any{"rid": taskRecordID(id), "tid": id})
@@ -415,13 +409,13 @@ func (s *Surreal) Delete(ctx context.Context, id string) error {
 }
 
 // Ping runs a trivial query (connecting first if needed).
-func (s *Surreal) Ping(ctx context.Context) error {
+func (s *Store) Ping(ctx context.Context) error {
 	_, err := s.query(ctx, "ping", `RETURN 1;`, nil)
 	return err
 }
 
 // IDs returns every stored task id (any order).
-func (s *Surreal) IDs(ctx context.Context) ([]string, error) {
+func (s *Store) IDs(ctx context.Context) ([]string, error) {
 	res, err := s.query(ctx, "list task ids", `SELECT VALUE record::id(id) FROM task;`, nil)
 	if err != nil {
 		return nil, err
@@ -434,40 +428,27 @@ func (s *Surreal) IDs(ctx context.Context) ([]string, error) {
 }
 
 // AppendAudit stores e unless an entry with the same task and ID is stored
-// already (then it is a no-op). e.TaskID must be a valid task id (the task
-// itself need not exist) and e.ID non-empty. A zero Time is taken as now,
-// an empty Actor as ActorFrom(ctx); Time is stored in UTC.
-func (s *Surreal) AppendAudit(ctx context.Context, e AuditEntry) error {
-	if err := ValidateID(e.TaskID); err != nil {
+// already (then it is a no-op). storage.PrepareAuditEntry checks and
+// completes e first; Time is stored in UTC.
+func (s *Store) AppendAudit(ctx context.Context, e storage.AuditEntry) error {
+	e, err := storage.PrepareAuditEntry(ctx, e)
+	if err != nil {
 		return err
 	}
-	if e.ID == "" {
-		return fmt.Errorf("storage: audit entry of task %s has no id", e.TaskID)
-	}
-	if e.Time.IsZero() {
-		e.Time = time.Now()
-	}
-	if e.Actor == "" {
-		e.Actor = ActorFrom(ctx)
-	}
-	_, err := s.query(ctx, "append audit entry of "+e.TaskID, `INSERT IGNORE INTO audit $entry RETURN NONE;`,
+	_, err = s.query(ctx, "append audit entry of "+e.TaskID, `INSERT IGNORE INTO audit $entry RETURN NONE;`,
 		map[string]any{"entry": surrealAuditContent(e)})
 	return err
 }
 
 // ListAudit returns the matching entries oldest first (Time, then ID). With
-// more than the limit (default DefaultAuditLimit) matching, the newest are
-// kept.
-func (s *Surreal) ListAudit(ctx context.Context, af AuditFilter) ([]AuditEntry, error) {
-	if af.TaskID != "" {
-		if err := ValidateID(af.TaskID); err != nil {
-			return nil, err
-		}
+// more than the limit (default storage.DefaultAuditLimit) matching, the
+// newest are kept.
+func (s *Store) ListAudit(ctx context.Context, af storage.AuditFilter) ([]storage.AuditEntry, error) {
+	af, err := storage.PrepareAuditFilter(af)
+	if err != nil {
+		return nil, err
 	}
 	limit := af.Limit
-	if limit <= 0 {
-		limit = DefaultAuditLimit
-	}
 	// The newest entries come first on the list_key index; the page ends
 	// at some time T, and entries at T beyond the page may sort (by ID)
 	// before some on it, so all entries at T are read too, then the newest
@@ -505,7 +486,7 @@ func (s *Surreal) ListAudit(ctx context.Context, af AuditFilter) ([]AuditEntry, 
 		}
 		rows = append(rows, ties...)
 	}
-	out := make([]AuditEntry, 0, len(rows))
+	out := make([]storage.AuditEntry, 0, len(rows))
 	seen := make(map[[2]string]struct{}, len(rows))
 	for _, r := range rows {
 		if _, dup := seen[[2]string{r.TaskID, r.EID}]; dup {
@@ -517,16 +498,12 @@ func (s *Surreal) ListAudit(ctx context.Context, af AuditFilter) ([]AuditEntry, 
 			s.log.Warn("skipping audit record with a bad time", "task_id", r.TaskID, "id", r.EID, "error", err)
 			continue
 		}
-		out = append(out, AuditEntry{
+		out = append(out, storage.AuditEntry{
 			ID: r.EID, TaskID: r.TaskID, Time: at.UTC(), Actor: r.Actor, Action: r.Action,
-			Before: TaskStatus(r.Before), After: TaskStatus(r.After), Version: r.Version, Detail: r.Detail,
+			Before: storage.TaskStatus(r.Before), After: storage.TaskStatus(r.After), Version: r.Version, Detail: r.Detail,
 		})
 	}
-	slices.SortFunc(out, compareAudit)
-	if len(out) > limit {
-		out = out[len(out)-limit:]
-	}
-	return out, nil
+	return storage.NewestAudit(out, limit), nil
 }
 
 type surrealAuditRow struct {
@@ -577,7 +554,7 @@ func surrealTimeKey(t time.Time) string {
 // surrealListKey orders tasks as List does when sorted ascending: the
 // inverted creation time (surrealTimeKey), then the ID with every hex digit
 // inverted (IDs are canonical lowercase UUIDs).
-func surrealListKey(t Task) string {
+func surrealListKey(t storage.Task) string {
 	id := []byte(t.ID)
 	for i, c := range id {
 		switch {
@@ -592,7 +569,7 @@ func surrealListKey(t Task) string {
 
 // surrealTaskKeys are the IDs of a task's task_key records (see the
 // schema).
-func surrealTaskKeys(t Task) [3]models.RecordID {
+func surrealTaskKeys(t storage.Task) [3]models.RecordID {
 	st := string(t.Status)
 	return [3]models.RecordID{
 		models.NewRecordID("task_key", []any{"s", st, t.ID}),
@@ -602,17 +579,14 @@ func surrealTaskKeys(t Task) [3]models.RecordID {
 }
 
 // addTaskKeys binds $tid and $k1..$k3 (the task's task_key IDs).
-func addTaskKeys(vars map[string]any, t Task) {
+func addTaskKeys(vars map[string]any, t storage.Task) {
 	k := surrealTaskKeys(t)
 	vars["tid"], vars["k1"], vars["k2"], vars["k3"] = t.ID, k[0], k[1], k[2]
 }
 
-// surrealTaskContent is the record of a normalized task.
-func surrealTaskContent(t Task) (map[string]any, error) {
-	doc, err := json.Marshal(t)
-	if err != nil {
-		return nil, fmt.Errorf("storage: encode task %s: %w", t.ID, err)
-	}
+// surrealTaskContent is the record of a task that storage.PrepareWrite
+// normalized and encoded as doc.
+func surrealTaskContent(t storage.Task, doc []byte) map[string]any {
 	return map[string]any{
 		"doc":           string(doc),
 		"status":        string(t.Status),
@@ -620,11 +594,11 @@ func surrealTaskContent(t Task) (map[string]any, error) {
 		"created_at":    surrealTime(t.CreatedAt),
 		"list_key":      surrealListKey(t),
 		"version":       t.Version,
-	}, nil
+	}
 }
 
 // surrealAuditContent is the record of an audit entry (with its id).
-func surrealAuditContent(e AuditEntry) map[string]any {
+func surrealAuditContent(e storage.AuditEntry) map[string]any {
 	return map[string]any{
 		"id":            auditRecordID(e.TaskID, e.ID),
 		"task_id":       e.TaskID,
@@ -640,17 +614,14 @@ func surrealAuditContent(e AuditEntry) map[string]any {
 	}
 }
 
-// decodeSurrealTask decodes a task record's doc; errCorrupt if it does not
-// decode or names another task.
-func decodeSurrealTask(id, doc string) (Task, error) {
-	var t Task
-	if err := json.Unmarshal([]byte(doc), &t); err != nil {
-		return Task{}, fmt.Errorf("%w: surrealdb record task:%s: %w", errCorrupt, id, err)
+// decodeSurrealTask decodes a task record's doc (storage.DecodeTask),
+// naming the record in errors, which wrap storage.ErrCorrupt.
+func decodeSurrealTask(id string, doc []byte) (storage.Task, error) {
+	t, err := storage.DecodeTask(id, doc)
+	if err != nil {
+		return storage.Task{}, fmt.Errorf("%w: surrealdb record task:%s: %w", storage.ErrCorrupt, id, err)
 	}
-	if t.ID != id {
-		return Task{}, fmt.Errorf("%w: surrealdb record task:%s holds task %q", errCorrupt, id, t.ID)
-	}
-	return Normalize(t), nil
+	return t, nil
 }
 
 var surrealCodec = surrealcbor.New()

@@ -1,4 +1,4 @@
-package storage
+package surrealdb
 
 import (
 	"context"
@@ -12,10 +12,12 @@ import (
 	"time"
 
 	"github.com/fxamacker/cbor/v2"
-	surrealdb "github.com/surrealdb/surrealdb.go"
+	surrealclient "github.com/surrealdb/surrealdb.go"
 	"github.com/surrealdb/surrealdb.go/pkg/connection"
 	"github.com/surrealdb/surrealdb.go/pkg/connection/gorillaws"
 	surrealhttp "github.com/surrealdb/surrealdb.go/pkg/connection/http"
+
+	"github.com/provisioning/orchestrator/storage"
 )
 
 // Connection management of the SurrealDB backend.
@@ -39,9 +41,9 @@ import (
 //     dropped; the next operation dials a new one (sign-in, USE, schema),
 //     once for all concurrent callers, with exponential backoff between
 //     failed attempts (callers arriving during the backoff fail at once).
-//   - All of these failures are returned wrapped in ErrUnavailable (the API
-//     answers 503); statement errors that are not about connectivity stay
-//     plain errors.
+//   - All of these failures are returned wrapped in storage.ErrUnavailable
+//     (the API answers 503); statement errors that are not about
+//     connectivity stay plain errors.
 //   - A connection is closed only when no operation uses it any more
 //     (closing it under a running request would crash surrealdb.go).
 
@@ -63,12 +65,12 @@ const (
 // surrealConn is one client connection (signed in, namespace and database
 // selected, schema defined).
 type surrealConn struct {
-	db    *surrealdb.DB
+	db    *surrealclient.DB
 	watch *connWatch
-	// refs counts running operations; guarded by Surreal.mu.
+	// refs counts running operations; guarded by Store.mu.
 	refs int
 	// dropped: no longer handed out, closed when refs reaches 0; guarded
-	// by Surreal.mu.
+	// by Store.mu.
 	dropped bool
 }
 
@@ -198,7 +200,7 @@ func (c clientLogger) Info(msg string, args ...any)  { c.l.Debug(msg, args...) }
 func (c clientLogger) Debug(msg string, args ...any) { c.l.Debug(msg, args...) }
 
 // dialConn opens, authenticates and prepares one connection.
-func (s *Surreal) dialConn(ctx context.Context) (*surrealConn, error) {
+func (s *Store) dialConn(ctx context.Context) (*surrealConn, error) {
 	conf := connection.NewConfig(s.url)
 	conf.Logger = clientLogger{s.log.With("component", "surrealdb.go")}
 	w := newConnWatch()
@@ -218,10 +220,10 @@ func (s *Surreal) dialConn(ctx context.Context) (*surrealConn, error) {
 			return nil
 		})
 		con = ws
-	default: // http, https (checked by NewSurreal)
+	default: // http, https (checked by New)
 		con = surrealhttp.New(conf).SetTimeout(s.opts.OpTimeout)
 	}
-	db, err := surrealdb.FromConnection(context.WithValue(ctx, connWatchKey{}, w), con)
+	db, err := surrealclient.FromConnection(context.WithValue(ctx, connWatchKey{}, w), con)
 	if err != nil {
 		w.kill(err)
 		w.closeRaw()
@@ -244,7 +246,7 @@ func (s *Surreal) dialConn(ctx context.Context) (*surrealConn, error) {
 		if s.opts.Username == "" && s.opts.Password == "" {
 			return nil
 		}
-		if _, err := db.SignIn(ctx, surrealdb.Auth{Username: s.opts.Username, Password: s.opts.Password}); err != nil {
+		if _, err := db.SignIn(ctx, surrealclient.Auth{Username: s.opts.Username, Password: s.opts.Password}); err != nil {
 			return fmt.Errorf("sign in to %s as %q: %w", s.url.Redacted(), s.opts.Username, err)
 		}
 		return nil
@@ -267,7 +269,7 @@ func (s *Surreal) dialConn(ctx context.Context) (*surrealConn, error) {
 		}
 	}
 	for attempt := 1; ; attempt++ {
-		_, err := surrealdb.Query[cbor.RawMessage](ctx, db, surrealSchema, nil)
+		_, err := surrealclient.Query[cbor.RawMessage](ctx, db, surrealSchema, nil)
 		if err == nil {
 			break
 		}
@@ -283,7 +285,7 @@ func (s *Surreal) dialConn(ctx context.Context) (*surrealConn, error) {
 }
 
 // closeConn closes c's client and socket; it must not be in use.
-func (s *Surreal) closeConn(c *surrealConn) {
+func (s *Store) closeConn(c *surrealConn) {
 	ctx, cancel := context.WithTimeout(context.Background(), surrealCloseTimeout)
 	defer cancel()
 	_ = c.db.Close(ctx)
@@ -293,12 +295,12 @@ func (s *Surreal) closeConn(c *surrealConn) {
 
 // acquire returns a usable connection, dialing one if needed, and counts
 // the caller as its user until release.
-func (s *Surreal) acquire(ctx context.Context) (*surrealConn, error) {
+func (s *Store) acquire(ctx context.Context) (*surrealConn, error) {
 	for dials := 0; ; dials++ {
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
-			return nil, fmt.Errorf("%w: surrealdb store is closed", ErrUnavailable)
+			return nil, fmt.Errorf("%w: surrealdb store is closed", storage.ErrUnavailable)
 		}
 		if c := s.conn; c != nil {
 			cause := c.watch.dead()
@@ -310,7 +312,7 @@ func (s *Surreal) acquire(ctx context.Context) (*surrealConn, error) {
 			s.dropLocked(c, cause)
 			if dials >= 2 {
 				s.mu.Unlock()
-				return nil, fmt.Errorf("%w: surrealdb: connection lost right after connecting: %w", ErrUnavailable, cause)
+				return nil, fmt.Errorf("%w: surrealdb: connection lost right after connecting: %w", storage.ErrUnavailable, cause)
 			}
 		}
 		d := s.dialing
@@ -319,7 +321,7 @@ func (s *Surreal) acquire(ctx context.Context) (*surrealConn, error) {
 				err := s.lastErr
 				s.mu.Unlock()
 				return nil, fmt.Errorf("%w: surrealdb unreachable (next attempt in %s): %w",
-					ErrUnavailable, wait.Round(time.Millisecond), err)
+					storage.ErrUnavailable, wait.Round(time.Millisecond), err)
 			}
 			d = &dialAttempt{done: make(chan struct{})}
 			s.dialing = d
@@ -338,7 +340,7 @@ func (s *Surreal) acquire(ctx context.Context) (*surrealConn, error) {
 }
 
 // release ends an operation on c started by acquire.
-func (s *Surreal) release(c *surrealConn) {
+func (s *Store) release(c *surrealConn) {
 	s.mu.Lock()
 	c.refs--
 	closeNow := c.dropped && c.refs == 0
@@ -350,13 +352,13 @@ func (s *Surreal) release(c *surrealConn) {
 
 // drop stops handing out c (it died, timed out or lost its session); it
 // is closed when its last operation ends.
-func (s *Surreal) drop(c *surrealConn, cause error) {
+func (s *Store) drop(c *surrealConn, cause error) {
 	s.mu.Lock()
 	s.dropLocked(c, cause)
 	s.mu.Unlock()
 }
 
-func (s *Surreal) dropLocked(c *surrealConn, cause error) {
+func (s *Store) dropLocked(c *surrealConn, cause error) {
 	if c.dropped {
 		return
 	}
@@ -375,7 +377,7 @@ func (s *Surreal) dropLocked(c *surrealConn, cause error) {
 
 // dial runs one connection attempt in the background (callers wait for it
 // with their own contexts) bounded by OpTimeout.
-func (s *Surreal) dial(d *dialAttempt) {
+func (s *Store) dial(d *dialAttempt) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.opts.OpTimeout)
 	defer cancel()
 	c, err := s.dialConn(ctx)
@@ -388,14 +390,14 @@ func (s *Surreal) dial(d *dialAttempt) {
 		backoff = backoff/2 + rand.N(backoff/2+1)
 		s.nextDial = time.Now().Add(backoff)
 		s.lastErr = err
-		d.err = fmt.Errorf("%w: surrealdb: %w", ErrUnavailable, err)
+		d.err = fmt.Errorf("%w: surrealdb: %w", storage.ErrUnavailable, err)
 		if s.failures == 1 {
 			s.log.Warn("surrealdb connection failed; retrying", "url", s.url.Redacted(), "error", err)
 		} else {
 			s.log.Debug("surrealdb connection failed", "url", s.url.Redacted(), "attempt", s.failures, "error", err)
 		}
 	case s.closed:
-		d.err = fmt.Errorf("%w: surrealdb store is closed", ErrUnavailable)
+		d.err = fmt.Errorf("%w: surrealdb store is closed", storage.ErrUnavailable)
 		go s.closeConn(c)
 	default:
 		if s.connected {
@@ -411,11 +413,11 @@ func (s *Surreal) dial(d *dialAttempt) {
 }
 
 // queryResults is the per-statement outcome of one query call.
-type queryResults = []surrealdb.QueryResult[cbor.RawMessage]
+type queryResults = []surrealclient.QueryResult[cbor.RawMessage]
 
 // statementError is a query whose statements failed for a reason that is
 // not connectivity (syntax, THROW, constraint): not retried, not
-// ErrUnavailable.
+// storage.ErrUnavailable.
 type statementError struct {
 	op  string
 	err error
@@ -425,10 +427,11 @@ func (e *statementError) Error() string { return "surrealdb " + e.op + ": " + e.
 func (e *statementError) Unwrap() error { return e.err }
 
 // query runs sql on a usable connection under OpTimeout, retrying write
-// conflicts. Connectivity failures are returned wrapped in ErrUnavailable
-// (and drop the connection); statement failures as *statementError, with
-// the results (their Error fields tell which statement failed).
-func (s *Surreal) query(ctx context.Context, op, sql string, vars map[string]any) (queryResults, error) {
+// conflicts. Connectivity failures are returned wrapped in
+// storage.ErrUnavailable (and drop the connection); statement failures as
+// *statementError, with the results (their Error fields tell which
+// statement failed).
+func (s *Store) query(ctx context.Context, op, sql string, vars map[string]any) (queryResults, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, ctxError(ctx, op)
 	}
@@ -444,7 +447,7 @@ func (s *Surreal) query(ctx context.Context, op, sql string, vars map[string]any
 	}
 }
 
-func (s *Surreal) queryOnce(ctx context.Context, op, sql string, vars map[string]any) (queryResults, error) {
+func (s *Store) queryOnce(ctx context.Context, op, sql string, vars map[string]any) (queryResults, error) {
 	c, err := s.acquire(ctx)
 	if err != nil {
 		return nil, err
@@ -455,21 +458,21 @@ func (s *Surreal) queryOnce(ctx context.Context, op, sql string, vars map[string
 	stop := context.AfterFunc(c.watch.ctx, cancel)
 	defer stop()
 
-	res, err := surrealdb.Query[cbor.RawMessage](opCtx, c.db, sql, vars)
+	res, err := surrealclient.Query[cbor.RawMessage](opCtx, c.db, sql, vars)
 	if err == nil {
 		if res == nil {
 			return nil, nil
 		}
 		return *res, nil
 	}
-	if errors.Is(err, &surrealdb.QueryError{}) && res != nil {
+	if errors.Is(err, &surrealclient.QueryError{}) && res != nil {
 		return *res, &statementError{op: op, err: err}
 	}
 	if ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) {
 		// The caller gave up; the connection is fine.
 		return nil, ctxError(ctx, op)
 	}
-	var rpcErr *surrealdb.RPCError
+	var rpcErr *surrealclient.RPCError
 	if errors.As(err, &rpcErr) && rpcErr.Code != surrealAuthErrorCode {
 		// Parse errors and the like: the request was answered.
 		return nil, &statementError{op: op, err: err}
@@ -485,7 +488,7 @@ func (s *Surreal) queryOnce(ctx context.Context, op, sql string, vars map[string
 		err = fmt.Errorf("no answer within %s: %w", s.opts.OpTimeout, err)
 	}
 	s.drop(c, err)
-	return nil, fmt.Errorf("%w: surrealdb %s: %w", ErrUnavailable, op, err)
+	return nil, fmt.Errorf("%w: surrealdb %s: %w", storage.ErrUnavailable, op, err)
 }
 
 // ctxError reports the caller's context ending: a cancellation as such, a
@@ -493,7 +496,7 @@ func (s *Surreal) queryOnce(ctx context.Context, op, sql string, vars map[string
 func ctxError(ctx context.Context, op string) error {
 	err := ctx.Err()
 	if errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("%w: surrealdb %s: %w", ErrUnavailable, op, err)
+		return fmt.Errorf("%w: surrealdb %s: %w", storage.ErrUnavailable, op, err)
 	}
 	return fmt.Errorf("surrealdb %s: %w", op, err)
 }

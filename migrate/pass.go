@@ -1,0 +1,217 @@
+package migrate
+
+import (
+	"context"
+	"slices"
+	"sync/atomic"
+	"time"
+)
+
+// counters are one pass's live statistics: the pass's goroutines add to
+// them while the progress lines read them.
+type counters struct {
+	checked, copied, skipped, resumed, audit, deleted atomic.Int64
+}
+
+func (c *counters) stats(pass int, kind string, d time.Duration) PassStats {
+	return PassStats{
+		Pass: pass, Kind: kind, Checked: int(c.checked.Load()), Copied: int(c.copied.Load()),
+		Skipped: int(c.skipped.Load()), Resumed: int(c.resumed.Load()), AuditCopied: int(c.audit.Load()),
+		Deleted: int(c.deleted.Load()), Duration: d,
+	}
+}
+
+// addSync counts what syncRecord did; a task found identical counts as
+// skipped only in the full pass (full), the only one that reports it.
+func (c *counters) addSync(r syncResult, full bool) {
+	c.audit.Add(int64(r.audit))
+	switch {
+	case r.copied:
+		c.copied.Add(1)
+	case r.identical && full:
+		c.skipped.Add(1)
+	}
+}
+
+// pass runs one full or delta pass over the source's current IDs.
+func (m *migration) pass(ctx context.Context, n int, kind string, rep *Report) (PassStats, error) {
+	start := time.Now()
+	ids, err := m.ids(ctx, m.src, "source")
+	if err != nil {
+		return PassStats{}, err
+	}
+	slices.Sort(ids)
+	var c counters
+	stopProgress := m.progress(n, kind, len(ids), &c, start)
+	err = m.each(ctx, ids, func(ctx context.Context, id string) error {
+		defer c.checked.Add(1)
+		if err := m.processID(ctx, id, kind == PassFull, &c); err != nil {
+			return err
+		}
+		if kind == PassFull && m.opts.Throttle > 0 {
+			return sleep(ctx, m.opts.Throttle)
+		}
+		return nil
+	})
+	if err == nil {
+		// Tasks this migration copied that are gone from the source.
+		err = m.each(ctx, m.goneIDs(ids), func(ctx context.Context, id string) error {
+			return m.gone(ctx, id, &c)
+		})
+	}
+	st := c.stats(n, kind, time.Since(start))
+	stopProgress(st, err == nil)
+	if err != nil {
+		return st, err
+	}
+	m.addPass(rep, st)
+	m.checkpoint(false)
+	return st, nil
+}
+
+// goneIDs are the known ids (copied by this migration) missing from ids.
+func (m *migration) goneIDs(ids []string) []string {
+	m.mu.Lock()
+	known := make([]string, 0, len(m.known))
+	for id := range m.known {
+		known = append(known, id)
+	}
+	m.mu.Unlock()
+	return extras(ids, known)
+}
+
+// processID brings one source record over. In the full pass a record the
+// target is known (from the checkpoint) to hold unchanged is skipped
+// without reading the target; in a delta pass one unchanged since this
+// migration copied it is skipped.
+func (m *migration) processID(ctx context.Context, id string, full bool, c *counters) error {
+	s, ok, err := m.readSource(ctx, id, c)
+	if !ok {
+		return err
+	}
+	if k, ok := m.getKnown(id); ok && k.state == s.state {
+		if full {
+			c.skipped.Add(1)
+			c.resumed.Add(1)
+		}
+		return nil
+	}
+	r, err := m.syncRecord(ctx, id, s)
+	if err != nil {
+		return err
+	}
+	c.addSync(r, full)
+	return nil
+}
+
+// readSource reads source record id for a pass or the verification. ok
+// is false when there is nothing more to do for id: the read failed (a
+// mismatch, or a fatal err) or the source no longer has it (see gone).
+func (m *migration) readSource(ctx context.Context, id string, c *counters) (s record, ok bool, err error) {
+	s, found, err := m.read(ctx, m.src, id)
+	if err != nil {
+		return s, false, m.recordErr(id, "read source", err)
+	}
+	if !found {
+		return s, false, m.gone(ctx, id, c)
+	}
+	return s, true, nil
+}
+
+type syncResult struct {
+	copied    bool // the task was (or would be) written
+	identical bool // the target already held the task
+	audit     int  // audit entries appended (or that would be)
+}
+
+// syncRecord writes what the target lacks of source record s: missing
+// audit entries first (so that the Put does not make the target append its
+// own entry under an ID the source has), then the task if its checksum
+// differs. A target version higher than the source's is a mismatch, and
+// nothing is written.
+func (m *migration) syncRecord(ctx context.Context, id string, s record) (syncResult, error) {
+	var r syncResult
+	d, dfound, err := m.read(ctx, m.dst, id)
+	if err != nil {
+		return r, m.recordErr(id, "read target", err)
+	}
+	if dfound && d.task.Version > s.task.Version {
+		m.setIssue(id, reasonNewer(s, d))
+		return r, nil
+	}
+	missing, differ := auditDiff(s, d)
+	needTask := !dfound || d.sum != s.sum
+	r.copied, r.identical, r.audit = needTask, !needTask, len(missing)
+	if !m.opts.DryRun {
+		wctx := m.wctx(ctx, Actor)
+		for _, e := range missing {
+			if err := m.call(ctx, func() error { return m.dst.AppendAudit(wctx, e) }); err != nil {
+				return syncResult{}, m.recordErr(id, "append audit entry "+e.ID+" to target", err)
+			}
+		}
+		if needTask {
+			if err := m.call(ctx, func() error { return m.dst.Put(wctx, s.task) }); err != nil {
+				return syncResult{}, m.recordErr(id, "write target", err)
+			}
+		}
+	}
+	if len(differ) > 0 {
+		m.setIssue(id, reasonAuditDiffers(differ))
+		return r, nil
+	}
+	m.setIssue(id, "")
+	if !m.opts.DryRun {
+		m.setKnown(id, s.known())
+	}
+	return r, nil
+}
+
+// gone handles a known id the source no longer has: the target's copy is
+// deleted if it is still what this migration copied. A task the target
+// held before the migration began is never deleted.
+func (m *migration) gone(ctx context.Context, id string, c *counters) error {
+	k, ok := m.getKnown(id)
+	if !ok {
+		return nil
+	}
+	if m.preExisting[id] {
+		m.dropKnown(id)
+		return nil
+	}
+	d, dfound, err := m.read(ctx, m.dst, id)
+	if err != nil {
+		return m.recordErr(id, "read target", err)
+	}
+	if !dfound {
+		m.dropKnown(id)
+		return nil
+	}
+	if d.sum != k.task {
+		m.setIssue(id, "deleted from the source during the migration, but the target's copy changed since it was copied: left in place")
+		return nil
+	}
+	if !m.opts.DryRun {
+		if err := m.call(ctx, func() error { return m.dst.Delete(m.wctx(ctx, Actor), id) }); err != nil {
+			return m.recordErr(id, "delete from target", err)
+		}
+		m.dropKnown(id)
+	}
+	m.setIssue(id, "")
+	c.deleted.Add(1)
+	return nil
+}
+
+// finishDryRun fills the counts of a dry run.
+func (m *migration) finishDryRun(ctx context.Context, rep *Report) error {
+	srcIDs, err := m.ids(ctx, m.src, "source")
+	if err != nil {
+		return err
+	}
+	dstIDs, err := m.ids(ctx, m.dst, "target")
+	if err != nil {
+		return err
+	}
+	rep.Source, rep.Target = len(srcIDs), len(dstIDs)
+	rep.TargetExtra = extras(srcIDs, dstIDs)
+	return nil
+}

@@ -1,0 +1,216 @@
+package testenv
+
+// The environment as the API, the SDK and the workflow see it. The
+// TestEnvironment workflow owns an EnvState, the driver fills its nodes, and
+// the state is projected into the task store as a task (EnvTask).
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/provisioning/orchestrator/storage"
+)
+
+// NodeStatus is one container of an environment as the engine sees it.
+type NodeStatus struct {
+	ContainerID string `json:"container_id"`
+	// Name is the container name.
+	Name string `json:"name"`
+	// Node and Role come from the container's labels.
+	Node string `json:"node"`
+	Role string `json:"role"`
+	// Taskservs is not known to the engine (no label carries it):
+	// InspectNodes leaves it empty, callers fill it from the plan.
+	Taskservs []string `json:"taskservs,omitempty"`
+	Image     string   `json:"image"`
+	// State is the engine's: created, running, paused, restarting,
+	// removing, exited or dead.
+	State string `json:"state"`
+	// Status is the engine's human summary, e.g. "Up 3 minutes".
+	Status string `json:"status"`
+	// ExitCode is meaningful once State is exited.
+	ExitCode  int  `json:"exit_code"`
+	OOMKilled bool `json:"oom_killed,omitempty"`
+	// Error is the engine's last start error, if any.
+	Error string `json:"error,omitempty"`
+	// IP is the address on the environment network; empty unless running.
+	IP string `json:"ip"`
+	// NanoCPUs and MemoryBytes are the limits in force (0 = unlimited).
+	NanoCPUs    int64     `json:"nano_cpus"`
+	MemoryBytes int64     `json:"memory_bytes"`
+	CreatedAt   time.Time `json:"created_at,omitzero"`
+	StartedAt   time.Time `json:"started_at,omitzero"`
+	FinishedAt  time.Time `json:"finished_at,omitzero"`
+}
+
+// RemovedCounts counts an environment's Docker objects (removed ones, or
+// present ones for ListManagedEnvironments).
+type RemovedCounts struct {
+	Containers int `json:"containers"`
+	Networks   int `json:"networks"`
+	Volumes    int `json:"volumes"`
+}
+
+// Total is the number of objects of all kinds.
+func (c RemovedCounts) Total() int { return c.Containers + c.Networks + c.Volumes }
+
+// EnvNetwork is an environment's bridge network.
+type EnvNetwork struct {
+	Name   string `json:"name"`
+	ID     string `json:"id,omitempty"`
+	Subnet string `json:"subnet"`
+}
+
+// TestResult is one exec'd test.
+type TestResult struct {
+	Name       string   `json:"name"`
+	Node       string   `json:"node"`
+	Command    []string `json:"command"`
+	ExitCode   int      `json:"exit_code"`
+	Passed     bool     `json:"passed"`
+	TimedOut   bool     `json:"timed_out"`
+	Stdout     string   `json:"stdout"`
+	Stderr     string   `json:"stderr"`
+	DurationMS int64    `json:"duration_ms"`
+	Error      string   `json:"error,omitempty"`
+}
+
+// TestRun is one POST /test/environments/{id}/run.
+type TestRun struct {
+	Number     int          `json:"number"`
+	Passed     bool         `json:"passed"`
+	Total      int          `json:"total"`
+	Failed     int          `json:"failed"`
+	Results    []TestResult `json:"results"`
+	StartedAt  time.Time    `json:"started_at"`
+	FinishedAt time.Time    `json:"finished_at"`
+}
+
+// EnvState is an environment as the API shows it; the workflow owns it and
+// projects it into the task store.
+type EnvState struct {
+	ID          string                `json:"id"`
+	Status      string                `json:"status"`
+	Type        string                `json:"type"`
+	Infra       string                `json:"infra"`
+	Request     CreateRequest `json:"request"`
+	Network     EnvNetwork            `json:"network"`
+	Nodes       []NodeStatus          `json:"nodes"`
+	AutoStart   bool                  `json:"auto_start"`
+	AutoCleanup bool                  `json:"auto_cleanup"`
+	Runs        []TestRun             `json:"runs"`
+	LastRun     *TestRun              `json:"last_run"`
+	Error       string                `json:"error,omitempty"`
+	// EndReason says why cleanup happened.
+	EndReason string `json:"end_reason,omitempty"`
+	// LastStatus is the status before cleanup (passed/failed/ready).
+	LastStatus string         `json:"last_status,omitempty"`
+	Removed    *RemovedCounts `json:"removed,omitempty"`
+	CreatedAt  time.Time      `json:"created_at"`
+	ExpiresAt  time.Time      `json:"expires_at"`
+	UpdatedAt  time.Time      `json:"updated_at"`
+	FinishedAt *time.Time     `json:"finished_at"`
+	Version    int64          `json:"version"`
+}
+
+// Clone deep-copies the slices so a projection handed to a local activity
+// cannot change under it.
+func (s EnvState) Clone() EnvState {
+	s.Nodes = slices.Clone(s.Nodes)
+	s.Runs = slices.Clone(s.Runs)
+	if s.LastRun != nil && len(s.Runs) > 0 {
+		s.LastRun = &s.Runs[len(s.Runs)-1]
+	}
+	return s
+}
+
+// EnvInfo is what CreateEnvironment made.
+type EnvInfo struct {
+	NetworkID string       `json:"network_id"`
+	Subnet    string       `json:"subnet"`
+	Nodes     []NodeStatus `json:"nodes"`
+}
+
+// EnvTaskType is the WorkflowType of environment tasks (the registered
+// workflow name).
+const EnvTaskType = "TestEnvironment"
+
+// EnvTask maps an environment to the task shape: creating…failed are
+// Running (the environment is alive), cleaned is Completed (Failed when the
+// last run failed), error is Failed, a cancelled environment Cancelled.
+func EnvTask(s EnvState) (storage.Task, error) {
+	env, err := json.Marshal(s)
+	if err != nil {
+		return storage.Task{}, fmt.Errorf("encode environment %s: %w", s.ID, err)
+	}
+	status := storage.StatusRunning
+	switch s.Status {
+	case "creating":
+		status = storage.StatusPending
+	case "cleaned":
+		switch {
+		case s.EndReason == "cancelled":
+			status = storage.StatusCancelled
+		case s.LastStatus == "failed":
+			status = storage.StatusFailed
+		default:
+			status = storage.StatusCompleted
+		}
+	case "error":
+		status = storage.StatusFailed
+	}
+	name := "test env " + s.Type
+	switch {
+	case s.Request.Config.Taskserv != "":
+		name += " " + s.Request.Config.Taskserv
+	case s.Request.Config.ServerName != "":
+		name += " " + s.Request.Config.ServerName
+	case s.Request.Config.Template != "":
+		name += " " + s.Request.Config.Template
+	case s.Request.Config.ClusterType != "":
+		name += " " + s.Request.Config.ClusterType
+	}
+	t := storage.Task{
+		ID:           s.ID,
+		Name:         name,
+		Command:      "test env create",
+		Args:         []string{s.Type},
+		Status:       status,
+		CreatedAt:    s.CreatedAt,
+		CompletedAt:  s.FinishedAt,
+		WorkflowType: EnvTaskType,
+		Version:      s.Version,
+		UpdatedAt:    s.UpdatedAt,
+		Environment:  env,
+	}
+	if s.Status != "creating" {
+		started := s.CreatedAt
+		t.StartedAt = &started
+	}
+	if s.LastRun != nil {
+		out := summarizeRun(*s.LastRun)
+		t.Output = &out
+		t.Progress = storage.Progress{Done: s.LastRun.Total - s.LastRun.Failed, Total: s.LastRun.Total}
+	}
+	if s.Error != "" {
+		e := s.Error
+		t.Error = &e
+	}
+	return t, nil
+}
+
+func summarizeRun(r TestRun) string {
+	var b strings.Builder
+	for _, res := range r.Results {
+		verdict := "PASS"
+		if !res.Passed {
+			verdict = "FAIL"
+		}
+		fmt.Fprintf(&b, "%s %s [%s] exit=%d %dms\n", verdict, res.Name, res.Node, res.ExitCode, res.DurationMS)
+	}
+	fmt.Fprintf(&b, "%d/%d passed\n", r.Total-r.Failed, r.Total)
+	return b.String()
+}
