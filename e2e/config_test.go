@@ -9,7 +9,6 @@ package e2e
 import (
 	"context"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -230,15 +229,4 @@ func countObjects(tb testing.TB, cli *client.Client, label string) (containers, 
 	ns, err := cli.NetworkList(context.Background(), network.ListOptions{Filters: f})
 	require.NoError(tb, err)
 	return len(cs), len(ns)
-}
-
-// skipOrFail is testsupport's rule for a missing part of the Docker setup
-// (there unexported): skip, or fail when ORCHESTRATOR_REQUIRE_DOCKER=1, so
-// CI never passes by skipping.
-func skipOrFail(tb testing.TB, msg string) {
-	tb.Helper()
-	if os.Getenv("ORCHESTRATOR_REQUIRE_DOCKER") == "1" {
-		tb.Fatal(msg + " (ORCHESTRATOR_REQUIRE_DOCKER=1, so this is a failure, not a skip)")
-	}
-	tb.Skip(msg)
 }

@@ -35,6 +35,7 @@ import (
 	enumspb "go.temporal.io/api/enums/v1"
 
 	"github.com/provisioning/orchestrator/internal/app"
+	"github.com/provisioning/orchestrator/internal/testsupport"
 	"github.com/provisioning/orchestrator/testenv"
 	"github.com/provisioning/orchestrator/workflows"
 )
@@ -80,7 +81,7 @@ func startTenv3Bench(b *testing.B) *tenv3Bench {
 	b.Helper()
 	for _, tool := range []string{"bash", "docker"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			skipOrFail(b, fmt.Sprintf("the docker CLI baseline needs %s on PATH: %v", tool, err))
+			testsupport.SkipOrFailDocker(b, fmt.Sprintf("the docker CLI baseline needs %s on PATH: %v", tool, err))
 		}
 	}
 	script, err := filepath.Abs(tenv3Script)

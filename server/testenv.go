@@ -214,7 +214,7 @@ func (s *Server) deleteEnv(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if st.Status == workflows.EnvCleaned || st.Status == workflows.EnvError {
+	if st.Status == workflows.EnvCleaned || st.Status == workflows.EnvError && st.FinishedAt != nil {
 		// Already gone: DELETE is idempotent.
 		return ok(c, http.StatusOK, st)
 	}

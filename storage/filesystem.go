@@ -310,7 +310,7 @@ func (f *Filesystem) Close() error {
 		}
 		<-s.sem
 	}
-	f.listIndex.reset()
+	f.reset()
 	return errors.Join(errs...)
 }
 

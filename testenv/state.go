@@ -92,18 +92,18 @@ type TestRun struct {
 // EnvState is an environment as the API shows it; the workflow owns it and
 // projects it into the task store.
 type EnvState struct {
-	ID          string                `json:"id"`
-	Status      string                `json:"status"`
-	Type        string                `json:"type"`
-	Infra       string                `json:"infra"`
+	ID          string        `json:"id"`
+	Status      string        `json:"status"`
+	Type        string        `json:"type"`
+	Infra       string        `json:"infra"`
 	Request     CreateRequest `json:"request"`
-	Network     EnvNetwork            `json:"network"`
-	Nodes       []NodeStatus          `json:"nodes"`
-	AutoStart   bool                  `json:"auto_start"`
-	AutoCleanup bool                  `json:"auto_cleanup"`
-	Runs        []TestRun             `json:"runs"`
-	LastRun     *TestRun              `json:"last_run"`
-	Error       string                `json:"error,omitempty"`
+	Network     EnvNetwork    `json:"network"`
+	Nodes       []NodeStatus  `json:"nodes"`
+	AutoStart   bool          `json:"auto_start"`
+	AutoCleanup bool          `json:"auto_cleanup"`
+	Runs        []TestRun     `json:"runs"`
+	LastRun     *TestRun      `json:"last_run"`
+	Error       string        `json:"error,omitempty"`
 	// EndReason says why cleanup happened.
 	EndReason string `json:"end_reason,omitempty"`
 	// LastStatus is the status before cleanup (passed/failed/ready).

@@ -134,7 +134,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 			cfg.Mode = Mode(args[0])
 			args = args[1:]
 		default:
-			return cfg, fmt.Errorf("unknown command %q: use serve (default), worker, api, temporal or migrate", args[0])
+			return cfg, fmt.Errorf("unknown command %q: use serve (default), worker, api, temporal, migrate, openapi or version", args[0])
 		}
 	}
 	fs := flag.NewFlagSet("orchestrator "+string(cfg.Mode), flag.ContinueOnError)

@@ -48,9 +48,10 @@ var busyboxApplets = []string{
 const dockerMissing = "Docker Engine not reachable: install docker.io and start " +
 	"`dockerd --storage-driver=vfs` (or point DOCKER_HOST at an engine)"
 
-// skipOrFail skips the test with msg, or fails it when
-// ORCHESTRATOR_REQUIRE_DOCKER=1 (CI sets it, so CI never passes by skipping).
-func skipOrFail(t testing.TB, msg string) {
+// SkipOrFailDocker skips the test or benchmark with msg, or fails it when
+// ORCHESTRATOR_REQUIRE_DOCKER=1 (CI sets it, so CI never passes by skipping):
+// for any missing part of the Docker set-up.
+func SkipOrFailDocker(t testing.TB, msg string) {
 	t.Helper()
 	if os.Getenv("ORCHESTRATOR_REQUIRE_DOCKER") == "1" {
 		t.Fatal(msg + " (ORCHESTRATOR_REQUIRE_DOCKER=1, so this is a failure, not a skip)")
@@ -67,14 +68,14 @@ func Docker(t testing.TB) *client.Client {
 	t.Helper()
 	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
 	if err != nil {
-		skipOrFail(t, fmt.Sprintf("%s: %v", dockerMissing, err))
+		SkipOrFailDocker(t, fmt.Sprintf("%s: %v", dockerMissing, err))
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := cli.Ping(ctx); err != nil {
 		_ = cli.Close()
-		skipOrFail(t, fmt.Sprintf("%s: ping %s: %v", dockerMissing, cli.DaemonHost(), err))
+		SkipOrFailDocker(t, fmt.Sprintf("%s: ping %s: %v", dockerMissing, cli.DaemonHost(), err))
 		return nil
 	}
 	t.Cleanup(func() { _ = cli.Close() })
@@ -111,7 +112,7 @@ func BusyboxImage(t testing.TB, cli *client.Client) string {
 	}
 	bin, err := os.ReadFile(src)
 	if err != nil {
-		skipOrFail(t, fmt.Sprintf("static busybox not found at %s (set BUSYBOX_PATH or apt-get install busybox-static): %v", src, err))
+		SkipOrFailDocker(t, fmt.Sprintf("static busybox not found at %s (set BUSYBOX_PATH or apt-get install busybox-static): %v", src, err))
 		return ""
 	}
 	sum := sha256.New()
