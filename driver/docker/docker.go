@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/docker/docker/client"
@@ -52,6 +53,9 @@ type Runtime struct {
 	Client *client.Client
 	// Logger, default slog.Default().
 	Logger *slog.Logger
+
+	// subnetMu serialises choosing and creating environment networks.
+	subnetMu sync.Mutex
 }
 
 // New connects to the engine named by the environment

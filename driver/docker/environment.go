@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/provisioning/orchestrator/driver"
@@ -33,34 +34,12 @@ func (r *Runtime) CreateEnvironment(ctx context.Context, p testenv.Plan, start b
 		}
 	}
 
-	used, err := r.UsedSubnets(ctx)
-	if err != nil {
-		return testenv.EnvInfo{}, err
-	}
-	netName := p.NetworkName
-	existing, _ := r.networkSubnet(ctx, netName)
-	switch {
-	case existing != "":
-		// An earlier attempt made our network: keep its subnet.
-		p.Subnet = existing
-	case p.Subnet == "":
-		if p.Subnet, err = testenv.ChooseSubnet(used); err != nil {
-			return testenv.EnvInfo{}, &driver.SpecError{Msg: err.Error(), Err: err}
-		}
-	default:
-		for _, u := range used {
-			overlap, oerr := testenv.SubnetsOverlap(p.Subnet, u)
-			if oerr == nil && overlap {
-				return testenv.EnvInfo{}, &driver.SpecError{
-					Msg: fmt.Sprintf("config.topology.network.subnet: %s overlaps the existing network subnet %s", p.Subnet, u)}
-			}
-		}
-	}
 	hb.Now("network")
-	netID, subnet, err := r.CreateNetwork(ctx, p)
+	netID, subnet, err := r.createEnvNetwork(ctx, p)
 	if err != nil {
 		return testenv.EnvInfo{}, err
 	}
+	netName := networkName(p)
 	log.Info("environment network ready", "network", netName, "subnet", subnet)
 	for _, n := range p.Nodes {
 		hb.Now("create " + n.Name)
@@ -80,6 +59,63 @@ func (r *Runtime) CreateEnvironment(ctx context.Context, p testenv.Plan, start b
 	sortNodes(nodes, p)
 	log.Info("environment created", "nodes", len(nodes), "started", start)
 	return testenv.EnvInfo{NetworkID: netID, Subnet: subnet, Nodes: nodes}, nil
+}
+
+// subnetAttempts bounds how often createEnvNetwork picks another free
+// subnet after another engine client took the one it chose.
+const subnetAttempts = 8
+
+// createEnvNetwork creates the plan's network. Without a requested subnet
+// it picks the first free one; picking and creating are not atomic on the
+// engine, so environments created at once by this process take turns
+// (subnetMu), and one that loses the race to another process (the engine
+// answers "Pool overlaps") picks again. A requested subnet that overlaps an
+// engine network is a *driver.SpecError.
+func (r *Runtime) createEnvNetwork(ctx context.Context, p testenv.Plan) (netID, subnet string, err error) {
+	r.subnetMu.Lock()
+	defer r.subnetMu.Unlock()
+	requested := p.Subnet != ""
+	// lost holds subnets another client took first: its network may not be
+	// listed yet while the engine already holds its address pool.
+	var lost []string
+	for attempt := 1; ; attempt++ {
+		used, err := r.UsedSubnets(ctx)
+		if err != nil {
+			return "", "", err
+		}
+		used = append(used, lost...)
+		existing, _ := r.networkSubnet(ctx, networkName(p))
+		switch {
+		case existing != "":
+			// An earlier attempt made our network: keep its subnet.
+			p.Subnet = existing
+		case !requested:
+			if p.Subnet, err = testenv.ChooseSubnet(used); err != nil {
+				return "", "", &driver.SpecError{Msg: err.Error(), Err: err}
+			}
+		default:
+			for _, u := range used {
+				overlap, oerr := testenv.SubnetsOverlap(p.Subnet, u)
+				if oerr == nil && overlap {
+					return "", "", &driver.SpecError{
+						Msg: fmt.Sprintf("config.topology.network.subnet: %s overlaps the existing network subnet %s", p.Subnet, u)}
+				}
+			}
+		}
+		netID, subnet, err = r.CreateNetwork(ctx, p)
+		if err == nil || requested || existing != "" || !isPoolOverlap(err) || attempt == subnetAttempts {
+			return netID, subnet, err
+		}
+		r.logger().Info("subnet taken by another network meanwhile; choosing another", "env_id", p.EnvID, "subnet", p.Subnet, "attempt", attempt)
+		lost = append(lost, p.Subnet)
+		p.Subnet = ""
+	}
+}
+
+// isPoolOverlap reports the engine's refusal of a subnet that another
+// network got first.
+func isPoolOverlap(err error) bool {
+	return strings.Contains(err.Error(), "overlaps with other one")
 }
 
 // StartEnvironment starts every container of an environment (created
