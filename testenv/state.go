@@ -39,11 +39,13 @@ type NodeStatus struct {
 	// IP is the address on the environment network; empty unless running.
 	IP string `json:"ip"`
 	// NanoCPUs and MemoryBytes are the limits in force (0 = unlimited).
-	NanoCPUs    int64     `json:"nano_cpus"`
-	MemoryBytes int64     `json:"memory_bytes"`
-	CreatedAt   time.Time `json:"created_at,omitzero"`
-	StartedAt   time.Time `json:"started_at,omitzero"`
-	FinishedAt  time.Time `json:"finished_at,omitzero"`
+	NanoCPUs    int64 `json:"nano_cpus"`
+	MemoryBytes int64 `json:"memory_bytes"`
+	// PidsLimit is the container's process limit (0 = unknown/unlimited).
+	PidsLimit  int64     `json:"pids_limit,omitempty"`
+	CreatedAt  time.Time `json:"created_at,omitzero"`
+	StartedAt  time.Time `json:"started_at,omitzero"`
+	FinishedAt time.Time `json:"finished_at,omitzero"`
 }
 
 // RemovedCounts counts an environment's Docker objects (removed ones, or

@@ -33,6 +33,12 @@ const (
 	// DefaultPingTimeout bounds New's ping when ctx has no
 	// deadline, so a dead socket fails fast instead of hanging worker start.
 	DefaultPingTimeout = 10 * time.Second
+	// DefaultPidsLimit bounds the processes of one node container.
+	DefaultPidsLimit = 1024
+	// DefaultLogMaxSize and DefaultLogMaxFiles rotate a node's json-file
+	// log: at most 3 × 10 MiB on the host per node.
+	DefaultLogMaxSize  = "10m"
+	DefaultLogMaxFiles = "3"
 	// MaxOutputBytes bounds what Exec and Logs keep of each stream (the
 	// last bytes), so results stay far below Temporal's payload limits.
 	MaxOutputBytes = 64 << 10

@@ -322,6 +322,10 @@ func TestDockerLimitsVisibleInInspect(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, int64(500000000), ins.HostConfig.NanoCPUs)
 	assert.Equal(t, int64(64*1024*1024), ins.HostConfig.Memory)
+	require.NotNil(t, ins.HostConfig.PidsLimit, "a pids limit is set")
+	assert.Equal(t, int64(DefaultPidsLimit), *ins.HostConfig.PidsLimit)
+	assert.Equal(t, "json-file", ins.HostConfig.LogConfig.Type)
+	assert.Equal(t, map[string]string{"max-size": "10m", "max-file": "3"}, ins.HostConfig.LogConfig.Config, "node logs rotate")
 	assert.Equal(t, "limited", ins.Config.Hostname)
 	assert.Equal(t, []string{"sleep", "3600"}, []string(ins.Config.Cmd))
 	assert.Contains(t, []container.RestartPolicyMode{"", container.RestartPolicyDisabled}, ins.HostConfig.RestartPolicy.Name)
@@ -336,6 +340,15 @@ func TestDockerLimitsVisibleInInspect(t *testing.T) {
 
 	assert.Equal(t, int64(500000000), nodes[0].NanoCPUs)
 	assert.Equal(t, int64(64<<20), nodes[0].MemoryBytes)
+	assert.Equal(t, int64(DefaultPidsLimit), nodes[0].PidsLimit)
+
+	// The limit holds: a node cannot start more processes than it allows.
+	res, err := e.rt.Exec(ctx, nodes[0].ContainerID, []string{"sh", "-c",
+		"i=0; while [ $i -lt 1100 ]; do sleep 300 & i=$((i+1)); done; echo ALLFORKED"}, 60*time.Second)
+	require.NoError(t, err)
+	assert.False(t, res.TimedOut)
+	assert.NotContains(t, res.Stdout, "ALLFORKED", "forking past the limit must fail")
+	assert.NotEqual(t, 0, res.ExitCode, "stderr: %s", res.Stderr)
 }
 
 func TestDockerExec(t *testing.T) {

@@ -21,7 +21,9 @@ import (
 // n.Name, image n.Image (which must be present: run EnsureImage first),
 // command n.Command (empty: the image's CMD), labels p.Labels + n.Labels
 // plus managed-by, environment, node and role labels (always set), NanoCPUs
-// and Memory limits (0 = unlimited), no restart policy, attached only to the
+// and Memory limits (0 = unlimited), a pids limit (DefaultPidsLimit, so a
+// fork bomb in a node cannot take the host), rotated json-file logs
+// (DefaultLogMaxSize × DefaultLogMaxFiles), no restart policy, attached only to the
 // environment network with alias n.Name so other nodes reach it by name.
 //
 // Idempotent: when a container of that name carrying this environment's
@@ -52,12 +54,19 @@ func (r *Runtime) CreateNode(ctx context.Context, p testenv.Plan, n testenv.Node
 		Cmd:      n.Command,
 		Labels:   labels,
 	}
+	pids := int64(DefaultPidsLimit)
 	hostCfg := &container.HostConfig{
 		NetworkMode: container.NetworkMode(netName),
 		Resources: container.Resources{
-			NanoCPUs: n.NanoCPUs,
-			Memory:   n.MemoryBytes,
+			NanoCPUs:  n.NanoCPUs,
+			Memory:    n.MemoryBytes,
+			PidsLimit: &pids,
 		},
+		// Node logs are kept for the logs endpoint; rotation bounds a
+		// chatty node's disk use on the host.
+		LogConfig: container.LogConfig{Type: "json-file", Config: map[string]string{
+			"max-size": DefaultLogMaxSize, "max-file": DefaultLogMaxFiles,
+		}},
 	}
 	netCfg := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{
 		netName: {Aliases: []string{n.Name}},
@@ -155,6 +164,9 @@ func (r *Runtime) InspectNodes(ctx context.Context, envID string) ([]testenv.Nod
 		if c.HostConfig != nil {
 			st.NanoCPUs = c.HostConfig.NanoCPUs
 			st.MemoryBytes = c.HostConfig.Memory
+			if c.HostConfig.PidsLimit != nil {
+				st.PidsLimit = *c.HostConfig.PidsLimit
+			}
 		}
 		if c.NetworkSettings != nil {
 			for _, ep := range c.NetworkSettings.Networks {
