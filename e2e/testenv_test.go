@@ -426,3 +426,32 @@ func TestEnvBadInputCreatesNothing(t *testing.T) {
 	r = do(t, http.MethodDelete, h.base+"/test/environments/"+uuid.NewString(), "", nil)
 	assert.Equal(t, http.StatusNotFound, r.status)
 }
+
+// A test that runs longer than the Docker activities' 30 s heartbeat
+// timeout passes: the driver heartbeats through the activity while the
+// exec'd command runs (before, every step over 30 s was killed and
+// retried, and the run failed).
+func TestEnvLongTestPassesHeartbeating(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a 45 s test command")
+	}
+	h := startEnvApp(t)
+	id := h.submit("/test/environments/create", map[string]any{
+		"config": map[string]any{"type": "single_taskserv", "taskserv": "containerd", "base_image": h.image},
+		"infra":  "prod-stack", "auto_start": true,
+	})
+	st := h.waitEnv(id, 60*time.Second, statusIs(workflows.EnvReady, workflows.EnvError))
+	require.Equal(t, workflows.EnvReady, st.Status, st.Error)
+
+	run, r := h.run(id, map[string]any{"tests": []map[string]any{
+		{"name": "slow", "command": []string{"sh", "-c", "sleep 45; echo done"}, "timeout_seconds": 120},
+	}})
+	require.Equal(t, http.StatusOK, r.status, "%s", r.raw)
+	require.Len(t, run.Results, 1)
+	res := run.Results[0]
+	assert.True(t, res.Passed, "%+v", res)
+	assert.Equal(t, "done\n", res.Stdout)
+	assert.GreaterOrEqual(t, res.DurationMS, int64(45_000))
+	assert.Equal(t, workflows.EnvPassed, h.env(id).Status)
+	h.deleteAndWait(id)
+}
