@@ -164,6 +164,47 @@ func TestDemoScriptCreatesTaskserv(t *testing.T) {
 	}
 }
 
+// `taskserv check` is the verb test environments use to verify a node:
+// exit 0 once the taskserv is installed, 1 before; with
+// PROVISIONING_TASKSERV_DIR (set for an install inside a node) the node's
+// own record under that directory decides.
+func TestDemoScriptTaskservCheck(t *testing.T) {
+	t.Parallel()
+	state, node := t.TempDir(), filepath.Join(t.TempDir(), "taskservs")
+	run := func(verb string, env ...string) (Result, error) {
+		return demoRunner(t).Run(testContext(t), []string{"taskserv", verb, "containerd", "--infra", "prod", "--settings", "s.k", "web-01"},
+			demoEnv(state, env...), nil, 0)
+	}
+	res, err := run("check")
+	requireExitError(t, err)
+	assert.Equal(t, 1, res.ExitCode)
+	assert.Contains(t, res.Stderr, "taskserv containerd on server web-01 is not installed")
+
+	_, err = run("create")
+	require.NoError(t, err)
+	res, err = run("check")
+	require.NoError(t, err, "stderr: %s", res.Stderr)
+	assert.Contains(t, res.Stdout, "is installed")
+
+	inNode := "PROVISIONING_TASKSERV_DIR=" + node
+	res, err = run("check", inNode)
+	requireExitError(t, err)
+	assert.Contains(t, res.Stderr, filepath.Join(node, "containerd", "state.json"), "the node's record decides, not the state root")
+	res, err = run("create", inNode)
+	require.NoError(t, err, "stderr: %s", res.Stderr)
+	got := readJSON(t, filepath.Join(node, "containerd", "state.json"))
+	assert.Equal(t, "containerd", got["name"])
+	assert.Equal(t, "web-01", got["server"])
+	_, err = run("check", inNode)
+	require.NoError(t, err)
+
+	// check is a taskserv verb only.
+	res, err = demoRunner(t).Run(testContext(t), []string{"server", "check", "web-01", "--infra", "prod", "--settings", "s.k"}, demoEnv(state), nil, 0)
+	requireExitError(t, err)
+	assert.Equal(t, 2, res.ExitCode)
+	assert.Contains(t, res.Stderr, "unknown action 'check' for server")
+}
+
 func TestDemoScriptCreatesCluster(t *testing.T) {
 	t.Parallel()
 	state := t.TempDir()
