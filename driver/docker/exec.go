@@ -49,6 +49,13 @@ type ExecResult struct {
 // exits or the container is removed (environment cleanup does that), so test
 // commands should bound themselves (e.g. `timeout 30 ...` where the image has it).
 func (r *Runtime) Exec(ctx context.Context, containerID string, argv []string, timeout time.Duration) (ExecResult, error) {
+	return r.ExecEnv(ctx, containerID, argv, nil, timeout)
+}
+
+// ExecEnv is Exec with env (KEY=VALUE entries) added to the container's
+// environment for this command only: how the orchestrator hands a
+// provisioning run inside a node its variables without a shell.
+func (r *Runtime) ExecEnv(ctx context.Context, containerID string, argv, env []string, timeout time.Duration) (ExecResult, error) {
 	if len(argv) == 0 {
 		return ExecResult{}, errors.New("exec: empty command")
 	}
@@ -57,6 +64,7 @@ func (r *Runtime) Exec(ctx context.Context, containerID string, argv []string, t
 	}
 	created, err := r.Client.ContainerExecCreate(ctx, containerID, container.ExecOptions{
 		Cmd:          argv,
+		Env:          env,
 		AttachStdout: true,
 		AttachStderr: true,
 	})

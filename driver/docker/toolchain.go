@@ -1,0 +1,109 @@
+package docker
+
+import (
+	"archive/tar"
+	"context"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+
+	"github.com/docker/docker/api/types/container"
+)
+
+// ToolchainDir is where a node gets the pinned nu binary (bin/nu) and the
+// provisioning scripts (nulib/) when the orchestrator converges it.
+const ToolchainDir = "/opt/provisioning"
+
+// Toolchain is what converging a node needs inside it: the static nu
+// binary (it runs in any Linux image, busybox included) and the user's
+// provisioning script with the directory it lives in (its modules).
+type Toolchain struct {
+	// NuPath is the nu executable on the worker's host.
+	NuPath string
+	// ScriptPath is the provisioning script; its whole directory is copied.
+	ScriptPath string
+}
+
+// InstallToolchain copies tc into the container under ToolchainDir through
+// the Engine API (so a remote engine works too: nothing is bind-mounted from
+// the worker's host) and returns the in-container paths of nu and of the
+// script. Files get read-only modes (nu 0555, scripts 0444); a node's root
+// user can still change them, so a converge is isolated per node, not
+// sandboxed within it. Copying again replaces the files, so a
+// retried install is harmless. The archive is streamed, not buffered.
+func (r *Runtime) InstallToolchain(ctx context.Context, containerID string, tc Toolchain) (nu, script string, err error) {
+	nuInfo, err := os.Stat(tc.NuPath)
+	if err != nil {
+		return "", "", fmt.Errorf("toolchain: nu executable: %w", err)
+	}
+	scriptDir := filepath.Dir(tc.ScriptPath)
+	if _, err := os.Stat(tc.ScriptPath); err != nil {
+		return "", "", fmt.Errorf("toolchain: provisioning script: %w", err)
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		pw.CloseWithError(writeToolchainTar(pw, tc.NuPath, nuInfo, scriptDir))
+	}()
+	defer pr.Close()
+	if err := r.Client.CopyToContainer(ctx, containerID, "/", pr, container.CopyToContainerOptions{}); err != nil {
+		return "", "", fmt.Errorf("copy the provisioning toolchain into container %s: %w", shortID(containerID), err)
+	}
+	return path.Join(ToolchainDir, "bin", "nu"), path.Join(ToolchainDir, "nulib", filepath.Base(tc.ScriptPath)), nil
+}
+
+// writeToolchainTar writes opt/provisioning/bin/nu and the script directory
+// as opt/provisioning/nulib/... Symlinks and special files in the script
+// directory are skipped: only regular files and directories are copied.
+func writeToolchainTar(w io.Writer, nuPath string, nuInfo fs.FileInfo, scriptDir string) error {
+	tw := tar.NewWriter(w)
+	root := ToolchainDir[1:] // tar paths are relative to the extraction point "/"
+	for _, d := range []string{path.Dir(root), root, root + "/bin", root + "/nulib"} {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755}); err != nil {
+			return err
+		}
+	}
+	if err := addFile(tw, nuPath, root+"/bin/nu", nuInfo.Size(), 0o555); err != nil {
+		return err
+	}
+	err := filepath.WalkDir(scriptDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(scriptDir, p)
+		if err != nil || rel == "." {
+			return err
+		}
+		name := root + "/nulib/" + filepath.ToSlash(rel)
+		switch {
+		case d.IsDir():
+			return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: name + "/", Mode: 0o555})
+		case d.Type().IsRegular():
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			return addFile(tw, p, name, info.Size(), 0o444)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("toolchain: read %s: %w", scriptDir, err)
+	}
+	return tw.Close()
+}
+
+func addFile(tw *tar.Writer, src, name string, size int64, mode int64) error {
+	f, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: size}); err != nil {
+		return err
+	}
+	_, err = io.CopyN(tw, f, size)
+	return err
+}
