@@ -47,6 +47,7 @@ const (
 	CodeMethodNotAllowed = "method_not_allowed"
 	CodeInternal         = "internal_error"
 	CodeUnauthorized     = "unauthorized"
+	CodeQuota            = "quota_exceeded"
 )
 
 func fieldErr(field, msg string) *APIError {

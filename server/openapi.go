@@ -90,7 +90,7 @@ func apiOps() []apiOp {
 		{method: http.MethodPost, path: "/workflows/cluster/create", summary: "Create a cluster; data is the task id", body: typeOf[CreateClusterRequest](),
 			success: []int{http.StatusOK}, data: uuidSchema, errors: body},
 		{method: http.MethodPost, path: "/test/environments/create", summary: "Create a test environment; data is its id", body: typeOf[testenv.CreateRequest](),
-			success: []int{http.StatusOK}, data: uuidSchema, errors: body},
+			success: []int{http.StatusOK}, data: uuidSchema, errors: append(slices.Clone(body), http.StatusTooManyRequests)},
 		{method: http.MethodGet, path: "/test/environments", summary: "List test environments (without request and runs)",
 			query:   []apiParam{{"limit", "page size", intRange(1, storage.MaxLimit)}},
 			success: []int{http.StatusOK}, data: typeOf[[]testenv.EnvState](), errors: []int{http.StatusBadRequest, http.StatusServiceUnavailable}},

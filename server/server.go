@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -62,9 +63,11 @@ type Server struct {
 	log       *slog.Logger
 	maxBody   int64
 	envOpts   TestEnvOptions
-	metrics   *metrics.Metrics
-	tokens    []namedToken
-	routes    map[string]bool
+	// envAdmit serialises the environment quota check with the create.
+	envAdmit sync.Mutex
+	metrics  *metrics.Metrics
+	tokens   []namedToken
+	routes   map[string]bool
 }
 
 // New builds the router.

@@ -36,6 +36,12 @@ type TestEnvOptions struct {
 	RunWait time.Duration
 	// Instance is put on every Docker object as testenv.InstanceLabel.
 	Instance string
+	// MaxEnvironments bounds the environments alive at once (creating or
+	// serving); another create answers 429. 0 means no bound.
+	MaxEnvironments int
+	// MaxNodes bounds the nodes of one environment; a bigger request
+	// answers 400. 0 means no bound.
+	MaxNodes int
 }
 
 func (s *Server) routeTestEnv() {
@@ -61,6 +67,13 @@ func (s *Server) createEnv(c echo.Context) error {
 	if err != nil {
 		return envValidationErr(err)
 	}
+	if max := s.envOpts.MaxNodes; max > 0 && len(plan.Nodes) > max {
+		field := "config.topology.nodes"
+		if req.Config.Template != "" {
+			field = "config.template"
+		}
+		return fieldErr(field, fmt.Sprintf("%d nodes requested; this orchestrator allows at most %d per environment (--max-nodes)", len(plan.Nodes), max))
+	}
 	if s.envOpts.Instance != "" {
 		plan.Labels[testenv.InstanceLabel] = s.envOpts.Instance
 		for i := range plan.Nodes {
@@ -81,7 +94,34 @@ func (s *Server) createEnv(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	if s.envOpts.MaxEnvironments > 0 {
+		// Counting and creating are two store calls: creates through this
+		// API process take turns so that they cannot overshoot together.
+		s.envAdmit.Lock()
+		defer s.envAdmit.Unlock()
+		if err := s.admitEnvironment(c.Request().Context()); err != nil {
+			return err
+		}
+	}
 	return s.startTask(c, task, workflows.TestEnvironmentWorkflowName, in)
+}
+
+// admitEnvironment answers 429 when MaxEnvironments environments are
+// alive: their tasks are Pending (creating) or Running (serving).
+func (s *Server) admitEnvironment(ctx context.Context) error {
+	alive := 0
+	for _, st := range []storage.TaskStatus{storage.StatusPending, storage.StatusRunning} {
+		_, n, err := s.store.List(ctx, storage.ListFilter{WorkflowType: testenv.EnvTaskType, Status: st, Limit: 1})
+		if err != nil {
+			return s.storeErr(err)
+		}
+		alive += n
+	}
+	if alive >= s.envOpts.MaxEnvironments {
+		return &APIError{Status: http.StatusTooManyRequests, Body: ErrorBody{Code: CodeQuota, Message: fmt.Sprintf(
+			"%d test environments are alive; this orchestrator allows at most %d (--max-environments): delete one first", alive, s.envOpts.MaxEnvironments)}}
+	}
+	return nil
 }
 
 // envView decodes an environment task's state.

@@ -694,3 +694,42 @@ func TestEnvironmentLogsWithoutDocker(t *testing.T) {
 	f.ok(http.StatusOK, http.MethodGet, "/test/environments/"+cleaned.ID+"/logs?node=cp-01", "", &got)
 	assert.Equal(t, EnvLogs{ID: cleaned.ID, Nodes: []NodeLogs{}, Tests: cleaned.LastRun.Results[:1]}, got)
 }
+
+// --max-environments: creates past the number of live environments answer
+// 429 and start nothing; an environment that ended frees its place.
+// --max-nodes: a topology with more nodes answers 400 naming the field.
+func TestCreateEnvironmentQuotas(t *testing.T) {
+	single := `{"config":{"type":"single_taskserv","taskserv":"containerd"}}`
+	f := newFixture(t, Options{TaskQueue: testQueue, TestEnv: TestEnvOptions{DefaultImage: "busybox:latest", MaxEnvironments: 2, MaxNodes: 2}})
+
+	var ids []string
+	for range 2 {
+		f.expectStart(workflows.TestEnvironmentWorkflowName, nil)
+		ids = append(ids, taskIDOf(t, f.ok(http.StatusOK, http.MethodPost, "/test/environments/create", single, nil).data))
+	}
+	e := f.fail(http.StatusTooManyRequests, http.MethodPost, "/test/environments/create", single)
+	assert.Equal(t, CodeQuota, e.Code)
+	assert.Equal(t, "2 test environments are alive; this orchestrator allows at most 2 (--max-environments): delete one first", e.Message)
+	assert.Len(t, f.tasks(), 2, "a refused create stores nothing")
+
+	// One serving (Running) and one ended (Completed): one place is free.
+	for i, status := range []storage.TaskStatus{storage.StatusRunning, storage.StatusCompleted} {
+		task := mustGet(t, f.store, ids[i])
+		task.Status = status
+		task.Version++
+		require.NoError(t, f.store.Put(context.Background(), task))
+	}
+	f.expectStart(workflows.TestEnvironmentWorkflowName, nil)
+	f.ok(http.StatusOK, http.MethodPost, "/test/environments/create", single, nil)
+	f.fail(http.StatusTooManyRequests, http.MethodPost, "/test/environments/create", single)
+
+	for _, tc := range []struct{ body, field string }{
+		{`{"config":{"type":"cluster_topology","template":"kubernetes_3node","base_image":"busybox"}}`, "config.template"},
+		{`{"config":{"type":"cluster_topology","topology":{"nodes":[{"name":"a"},{"name":"b"},{"name":"c"}]},"base_image":"busybox"}}`, "config.topology.nodes"},
+	} {
+		e := f.fail(http.StatusBadRequest, http.MethodPost, "/test/environments/create", tc.body)
+		assert.Equal(t, ErrorBody{Code: CodeValidation, Field: tc.field,
+			Message: tc.field + ": 3 nodes requested; this orchestrator allows at most 2 per environment (--max-nodes)"}, e)
+	}
+	assert.Len(t, f.tasks(), 3)
+}

@@ -314,11 +314,13 @@ func (a *App) startHTTP() error {
 		Metrics:    a.metrics,
 		AuthTokens: tokens,
 		TestEnv: server.TestEnvOptions{
-			Templates:    templates,
-			DefaultImage: a.cfg.TestBaseImage,
-			DefaultTTL:   a.cfg.TestEnvTTL,
-			Docker:       a.engine(),
-			Instance:     a.cfg.Instance,
+			Templates:       templates,
+			DefaultImage:    a.cfg.TestBaseImage,
+			DefaultTTL:      a.cfg.TestEnvTTL,
+			Docker:          a.engine(),
+			Instance:        a.cfg.Instance,
+			MaxEnvironments: a.cfg.MaxEnvironments,
+			MaxNodes:        a.cfg.MaxNodes,
 		},
 	})
 	if err := a.listen("port", a.cfg.Port, srv); err != nil {

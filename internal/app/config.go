@@ -76,6 +76,12 @@ type Config struct {
 	TestBaseImage string
 	// TestEnvTTL bounds environments that ask for no ttl; default 2h.
 	TestEnvTTL time.Duration
+	// MaxEnvironments bounds the test environments alive at once (429
+	// past it); default 20, 0 = no bound.
+	MaxEnvironments int
+	// MaxNodes bounds the nodes of one test environment (400 past it);
+	// default 16, 0 = no bound.
+	MaxNodes int
 	// TestTopologies are extra template files (TOML) added to the built-in
 	// ones.
 	TestTopologies []string
@@ -113,6 +119,8 @@ const (
 	DefaultTemporalPort     = 7233
 	DefaultTemporalUIPort   = 8233
 	DefaultTestBaseImage    = "ubuntu:22.04"
+	DefaultMaxEnvironments  = 20
+	DefaultMaxNodes         = 16
 )
 
 // EnvPrefix prefixes the environment variable of every flag:
@@ -171,6 +179,8 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "bound on graceful shutdown")
 	fs.StringVar(&cfg.TestBaseImage, "test-base-image", DefaultTestBaseImage, "image for test-environment nodes that name no base_image")
 	fs.DurationVar(&cfg.TestEnvTTL, "test-env-ttl", 2*time.Hour, "lifetime of test environments that ask for no ttl")
+	fs.IntVar(&cfg.MaxEnvironments, "max-environments", DefaultMaxEnvironments, "test environments alive at once (0: no bound)")
+	fs.IntVar(&cfg.MaxNodes, "max-nodes", DefaultMaxNodes, "nodes of one test environment (0: no bound)")
 	topologies := fs.String("test-topologies", "", "extra topology template file(s) (TOML), comma-separated")
 	fs.StringVar(&cfg.Instance, "instance", "default", "deployment name labelled on Docker objects; the janitor sweeps only its own")
 	fs.IntVar(&cfg.MetricsPort, "metrics-port", 0, "worker mode: serve /metrics and /health on this port (0 = off)")
@@ -362,6 +372,12 @@ func (c Config) Validate() error {
 	}
 	if c.TestBaseImage == "" {
 		bad("test-base-image", "must not be empty")
+	}
+	if c.MaxEnvironments < 0 {
+		bad("max-environments", "%d must be 0 (no bound) or more", c.MaxEnvironments)
+	}
+	if c.MaxNodes < 0 {
+		bad("max-nodes", "%d must be 0 (no bound) or more", c.MaxNodes)
 	}
 	if c.TestEnvTTL < time.Second || c.TestEnvTTL > 7*24*time.Hour {
 		bad("test-env-ttl", "%s must be from 1s to 168h", c.TestEnvTTL)
