@@ -455,3 +455,37 @@ func TestEnvLongTestPassesHeartbeating(t *testing.T) {
 	assert.Equal(t, workflows.EnvPassed, h.env(id).Status)
 	h.deleteAndWait(id)
 }
+
+// A volume asked for through the API is mounted in the node and removed
+// with the environment.
+func TestEnvVolumeMountedAndRemoved(t *testing.T) {
+	h := startEnvApp(t)
+	id := h.submit("/test/environments/create", map[string]any{
+		"config": map[string]any{"type": "single_taskserv", "taskserv": "postgres", "base_image": h.image,
+			"volumes": []map[string]any{{"name": "data", "path": "/var/lib/postgresql"}}},
+		"auto_start": true,
+	})
+	st := h.waitEnv(id, 60*time.Second, statusIs(workflows.EnvReady, workflows.EnvError))
+	require.Equal(t, workflows.EnvReady, st.Status, st.Error)
+	ctx := context.Background()
+	ins, err := h.docker.ContainerInspect(ctx, st.Nodes[0].ContainerID)
+	require.NoError(t, err)
+	require.Len(t, ins.Mounts, 1)
+	vol := ins.Mounts[0].Name
+	assert.Equal(t, "/var/lib/postgresql", ins.Mounts[0].Destination)
+	v, err := h.docker.VolumeInspect(ctx, vol)
+	require.NoError(t, err)
+	assert.Equal(t, id, v.Labels[testenv.EnvIDLabel])
+
+	run, r := h.run(id, map[string]any{"tests": []map[string]any{
+		{"name": "write", "command": []string{"sh", "-c", "echo ok > /var/lib/postgresql/f && cat /var/lib/postgresql/f"}},
+	}})
+	require.Equal(t, http.StatusOK, r.status, "%s", r.raw)
+	assert.True(t, run.Passed, "%+v", run)
+
+	end := h.deleteAndWait(id)
+	require.NotNil(t, end.Removed)
+	assert.Equal(t, 1, end.Removed.Volumes)
+	_, err = h.docker.VolumeInspect(ctx, vol)
+	assert.Error(t, err, "the volume is removed with the environment")
+}

@@ -83,9 +83,14 @@ func BuildPlan(envID string, req CreateRequest, templates *Templates, defaultIma
 		}
 		role := firstNonEmpty(n.Role, RoleNode)
 		res := mergeResources(n.Resources, c.Resources)
+		container := ContainerName(envID, n.Name)
+		var vols []VolumePlan
+		for _, v := range append(slices.Clone(c.Volumes), n.Volumes...) {
+			vols = append(vols, VolumePlan{Name: v.Name, VolumeName: container + "-" + v.Name, Path: v.Path})
+		}
 		plan.Nodes = append(plan.Nodes, NodePlan{
 			Name:          n.Name,
-			ContainerName: ContainerName(envID, n.Name),
+			ContainerName: container,
 			Role:          role,
 			Taskservs:     nonNil(slices.Clone(n.Taskservs)),
 			Image:         image,
@@ -93,6 +98,7 @@ func BuildPlan(envID string, req CreateRequest, templates *Templates, defaultIma
 			MemoryBytes:   res.MemoryMB << 20,
 			Command:       slices.Clone(KeepAliveCommand),
 			Labels:        NodeLabels(envID, n.Name, role),
+			Volumes:       vols,
 		})
 	}
 	return plan, nil

@@ -2,7 +2,9 @@ package testenv
 
 import (
 	"fmt"
+	"path"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -84,6 +86,10 @@ type EnvConfig struct {
 	// Resources (all types) limits every container; a node's own resources
 	// override it field by field.
 	Resources *Resources `json:"resources"`
+	// Volumes (all types) are named volumes mounted in every node (a node's
+	// own volumes add to them); each node gets its own, removed with the
+	// environment.
+	Volumes []Volume `json:"volumes,omitempty"`
 	// ServerName (server_simulation) is the simulated server's hostname.
 	ServerName string `json:"server_name"`
 	// Taskservs (server_simulation) are installed on the simulated server.
@@ -122,6 +128,58 @@ type Node struct {
 	Taskservs []string   `json:"taskservs" toml:"taskservs"`
 	Resources *Resources `json:"resources" toml:"resources"`
 	BaseImage string     `json:"base_image" toml:"base_image"`
+	// Volumes are mounted in this node in addition to config.volumes.
+	Volumes []Volume `json:"volumes,omitempty" toml:"volumes"`
+}
+
+// Volume is a named volume mounted in a node at Path. The engine volume is
+// the node's own ("<container name>-<name>"), labelled like every object of
+// the environment so cleanup removes it.
+type Volume struct {
+	// Name: [a-z0-9][a-z0-9_.-]{0,62}.
+	Name string `json:"name" toml:"name"`
+	// Path is an absolute, clean path in the node other than "/".
+	Path string `json:"path" toml:"path"`
+}
+
+// MaxVolumes bounds the volumes of one node.
+const MaxVolumes = 16
+
+var volumePathRE = regexp.MustCompile(`^(/[A-Za-z0-9._-]+)+$`)
+
+// validateVolumes checks a volume list (field is its request field); seen
+// holds names and paths already used on the same node (config.volumes),
+// so duplicates across the two lists are refused too.
+func validateVolumes(field string, vols []Volume, seen map[string]string) error {
+	if len(vols) > MaxVolumes {
+		return &FieldError{field, fmt.Sprintf("%d volumes: at most %d", len(vols), MaxVolumes)}
+	}
+	for i, v := range vols {
+		vf := fmt.Sprintf("%s[%d]", field, i)
+		if err := ValidateTaskserv(join(vf, "name"), v.Name); err != nil {
+			return err
+		}
+		if v.Path != path.Clean(v.Path) || !volumePathRE.MatchString(v.Path) || len(v.Path) > 255 || slices.Contains(strings.Split(v.Path, "/"), "..") {
+			return &FieldError{join(vf, "path"), fmt.Sprintf("%q must be an absolute, clean path other than / (letters, digits, . _ - and /)", v.Path)}
+		}
+		for _, key := range []string{"name:" + v.Name, "path:" + v.Path} {
+			if other, dup := seen[key]; dup {
+				return &FieldError{vf, fmt.Sprintf("duplicate volume %s (also %s)", strings.TrimPrefix(strings.TrimPrefix(key, "name:"), "path:"), other)}
+			}
+			seen[key] = vf
+		}
+	}
+	return nil
+}
+
+// seenVolumes starts a node's duplicate check with config.volumes.
+func seenVolumes(vols []Volume) map[string]string {
+	seen := map[string]string{}
+	for i, v := range vols {
+		vf := fmt.Sprintf("config.volumes[%d]", i)
+		seen["name:"+v.Name], seen["path:"+v.Path] = vf, vf
+	}
+	return seen
 }
 
 // Network is the environment's bridge network.
@@ -272,7 +330,7 @@ func validateTaskservs(field string, list []string, required bool) error {
 
 // validateTopology checks nodes and network; prefix is "config.topology"
 // for requests and "" for templates.
-func validateTopology(prefix string, nodes []Node, network Network) error {
+func validateTopology(prefix string, nodes []Node, network Network, configVolumes []Volume) error {
 	if len(nodes) == 0 {
 		return &FieldError{join(prefix, "nodes"), "at least one node is required"}
 	}
@@ -298,6 +356,9 @@ func validateTopology(prefix string, nodes []Node, network Network) error {
 			return err
 		}
 		if err := ValidateResources(join(np, "resources"), n.Resources); err != nil {
+			return err
+		}
+		if err := validateVolumes(join(np, "volumes"), n.Volumes, seenVolumes(configVolumes)); err != nil {
 			return err
 		}
 		if n.BaseImage != "" {
@@ -357,11 +418,24 @@ func (r CreateRequest) Validate(templates *Templates) error {
 		case c.Topology != nil && c.Template != "":
 			return &FieldError{"config.template", "give either template or topology, not both"}
 		case c.Template != "":
-			if _, err := resolveTemplate(templates, c.Template); err != nil {
+			t, err := resolveTemplate(templates, c.Template)
+			if err != nil {
 				return err
 			}
+			for _, n := range t.Nodes {
+				// The template's own volumes are valid; config.volumes must
+				// not clash with them.
+				seen := map[string]string{}
+				for i, v := range n.Volumes {
+					vf := fmt.Sprintf("template node %s volumes[%d]", n.Name, i)
+					seen["name:"+v.Name], seen["path:"+v.Path] = vf, vf
+				}
+				if err := validateVolumes("config.volumes", c.Volumes, seen); err != nil {
+					return err
+				}
+			}
 		case c.Topology != nil:
-			if err := validateTopology("config.topology", c.Topology.Nodes, c.Topology.Network); err != nil {
+			if err := validateTopology("config.topology", c.Topology.Nodes, c.Topology.Network, c.Volumes); err != nil {
 				return err
 			}
 		default:
@@ -378,6 +452,9 @@ func (r CreateRequest) Validate(templates *Templates) error {
 		}
 	}
 	if err := ValidateResources("config.resources", c.Resources); err != nil {
+		return err
+	}
+	if err := validateVolumes("config.volumes", c.Volumes, map[string]string{}); err != nil {
 		return err
 	}
 	if r.Infra != "" {

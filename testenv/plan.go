@@ -114,6 +114,18 @@ type NodePlan struct {
 	MemoryBytes int64 `json:"memory_bytes"`
 	// Command keeps the container alive for exec'd tests: KeepAliveCommand.
 	Command []string `json:"command"`
+	// Volumes are the node's named volumes: config.volumes then the node's.
+	Volumes []VolumePlan `json:"volumes,omitempty"`
 	// Labels: the plan's labels plus node and role.
 	Labels map[string]string `json:"labels"`
+}
+
+// VolumePlan is one named volume of a node.
+type VolumePlan struct {
+	// Name is the request's name; the engine volume is VolumeName.
+	Name string `json:"name"`
+	// VolumeName is "<container name>-<name>", unique per engine.
+	VolumeName string `json:"volume_name"`
+	// Path is where the node mounts it.
+	Path string `json:"path"`
 }

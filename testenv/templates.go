@@ -54,6 +54,7 @@ func cloneNodes(nodes []Node) []Node {
 	for i, n := range nodes {
 		out[i] = n
 		out[i].Taskservs = slices.Clone(n.Taskservs)
+		out[i].Volumes = slices.Clone(n.Volumes)
 		if n.Resources != nil {
 			r := *n.Resources
 			out[i].Resources = &r
@@ -76,7 +77,7 @@ func (t Template) validate() error {
 	if len(t.Description) > maxDescription {
 		return &FieldError{"description", fmt.Sprintf("longer than %d bytes", maxDescription)}
 	}
-	return validateTopology("", t.Nodes, t.Network)
+	return validateTopology("", t.Nodes, t.Network, nil)
 }
 
 // Templates is an immutable set of templates by name. The zero value and

@@ -11,7 +11,9 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/api/types/volume"
 
 	"github.com/provisioning/orchestrator/testenv"
 )
@@ -48,6 +50,10 @@ func (r *Runtime) CreateNode(ctx context.Context, p testenv.Plan, n testenv.Node
 	labels := objectLabels(p.EnvID, p.Labels, n.Labels)
 	labels[testenv.NodeLabel] = n.Name
 	labels[testenv.RoleLabel] = n.Role
+	mounts, err := r.nodeVolumes(ctx, p.EnvID, n, labels)
+	if err != nil {
+		return "", err
+	}
 	cfg := &container.Config{
 		Hostname: n.Name,
 		Image:    n.Image,
@@ -62,6 +68,7 @@ func (r *Runtime) CreateNode(ctx context.Context, p testenv.Plan, n testenv.Node
 			Memory:    n.MemoryBytes,
 			PidsLimit: &pids,
 		},
+		Mounts: mounts,
 		// Node logs are kept for the logs endpoint; rotation bounds a
 		// chatty node's disk use on the host.
 		LogConfig: container.LogConfig{Type: "json-file", Config: map[string]string{
@@ -191,4 +198,29 @@ func parseDockerTime(s string) time.Time {
 		return time.Time{}
 	}
 	return t
+}
+
+// nodeVolumes creates the node's named volumes, labelled like the node so
+// that cleanup and the janitor remove them, and returns their mounts. A
+// volume of that name already made for this environment (a retried create)
+// is reused; one that is not this environment's is an error and is left
+// alone.
+func (r *Runtime) nodeVolumes(ctx context.Context, envID string, n testenv.NodePlan, labels map[string]string) ([]mount.Mount, error) {
+	var mounts []mount.Mount
+	for _, v := range n.Volumes {
+		existing, err := r.Client.VolumeInspect(ctx, v.VolumeName)
+		switch {
+		case err == nil && !isOurs(existing.Labels, envID):
+			return nil, fmt.Errorf("volume name %s is already used by a volume that does not belong to environment %s", v.VolumeName, envID)
+		case err == nil:
+		case cerrdefs.IsNotFound(err):
+			if _, err := r.Client.VolumeCreate(ctx, volume.CreateOptions{Name: v.VolumeName, Driver: "local", Labels: labels}); err != nil {
+				return nil, fmt.Errorf("create volume %s for node %s: %w", v.VolumeName, n.Name, err)
+			}
+		default:
+			return nil, fmt.Errorf("inspect volume %s: %w", v.VolumeName, err)
+		}
+		mounts = append(mounts, mount.Mount{Type: mount.TypeVolume, Source: v.VolumeName, Target: v.Path})
+	}
+	return mounts, nil
 }
