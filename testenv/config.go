@@ -142,6 +142,28 @@ type Volume struct {
 	Path string `json:"path" toml:"path"`
 }
 
+// settingsRE allows relative or absolute paths without whitespace, quotes,
+// or shell metacharacters, and never a leading '-' (it would read as a flag).
+var settingsRE = regexp.MustCompile(`^[A-Za-z0-9._/~+@:=,][A-Za-z0-9._/~+@:=,-]*$`)
+
+// maxSettingsLen bounds the settings path (PATH_MAX).
+const maxSettingsLen = 4096
+
+// ValidateSettings checks the path of an infra's settings file, which the
+// provisioning script receives as one argv element (--settings).
+func ValidateSettings(field, v string) error {
+	if v == "" {
+		return &FieldError{Field: field, Message: "must not be empty: give the path of the infra's settings file"}
+	}
+	if len(v) > maxSettingsLen {
+		return &FieldError{Field: field, Message: fmt.Sprintf("longer than %d bytes", maxSettingsLen)}
+	}
+	if !settingsRE.MatchString(v) {
+		return &FieldError{Field: field, Message: fmt.Sprintf("%q is not an acceptable path: no whitespace, quotes or shell metacharacters, and it must not start with '-'", v)}
+	}
+	return nil
+}
+
 // MaxVolumes bounds the volumes of one node.
 const MaxVolumes = 16
 

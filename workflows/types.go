@@ -9,7 +9,6 @@ package workflows
 
 import (
 	"fmt"
-	"regexp"
 	"time"
 
 	"github.com/provisioning/orchestrator/testenv"
@@ -144,13 +143,6 @@ type ClusterCreateInput struct {
 	Cluster string `json:"cluster"`
 }
 
-// settingsRE allows relative or absolute paths without whitespace, quotes,
-// or shell metacharacters, and never a leading '-' (it would read as a flag).
-var settingsRE = regexp.MustCompile(`^[A-Za-z0-9._/~+@:=,][A-Za-z0-9._/~+@:=,-]*$`)
-
-// maxSettingsLen bounds the settings path (PATH_MAX).
-const maxSettingsLen = 4096
-
 // MaxServers bounds one request so a single task cannot flood history.
 const MaxServers = 500
 
@@ -166,16 +158,7 @@ func (c Common) validate() error {
 	if err := ValidateName("infra", c.Infra); err != nil {
 		return err
 	}
-	if c.Settings == "" {
-		return &FieldError{Field: "settings", Message: "must not be empty: give the path of the infra's settings file"}
-	}
-	if len(c.Settings) > maxSettingsLen {
-		return &FieldError{Field: "settings", Message: fmt.Sprintf("longer than %d bytes", maxSettingsLen)}
-	}
-	if !settingsRE.MatchString(c.Settings) {
-		return &FieldError{Field: "settings", Message: fmt.Sprintf("%q is not an acceptable path: no whitespace, quotes or shell metacharacters, and it must not start with '-'", c.Settings)}
-	}
-	return nil
+	return testenv.ValidateSettings("settings", c.Settings)
 }
 
 func validateServers(servers []string, required bool) error {
