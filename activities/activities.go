@@ -59,6 +59,10 @@ type Activities struct {
 	// on workers without an engine (their environment activities fail with
 	// ErrTypeNoDocker). Leave it nil, not a typed nil pointer.
 	Docker driver.Engine
+	// ConvergeEnv are KEY=VALUE entries every converge inside a node gets
+	// (the worker's script environment; the node's own state directories
+	// override any given here).
+	ConvergeEnv []string
 	// Logger, default slog.Default().
 	Logger *slog.Logger
 	// Metrics counts Nushell runs and task durations (a *metrics.Metrics in

@@ -3,11 +3,16 @@ package activities
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
+	"strings"
 
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/provisioning/orchestrator/driver"
+	"github.com/provisioning/orchestrator/driver/nushell"
+	"github.com/provisioning/orchestrator/internal/tailbuf"
 	"github.com/provisioning/orchestrator/storage"
 	"github.com/provisioning/orchestrator/testenv"
 )
@@ -141,4 +146,68 @@ func (a *Activities) ProjectEnvironment(ctx context.Context, s testenv.EnvState)
 		return temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeInvalidTaskID, err)
 	}
 	return a.ProjectTask(ctx, t)
+}
+
+// ConvergeInput is ConvergeTaskserv's input: one taskserv in one node.
+type ConvergeInput struct {
+	EnvID       string               `json:"env_id"`
+	ContainerID string               `json:"container_id"`
+	Spec        testenv.ConvergeSpec `json:"spec"`
+}
+
+// maxConvergeOutput bounds the output tail a converge result keeps: the
+// environment's state holds one per node and taskserv.
+const maxConvergeOutput = 4 << 10
+
+// ConvergeTaskserv installs one taskserv inside one node with the user's
+// provisioning script, heartbeating while it runs. Exit codes are classified
+// as for provisioning steps: 2, 3, 126 and 127 are permanent
+// (ErrTypeNushellPermanent), other failures are retried
+// (ErrTypeNushellExit); the failure's details are the TaskservResult.
+func (a *Activities) ConvergeTaskserv(ctx context.Context, in ConvergeInput) (testenv.TaskservResult, error) {
+	eng, ctx, err := a.engine(ctx)
+	if err != nil {
+		return testenv.TaskservResult{}, err
+	}
+	info := activity.GetInfo(ctx)
+	env := append(slices.Clone(a.ConvergeEnv),
+		"ORCHESTRATOR_TASK_ID="+in.EnvID,
+		"ORCHESTRATOR_STEP="+in.Spec.Node+"/"+in.Spec.Taskserv,
+		fmt.Sprintf("ORCHESTRATOR_ATTEMPT=%d", info.Attempt))
+	res, err := eng.Converge(ctx, in.ContainerID, in.Spec, env)
+	if err != nil {
+		return testenv.TaskservResult{}, classifyEngineError(err)
+	}
+	code := res.ExitCode
+	out := testenv.TaskservResult{Node: in.Spec.Node, Taskserv: in.Spec.Taskserv, Status: "completed", Attempts: info.Attempt,
+		ExitCode: &code, DurationMS: res.DurationMS, Output: tailbuf.String(res.Stdout, maxConvergeOutput)}
+	if res.Passed {
+		a.logger().Info("taskserv converged", "env_id", in.EnvID, "node", in.Spec.Node, "taskserv", in.Spec.Taskserv, "duration_ms", res.DurationMS)
+		return out, nil
+	}
+	out.Status = "failed"
+	reason := fmt.Sprintf("exit code %d", res.ExitCode)
+	if res.TimedOut {
+		reason = "timed out"
+	}
+	if last := lastLine(res.Stderr); last != "" {
+		reason += ": " + last
+	}
+	out.Error = fmt.Sprintf("taskserv %s on node %s: %s", in.Spec.Taskserv, in.Spec.Node, reason)
+	typ := ErrTypeNushellExit
+	permanent := slices.Contains(nushell.DefaultPermanentExitCodes, res.ExitCode)
+	if permanent {
+		typ = ErrTypeNushellPermanent
+	}
+	return out, temporal.NewApplicationErrorWithOptions(out.Error, typ,
+		temporal.ApplicationErrorOptions{NonRetryable: permanent, Details: []any{out}})
+}
+
+// lastLine is the last non-empty line of s: where a script says why.
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return strings.TrimSpace(s[i+1:])
+	}
+	return s
 }

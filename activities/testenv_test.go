@@ -23,6 +23,8 @@ import (
 type fakeEngine struct {
 	driver.Engine // methods not overridden panic: the test did not expect them
 	err           error
+	exit          int      // Converge's exit code
+	env           []string // what Converge got
 }
 
 func (f *fakeEngine) CreateEnvironment(ctx context.Context, p testenv.Plan, _ bool) (testenv.EnvInfo, error) {
@@ -38,6 +40,15 @@ func (f *fakeEngine) RunTests(ctx context.Context, tests []testenv.TestSpec, _ [
 		hb.Now(t.Name)
 	}
 	return testenv.TestRun{Passed: true, Total: len(tests)}, f.err
+}
+
+func (f *fakeEngine) Converge(_ context.Context, _ string, spec testenv.ConvergeSpec, env []string) (testenv.TestResult, error) {
+	if f.err != nil {
+		return testenv.TestResult{}, f.err
+	}
+	f.env = env
+	return testenv.TestResult{ExitCode: f.exit, Passed: f.exit == 0, Stdout: "installing " + spec.Taskserv + "\n",
+		Stderr: "provisioning: something broke\n", DurationMS: 12}, nil
 }
 
 func activityEnv(t *testing.T, eng driver.Engine) (*testsuite.TestActivityEnvironment, *activities.Activities, func() []string) {
@@ -134,4 +145,44 @@ func TestDriverHeartbeatsReachTemporal(t *testing.T) {
 	_, err = env.ExecuteActivity(acts.CreateEnvironment, activities.CreateEnvInput{Plan: testenv.Plan{EnvID: "e2"}})
 	require.NoError(t, err)
 	assert.Equal(t, []string{"create e2"}, beats())
+}
+
+// A taskserv install's exit code is classified as a provisioning step's:
+// 2, 3, 126, 127 permanent, others retried; the result (node, taskserv,
+// exit code, output) travels as the failure's details, and the message
+// names node and taskserv.
+func TestConvergeTaskservClassifiesExitCodes(t *testing.T) {
+	t.Parallel()
+	in := activities.ConvergeInput{EnvID: "e1", ContainerID: "c1", Spec: testenv.ConvergeSpec{Node: "cp", Taskserv: "etcd", Infra: "i", Settings: "s"}}
+	for _, tc := range []struct {
+		exit      int
+		typ       string
+		permanent bool
+	}{{1, activities.ErrTypeNushellExit, false}, {3, activities.ErrTypeNushellPermanent, true}, {127, activities.ErrTypeNushellPermanent, true}} {
+		eng := &fakeEngine{exit: tc.exit}
+		env, acts, _ := activityEnv(t, eng)
+		acts.ConvergeEnv = []string{"PROVISIONING_DEMO_DELAY_MS=0"}
+		_, err := env.ExecuteActivity(acts.ConvergeTaskserv, in)
+		requireAppError(t, err, tc.typ, tc.permanent)
+		assert.Contains(t, err.Error(), "taskserv etcd on node cp: exit code")
+		assert.Contains(t, err.Error(), "provisioning: something broke")
+		var appErr *temporal.ApplicationError
+		require.ErrorAs(t, err, &appErr)
+		var res testenv.TaskservResult
+		require.NoError(t, appErr.Details(&res))
+		assert.Equal(t, "failed", res.Status)
+		require.NotNil(t, res.ExitCode)
+		assert.Equal(t, tc.exit, *res.ExitCode)
+		assert.Equal(t, "installing etcd\n", res.Output)
+		assert.Contains(t, eng.env, "PROVISIONING_DEMO_DELAY_MS=0")
+		assert.Contains(t, eng.env, "ORCHESTRATOR_STEP=cp/etcd")
+	}
+
+	env, acts, _ := activityEnv(t, &fakeEngine{})
+	val, err := env.ExecuteActivity(acts.ConvergeTaskserv, in)
+	require.NoError(t, err)
+	var res testenv.TaskservResult
+	require.NoError(t, val.Get(&res))
+	assert.Equal(t, "completed", res.Status)
+	assert.Equal(t, int32(1), res.Attempts)
 }

@@ -51,6 +51,10 @@ type Engine interface {
 	// RunTests runs each test in its node, one after another, and reports
 	// every result; a failing test does not stop the run.
 	RunTests(ctx context.Context, tests []testenv.TestSpec, nodes []testenv.NodeStatus) (testenv.TestRun, error)
+	// Converge installs one taskserv inside a node by running the user's
+	// provisioning script there. A non-zero exit is a result (ExitCode),
+	// not an error; errors are for installs that could not run at all.
+	Converge(ctx context.Context, containerID string, spec testenv.ConvergeSpec, env []string) (testenv.TestResult, error)
 }
 
 // HeartbeatInterval is how often drivers call the context's heartbeat while

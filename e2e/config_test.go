@@ -174,7 +174,8 @@ func startDockerApp(tb testing.TB, instancePrefix string, mutate ...func(*app.Co
 	tb.Helper()
 	cli := testsupport.Docker(tb)
 	img := testsupport.BusyboxImage(tb, cli)
-	cfg := appConfig(tb, append([]func(*app.Config){withTestEnvs(img, instancePrefix)}, mutate...)...)
+	// Nodes are converged with the demo provider and the nu under test.
+	cfg := appConfig(tb, append([]func(*app.Config){withTestEnvs(img, instancePrefix), withDemoProvider(tb)}, mutate...)...)
 	a, lg := launchApp(tb, cfg)
 	tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -488,4 +489,71 @@ func TestEnvVolumeMountedAndRemoved(t *testing.T) {
 	assert.Equal(t, 1, end.Removed.Volumes)
 	_, err = h.docker.VolumeInspect(ctx, vol)
 	assert.Error(t, err, "the volume is removed with the environment")
+}
+
+// auto_start creates and converges: the demo provider, run inside each
+// node with the pinned nu, installs the node's taskservs (control-plane
+// first), and each node really holds them; a failing install names node
+// and taskserv and the environment is rolled back.
+func TestEnvConvergeInstallsTaskservsInsideNodes(t *testing.T) {
+	h := startEnvApp(t)
+	id := h.submit("/test/environments/create", map[string]any{
+		"config": map[string]any{"type": "cluster_topology", "base_image": h.image, "topology": map[string]any{
+			"nodes": []map[string]any{
+				{"name": "worker-1", "role": "worker", "taskservs": []string{"containerd", "kubelet"}},
+				{"name": "cp-1", "role": "control-plane", "taskservs": []string{"etcd"}},
+			}}},
+		"infra": "lab", "auto_start": true,
+	})
+	st := h.waitEnv(id, 2*time.Minute, statusIs(workflows.EnvReady, workflows.EnvError))
+	require.Equal(t, workflows.EnvReady, st.Status, st.Error)
+	require.Len(t, st.Converge, 3)
+	var order []string
+	for _, r := range st.Converge {
+		order = append(order, r.Node+"/"+r.Taskserv)
+		assert.Equal(t, "completed", r.Status, "%+v", r)
+		require.NotNil(t, r.ExitCode)
+		assert.Equal(t, 0, *r.ExitCode)
+		assert.Contains(t, r.Output, "created")
+	}
+	assert.Equal(t, []string{"cp-1/etcd", "worker-1/containerd", "worker-1/kubelet"}, order)
+
+	// Each node holds its taskservs, and only its own.
+	for _, n := range st.Nodes {
+		for _, ts := range []string{"etcd", "containerd", "kubelet"} {
+			res, err := h.docker.ContainerExecCreate(context.Background(), n.ContainerID, container.ExecOptions{
+				Cmd: []string{"test", "-f", "/var/lib/provisioning/taskservs/" + ts + "/state.json"}})
+			require.NoError(t, err)
+			require.NoError(t, h.docker.ContainerExecStart(context.Background(), res.ID, container.ExecStartOptions{}))
+			var code int
+			eventually(t, 10*time.Second, "exec finished", func() bool {
+				ins, err := h.docker.ContainerExecInspect(context.Background(), res.ID)
+				code = ins.ExitCode
+				return err == nil && !ins.Running
+			})
+			want := slices.Contains(n.Taskservs, ts)
+			assert.Equal(t, want, code == 0, "node %s holds %s: %v", n.Node, ts, want)
+		}
+	}
+	h.deleteAndWait(id)
+}
+
+func TestEnvConvergeFailureNamesNodeAndTaskserv(t *testing.T) {
+	h := startEnvApp(t, func(c *app.Config) {
+		c.ScriptEnv = append(c.ScriptEnv, "PROVISIONING_DEMO_FAIL=kubelet:permanent")
+	})
+	id := h.submit("/test/environments/create", map[string]any{
+		"config": map[string]any{"type": "server_simulation", "server_name": "web-01", "taskservs": []string{"containerd", "kubelet"},
+			"base_image": h.image},
+		"auto_start": true,
+	})
+	st := h.waitEnv(id, 2*time.Minute, statusIs(workflows.EnvReady, workflows.EnvError))
+	require.Equal(t, workflows.EnvError, st.Status)
+	assert.Contains(t, st.Error, "taskserv kubelet on node web-01: exit code 3")
+	assert.Contains(t, st.Error, "(rolled back)")
+	require.Len(t, st.Converge, 2)
+	assert.Equal(t, "completed", st.Converge[0].Status)
+	assert.Equal(t, "failed", st.Converge[1].Status)
+	c, n := h.objects(id)
+	assert.Zero(t, c+n, "rolled back: nothing left")
 }

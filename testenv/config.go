@@ -63,8 +63,12 @@ type CreateRequest struct {
 	// Infra optionally names the infrastructure the environment tests
 	// (recorded, not used to create anything).
 	Infra string `json:"infra"`
-	// AutoStart starts the containers once created.
+	// AutoStart starts the containers once created and converges them:
+	// the provisioning script installs each node's taskservs inside it.
 	AutoStart bool `json:"auto_start"`
+	// Settings is the settings path the provisioning script gets when it
+	// converges the nodes (--settings); default DefaultSettings.
+	Settings string `json:"settings,omitempty"`
 	// AutoCleanup removes everything right after the (first) test run.
 	AutoCleanup bool `json:"auto_cleanup"`
 	// KeepOnFailure (debugging) skips the rollback when creation fails.
@@ -162,6 +166,34 @@ func ValidateSettings(field, v string) error {
 		return &FieldError{Field: field, Message: fmt.Sprintf("%q is not an acceptable path: no whitespace, quotes or shell metacharacters, and it must not start with '-'", v)}
 	}
 	return nil
+}
+
+// Defaults of converging a node when the request names none.
+const (
+	// DefaultInfra is the --infra of an environment's converge.
+	DefaultInfra = "test-env"
+	// DefaultSettings is the --settings of an environment's converge.
+	DefaultSettings = "./settings.yaml"
+)
+
+// ConvergeSpec is one taskserv install inside a node: the provisioning
+// script runs `taskserv create <Taskserv> --infra <Infra> --settings
+// <Settings> [--check] <Node>` in the node's container.
+type ConvergeSpec struct {
+	Node     string `json:"node"`
+	Taskserv string `json:"taskserv"`
+	Infra    string `json:"infra"`
+	Settings string `json:"settings"`
+	Check    bool   `json:"check,omitempty"`
+}
+
+// Args is the script's argv for the install.
+func (c ConvergeSpec) Args() []string {
+	args := []string{"taskserv", "create", c.Taskserv, "--infra", c.Infra, "--settings", c.Settings}
+	if c.Check {
+		args = append(args, "--check")
+	}
+	return append(args, c.Node)
 }
 
 // MaxVolumes bounds the volumes of one node.
@@ -481,6 +513,11 @@ func (r CreateRequest) Validate(templates *Templates) error {
 	}
 	if r.Infra != "" {
 		if err := ValidateName("infra", r.Infra); err != nil {
+			return err
+		}
+	}
+	if r.Settings != "" {
+		if err := ValidateSettings("settings", r.Settings); err != nil {
 			return err
 		}
 	}

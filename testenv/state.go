@@ -104,8 +104,10 @@ type EnvState struct {
 	AutoStart   bool          `json:"auto_start"`
 	AutoCleanup bool          `json:"auto_cleanup"`
 	Runs        []TestRun     `json:"runs"`
-	LastRun     *TestRun      `json:"last_run"`
-	Error       string        `json:"error,omitempty"`
+	// Converge is one entry per node and taskserv, in install order.
+	Converge []TaskservResult `json:"converge,omitempty"`
+	LastRun  *TestRun         `json:"last_run"`
+	Error    string           `json:"error,omitempty"`
 	// EndReason says why cleanup happened.
 	EndReason string `json:"end_reason,omitempty"`
 	// LastStatus is the status before cleanup (passed/failed/ready).
@@ -123,6 +125,7 @@ type EnvState struct {
 func (s EnvState) Clone() EnvState {
 	s.Nodes = slices.Clone(s.Nodes)
 	s.Runs = slices.Clone(s.Runs)
+	s.Converge = slices.Clone(s.Converge)
 	if s.LastRun != nil && len(s.Runs) > 0 {
 		s.LastRun = &s.Runs[len(s.Runs)-1]
 	}
@@ -215,4 +218,18 @@ func summarizeRun(r TestRun) string {
 	}
 	fmt.Fprintf(&b, "%d/%d passed\n", r.Total-r.Failed, r.Total)
 	return b.String()
+}
+
+// TaskservResult is one taskserv install inside one node.
+type TaskservResult struct {
+	Node     string `json:"node"`
+	Taskserv string `json:"taskserv"`
+	// Status: pending, running, completed or failed.
+	Status     string `json:"status"`
+	Attempts   int32  `json:"attempts,omitempty"`
+	ExitCode   *int   `json:"exit_code"`
+	DurationMS int64  `json:"duration_ms"`
+	// Output is the tail of the install's stdout.
+	Output string `json:"output,omitempty"`
+	Error  string `json:"error,omitempty"`
 }

@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -61,12 +62,15 @@ type TestEnvInput struct {
 // Environment states, in the order an environment normally passes them.
 const (
 	EnvCreating = "creating"
-	EnvReady    = "ready"
-	EnvRunning  = "running"
-	EnvPassed   = "passed"
-	EnvFailed   = "failed"
-	EnvCleaning = "cleaning"
-	EnvCleaned  = "cleaned"
+	// EnvConverging: the provisioning script installs the taskservs
+	// inside the started nodes.
+	EnvConverging = "converging"
+	EnvReady      = "ready"
+	EnvRunning    = "running"
+	EnvPassed     = "passed"
+	EnvFailed     = "failed"
+	EnvCleaning   = "cleaning"
+	EnvCleaned    = "cleaned"
 	// EnvError: creation failed (and was rolled back unless kept).
 	EnvError = "error"
 )
@@ -192,6 +196,11 @@ func (w *envWorkflow) create(ctx workflow.Context) error {
 	w.s.Network.Subnet = env.Subnet
 	w.s.Network.ID = env.NetworkID
 	w.s.Nodes = withPlan(env.Nodes, w.in.Plan)
+	if w.started && w.convergeVersion(ctx) {
+		if err := w.converge(ctx); err != nil {
+			return w.createFailed(ctx, err)
+		}
+	}
 	w.s.Status = EnvReady
 	if err := w.project(ctx); err != nil && ctx.Err() == nil {
 		return err
@@ -298,6 +307,12 @@ func (w *envWorkflow) runTests(ctx workflow.Context, req testenv.RunRequest) (te
 			return w.failRun(ctx, "starting the containers failed", err)
 		}
 		w.started = true
+		if w.convergeVersion(ctx) {
+			if err := w.converge(ctx); err != nil {
+				return w.failRun(ctx, "converge failed", err)
+			}
+			w.s.Status = EnvRunning
+		}
 	}
 	specs := testenv.ExpandTests(req, plan)
 	if len(specs) == 0 {
@@ -357,6 +372,139 @@ func (w *envWorkflow) failRun(ctx workflow.Context, what string, err error) (tes
 	}
 	_ = w.project(ctx)
 	return testenv.TestRun{}, err
+}
+
+// convergeChangeID versions the converge step: environments recorded
+// before it existed replay without it.
+const convergeChangeID = "converge-taskservs"
+
+// convergeVersion reports whether this run converges its nodes.
+func (w *envWorkflow) convergeVersion(ctx workflow.Context) bool {
+	return workflow.GetVersion(ctx, convergeChangeID, workflow.DefaultVersion, 1) >= 1
+}
+
+// converge installs every node's taskservs inside the node with the user's
+// provisioning script: control-plane nodes first, then the others; the
+// nodes of one phase in parallel, each node's taskservs in its listed
+// order. The first failure stops what has not started and is returned;
+// every install's result is in the state.
+func (w *envWorkflow) converge(ctx workflow.Context) error {
+	plan := w.in.Plan
+	var phases [2][]testenv.NodePlan
+	for _, n := range plan.Nodes {
+		if len(n.Taskservs) == 0 {
+			continue
+		}
+		if n.Role == testenv.RoleControlPlane {
+			phases[0] = append(phases[0], n)
+		} else {
+			phases[1] = append(phases[1], n)
+		}
+	}
+	if len(phases[0])+len(phases[1]) == 0 {
+		return nil
+	}
+	containers := map[string]string{}
+	for _, n := range w.s.Nodes {
+		containers[n.Node] = n.ContainerID
+	}
+	infra := cmp.Or(w.in.Request.Infra, testenv.DefaultInfra)
+	settings := cmp.Or(w.in.Request.Settings, testenv.DefaultSettings)
+	index := map[string]int{}
+	w.s.Converge = nil
+	for _, phase := range phases {
+		for _, n := range phase {
+			for _, ts := range n.Taskservs {
+				index[n.Name+"/"+ts] = len(w.s.Converge)
+				w.s.Converge = append(w.s.Converge, testenv.TaskservResult{Node: n.Name, Taskserv: ts, Status: "pending"})
+			}
+		}
+	}
+	w.s.Status = EnvConverging
+	_ = w.project(ctx)
+	actx := convergeCtx(ctx)
+	var failure error
+	for _, phase := range phases {
+		sel := workflow.NewSelector(ctx)
+		next := map[string]int{}
+		pending := 0
+		var startNext func(n testenv.NodePlan)
+		startNext = func(n testenv.NodePlan) {
+			i := next[n.Name]
+			if i >= len(n.Taskservs) || failure != nil {
+				return
+			}
+			next[n.Name]++
+			ts := n.Taskservs[i]
+			r := &w.s.Converge[index[n.Name+"/"+ts]]
+			r.Status = "running"
+			pending++
+			f := workflow.ExecuteActivity(actx, a.ConvergeTaskserv, activities.ConvergeInput{
+				EnvID: plan.EnvID, ContainerID: containers[n.Name],
+				Spec: testenv.ConvergeSpec{Node: n.Name, Taskserv: ts, Infra: infra, Settings: settings},
+			})
+			sel.AddFuture(f, func(f workflow.Future) {
+				pending--
+				var res testenv.TaskservResult
+				if err := f.Get(ctx, &res); err != nil {
+					w.recordConvergeFailure(r, n.Name, ts, err)
+					if failure == nil {
+						failure = temporal.NewNonRetryableApplicationError(r.Error, ErrTypeConvergeFailed, err)
+					}
+					return
+				}
+				*r = res
+				startNext(n)
+			})
+		}
+		for _, n := range phase {
+			startNext(n)
+		}
+		// One projection per finished install, from this coroutine only,
+		// so versions stay in order.
+		for pending > 0 {
+			sel.Select(ctx)
+			_ = w.project(ctx)
+		}
+		if failure != nil {
+			return failure
+		}
+	}
+	return nil
+}
+
+// recordConvergeFailure fills a failed install's result from the
+// activity's error details (exit code, output, attempts) when it has them.
+func (w *envWorkflow) recordConvergeFailure(r *testenv.TaskservResult, node, ts string, err error) {
+	var appErr *temporal.ApplicationError
+	var details testenv.TaskservResult
+	if errors.As(err, &appErr) && appErr.HasDetails() && appErr.Details(&details) == nil {
+		*r = details
+	}
+	r.Node, r.Taskserv, r.Status = node, ts, "failed"
+	if r.Error == "" {
+		r.Error = fmt.Sprintf("taskserv %s on node %s: %s", ts, node, rootMessage(err))
+	}
+}
+
+// convergeCtx applies the options of taskserv installs: as long as a
+// provisioning step may take, heartbeating, retried like provisioning
+// steps (permanent exit codes and impossible specs are not retried).
+func convergeCtx(ctx workflow.Context) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		StartToCloseTimeout: 31 * time.Minute,
+		HeartbeatTimeout:    30 * time.Second,
+		WaitForCancellation: true,
+		RetryPolicy: &temporal.RetryPolicy{
+			InitialInterval:    time.Second,
+			BackoffCoefficient: 2,
+			MaximumInterval:    30 * time.Second,
+			MaximumAttempts:    3,
+			NonRetryableErrorTypes: []string{
+				activities.ErrTypeNushellPermanent, activities.ErrTypeInvalidSpec, activities.ErrTypeNoDocker,
+			},
+		},
+	})
 }
 
 // withPlan completes the engine's view of the nodes with what only the plan

@@ -38,6 +38,8 @@ const (
 	startTook  = 5 * time.Second
 	runTook    = 30 * time.Second
 	removeTook = 5 * time.Second
+	// convergeTook is one taskserv install.
+	convergeTook = 3 * time.Second
 )
 
 // testImage is the service's default base image in these tests.
@@ -249,6 +251,21 @@ func (h *envHarness) onRemove(fn func(string) (testenv.RemovedCounts, error)) *t
 		})
 }
 
+func (h *envHarness) onConverge(fn func(activities.ConvergeInput) (testenv.TaskservResult, error)) *testsuite.MockCallWrapper {
+	return h.env.OnActivity(h.acts.ConvergeTaskserv, mock.Anything, mock.Anything).Return(
+		func(ctx context.Context, in activities.ConvergeInput) (testenv.TaskservResult, error) {
+			h.record(ctx, "ConvergeTaskserv", in)
+			return fn(in)
+		})
+}
+
+// converged is a successful install's result.
+func converged(in activities.ConvergeInput) testenv.TaskservResult {
+	code := 0
+	return testenv.TaskservResult{Node: in.Spec.Node, Taskserv: in.Spec.Taskserv, Status: "completed", Attempts: 1, ExitCode: &code,
+		DurationMS: convergeTook.Milliseconds(), Output: "taskserv " + in.Spec.Taskserv + " created\n"}
+}
+
 // start adds the default Docker mocks (everything succeeds, every test
 // passes) and runs the workflow to its end.
 func (h *envHarness) start() {
@@ -266,6 +283,9 @@ func (h *envHarness) start() {
 	h.onRemove(func(string) (testenv.RemovedCounts, error) {
 		return removedCounts, nil
 	}).After(removeTook).Maybe()
+	h.onConverge(func(in activities.ConvergeInput) (testenv.TaskservResult, error) {
+		return converged(in), nil
+	}).After(convergeTook).Maybe()
 	h.env.ExecuteWorkflow(workflows.TestEnvironmentWorkflowName, h.in)
 }
 
@@ -422,4 +442,20 @@ func createdAtOffset() time.Duration { return t0.Sub(createdAt) }
 
 func nodeStatesOf(nodes []testenv.NodeStatus) []string {
 	return nodeStates(testenv.EnvState{Nodes: nodes})
+}
+
+// envConverging are envRequest's projections while it converges: one as
+// converging starts, one after each of its three installs.
+var envConverging = []string{workflows.EnvConverging, workflows.EnvConverging, workflows.EnvConverging, workflows.EnvConverging}
+
+// envInstalls are envRequest's install calls.
+var envInstalls = []string{"ConvergeTaskserv", "ConvergeTaskserv", "ConvergeTaskserv"}
+
+// convergeStatuses lists the status of every install in s.
+func convergeStatuses(s testenv.EnvState) []string {
+	out := []string{}
+	for _, r := range s.Converge {
+		out = append(out, r.Status)
+	}
+	return out
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -46,8 +47,26 @@ func TestTestEnv_HappyPath(t *testing.T) {
 			h.start()
 			final := h.envResult()
 
-			// The Docker calls, in order, each exactly once.
-			assert.Equal(t, []string{"CreateEnvironment", "RunTests", "InspectEnvironment", "RemoveEnvironment"}, h.callNames())
+			// The Docker calls, in order: create, one install per node and
+			// taskserv, the run, cleanup.
+			assert.Equal(t, []string{"CreateEnvironment", "ConvergeTaskserv", "ConvergeTaskserv", "ConvergeTaskserv", "RunTests", "InspectEnvironment", "RemoveEnvironment"}, h.callNames())
+			var installs []testenv.ConvergeSpec
+			for _, c := range h.dockerCalls("ConvergeTaskserv") {
+				in := c.arg.(activities.ConvergeInput)
+				assert.Equal(t, envID1, in.EnvID)
+				want := map[string]string{"etcd-1": "c0ffee00", "etcd-2": "c0ffee01"}[in.Spec.Node]
+				assert.Equal(t, want, in.ContainerID, "installed in the node's container")
+				assert.Equal(t, 31*time.Minute, c.info.StartToCloseTimeout)
+				assert.Equal(t, 30*time.Second, c.info.HeartbeatTimeout)
+				installs = append(installs, in.Spec)
+			}
+			spec := func(node, ts string) testenv.ConvergeSpec {
+				return testenv.ConvergeSpec{Node: node, Taskserv: ts, Infra: "staging", Settings: testenv.DefaultSettings}
+			}
+			// The two nodes in parallel; etcd-2's taskservs in their order.
+			assert.ElementsMatch(t, []testenv.ConvergeSpec{spec("etcd-1", "etcd"), spec("etcd-2", "etcd"), spec("etcd-2", "containerd")}, installs)
+			assert.Equal(t, spec("etcd-2", "containerd"), installs[2], "a node's second taskserv after its first")
+			requireSameTime(t, t0.Add(createTook+convergeTook), h.startedAt("ConvergeTaskserv")[2])
 			create := h.dockerCalls("CreateEnvironment")[0]
 			assert.Equal(t, activities.CreateEnvInput{Plan: plan, Start: true}, create.arg)
 			assert.Equal(t, 10*time.Minute, create.info.StartToCloseTimeout)
@@ -112,16 +131,23 @@ func TestTestEnv_HappyPath(t *testing.T) {
 			// Projections: creating, ready, running, the verdict, cleaning,
 			// cleaned, with contiguous versions; the last one is the result.
 			ps, states := h.envProjections()
-			assert.Equal(t, []string{workflows.EnvCreating, workflows.EnvReady, workflows.EnvRunning, tc.wantStatus, workflows.EnvCleaning, workflows.EnvCleaned}, envStatuses(states))
+			// (converging after each install, the first with all pending).
+			conv := workflows.EnvConverging
+			assert.Equal(t, []string{workflows.EnvCreating, conv, conv, conv, conv, workflows.EnvReady, workflows.EnvRunning, tc.wantStatus, workflows.EnvCleaning, workflows.EnvCleaned}, envStatuses(states))
 			requireStrictlyIncreasingVersions(t, ps)
-			assert.Equal(t, []storage.TaskStatus{storage.StatusPending, storage.StatusRunning, storage.StatusRunning, storage.StatusRunning, storage.StatusRunning, tc.wantTask}, statuses(ps))
+			running := storage.StatusRunning
+			assert.Equal(t, []storage.TaskStatus{storage.StatusPending, running, running, running, running, running, running, running, running, tc.wantTask}, statuses(ps))
 			assert.Equal(t, final, states[len(states)-1])
 			assert.Equal(t, []string{"planned", "planned"}, nodeStates(states[0]))
-			assert.Equal(t, []string{"running", "running"}, nodeStates(states[1]))
-			requireSameTime(t, t0.Add(createTook), states[1].UpdatedAt)
-			assert.Nil(t, states[2].LastRun, "no run result while running")
-			require.NotNil(t, states[3].LastRun)
-			assert.Equal(t, o.run, *states[3].LastRun)
+			assert.Equal(t, []string{"pending", "pending", "pending"}, convergeStatuses(states[1]))
+			assert.Equal(t, []string{"completed", "completed", "completed"}, convergeStatuses(states[4]))
+			assert.Equal(t, []string{"running", "running"}, nodeStates(states[5]))
+			requireSameTime(t, t0.Add(createTook+2*convergeTook), states[5].UpdatedAt)
+			assert.Nil(t, states[6].LastRun, "no run result while running")
+			require.NotNil(t, states[7].LastRun)
+			assert.Equal(t, o.run, *states[7].LastRun)
+			require.Len(t, final.Converge, 3)
+			assert.Equal(t, "taskserv etcd created\n", final.Converge[0].Output)
 
 			// The final task.
 			task := ps[len(ps)-1]
@@ -202,7 +228,7 @@ func TestTestEnv_Validator(t *testing.T) {
 		assert.Len(t, final.Runs, 1)
 		// A rejected update leaves no trace in the state.
 		_, states := h.envProjections()
-		assert.Equal(t, []string{workflows.EnvCreating, workflows.EnvReady, workflows.EnvRunning, workflows.EnvPassed, workflows.EnvCleaning, workflows.EnvCleaned}, envStatuses(states))
+		assert.Equal(t, slices.Concat([]string{workflows.EnvCreating}, envConverging, []string{workflows.EnvReady, workflows.EnvRunning, workflows.EnvPassed, workflows.EnvCleaning, workflows.EnvCleaned}), envStatuses(states))
 	})
 
 	t.Run("a run on an unknown node is rejected", func(t *testing.T) {
@@ -283,7 +309,7 @@ func TestTestEnv_AutoCleanupAfterRun(t *testing.T) {
 	require.True(t, o.completed)
 	require.NoError(t, o.err)
 	assert.True(t, o.run.Passed)
-	assert.Equal(t, []string{"CreateEnvironment", "RunTests", "InspectEnvironment", "RemoveEnvironment"}, h.callNames())
+	assert.Equal(t, slices.Concat([]string{"CreateEnvironment"}, envInstalls, []string{"RunTests", "InspectEnvironment", "RemoveEnvironment"}), h.callNames())
 	assert.Len(t, h.dockerCalls("RemoveEnvironment"), 1)
 	assert.Equal(t, workflows.EnvCleaned, final.Status)
 	assert.Equal(t, "auto_cleanup after run", final.EndReason)
@@ -292,7 +318,7 @@ func TestTestEnv_AutoCleanupAfterRun(t *testing.T) {
 	require.NotNil(t, final.FinishedAt)
 	requireSameTime(t, t0.Add(runAt+runTook+removeTook), *final.FinishedAt, "cleaned right after the run, long before the TTL")
 	_, states := h.envProjections()
-	assert.Equal(t, []string{workflows.EnvCreating, workflows.EnvReady, workflows.EnvRunning, workflows.EnvPassed, workflows.EnvCleaning, workflows.EnvCleaned}, envStatuses(states))
+	assert.Equal(t, slices.Concat([]string{workflows.EnvCreating}, envConverging, []string{workflows.EnvReady, workflows.EnvRunning, workflows.EnvPassed, workflows.EnvCleaning, workflows.EnvCleaned}), envStatuses(states))
 }
 
 func TestTestEnv_TTLExpires(t *testing.T) {
@@ -452,7 +478,7 @@ func TestTestEnv_Cancel(t *testing.T) {
 		err := h.workflowErr()
 
 		assert.True(t, temporal.IsCanceledError(err), "want a canceled error, got %v", err)
-		assert.Equal(t, []string{"CreateEnvironment", "RemoveEnvironment"}, h.callNames())
+		assert.Equal(t, slices.Concat([]string{"CreateEnvironment"}, envInstalls, []string{"RemoveEnvironment"}), h.callNames())
 		requireSameTime(t, t0.Add(cancelAt), h.startedAt("RemoveEnvironment")[0])
 		// On the cancelled context it would not even have been scheduled.
 
@@ -470,7 +496,7 @@ func TestTestEnv_Cancel(t *testing.T) {
 		assert.Equal(t, storage.StatusCancelled, mapped.Status)
 
 		ps, states := h.envProjections()
-		assert.Equal(t, []string{workflows.EnvCreating, workflows.EnvReady, workflows.EnvCleaning, workflows.EnvCleaned}, envStatuses(states))
+		assert.Equal(t, slices.Concat([]string{workflows.EnvCreating}, envConverging, []string{workflows.EnvReady, workflows.EnvCleaning, workflows.EnvCleaned}), envStatuses(states))
 		requireStrictlyIncreasingVersions(t, ps)
 	})
 
@@ -535,10 +561,10 @@ func TestTestEnv_StartOnFirstRunWithoutAutoStart(t *testing.T) {
 
 	assert.Equal(t, []string{
 		"CreateEnvironment",
-		"StartEnvironment", "RunTests", "InspectEnvironment",
+		"StartEnvironment", "ConvergeTaskserv", "ConvergeTaskserv", "ConvergeTaskserv", "RunTests", "InspectEnvironment",
 		"RunTests", "InspectEnvironment",
 		"RemoveEnvironment",
-	}, h.callNames())
+	}, h.callNames(), "the first run starts and converges the nodes; the second only runs tests")
 	create := h.dockerCalls("CreateEnvironment")[0].arg.(activities.CreateEnvInput)
 	assert.False(t, create.Start)
 	start := h.dockerCalls("StartEnvironment")
@@ -547,7 +573,8 @@ func TestTestEnv_StartOnFirstRunWithoutAutoStart(t *testing.T) {
 	assert.Equal(t, 5*time.Minute, start[0].info.StartToCloseTimeout)
 	runs := h.dockerCalls("RunTests")
 	requireSameTime(t, t0.Add(time.Minute), h.startedAt("StartEnvironment")[0])
-	requireSameTime(t, t0.Add(time.Minute+startTook), h.startedAt("RunTests")[0], "tests run once the containers started")
+	requireSameTime(t, t0.Add(time.Minute+startTook), h.startedAt("ConvergeTaskserv")[0], "converge once the containers started")
+	requireSameTime(t, t0.Add(time.Minute+startTook+2*convergeTook), h.startedAt("RunTests")[0], "tests run once the nodes converged")
 	// The first run saw the created containers, the second the inspected ones.
 	assert.Equal(t, []string{"created", "created"}, nodeStatesOf(runs[0].arg.(activities.RunTestsInput).Nodes))
 	assert.Equal(t, []string{"running", "running"}, nodeStatesOf(runs[1].arg.(activities.RunTestsInput).Nodes))
@@ -560,7 +587,7 @@ func TestTestEnv_StartOnFirstRunWithoutAutoStart(t *testing.T) {
 	f, s := first.snapshot(), second.snapshot()
 	assert.Equal(t, 1, f.run.Number)
 	assert.Equal(t, 2, s.run.Number)
-	requireSameTime(t, t0.Add(time.Minute+startTook), f.run.StartedAt, "the run starts once the containers started")
+	requireSameTime(t, t0.Add(time.Minute+startTook+2*convergeTook), f.run.StartedAt, "the run starts once the nodes are started and converged")
 	require.Len(t, final.Runs, 2)
 	assert.Equal(t, s.run, *final.LastRun)
 	assert.False(t, final.AutoStart)
@@ -589,7 +616,7 @@ func TestTestEnv_StartFailure(t *testing.T) {
 	assert.Equal(t, []string{
 		"CreateEnvironment",
 		"StartEnvironment",
-		"StartEnvironment", "RunTests", "InspectEnvironment",
+		"StartEnvironment", "ConvergeTaskserv", "ConvergeTaskserv", "ConvergeTaskserv", "RunTests", "InspectEnvironment",
 		"RemoveEnvironment",
 	}, h.callNames())
 	assert.Equal(t, workflows.EnvPassed, final.LastStatus)
@@ -638,7 +665,7 @@ func TestTestEnv_StatusQuery(t *testing.T) {
 	assert.Empty(t, creating.Network.ID)
 
 	assert.Equal(t, workflows.EnvReady, ready.Status)
-	assert.Equal(t, int64(2), ready.Version)
+	assert.Equal(t, int64(2+len(envConverging)), ready.Version, "after creating and converging")
 	assert.Equal(t, "net0123", ready.Network.ID)
 	assert.Equal(t, "172.30.0.0/24", ready.Network.Subnet)
 	assert.Equal(t, envInfo(h.in.Plan, true).Nodes, withoutTaskservs(ready.Nodes))
@@ -654,8 +681,8 @@ func TestTestEnv_StatusQuery(t *testing.T) {
 	// Each answer is the state as last projected.
 	_, states := h.envProjections()
 	assert.Equal(t, states[0], *creating)
-	assert.Equal(t, states[1], *ready)
-	assert.Equal(t, states[3], *passed)
+	assert.Equal(t, states[1+len(envConverging)], *ready)
+	assert.Equal(t, states[3+len(envConverging)], *passed)
 
 	// After completion the query answers the final state.
 	assert.Equal(t, final, h.envQuery())
@@ -867,4 +894,61 @@ func TestReplayHistories_TestEnvironment(t *testing.T) {
 	assert.Equal(t, 6, countEvents(hist, enumspb.EVENT_TYPE_MARKER_RECORDED))
 
 	require.NoError(t, newReplayer().ReplayWorkflowHistoryFromJSONFile(log.NewStructuredLogger(discardLogger), filepath.Join("testdata", replayTestEnvFile)))
+}
+
+// Control-plane nodes converge before the others; a failed install ends
+// the environment naming node and taskserv, stops what had not started,
+// and rolls back unless keep_on_failure.
+func TestTestEnv_Converge(t *testing.T) {
+	req := testenv.CreateRequest{
+		Config: testenv.EnvConfig{Type: testenv.TypeClusterTopology, Topology: &testenv.Topology{Nodes: []testenv.Node{
+			{Name: "w1", Role: testenv.RoleWorker, Taskservs: []string{"containerd", "kubelet"}},
+			{Name: "cp", Role: testenv.RoleControlPlane, Taskservs: []string{"etcd", "kube-apiserver"}},
+		}}},
+		Infra: "lab", Settings: "lab/settings.k", AutoStart: true,
+	}
+	t.Run("order", func(t *testing.T) {
+		h := newEnvHarness(t, envInput(t, req, 0))
+		h.sendCleanup(10 * time.Minute)
+		h.start()
+		final := h.envResult()
+		var order []string
+		for _, c := range h.dockerCalls("ConvergeTaskserv") {
+			in := c.arg.(activities.ConvergeInput)
+			assert.Equal(t, "lab", in.Spec.Infra)
+			assert.Equal(t, "lab/settings.k", in.Spec.Settings)
+			order = append(order, in.Spec.Node+"/"+in.Spec.Taskserv)
+		}
+		assert.Equal(t, []string{"cp/etcd", "cp/kube-apiserver", "w1/containerd", "w1/kubelet"}, order)
+		assert.Equal(t, []string{"completed", "completed", "completed", "completed"}, convergeStatuses(final))
+		assert.Equal(t, workflows.EnvCleaned, final.Status)
+	})
+	for _, keep := range []bool{false, true} {
+		t.Run(fmt.Sprintf("failure keep_on_failure=%v", keep), func(t *testing.T) {
+			r := req
+			r.KeepOnFailure = keep
+			h := newEnvHarness(t, envInput(t, r, 0))
+			h.onConverge(func(in activities.ConvergeInput) (testenv.TaskservResult, error) {
+				if in.Spec.Taskserv != "kube-apiserver" {
+					return converged(in), nil
+				}
+				code := 3
+				res := testenv.TaskservResult{Node: in.Spec.Node, Taskserv: in.Spec.Taskserv, Status: "failed", Attempts: 1, ExitCode: &code,
+					Error: "taskserv kube-apiserver on node cp: exit code 3: invalid configuration"}
+				return res, temporal.NewApplicationErrorWithOptions(res.Error, activities.ErrTypeNushellPermanent,
+					temporal.ApplicationErrorOptions{NonRetryable: true, Details: []any{res}})
+			}).After(convergeTook)
+			h.start()
+			err := h.workflowErr()
+			requireAppErrType(t, err, workflows.ErrTypeEnvironmentCreateFailed)
+			final := h.envQuery()
+			assert.Equal(t, workflows.EnvError, final.Status)
+			assert.Contains(t, final.Error, "taskserv kube-apiserver on node cp: exit code 3: invalid configuration")
+			assert.Equal(t, []string{"completed", "failed", "pending", "pending"}, convergeStatuses(final), "workers never started")
+			require.NotNil(t, final.Converge[1].ExitCode)
+			assert.Equal(t, 3, *final.Converge[1].ExitCode)
+			assert.Len(t, h.dockerCalls("ConvergeTaskserv"), 2, "a permanent failure is not retried")
+			assert.Equal(t, !keep, len(h.dockerCalls("RemoveEnvironment")) == 1, "rolled back unless keep_on_failure")
+		})
+	}
 }

@@ -36,6 +36,9 @@ const (
 	// ErrTypeEnvironmentCreateFailed: a test environment could not be
 	// created (and was rolled back unless kept).
 	ErrTypeEnvironmentCreateFailed = "EnvironmentCreateFailed"
+	// ErrTypeConvergeFailed: a taskserv could not be installed inside a
+	// test-environment node; the message names the node and taskserv.
+	ErrTypeConvergeFailed = "ConvergeFailed"
 )
 
 // StatusQuery is the query every task workflow answers with its current

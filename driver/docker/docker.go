@@ -59,6 +59,9 @@ type Runtime struct {
 	Client *client.Client
 	// Logger, default slog.Default().
 	Logger *slog.Logger
+	// Toolchain is what Converge copies into nodes: the worker's nu and
+	// provisioning script. Empty: nodes cannot be converged.
+	Toolchain Toolchain
 
 	// subnetMu serialises choosing and creating environment networks.
 	subnetMu sync.Mutex

@@ -9,8 +9,12 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/provisioning/orchestrator/driver"
+	"github.com/provisioning/orchestrator/testenv"
 )
 
 // ToolchainDir is where a node gets the pinned nu binary (bin/nu) and the
@@ -106,4 +110,67 @@ func addFile(tw *tar.Writer, src, name string, size int64, mode int64) error {
 	}
 	_, err = io.CopyN(tw, f, size)
 	return err
+}
+
+// Directories of a converged node: the provider's state root and where it
+// records the taskservs installed in the node (the demo provider's
+// `taskserv check` reads the latter).
+const (
+	NodeStateDir    = "/var/lib/provisioning/state"
+	NodeTaskservDir = "/var/lib/provisioning/taskservs"
+)
+
+// DefaultConvergeTimeout bounds one taskserv install.
+const DefaultConvergeTimeout = 30 * time.Minute
+
+// Converge installs spec's taskserv inside the node: it copies the toolchain
+// in (unless the node has it already) and runs `nu <script> taskserv create
+// ...` there with env plus PROVISIONING_STATE_DIR and
+// PROVISIONING_TASKSERV_DIR pointing into the node (whatever env says). The
+// Runtime's Toolchain must be set: without it the install is a
+// *driver.SpecError.
+func (r *Runtime) Converge(ctx context.Context, containerID string, spec testenv.ConvergeSpec, env []string) (testenv.TestResult, error) {
+	if r.Toolchain.NuPath == "" || r.Toolchain.ScriptPath == "" {
+		return testenv.TestResult{}, &driver.SpecError{Msg: "this worker has no nu and provisioning script to converge nodes with (--nu-path, --provisioning-path)"}
+	}
+	hb := driver.NewHeartbeater(ctx)
+	hb.Now("toolchain " + spec.Node)
+	nu, script, err := r.ensureToolchain(ctx, containerID)
+	if err != nil {
+		return testenv.TestResult{}, err
+	}
+	hb.Now("converge " + spec.Node + " " + spec.Taskserv)
+	var runEnv []string
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if k != "PROVISIONING_STATE_DIR" && k != "PROVISIONING_TASKSERV_DIR" {
+			runEnv = append(runEnv, kv)
+		}
+	}
+	runEnv = append(runEnv, "PROVISIONING_STATE_DIR="+NodeStateDir, "PROVISIONING_TASKSERV_DIR="+NodeTaskservDir)
+	argv := append([]string{nu, script}, spec.Args()...)
+	er, err := r.ExecEnv(ctx, containerID, argv, runEnv, DefaultConvergeTimeout)
+	res := testenv.TestResult{Name: "converge " + spec.Taskserv, Node: spec.Node, Command: argv, ExitCode: er.ExitCode,
+		TimedOut: er.TimedOut, Stdout: er.Stdout, Stderr: er.Stderr, DurationMS: er.Duration.Milliseconds()}
+	if err != nil {
+		return res, err
+	}
+	res.Passed = er.ExitCode == 0 && !er.TimedOut
+	return res, nil
+}
+
+// ensureToolchain installs the toolchain unless the node already has a nu
+// of the same size (an earlier taskserv of the same node copied it).
+func (r *Runtime) ensureToolchain(ctx context.Context, containerID string) (nu, script string, err error) {
+	nu, script = path.Join(ToolchainDir, "bin", "nu"), path.Join(ToolchainDir, "nulib", filepath.Base(r.Toolchain.ScriptPath))
+	local, err := os.Stat(r.Toolchain.NuPath)
+	if err != nil {
+		return "", "", fmt.Errorf("toolchain: nu executable: %w", err)
+	}
+	if st, err := r.Client.ContainerStatPath(ctx, containerID, nu); err == nil && st.Size == local.Size() {
+		if _, err := r.Client.ContainerStatPath(ctx, containerID, script); err == nil {
+			return nu, script, nil
+		}
+	}
+	return r.InstallToolchain(ctx, containerID, r.Toolchain)
 }

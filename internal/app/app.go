@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -194,6 +195,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		a.docker = nil
 	} else {
 		a.docker.Logger = log
+		// Converging a node copies this worker's nu and provisioning
+		// script into it; nu may be a name looked up in PATH.
+		if nu, err := exec.LookPath(cfg.NuPath); err == nil {
+			script, _ := filepath.Abs(cfg.ProvisioningPath)
+			a.docker.Toolchain = docker.Toolchain{NuPath: nu, ScriptPath: script}
+		}
 	}
 	if cfg.Mode == ModeServe || cfg.Mode == ModeWorker {
 		if err := a.startWorker(); err != nil {
@@ -227,10 +234,11 @@ func (a *App) startWorker() error {
 			ScriptPath: a.cfg.ProvisioningPath,
 			Env:        env,
 		},
-		Store:   a.store,
-		Docker:  a.engine(),
-		Logger:  a.log,
-		Metrics: a.metrics,
+		Store:       a.store,
+		Docker:      a.engine(),
+		ConvergeEnv: env,
+		Logger:      a.log,
+		Metrics:     a.metrics,
 	}
 	a.worker = worker.New(a.client, acts, worker.Options{
 		TaskQueue:               a.cfg.TaskQueue,
