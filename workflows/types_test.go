@@ -223,6 +223,7 @@ func TestErrorTypesAreStable(t *testing.T) {
 		workflows.ErrTypeInvalidInput:            "InvalidInput",
 		workflows.ErrTypeProvisioningFailed:      "ProvisioningFailed",
 		workflows.ErrTypeEnvironmentCreateFailed: "EnvironmentCreateFailed",
+		workflows.ErrTypeConvergeFailed:          "ConvergeFailed",
 		workflows.ErrTypeRunInProgress:           "RunInProgress",
 		workflows.ErrTypeEnvNotReady:             "EnvironmentNotReady",
 		workflows.ErrTypeInvalidRunSpec:          "InvalidRunRequest",
