@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
@@ -190,7 +189,7 @@ func (a *Activities) ConvergeTaskserv(ctx context.Context, in ConvergeInput) (te
 	if res.TimedOut {
 		reason = "timed out"
 	}
-	if last := lastLine(res.Stderr); last != "" {
+	if last := tailbuf.LastLine(res.Stderr); last != "" {
 		reason += ": " + last
 	}
 	out.Error = fmt.Sprintf("taskserv %s on node %s: %s", in.Spec.Taskserv, in.Spec.Node, reason)
@@ -201,13 +200,4 @@ func (a *Activities) ConvergeTaskserv(ctx context.Context, in ConvergeInput) (te
 	}
 	return out, temporal.NewApplicationErrorWithOptions(out.Error, typ,
 		temporal.ApplicationErrorOptions{NonRetryable: permanent, Details: []any{out}})
-}
-
-// lastLine is the last non-empty line of s: where a script says why.
-func lastLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		return strings.TrimSpace(s[i+1:])
-	}
-	return s
 }

@@ -229,7 +229,7 @@ func (w *provisioning) conclude(ctx workflow.Context) (storage.Task, error) {
 	var failed []string
 	for _, s := range w.task.Steps {
 		if s.Status != storage.StatusCompleted {
-			failed = append(failed, fmt.Sprintf("%s: %s", s.Name, lastLine(s.Error)))
+			failed = append(failed, fmt.Sprintf("%s: %s", s.Name, tailbuf.LastLine(s.Error)))
 		}
 	}
 	if len(failed) > 0 {
@@ -366,13 +366,4 @@ func (w *provisioning) combinedErrors() string {
 		b.WriteString("== " + s.Name + " (attempts: " + strconv.Itoa(int(s.Attempts)) + ") ==\n" + s.Error + "\n")
 	}
 	return b.String()
-}
-
-func lastLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		// The last line of stderr usually says what went wrong.
-		return strings.TrimSpace(s[i+1:])
-	}
-	return s
 }

@@ -491,20 +491,8 @@ func (w *envWorkflow) recordConvergeFailure(r *testenv.TaskservResult, node, ts 
 // provisioning step may take, heartbeating, retried like provisioning
 // steps (permanent exit codes and impossible specs are not retried).
 func convergeCtx(ctx workflow.Context) workflow.Context {
-	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-		StartToCloseTimeout: 31 * time.Minute,
-		HeartbeatTimeout:    30 * time.Second,
-		WaitForCancellation: true,
-		RetryPolicy: &temporal.RetryPolicy{
-			InitialInterval:    time.Second,
-			BackoffCoefficient: 2,
-			MaximumInterval:    30 * time.Second,
-			MaximumAttempts:    3,
-			NonRetryableErrorTypes: []string{
-				activities.ErrTypeNushellPermanent, activities.ErrTypeInvalidSpec, activities.ErrTypeNoDocker,
-			},
-		},
-	})
+	return engineCtx(ctx, 31*time.Minute, 30*time.Second,
+		activities.ErrTypeNushellPermanent, activities.ErrTypeInvalidSpec, activities.ErrTypeNoDocker)
 }
 
 // withPlan completes the engine's view of the nodes with what only the plan
@@ -544,18 +532,24 @@ func (w *envWorkflow) remove(ctx workflow.Context) error {
 // crashed worker is noticed within 30s), and retried a few times because
 // engine hiccups are transient; missing images and invalid specs are not.
 func dockerCtx(ctx workflow.Context, timeout time.Duration) workflow.Context {
+	return engineCtx(ctx, timeout, 15*time.Second, activities.ErrTypeImageMissing, activities.ErrTypeInvalidSpec)
+}
+
+// engineCtx is the shape every engine activity shares: bounded by timeout,
+// a 30 s heartbeat timeout, cancellation awaited, 3 attempts with
+// exponential backoff up to maxInterval, nonRetryable error types not
+// retried.
+func engineCtx(ctx workflow.Context, timeout, maxInterval time.Duration, nonRetryable ...string) workflow.Context {
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		StartToCloseTimeout: timeout,
 		HeartbeatTimeout:    30 * time.Second,
 		WaitForCancellation: true,
 		RetryPolicy: &temporal.RetryPolicy{
-			InitialInterval:    time.Second,
-			BackoffCoefficient: 2,
-			MaximumInterval:    15 * time.Second,
-			MaximumAttempts:    3,
-			NonRetryableErrorTypes: []string{
-				activities.ErrTypeImageMissing, activities.ErrTypeInvalidSpec,
-			},
+			InitialInterval:        time.Second,
+			BackoffCoefficient:     2,
+			MaximumInterval:        maxInterval,
+			MaximumAttempts:        3,
+			NonRetryableErrorTypes: nonRetryable,
 		},
 	})
 }

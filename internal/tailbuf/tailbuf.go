@@ -3,7 +3,10 @@
 // the end is where a failing command says why.
 package tailbuf
 
-import "unicode/utf8"
+import (
+	"strings"
+	"unicode/utf8"
+)
 
 // Buffer is an io.Writer keeping only the last Limit bytes written. It
 // needs no lock because its users write from one copying goroutine and read
@@ -68,4 +71,14 @@ func trimPartialRune(b []byte) []byte {
 		b = b[1:]
 	}
 	return b
+}
+
+// LastLine is the last non-empty line of s, trimmed: where a failing
+// script says why.
+func LastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return strings.TrimSpace(s[i+1:])
+	}
+	return s
 }
