@@ -132,28 +132,36 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 
 	address := cfg.TemporalAddress
 	if address == "" {
-		uiPort := cfg.TemporalUIPort
-		if uiPort == 0 {
-			if uiPort, err = devserver.FreePort("127.0.0.1"); err != nil {
-				return nil, err
-			}
-		}
-		fport := cfg.TemporalPort
-		if fport == 0 {
-			if fport, err = devserver.FreePort("127.0.0.1"); err != nil {
-				return nil, err
-			}
-		}
 		started := time.Now()
-		a.temporal, err = devserver.Start(devserver.Options{
-			DataDir:      filepath.Join(cfg.DataDir, "temporal"),
-			FrontendPort: fport,
-			UIPort:       uiPort,
-			Namespaces:   []string{cfg.TemporalNamespace},
-			Logger:       log,
-			LogLevel:     cfg.TemporalLogLevel,
-			LogLevelSet:  true,
-		})
+		// Ports this process picks itself can be taken by another process
+		// before the server binds them; then it picks again.
+		for attempt := 1; ; attempt++ {
+			uiPort, fport := cfg.TemporalUIPort, cfg.TemporalPort
+			if uiPort == 0 {
+				if uiPort, err = devserver.FreePort("127.0.0.1"); err != nil {
+					return nil, err
+				}
+			}
+			if fport == 0 {
+				if fport, err = devserver.FreePort("127.0.0.1"); err != nil {
+					return nil, err
+				}
+			}
+			a.temporal, err = devserver.Start(devserver.Options{
+				DataDir:      filepath.Join(cfg.DataDir, "temporal"),
+				FrontendPort: fport,
+				UIPort:       uiPort,
+				Namespaces:   []string{cfg.TemporalNamespace},
+				Logger:       log,
+				LogLevel:     cfg.TemporalLogLevel,
+				LogLevelSet:  true,
+			})
+			picked := cfg.TemporalUIPort == 0 || cfg.TemporalPort == 0
+			if err == nil || !picked || !devserver.PortTaken(err) || attempt == 4 {
+				break
+			}
+			log.Warn("embedded temporal: a picked port was taken meanwhile; picking again", "error", err, "attempt", attempt)
+		}
 		if err != nil {
 			return nil, err
 		}

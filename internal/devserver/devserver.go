@@ -117,11 +117,11 @@ func Start(o Options) (*Server, error) {
 
 	// The server calls os.Exit when it cannot bind, so probe first.
 	if err := checkPortFree(o.IP, o.FrontendPort); err != nil {
-		return nil, fmt.Errorf("embedded Temporal frontend port: %w (use --temporal-port to pick another, or --temporal-address to use an existing server)", err)
+		return nil, &portTakenError{fmt.Errorf("embedded Temporal frontend port: %w (use --temporal-port to pick another, or --temporal-address to use an existing server)", err)}
 	}
 	if o.UIPort > 0 {
 		if err := checkPortFree(o.IP, o.UIPort); err != nil {
-			return nil, fmt.Errorf("embedded Temporal UI port: %w (use --temporal-ui-port to pick another, or -1 to disable the UI)", err)
+			return nil, &portTakenError{fmt.Errorf("embedded Temporal UI port: %w (use --temporal-ui-port to pick another, or -1 to disable the UI)", err)}
 		}
 	}
 
@@ -130,7 +130,76 @@ func Start(o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	httpPort, err := FreePort(o.IP)
+	srv, logger, err := startServer(o, sqlConf)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		srv:      srv,
+		lock:     lock,
+		logLevel: logger.level,
+		address:  net.JoinHostPort(o.IP, strconv.Itoa(o.FrontendPort)),
+		dbPath:   dbPath,
+	}
+	if o.UIPort > 0 {
+		s.uiAddr = net.JoinHostPort(o.IP, strconv.Itoa(o.UIPort))
+		s.ui = uiserver.NewServer(uiserveroptions.WithConfigProvider(&uiconfig.Config{
+			Host:                o.IP,
+			Port:                o.UIPort,
+			TemporalGRPCAddress: s.address,
+			EnableUI:            true,
+			CORS:                uiconfig.CORS{CookieInsecure: true},
+			HideLogs:            true,
+			DisableNewsFetch:    true,
+		}))
+		go func() {
+			// Start blocks until Stop; a failure here only loses the UI,
+			// not the orchestrator, so it is logged rather than fatal.
+			if err := s.ui.Start(); err != nil && !errors.Is(err, net.ErrClosed) && err.Error() != "http: Server closed" {
+				o.Logger.Error("temporal web UI stopped", "error", err)
+			}
+		}()
+	}
+	ok = true
+	return s, nil
+}
+
+// listenAttempts bounds the retries when an internal port is taken between
+// FreePort and the server's bind (another process on a busy machine).
+const listenAttempts = 4
+
+// startServer builds and starts the server, choosing fresh internal ports
+// and trying again when one of them was taken meanwhile. A clash on the
+// frontend port (chosen by the caller) is returned as a *FatalError.
+func startServer(o Options, sqlConf *config.SQL) (temporal.Server, slogAdapter, error) {
+	logger := newLogger(o.Logger.With("component", "temporal"), o.LogLevel)
+	for attempt := 1; ; attempt++ {
+		srv, err := buildAndStart(o, sqlConf, logger)
+		var fe *FatalError
+		if errors.As(err, &fe) && fe.isListenerClash() && fe.Service != "frontend" && attempt < listenAttempts {
+			o.Logger.Warn("embedded Temporal: an internal port was taken before the server bound it; trying other ports",
+				"service", fe.Service, "address", fe.Address, "attempt", attempt)
+			continue
+		}
+		return srv, logger, err
+	}
+}
+
+// buildAndStart turns a fatal report of the server during construction or
+// start (a panic from slogAdapter.Fatal) into an error.
+func buildAndStart(o Options, sqlConf *config.SQL, logger slogAdapter) (_ temporal.Server, err error) {
+	logger.building.Store(true)
+	defer func() {
+		logger.building.Store(false)
+		if r := recover(); r != nil {
+			fe, ok := r.(*FatalError)
+			if !ok {
+				panic(r)
+			}
+			err = fe
+		}
+	}()
+	httpPort, err := pickPort(o.IP)
 	if err != nil {
 		return nil, err
 	}
@@ -139,7 +208,6 @@ func Start(o Options) (*Server, error) {
 		return nil, err
 	}
 
-	logger := newLogger(o.Logger.With("component", "temporal"), o.LogLevel)
 	authorizer, err := authorization.GetAuthorizerFromConfig(&conf.Global.Authorization)
 	if err != nil {
 		return nil, fmt.Errorf("devserver: authorizer: %w", err)
@@ -179,34 +247,7 @@ func Start(o Options) (*Server, error) {
 	if err := srv.Start(); err != nil {
 		return nil, fmt.Errorf("devserver: start: %w", err)
 	}
-	s := &Server{
-		srv:      srv,
-		lock:     lock,
-		logLevel: logger.level,
-		address:  net.JoinHostPort(o.IP, strconv.Itoa(o.FrontendPort)),
-		dbPath:   dbPath,
-	}
-	if o.UIPort > 0 {
-		s.uiAddr = net.JoinHostPort(o.IP, strconv.Itoa(o.UIPort))
-		s.ui = uiserver.NewServer(uiserveroptions.WithConfigProvider(&uiconfig.Config{
-			Host:                o.IP,
-			Port:                o.UIPort,
-			TemporalGRPCAddress: s.address,
-			EnableUI:            true,
-			CORS:                uiconfig.CORS{CookieInsecure: true},
-			HideLogs:            true,
-			DisableNewsFetch:    true,
-		}))
-		go func() {
-			// Start blocks until Stop; a failure here only loses the UI,
-			// not the orchestrator, so it is logged rather than fatal.
-			if err := s.ui.Start(); err != nil && !errors.Is(err, net.ErrClosed) && err.Error() != "http: Server closed" {
-				o.Logger.Error("temporal web UI stopped", "error", err)
-			}
-		}()
-	}
-	ok = true
-	return s, nil
+	return srv, nil
 }
 
 // Stop shuts down the UI and the server and releases the data dir lock.
@@ -295,7 +336,7 @@ func buildConfig(o Options, sqlConf *config.SQL, httpPort int) (*config.Config, 
 			svc.RPC.GRPCPort = o.FrontendPort
 			svc.RPC.HTTPPort = httpPort
 		} else {
-			p, err := FreePort(o.IP)
+			p, err := pickPort(o.IP)
 			if err != nil {
 				return nil, err
 			}
@@ -327,6 +368,23 @@ func lockDataDir(dir string) (*os.File, error) {
 	_ = f.Truncate(0)
 	_, _ = f.WriteString(strconv.Itoa(os.Getpid()) + "\n")
 	return f, nil
+}
+
+type portTakenError struct{ err error }
+
+func (e *portTakenError) Error() string { return e.err.Error() }
+func (e *portTakenError) Unwrap() error { return e.err }
+
+// PortTaken reports whether Start failed because the frontend or UI port
+// was in use, so that a caller that chose them with FreePort can choose
+// again.
+func PortTaken(err error) bool {
+	var pt *portTakenError
+	if errors.As(err, &pt) {
+		return true
+	}
+	var fe *FatalError
+	return errors.As(err, &fe) && fe.isListenerClash()
 }
 
 func checkPortFree(ip string, port int) error {
@@ -361,6 +419,10 @@ func FreePort(ip string) (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
+
+// pickPort chooses the server's internal ports; a variable so that a test
+// can hand out a port that is taken.
+var pickPort = FreePort
 
 // ephemeralRange reads the kernel's local port range (Linux), defaulting
 // to the usual 32768-60999.
