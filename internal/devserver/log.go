@@ -3,8 +3,8 @@ package devserver
 import (
 	"context"
 	"fmt"
-	"sync/atomic"
 	"log/slog"
+	"sync/atomic"
 
 	"go.temporal.io/server/common/log"
 	"go.temporal.io/server/common/log/tag"
