@@ -40,6 +40,10 @@ type RunTestsInput struct {
 	Tests []testenv.TestSpec `json:"tests"`
 	// Nodes map node names to containers.
 	Nodes []testenv.NodeStatus `json:"nodes"`
+	// Infra and Settings are the provisioning script's --infra and
+	// --settings for taskserv checks (TestSpec.Taskserv).
+	Infra    string `json:"infra,omitempty"`
+	Settings string `json:"settings,omitempty"`
 }
 
 // engine returns the worker's engine, with the context carrying the
@@ -110,7 +114,9 @@ func (a *Activities) RunTests(ctx context.Context, in RunTestsInput) (testenv.Te
 	if err != nil {
 		return testenv.TestRun{}, err
 	}
-	run, err := eng.RunTests(ctx, in.Tests, in.Nodes)
+	run, err := eng.RunTests(ctx, in.Tests, in.Nodes, driver.RunOptions{
+		Infra: in.Infra, Settings: in.Settings, Env: a.nodeEnv(ctx, in.EnvID, "run"),
+	})
 	if err != nil {
 		return testenv.TestRun{}, err
 	}
@@ -154,6 +160,15 @@ type ConvergeInput struct {
 	Spec        testenv.ConvergeSpec `json:"spec"`
 }
 
+// nodeEnv is the environment of a provisioning script run inside a node:
+// the worker's converge environment plus the task, step and attempt.
+func (a *Activities) nodeEnv(ctx context.Context, envID, step string) []string {
+	return append(slices.Clone(a.ConvergeEnv),
+		"ORCHESTRATOR_TASK_ID="+envID,
+		"ORCHESTRATOR_STEP="+step,
+		fmt.Sprintf("ORCHESTRATOR_ATTEMPT=%d", activity.GetInfo(ctx).Attempt))
+}
+
 // maxConvergeOutput bounds the output tail a converge result keeps: the
 // environment's state holds one per node and taskserv.
 const maxConvergeOutput = 4 << 10
@@ -169,17 +184,19 @@ func (a *Activities) ConvergeTaskserv(ctx context.Context, in ConvergeInput) (te
 		return testenv.TaskservResult{}, err
 	}
 	info := activity.GetInfo(ctx)
-	env := append(slices.Clone(a.ConvergeEnv),
-		"ORCHESTRATOR_TASK_ID="+in.EnvID,
-		"ORCHESTRATOR_STEP="+in.Spec.Node+"/"+in.Spec.Taskserv,
-		fmt.Sprintf("ORCHESTRATOR_ATTEMPT=%d", info.Attempt))
+	env := a.nodeEnv(ctx, in.EnvID, in.Spec.Node+"/"+in.Spec.Taskserv)
 	res, err := eng.Converge(ctx, in.ContainerID, in.Spec, env)
 	if err != nil {
 		return testenv.TaskservResult{}, classifyEngineError(err)
 	}
 	code := res.ExitCode
 	out := testenv.TaskservResult{Node: in.Spec.Node, Taskserv: in.Spec.Taskserv, Status: "completed", Attempts: info.Attempt,
-		ExitCode: &code, DurationMS: res.DurationMS, Output: tailbuf.String(res.Stdout, maxConvergeOutput)}
+		ExitCode: &code, DurationMS: res.DurationMS, Output: tailbuf.String(res.Stdout, maxConvergeOutput),
+		ReportError: res.ReportError}
+	if res.Report != nil {
+		changed := res.Report.Changed
+		out.Changed, out.Resources = &changed, res.Report.Resources
+	}
 	if res.Passed {
 		a.logger().Info("taskserv converged", "env_id", in.EnvID, "node", in.Spec.Node, "taskserv", in.Spec.Taskserv, "duration_ms", res.DurationMS)
 		return out, nil

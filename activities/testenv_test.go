@@ -25,6 +25,8 @@ type fakeEngine struct {
 	err           error
 	exit          int      // Converge's exit code
 	env           []string // what Converge got
+	report        *testenv.ChangeReport
+	runOpts       driver.RunOptions // what RunTests got
 }
 
 func (f *fakeEngine) CreateEnvironment(ctx context.Context, p testenv.Plan, _ bool) (testenv.EnvInfo, error) {
@@ -34,7 +36,8 @@ func (f *fakeEngine) CreateEnvironment(ctx context.Context, p testenv.Plan, _ bo
 
 func (f *fakeEngine) StartEnvironment(context.Context, string) error { return f.err }
 
-func (f *fakeEngine) RunTests(ctx context.Context, tests []testenv.TestSpec, _ []testenv.NodeStatus) (testenv.TestRun, error) {
+func (f *fakeEngine) RunTests(ctx context.Context, tests []testenv.TestSpec, _ []testenv.NodeStatus, opts driver.RunOptions) (testenv.TestRun, error) {
+	f.runOpts = opts
 	hb := driver.NewHeartbeater(ctx)
 	for _, t := range tests {
 		hb.Now(t.Name)
@@ -42,13 +45,13 @@ func (f *fakeEngine) RunTests(ctx context.Context, tests []testenv.TestSpec, _ [
 	return testenv.TestRun{Passed: true, Total: len(tests)}, f.err
 }
 
-func (f *fakeEngine) Converge(_ context.Context, _ string, spec testenv.ConvergeSpec, env []string) (testenv.TestResult, error) {
+func (f *fakeEngine) Converge(_ context.Context, _ string, spec testenv.ConvergeSpec, env []string) (driver.ConvergeResult, error) {
 	if f.err != nil {
-		return testenv.TestResult{}, f.err
+		return driver.ConvergeResult{}, f.err
 	}
 	f.env = env
-	return testenv.TestResult{ExitCode: f.exit, Passed: f.exit == 0, Stdout: "installing " + spec.Taskserv + "\n",
-		Stderr: "provisioning: something broke\n", DurationMS: 12}, nil
+	return driver.ConvergeResult{TestResult: testenv.TestResult{ExitCode: f.exit, Passed: f.exit == 0, Stdout: "installing " + spec.Taskserv + "\n",
+		Stderr: "provisioning: something broke\n", DurationMS: 12}, Report: f.report}, nil
 }
 
 func activityEnv(t *testing.T, eng driver.Engine) (*testsuite.TestActivityEnvironment, *activities.Activities, func() []string) {
@@ -185,4 +188,30 @@ func TestConvergeTaskservClassifiesExitCodes(t *testing.T) {
 	require.NoError(t, val.Get(&res))
 	assert.Equal(t, "completed", res.Status)
 	assert.Equal(t, int32(1), res.Attempts)
+	assert.Nil(t, res.Changed, "no report: changed is unknown, not false")
+
+	// The script's change report reaches the result.
+	env, acts, _ = activityEnv(t, &fakeEngine{report: &testenv.ChangeReport{Changed: true, Resources: []string{"/etc/etcd.conf"}}})
+	val, err = env.ExecuteActivity(acts.ConvergeTaskserv, in)
+	require.NoError(t, err)
+	require.NoError(t, val.Get(&res))
+	require.NotNil(t, res.Changed)
+	assert.True(t, *res.Changed)
+	assert.Equal(t, []string{"/etc/etcd.conf"}, res.Resources)
+}
+
+// Taskserv checks get the environment's infra and settings and the same
+// node environment as installs.
+func TestRunTestsPassesCheckOptions(t *testing.T) {
+	t.Parallel()
+	eng := &fakeEngine{}
+	env, acts, _ := activityEnv(t, eng)
+	acts.ConvergeEnv = []string{"PROVISIONING_DEMO_DELAY_MS=0"}
+	_, err := env.ExecuteActivity(acts.RunTests, activities.RunTestsInput{EnvID: "e1", Infra: "lab", Settings: "./s.yaml",
+		Tests: []testenv.TestSpec{{Name: "taskserv:redis", Node: "n1", Taskserv: "redis"}}})
+	require.NoError(t, err)
+	assert.Equal(t, "lab", eng.runOpts.Infra)
+	assert.Equal(t, "./s.yaml", eng.runOpts.Settings)
+	assert.Contains(t, eng.runOpts.Env, "PROVISIONING_DEMO_DELAY_MS=0")
+	assert.Contains(t, eng.runOpts.Env, "ORCHESTRATOR_TASK_ID=e1")
 }

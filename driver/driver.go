@@ -50,11 +50,31 @@ type Engine interface {
 	InspectNodes(ctx context.Context, envID string) ([]testenv.NodeStatus, error)
 	// RunTests runs each test in its node, one after another, and reports
 	// every result; a failing test does not stop the run.
-	RunTests(ctx context.Context, tests []testenv.TestSpec, nodes []testenv.NodeStatus) (testenv.TestRun, error)
+	// Taskserv checks (TestSpec.Taskserv) run the provisioning script
+	// with opts.
+	RunTests(ctx context.Context, tests []testenv.TestSpec, nodes []testenv.NodeStatus, opts RunOptions) (testenv.TestRun, error)
 	// Converge installs one taskserv inside a node by running the user's
 	// provisioning script there. A non-zero exit is a result (ExitCode),
 	// not an error; errors are for installs that could not run at all.
-	Converge(ctx context.Context, containerID string, spec testenv.ConvergeSpec, env []string) (testenv.TestResult, error)
+	Converge(ctx context.Context, containerID string, spec testenv.ConvergeSpec, env []string) (ConvergeResult, error)
+}
+
+// RunOptions say how RunTests runs taskserv checks: the provisioning
+// script's --infra and --settings, and its environment.
+type RunOptions struct {
+	Infra    string
+	Settings string
+	Env      []string
+}
+
+// ConvergeResult is one install's outcome: the script's run, and the change
+// report it wrote to its result file (testenv.ResultFileEnv).
+type ConvergeResult struct {
+	testenv.TestResult
+	// Report is nil when the script wrote no report.
+	Report *testenv.ChangeReport
+	// ReportError says why a report the script wrote was not usable.
+	ReportError string
 }
 
 // HeartbeatInterval is how often drivers call the context's heartbeat while

@@ -69,6 +69,11 @@ type CreateRequest struct {
 	// Settings is the settings path the provisioning script gets when it
 	// converges the nodes (--settings); default DefaultSettings.
 	Settings string `json:"settings,omitempty"`
+	// Idempotence converges every taskserv a second time after each
+	// converge (at auto_start, before the first run, and by default on
+	// POST .../converge) and fails unless every install reports that it
+	// changed nothing (see ChangeReport). Default false.
+	Idempotence bool `json:"idempotence,omitempty"`
 	// AutoCleanup removes everything right after the (first) test run.
 	AutoCleanup bool `json:"auto_cleanup"`
 	// KeepOnFailure (debugging) skips the rollback when creation fails.
@@ -194,6 +199,29 @@ func (c ConvergeSpec) Args() []string {
 		args = append(args, "--check")
 	}
 	return append(args, c.Node)
+}
+
+// ConvergeRequest is the body of POST /test/environments/{id}/converge
+// (optional: an empty body converges with the environment's options).
+type ConvergeRequest struct {
+	// Idempotence overrides the environment's idempotence option for this
+	// converge: true runs the second converge and checks it changed
+	// nothing.
+	Idempotence *bool `json:"idempotence,omitempty"`
+}
+
+// ConvergeReport is what a converge returns: every install's result and,
+// when asked for, the idempotence check.
+type ConvergeReport struct {
+	// Passed: every install succeeded and, when checked, idempotence held.
+	Passed bool `json:"passed"`
+	// Converge is one result per node and taskserv, in install order.
+	Converge []TaskservResult `json:"converge"`
+	// Idempotence is the second converge's check, when asked for.
+	Idempotence *IdempotenceCheck `json:"idempotence,omitempty"`
+	// Error names the node and taskserv that failed, or what was not
+	// idempotent.
+	Error string `json:"error,omitempty"`
 }
 
 // MaxVolumes bounds the volumes of one node.

@@ -38,7 +38,13 @@ type TestSpec struct {
 	Name string `json:"name"`
 	Node string `json:"node"`
 	// Command is the argv, run without a shell unless it invokes one.
+	// Give either Command or Taskserv.
 	Command []string `json:"command"`
+	// Taskserv, instead of Command, checks that taskserv with the user's
+	// provisioning script inside the node: `taskserv check <Taskserv>
+	// --infra <infra> --settings <settings> <node>` (exit 0 = installed),
+	// run by the pinned nu the converge step copied in.
+	Taskserv string `json:"taskserv,omitempty"`
 	// TimeoutSeconds bounds the exec; 0 in a request means
 	// DefaultTestTimeoutSeconds.
 	TimeoutSeconds int `json:"timeout_seconds"`
@@ -83,8 +89,17 @@ func (r RunRequest) Validate(plan Plan) error {
 				return &FieldError{f + ".name", fmt.Sprintf("duplicate test %q on the same node as tests[%d]", t.Name, j)}
 			}
 		}
-		if err := validateArgv(f+".command", t.Command); err != nil {
-			return err
+		switch {
+		case t.Taskserv != "" && len(t.Command) > 0:
+			return &FieldError{f + ".taskserv", "give either command or taskserv, not both"}
+		case t.Taskserv != "":
+			if err := ValidateTaskserv(f+".taskserv", t.Taskserv); err != nil {
+				return err
+			}
+		default:
+			if err := validateArgv(f+".command", t.Command); err != nil {
+				return err
+			}
 		}
 		if err := validateTimeout(f+".timeout_seconds", t.TimeoutSeconds); err != nil {
 			return err
@@ -169,11 +184,9 @@ func ExpandTests(req RunRequest, plan Plan) []TestSpec {
 //   - "ping:<peer>" per other node of plan: the peer is reachable by name on the
 //     environment's network (ping when the image has it, as busybox does;
 //     otherwise, e.g. on ubuntu images, name resolution via getent);
-//   - "taskserv:<ts>" per taskserv: reports whether the taskserv's command
-//     or /etc/<ts> exists in the container. It always passes: the service
-//     runs the base image and does not install taskservs, so this is a
-//     simulated check; real taskserv checks are the caller's test
-//     commands.
+//   - "taskserv:<ts>" per taskserv: the provisioning script's `taskserv
+//     check <ts>` inside the node (TestSpec.Taskserv), which fails unless
+//     the converge step really installed it.
 //
 // Names are passed as arguments ("$1"), never spliced into the script.
 func DefaultChecks(plan Plan, n NodePlan) []TestSpec {
@@ -199,14 +212,13 @@ func DefaultChecks(plan Plan, n NodePlan) []TestSpec {
 		})
 	}
 	for _, ts := range n.Taskservs {
-		out = append(out, TestSpec{
-			Name: "taskserv:" + ts,
-			Node: n.Name,
-			Command: []string{"sh", "-c",
-				`if command -v "$1" >/dev/null 2>&1 || [ -e "/etc/$1" ]; then echo "taskserv $1 present"; else echo "taskserv $1 not installed in base image (simulated check)"; fi`,
-				"check", ts},
-			TimeoutSeconds: checkTimeoutSeconds,
-		})
+		out = append(out, TestSpec{Name: "taskserv:" + ts, Node: n.Name, Taskserv: ts, TimeoutSeconds: checkTimeoutSeconds})
 	}
 	return out
+}
+
+// CheckArgs is the provisioning script's argv that checks taskserv ts on
+// node: `taskserv check <ts> --infra <infra> --settings <settings> <node>`.
+func CheckArgs(ts, infra, settings, node string) []string {
+	return []string{"taskserv", "check", ts, "--infra", infra, "--settings", settings, node}
 }

@@ -29,6 +29,7 @@ func TestRunRequestValidate(t *testing.T) {
 			{Name: "a", Node: "worker-01", Command: []string{"true"}, TimeoutSeconds: 3600},
 			{Name: "b", Command: []string{"sh", "-c", "echo hi; exit 0"}},
 		}},
+		{Tests: []TestSpec{{Name: "etcd installed", Node: "cp-01", Taskserv: "etcd"}}},
 	}
 	for i, r := range good {
 		if err := r.Validate(plan); err != nil {
@@ -55,6 +56,8 @@ func TestRunRequestValidate(t *testing.T) {
 		{"duplicate on all nodes", RunRequest{Tests: []TestSpec{ok("a"), {Name: "a", Node: "cp-01", Command: []string{"true"}}}}, "tests[1].name"},
 		{"duplicate on one node", RunRequest{Tests: []TestSpec{{Name: "a", Node: "cp-01", Command: []string{"x"}}, {Name: "a", Node: "cp-01", Command: []string{"y"}}}}, "tests[1].name"},
 		{"no command", RunRequest{Tests: []TestSpec{{Name: "a"}}}, "tests[0].command"},
+		{"command and taskserv", RunRequest{Tests: []TestSpec{{Name: "a", Command: []string{"true"}, Taskserv: "etcd"}}}, "tests[0].taskserv"},
+		{"bad taskserv", RunRequest{Tests: []TestSpec{{Name: "a", Taskserv: "../etc"}}}, "tests[0].taskserv"},
 		{"empty program", RunRequest{Tests: []TestSpec{{Name: "a", Command: []string{""}}}}, "tests[0].command[0]"},
 		{"NUL in arg", RunRequest{Tests: []TestSpec{{Name: "a", Command: []string{"echo", "a\x00b"}}}}, "tests[0].command[1]"},
 		{"huge argv", RunRequest{Tests: []TestSpec{{Name: "a", Command: []string{"echo", strings.Repeat("x", 200<<10)}}}}, "tests[0].command"},
@@ -110,7 +113,13 @@ func TestDefaultChecks(t *testing.T) {
 	var names []string
 	for _, c := range checks {
 		names = append(names, c.Name)
-		if c.Node != "cp-01" || c.TimeoutSeconds <= 0 || len(c.Command) < 2 {
+		if c.Node != "cp-01" || c.TimeoutSeconds <= 0 {
+			t.Errorf("check %+v", c)
+		}
+		// Taskservs are checked by the provisioning script, the rest by
+		// a command: never both.
+		if strings.HasPrefix(c.Name, "taskserv:") != (c.Taskserv != "" && len(c.Command) == 0) ||
+			(c.Taskserv == "" && len(c.Command) < 2) {
 			t.Errorf("check %+v", c)
 		}
 	}
@@ -120,6 +129,12 @@ func TestDefaultChecks(t *testing.T) {
 	}
 	// Names are arguments, not spliced into scripts.
 	for _, c := range checks {
+		if c.Taskserv != "" {
+			if want := "taskserv:" + c.Taskserv; c.Name != want {
+				t.Errorf("%s checks taskserv %s", c.Name, c.Taskserv)
+			}
+			continue
+		}
 		last := c.Command[len(c.Command)-1]
 		if strings.Contains(c.Command[2], last) {
 			t.Errorf("%s: %q spliced into the script", c.Name, last)
@@ -132,6 +147,9 @@ func TestDefaultChecks(t *testing.T) {
 	single, _ := BuildPlan(envID, single(), nil, "busybox")
 	if got := DefaultChecks(single, single.Nodes[0]); len(got) != 2 || got[1].Name != "taskserv:kubernetes" {
 		t.Errorf("single: %+v", got)
+	}
+	if got := CheckArgs("etcd", "lab", "./s.yaml", "cp-01"); !slices.Equal(got, []string{"taskserv", "check", "etcd", "--infra", "lab", "--settings", "./s.yaml", "cp-01"}) {
+		t.Errorf("check args %v", got)
 	}
 	all := plan.DefaultTests()
 	if len(all) != 6+5+5 {
@@ -153,17 +171,14 @@ func TestDefaultChecksRunLocally(t *testing.T) {
 		out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
 		return string(out), err
 	}
-	plan := Plan{Nodes: []NodePlan{{Name: host, Taskservs: []string{"sh", "no-such-taskserv"}}, {Name: "localhost"}}}
+	plan := Plan{Nodes: []NodePlan{{Name: host, Taskservs: []string{"sh"}}, {Name: "localhost"}}}
 	for _, c := range DefaultChecks(plan, plan.Nodes[0]) {
-		if strings.HasPrefix(c.Name, "ping:") {
-			continue // needs ping or getent and a resolvable name; environment dependent
+		if strings.HasPrefix(c.Name, "ping:") || c.Taskserv != "" {
+			continue // ping needs a resolvable name; taskserv checks need a node (driver/docker tests)
 		}
 		out, err := run(c.Command)
 		if err != nil {
 			t.Errorf("%s: %v: %s", c.Name, err, out)
-		}
-		if c.Name == "taskserv:no-such-taskserv" && !strings.Contains(out, "simulated check") {
-			t.Errorf("%s: %s", c.Name, out)
 		}
 	}
 	// A wrong hostname fails and says why.
@@ -171,5 +186,53 @@ func TestDefaultChecksRunLocally(t *testing.T) {
 	out, err := run(wrong.Command)
 	if err == nil || !strings.Contains(out, "want not-"+host) {
 		t.Errorf("wrong hostname: %v %s", err, out)
+	}
+}
+
+func TestParseChangeReport(t *testing.T) {
+	rep, err := ParseChangeReport([]byte(`{"changed": true, "resources": ["/etc/a", {"kind": "file", "path": "/etc/b"}], "extra": 1}`))
+	if err != nil || !rep.Changed || !slices.Equal(rep.Resources, []string{"/etc/a", `{"kind":"file","path":"/etc/b"}`}) {
+		t.Fatalf("%+v %v", rep, err)
+	}
+	if rep, err := ParseChangeReport([]byte(`{"changed": false}`)); err != nil || rep.Changed || rep.Resources != nil {
+		t.Fatalf("%+v %v", rep, err)
+	}
+	for _, bad := range []string{`{"resources": []}`, `not json`, `{"changed": "no"}`, `[]`} {
+		if _, err := ParseChangeReport([]byte(bad)); err == nil {
+			t.Errorf("%s: accepted", bad)
+		}
+	}
+	many := `{"changed": true, "resources": [` + strings.TrimSuffix(strings.Repeat(`"r",`, 150), ",") + `]}`
+	rep, err = ParseChangeReport([]byte(many))
+	if err != nil || len(rep.Resources) != 101 || rep.Resources[100] != "... 50 more" {
+		t.Fatalf("many: %d %v", len(rep.Resources), err)
+	}
+}
+
+func TestIdempotenceCheckEvaluate(t *testing.T) {
+	yes, no := true, false
+	c := IdempotenceCheck{Results: []TaskservResult{
+		{Node: "n1", Taskserv: "a", Status: "completed", Changed: &no},
+		{Node: "n1", Taskserv: "b", Status: "completed", Changed: &yes, Resources: []string{"/etc/b.conf"}},
+		{Node: "n2", Taskserv: "a", Status: "completed"},
+		{Node: "n2", Taskserv: "c", Status: "failed", Error: "exit code 1"},
+		{Node: "n2", Taskserv: "d", Status: "pending"},
+	}}
+	c.Evaluate()
+	if c.Passed || len(c.Failures) != 3 {
+		t.Fatalf("%+v", c)
+	}
+	for i, want := range []string{"taskserv b on node n1: changed on the second converge: /etc/b.conf", "taskserv a on node n2: reported nothing", "taskserv c on node n2: the second converge failed: exit code 1"} {
+		if !strings.Contains(c.Failures[i], want) {
+			t.Errorf("failure %d %q lacks %q", i, c.Failures[i], want)
+		}
+	}
+	if s := c.Summary(); !strings.HasPrefix(s, "idempotence failed: ") || !strings.Contains(s, "/etc/b.conf") {
+		t.Errorf("summary %q", s)
+	}
+	c.Results = c.Results[:1]
+	c.Evaluate()
+	if !c.Passed || c.Summary() != "" {
+		t.Errorf("%+v", c)
 	}
 }

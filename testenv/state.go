@@ -5,7 +5,9 @@ package testenv
 // the state is projected into the task store as a task (EnvTask).
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -106,6 +108,9 @@ type EnvState struct {
 	Runs        []TestRun     `json:"runs"`
 	// Converge is one entry per node and taskserv, in install order.
 	Converge []TaskservResult `json:"converge,omitempty"`
+	// Idempotence is the last idempotence check (a second converge), when
+	// one was asked for.
+	Idempotence *IdempotenceCheck `json:"idempotence,omitempty"`
 	LastRun  *TestRun         `json:"last_run"`
 	Error    string           `json:"error,omitempty"`
 	// EndReason says why cleanup happened.
@@ -126,6 +131,12 @@ func (s EnvState) Clone() EnvState {
 	s.Nodes = slices.Clone(s.Nodes)
 	s.Runs = slices.Clone(s.Runs)
 	s.Converge = slices.Clone(s.Converge)
+	if s.Idempotence != nil {
+		c := *s.Idempotence
+		c.Results = slices.Clone(c.Results)
+		c.Failures = slices.Clone(c.Failures)
+		s.Idempotence = &c
+	}
 	if s.LastRun != nil && len(s.Runs) > 0 {
 		s.LastRun = &s.Runs[len(s.Runs)-1]
 	}
@@ -232,4 +243,118 @@ type TaskservResult struct {
 	// Output is the tail of the install's stdout.
 	Output string `json:"output,omitempty"`
 	Error  string `json:"error,omitempty"`
+	// Changed is what the script reported in its result file
+	// (PROVISIONING_RESULT_FILE, see ChangeReport); null when it wrote none.
+	Changed *bool `json:"changed"`
+	// Resources are the resources the script reported (changed ones when
+	// Changed is true).
+	Resources []string `json:"resources,omitempty"`
+	// ReportError says why a result file the script wrote was not used.
+	ReportError string `json:"report_error,omitempty"`
+}
+
+// ResultFileEnv names the environment variable that holds the path of the
+// result file a provisioning script may write when it installs a taskserv
+// in a test-environment node. The file is JSON (see ChangeReport); the
+// orchestrator empties it before each install and reads it after. Exit
+// codes keep their meaning; the file only says what changed.
+const ResultFileEnv = "PROVISIONING_RESULT_FILE"
+
+// ChangeReport is the result file's contract:
+//
+//	{"changed": false, "resources": ["/etc/redis/redis.conf", ...]}
+//
+// changed is required; resources name what the install created, changed
+// or (when unchanged) checked. Items may be strings or JSON objects (kept
+// as compact JSON text).
+type ChangeReport struct {
+	Changed   bool     `json:"changed"`
+	Resources []string `json:"resources"`
+}
+
+// maxReportResources and maxReportResource bound what a report keeps.
+const (
+	maxReportResources = 100
+	maxReportResource  = 512
+)
+
+// ParseChangeReport parses a result file: a JSON object with a boolean
+// "changed" (required) and an optional "resources" list of strings or
+// objects. Unknown fields are allowed (a script may say more); long lists
+// and items are cut.
+func ParseChangeReport(data []byte) (*ChangeReport, error) {
+	var raw struct {
+		Changed   *bool             `json:"changed"`
+		Resources []json.RawMessage `json:"resources"`
+	}
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("not a JSON report ({\"changed\": bool, \"resources\": [...]}): %v", err)
+	}
+	if raw.Changed == nil {
+		return nil, errors.New(`the report lacks the boolean "changed"`)
+	}
+	rep := &ChangeReport{Changed: *raw.Changed}
+	for i, item := range raw.Resources {
+		if i == maxReportResources {
+			rep.Resources = append(rep.Resources, fmt.Sprintf("... %d more", len(raw.Resources)-i))
+			break
+		}
+		var s string
+		if json.Unmarshal(item, &s) != nil {
+			var buf bytes.Buffer
+			if json.Compact(&buf, item) != nil {
+				return nil, fmt.Errorf("resources[%d] is not valid JSON", i)
+			}
+			s = buf.String()
+		}
+		if len(s) > maxReportResource {
+			s = strings.ToValidUTF8(s[:maxReportResource], "") + "..."
+		}
+		rep.Resources = append(rep.Resources, s)
+	}
+	return rep, nil
+}
+
+// IdempotenceCheck is the result of converging every taskserv a second
+// time: it passes when every install reported that it changed nothing.
+type IdempotenceCheck struct {
+	Passed bool `json:"passed"`
+	// Failures name each node/taskserv that changed something (with the
+	// resources it named), did not report, or failed.
+	Failures []string `json:"failures,omitempty"`
+	// Results are the second converge's, one per node and taskserv.
+	Results []TaskservResult `json:"results"`
+}
+
+// Evaluate fills Passed and Failures from Results.
+func (c *IdempotenceCheck) Evaluate() {
+	c.Failures = nil
+	for _, r := range c.Results {
+		where := "taskserv " + r.Taskserv + " on node " + r.Node
+		switch {
+		case r.Status == "pending":
+			// Not reached: an earlier install failed.
+		case r.Status != "completed":
+			c.Failures = append(c.Failures, where+": the second converge failed: "+r.Error)
+		case r.Changed == nil && r.ReportError != "":
+			c.Failures = append(c.Failures, where+": "+r.ReportError)
+		case r.Changed == nil:
+			c.Failures = append(c.Failures, where+": reported nothing, so idempotence cannot be verified (the script must write {\"changed\": ...} to $"+ResultFileEnv+")")
+		case *r.Changed:
+			msg := where + ": changed on the second converge"
+			if len(r.Resources) > 0 {
+				msg += ": " + strings.Join(r.Resources, ", ")
+			}
+			c.Failures = append(c.Failures, msg)
+		}
+	}
+	c.Passed = len(c.Failures) == 0
+}
+
+// Summary is one line naming what failed, for EnvState.Error.
+func (c *IdempotenceCheck) Summary() string {
+	if c.Passed {
+		return ""
+	}
+	return "idempotence failed: " + strings.Join(c.Failures, "; ")
 }

@@ -24,6 +24,13 @@ const TestEnvironmentWorkflowName = "TestEnvironment"
 // while another is in progress, or after cleanup began, is rejected.
 const RunTestsUpdate = "run-tests"
 
+// ConvergeUpdate converges a ready environment again: every node's
+// taskservs are installed (again) with the provisioning script, followed by
+// the idempotence check when asked. Its input is testenv.ConvergeRequest,
+// its result testenv.ConvergeReport: `temporal workflow update execute
+// --name converge`. Admitted like RunTestsUpdate.
+const ConvergeUpdate = "converge"
+
 // CleanupSignal asks an environment to remove its Docker objects and end:
 // `temporal workflow signal --name cleanup -w <env id>`. It takes no input.
 const CleanupSignal = "cleanup"
@@ -152,14 +159,30 @@ func (w *envWorkflow) setup(ctx workflow.Context) error {
 			w.cleanup = true
 		}
 	})
-	return workflow.SetUpdateHandlerWithOptions(ctx, RunTestsUpdate, w.runTests,
-		workflow.UpdateHandlerOptions{Validator: w.validateRun})
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, RunTestsUpdate, w.runTests,
+		workflow.UpdateHandlerOptions{Validator: w.validateRun}); err != nil {
+		return err
+	}
+	return workflow.SetUpdateHandlerWithOptions(ctx, ConvergeUpdate, w.convergeUpdate,
+		workflow.UpdateHandlerOptions{Validator: func(testenv.ConvergeRequest) error { return w.admit() }})
 }
 
 // validateRun admits a run only into a ready environment with no run in
 // progress and no cleanup requested, and only with tests that fit the plan;
 // a rejected update never enters history.
 func (w *envWorkflow) validateRun(req testenv.RunRequest) error {
+	if err := w.admit(); err != nil {
+		return err
+	}
+	if err := req.Validate(w.in.Plan); err != nil {
+		return temporal.NewApplicationError(err.Error(), ErrTypeInvalidRunSpec)
+	}
+	return nil
+}
+
+// admit lets a run or converge in only when the environment is ready, no
+// other one is in progress and no cleanup was requested.
+func (w *envWorkflow) admit() error {
 	if w.running {
 		return temporal.NewApplicationError("a test run is already in progress in this environment", ErrTypeRunInProgress)
 	}
@@ -172,9 +195,6 @@ func (w *envWorkflow) validateRun(req testenv.RunRequest) error {
 	}
 	if w.cleanup {
 		return temporal.NewApplicationError("environment cleanup was requested", ErrTypeEnvNotReady)
-	}
-	if err := req.Validate(w.in.Plan); err != nil {
-		return temporal.NewApplicationError(err.Error(), ErrTypeInvalidRunSpec)
 	}
 	return nil
 }
@@ -197,7 +217,7 @@ func (w *envWorkflow) create(ctx workflow.Context) error {
 	w.s.Network.ID = env.NetworkID
 	w.s.Nodes = withPlan(env.Nodes, w.in.Plan)
 	if w.started && w.convergeVersion(ctx) {
-		if err := w.converge(ctx); err != nil {
+		if err := w.convergeAndCheck(ctx, w.in.Request.Idempotence); err != nil {
 			return w.createFailed(ctx, err)
 		}
 	}
@@ -308,7 +328,7 @@ func (w *envWorkflow) runTests(ctx workflow.Context, req testenv.RunRequest) (te
 		}
 		w.started = true
 		if w.convergeVersion(ctx) {
-			if err := w.converge(ctx); err != nil {
+			if err := w.convergeAndCheck(ctx, w.in.Request.Idempotence); err != nil {
 				return w.failRun(ctx, "converge failed", err)
 			}
 			w.s.Status = EnvRunning
@@ -327,7 +347,7 @@ func (w *envWorkflow) runTests(ctx workflow.Context, req testenv.RunRequest) (te
 	started := workflow.Now(ctx)
 	var run testenv.TestRun
 	err := workflow.ExecuteActivity(dockerCtx(ctx, time.Duration(total)*time.Second+time.Minute), a.RunTests, activities.RunTestsInput{
-		EnvID: plan.EnvID, Tests: specs, Nodes: w.s.Nodes,
+		EnvID: plan.EnvID, Tests: specs, Nodes: w.s.Nodes, Infra: w.infra(), Settings: w.settings(),
 	}).Get(ctx, &run)
 	if err != nil {
 		return w.failRun(ctx, "test run failed", err)
@@ -383,12 +403,77 @@ func (w *envWorkflow) convergeVersion(ctx workflow.Context) bool {
 	return workflow.GetVersion(ctx, convergeChangeID, workflow.DefaultVersion, 1) >= 1
 }
 
-// converge installs every node's taskservs inside the node with the user's
-// provisioning script: control-plane nodes first, then the others; the
-// nodes of one phase in parallel, each node's taskservs in its listed
-// order. The first failure stops what has not started and is returned;
-// every install's result is in the state.
-func (w *envWorkflow) converge(ctx workflow.Context) error {
+// infra and settings are what the provisioning script gets in the nodes.
+func (w *envWorkflow) infra() string { return cmp.Or(w.in.Request.Infra, testenv.DefaultInfra) }
+
+func (w *envWorkflow) settings() string {
+	return cmp.Or(w.in.Request.Settings, testenv.DefaultSettings)
+}
+
+// convergeAndCheck converges the nodes and, when idempotence is asked,
+// converges them a second time and checks that nothing changed.
+func (w *envWorkflow) convergeAndCheck(ctx workflow.Context, idempotence bool) error {
+	w.s.Idempotence = nil
+	if err := w.install(ctx, &w.s.Converge); err != nil {
+		return err
+	}
+	if !idempotence {
+		return nil
+	}
+	check := &testenv.IdempotenceCheck{}
+	w.s.Idempotence = check
+	err := w.install(ctx, &check.Results)
+	check.Evaluate()
+	if !check.Passed {
+		return temporal.NewNonRetryableApplicationError(check.Summary(), ErrTypeIdempotenceFailed, err)
+	}
+	return nil
+}
+
+// convergeUpdate is the ConvergeUpdate handler: it starts the containers
+// if they are not running yet, converges (with the idempotence check when
+// asked, by the request or else by the environment's option) and leaves
+// the environment ready, or failed with the error naming what failed.
+func (w *envWorkflow) convergeUpdate(ctx workflow.Context, req testenv.ConvergeRequest) (testenv.ConvergeReport, error) {
+	w.running = true
+	defer func() { w.running = false }()
+	idempotence := w.in.Request.Idempotence
+	if req.Idempotence != nil {
+		idempotence = *req.Idempotence
+	}
+	w.s.Status = EnvConverging
+	w.s.Error = ""
+	_ = w.project(ctx)
+	var err error
+	if !w.started {
+		err = workflow.ExecuteActivity(dockerCtx(ctx, 5*time.Minute), a.StartEnvironment, w.in.Plan.EnvID).Get(ctx, nil)
+		w.started = err == nil
+	}
+	if err == nil {
+		err = w.convergeAndCheck(ctx, idempotence)
+	}
+	rep := testenv.ConvergeReport{Passed: err == nil, Converge: slices.Clone(w.s.Converge)}
+	if w.s.Idempotence != nil {
+		c := *w.s.Idempotence
+		rep.Idempotence = &c
+	}
+	if err != nil {
+		w.s.Status = EnvFailed
+		w.s.Error = "converge failed: " + rootMessage(err)
+		rep.Error = w.s.Error
+	} else {
+		w.s.Status = EnvReady
+	}
+	_ = w.project(ctx)
+	return rep, nil
+}
+
+// install installs every node's taskservs inside the node with the user's
+// provisioning script, recording one result per install in *results:
+// control-plane nodes first, then the others; the nodes of one phase in
+// parallel, each node's taskservs in its listed order. The first failure
+// stops what has not started and is returned.
+func (w *envWorkflow) install(ctx workflow.Context, results *[]testenv.TaskservResult) error {
 	plan := w.in.Plan
 	var phases [2][]testenv.NodePlan
 	for _, n := range plan.Nodes {
@@ -408,15 +493,14 @@ func (w *envWorkflow) converge(ctx workflow.Context) error {
 	for _, n := range w.s.Nodes {
 		containers[n.Node] = n.ContainerID
 	}
-	infra := cmp.Or(w.in.Request.Infra, testenv.DefaultInfra)
-	settings := cmp.Or(w.in.Request.Settings, testenv.DefaultSettings)
+	infra, settings := w.infra(), w.settings()
 	index := map[string]int{}
-	w.s.Converge = nil
+	*results = nil
 	for _, phase := range phases {
 		for _, n := range phase {
 			for _, ts := range n.Taskservs {
-				index[n.Name+"/"+ts] = len(w.s.Converge)
-				w.s.Converge = append(w.s.Converge, testenv.TaskservResult{Node: n.Name, Taskserv: ts, Status: "pending"})
+				index[n.Name+"/"+ts] = len(*results)
+				*results = append(*results, testenv.TaskservResult{Node: n.Name, Taskserv: ts, Status: "pending"})
 			}
 		}
 	}
@@ -436,7 +520,7 @@ func (w *envWorkflow) converge(ctx workflow.Context) error {
 			}
 			next[n.Name]++
 			ts := n.Taskservs[i]
-			r := &w.s.Converge[index[n.Name+"/"+ts]]
+			r := &(*results)[index[n.Name+"/"+ts]]
 			r.Status = "running"
 			pending++
 			f := workflow.ExecuteActivity(actx, a.ConvergeTaskserv, activities.ConvergeInput{

@@ -39,6 +39,9 @@ const (
 	// ErrTypeConvergeFailed: a taskserv could not be installed inside a
 	// test-environment node; the message names the node and taskserv.
 	ErrTypeConvergeFailed = "ConvergeFailed"
+	// ErrTypeIdempotenceFailed: a second converge changed something (or
+	// could not say whether it did).
+	ErrTypeIdempotenceFailed = "IdempotenceFailed"
 )
 
 // StatusQuery is the query every task workflow answers with its current

@@ -156,7 +156,7 @@ const DefaultTestTimeout = time.Minute
 // to containers), one after another, calling ctx's heartbeat before each
 // test and while it runs, and reports every result; a failing test does not
 // stop the run. Only ctx ending stops it, with ctx's error.
-func (r *Runtime) RunTests(ctx context.Context, tests []testenv.TestSpec, nodes []testenv.NodeStatus) (testenv.TestRun, error) {
+func (r *Runtime) RunTests(ctx context.Context, tests []testenv.TestSpec, nodes []testenv.NodeStatus, opts driver.RunOptions) (testenv.TestRun, error) {
 	hb := driver.NewHeartbeater(ctx)
 	containers := map[string]string{}
 	for _, n := range nodes {
@@ -175,22 +175,28 @@ func (r *Runtime) RunTests(ctx context.Context, tests []testenv.TestSpec, nodes 
 			if timeout <= 0 {
 				timeout = DefaultTestTimeout
 			}
-			er, err := r.Exec(ctx, id, t.Command, timeout)
+			var err error
+			if t.Taskserv != "" {
+				var cr testenv.TestResult
+				cr, err = r.checkTaskserv(ctx, id, t, opts, timeout)
+				res.Command, res.ExitCode, res.Stdout, res.Stderr, res.TimedOut, res.DurationMS =
+					cr.Command, cr.ExitCode, cr.Stdout, cr.Stderr, cr.TimedOut, cr.DurationMS
+			} else {
+				var er ExecResult
+				er, err = r.Exec(ctx, id, t.Command, timeout)
+				res.ExitCode, res.Stdout, res.Stderr, res.TimedOut, res.DurationMS =
+					er.ExitCode, er.Stdout, er.Stderr, er.TimedOut, er.Duration.Milliseconds()
+			}
 			if ctx.Err() != nil {
 				return testenv.TestRun{}, ctx.Err()
 			}
-			res.ExitCode = er.ExitCode
-			res.Stdout = er.Stdout
-			res.Stderr = er.Stderr
-			res.TimedOut = er.TimedOut
-			res.DurationMS = er.Duration.Milliseconds()
 			if err != nil {
 				res.Error = err.Error()
 				if res.ExitCode == 0 {
 					res.ExitCode = -1
 				}
 			}
-			if er.TimedOut && res.Error == "" {
+			if res.TimedOut && res.Error == "" {
 				res.Error = fmt.Sprintf("timed out after %s", timeout)
 			}
 		}

@@ -2,6 +2,7 @@ package docker
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -123,35 +124,62 @@ const (
 // DefaultConvergeTimeout bounds one taskserv install.
 const DefaultConvergeTimeout = 30 * time.Minute
 
+// NodeResultDir holds the result files (testenv.ResultFileEnv) of a
+// node's installs, one per taskserv.
+const NodeResultDir = "/var/lib/provisioning/results"
+
+// maxReportBytes bounds a result file the orchestrator reads back.
+const maxReportBytes = 64 << 10
+
 // Converge installs spec's taskserv inside the node: it copies the toolchain
-// in (unless the node has it already) and runs `nu <script> taskserv create
-// ...` there with env plus PROVISIONING_STATE_DIR and
-// PROVISIONING_TASKSERV_DIR pointing into the node (whatever env says). The
-// Runtime's Toolchain must be set: without it the install is a
-// *driver.SpecError.
-func (r *Runtime) Converge(ctx context.Context, containerID string, spec testenv.ConvergeSpec, env []string) (testenv.TestResult, error) {
-	if r.Toolchain.NuPath == "" || r.Toolchain.ScriptPath == "" {
-		return testenv.TestResult{}, &driver.SpecError{Msg: "this worker has no nu and provisioning script to converge nodes with (--nu-path, --provisioning-path)"}
-	}
+// in (unless the node has it already), empties the taskserv's result file,
+// runs `nu <script> taskserv create ...` there with env plus the node's
+// PROVISIONING_STATE_DIR, PROVISIONING_TASKSERV_DIR and
+// PROVISIONING_RESULT_FILE (whatever env says), and reads back the change
+// report the script wrote, if any. The Runtime's Toolchain must be set:
+// without it the install is a *driver.SpecError.
+func (r *Runtime) Converge(ctx context.Context, containerID string, spec testenv.ConvergeSpec, env []string) (driver.ConvergeResult, error) {
 	hb := driver.NewHeartbeater(ctx)
+	resultFile := path.Join(NodeResultDir, spec.Taskserv+".json")
 	hb.Now("toolchain " + spec.Node)
 	nu, script, err := r.ensureToolchain(ctx, containerID)
 	if err != nil {
-		return testenv.TestResult{}, err
+		return driver.ConvergeResult{}, err
+	}
+	if err := r.resetResultFile(ctx, containerID, resultFile); err != nil {
+		return driver.ConvergeResult{}, err
 	}
 	hb.Now("converge " + spec.Node + " " + spec.Taskserv)
+	argv := append([]string{nu, script}, spec.Args()...)
+	res, err := r.provisioningExec(ctx, containerID, argv, env, resultFile, DefaultConvergeTimeout)
+	res.Name = "converge " + spec.Taskserv
+	res.Node = spec.Node
+	out := driver.ConvergeResult{TestResult: res}
+	if err != nil {
+		return out, err
+	}
+	out.Report, out.ReportError = r.readReport(ctx, containerID, resultFile)
+	return out, nil
+}
+
+// provisioningExec runs the provisioning script's argv in a node with the
+// node's provisioning directories (and resultFile, when set) in its
+// environment.
+func (r *Runtime) provisioningExec(ctx context.Context, containerID string, argv, env []string, resultFile string, timeout time.Duration) (testenv.TestResult, error) {
 	var runEnv []string
 	for _, kv := range env {
 		k, _, _ := strings.Cut(kv, "=")
-		if k != "PROVISIONING_STATE_DIR" && k != "PROVISIONING_TASKSERV_DIR" {
+		if k != "PROVISIONING_STATE_DIR" && k != "PROVISIONING_TASKSERV_DIR" && k != testenv.ResultFileEnv {
 			runEnv = append(runEnv, kv)
 		}
 	}
 	runEnv = append(runEnv, "PROVISIONING_STATE_DIR="+NodeStateDir, "PROVISIONING_TASKSERV_DIR="+NodeTaskservDir)
-	argv := append([]string{nu, script}, spec.Args()...)
-	er, err := r.ExecEnv(ctx, containerID, argv, runEnv, DefaultConvergeTimeout)
-	res := testenv.TestResult{Name: "converge " + spec.Taskserv, Node: spec.Node, Command: argv, ExitCode: er.ExitCode,
-		TimedOut: er.TimedOut, Stdout: er.Stdout, Stderr: er.Stderr, DurationMS: er.Duration.Milliseconds()}
+	if resultFile != "" {
+		runEnv = append(runEnv, testenv.ResultFileEnv+"="+resultFile)
+	}
+	er, err := r.ExecEnv(ctx, containerID, argv, runEnv, timeout)
+	res := testenv.TestResult{Command: argv, ExitCode: er.ExitCode, TimedOut: er.TimedOut,
+		Stdout: er.Stdout, Stderr: er.Stderr, DurationMS: er.Duration.Milliseconds()}
 	if err != nil {
 		return res, err
 	}
@@ -159,9 +187,81 @@ func (r *Runtime) Converge(ctx context.Context, containerID string, spec testenv
 	return res, nil
 }
 
+// checkTaskserv runs the provisioning script's `taskserv check` for t in
+// the node (see testenv.TestSpec.Taskserv).
+func (r *Runtime) checkTaskserv(ctx context.Context, containerID string, t testenv.TestSpec, opts driver.RunOptions, timeout time.Duration) (testenv.TestResult, error) {
+	nu, script, err := r.ensureToolchain(ctx, containerID)
+	if err != nil {
+		return testenv.TestResult{}, err
+	}
+	argv := append([]string{nu, script}, testenv.CheckArgs(t.Taskserv, opts.Infra, opts.Settings, t.Node)...)
+	return r.provisioningExec(ctx, containerID, argv, opts.Env, "", timeout)
+}
+
+// resetResultFile leaves an empty result file (and its directory) in the
+// node, so that a report from an earlier install is never read as this
+// one's. It goes through the Engine API: the image needs no shell.
+func (r *Runtime) resetResultFile(ctx context.Context, containerID, file string) error {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	dir := strings.TrimPrefix(path.Dir(file), "/")
+	parts := strings.Split(dir, "/")
+	for i := range parts {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: strings.Join(parts[:i+1], "/") + "/", Mode: 0o755}); err != nil {
+			return err
+		}
+	}
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: strings.TrimPrefix(file, "/"), Mode: 0o666}); err != nil {
+		return err
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	if err := r.Client.CopyToContainer(ctx, containerID, "/", &buf, container.CopyToContainerOptions{}); err != nil {
+		return fmt.Errorf("prepare the result file in container %s: %w", shortID(containerID), err)
+	}
+	return nil
+}
+
+// readReport reads and parses the result file: nil and "" when the script
+// left it empty; nil and a reason when it is unreadable or not a report.
+func (r *Runtime) readReport(ctx context.Context, containerID, file string) (*testenv.ChangeReport, string) {
+	rc, _, err := r.Client.CopyFromContainer(ctx, containerID, file)
+	if err != nil {
+		return nil, fmt.Sprintf("could not read %s: %v", file, err)
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	h, err := tr.Next()
+	if err != nil {
+		return nil, fmt.Sprintf("could not read %s: %v", file, err)
+	}
+	if h.Typeflag != tar.TypeReg {
+		return nil, fmt.Sprintf("%s is not a regular file", file)
+	}
+	if h.Size > maxReportBytes {
+		return nil, fmt.Sprintf("%s is %d bytes, more than the %d a report may have", file, h.Size, maxReportBytes)
+	}
+	data, err := io.ReadAll(io.LimitReader(tr, maxReportBytes))
+	if err != nil {
+		return nil, fmt.Sprintf("could not read %s: %v", file, err)
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, ""
+	}
+	rep, err := testenv.ParseChangeReport(data)
+	if err != nil {
+		return nil, fmt.Sprintf("%s: %v", file, err)
+	}
+	return rep, ""
+}
+
 // ensureToolchain installs the toolchain unless the node already has a nu
 // of the same size (an earlier taskserv of the same node copied it).
 func (r *Runtime) ensureToolchain(ctx context.Context, containerID string) (nu, script string, err error) {
+	if r.Toolchain.NuPath == "" || r.Toolchain.ScriptPath == "" {
+		return "", "", &driver.SpecError{Msg: "this worker has no nu and provisioning script to run in nodes (--nu-path, --provisioning-path)"}
+	}
 	nu, script = path.Join(ToolchainDir, "bin", "nu"), path.Join(ToolchainDir, "nulib", filepath.Base(r.Toolchain.ScriptPath))
 	local, err := os.Stat(r.Toolchain.NuPath)
 	if err != nil {
