@@ -111,8 +111,8 @@ type EnvState struct {
 	// Idempotence is the last idempotence check (a second converge), when
 	// one was asked for.
 	Idempotence *IdempotenceCheck `json:"idempotence,omitempty"`
-	LastRun  *TestRun         `json:"last_run"`
-	Error    string           `json:"error,omitempty"`
+	LastRun     *TestRun          `json:"last_run"`
+	Error       string            `json:"error,omitempty"`
 	// EndReason says why cleanup happened.
 	EndReason string `json:"end_reason,omitempty"`
 	// LastStatus is the status before cleanup (passed/failed/ready).
