@@ -26,6 +26,9 @@ const (
 	// ActionTestRunRequested: POST /test/environments/{id}/run ran (or
 	// outlived its wait).
 	ActionTestRunRequested = "test_run_requested"
+	// ActionConvergeRequested: POST /test/environments/{id}/converge ran
+	// (or outlived its wait).
+	ActionConvergeRequested = "converge_requested"
 	// ActionStartFailed: the task was recorded but its workflow could not
 	// be started, so the record was removed again.
 	ActionStartFailed = "start_failed"

@@ -49,6 +49,7 @@ func (s *Server) routeTestEnv() {
 	s.e.GET("/test/environments", s.listEnvs)
 	s.e.GET("/test/environments/:id", s.getEnv)
 	s.e.POST("/test/environments/:id/run", s.runEnv)
+	s.e.POST("/test/environments/:id/converge", s.convergeEnv)
 	s.e.DELETE("/test/environments/:id", s.deleteEnv)
 	s.e.GET("/test/environments/:id/logs", s.envLogs)
 	s.e.GET("/test/topologies", s.listTopologies)
@@ -223,10 +224,58 @@ func (s *Server) runEnv(c echo.Context) error {
 		event.Detail = fmt.Sprintf("no result within %s", s.envOpts.RunWait)
 		s.recordEvent(ctx, st.ID, "run", false, event)
 	}
-	return s.updateErr(st.ID, err)
+	return s.updateErr(st.ID, "test run", err)
 }
 
-func (s *Server) updateErr(id string, err error) error {
+// convergeEnv converges an environment again (idempotence check when asked)
+// and answers with every install's result: 200 whether it passed or not
+// (passed says which), 409 when the environment cannot converge now.
+func (s *Server) convergeEnv(c echo.Context) error {
+	st, err := s.env(c)
+	if err != nil {
+		return err
+	}
+	var req testenv.ConvergeRequest
+	if c.Request().ContentLength != 0 {
+		if err := s.decodeJSON(c, &req); err != nil {
+			return err
+		}
+	}
+	switch st.Status {
+	case workflows.EnvCleaning, workflows.EnvCleaned, workflows.EnvError:
+		return conflict(fmt.Sprintf("test environment %s is %s", st.ID, st.Status))
+	case workflows.EnvCreating:
+		return conflict(fmt.Sprintf("test environment %s is still being created", st.ID))
+	}
+	ctx, cancel := context.WithTimeout(actorCtx(c), s.envOpts.RunWait)
+	defer cancel()
+	h, err := s.client.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
+		WorkflowID:   st.ID,
+		UpdateName:   workflows.ConvergeUpdate,
+		Args:         []any{req},
+		WaitForStage: client.WorkflowUpdateStageCompleted,
+	})
+	status, version := envStatus(st)
+	event := storage.AuditEntry{Action: ActionConvergeRequested, Before: status, After: status, Version: version}
+	if err == nil {
+		var rep testenv.ConvergeReport
+		if err = h.Get(ctx, &rep); err == nil {
+			event.Detail = fmt.Sprintf("%d installs, passed %v", len(rep.Converge), rep.Passed)
+			if rep.Idempotence != nil {
+				event.Detail += fmt.Sprintf(", idempotent %v", rep.Idempotence.Passed)
+			}
+			s.recordEvent(ctx, st.ID, "converge", false, event)
+			return ok(c, http.StatusOK, rep)
+		}
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		event.Detail = fmt.Sprintf("no result within %s", s.envOpts.RunWait)
+		s.recordEvent(ctx, st.ID, "converge", false, event)
+	}
+	return s.updateErr(st.ID, "converge", err)
+}
+
+func (s *Server) updateErr(id, what string, err error) error {
 	var appErr *temporal.ApplicationError
 	var nf *serviceerror.NotFound
 	switch {
@@ -244,7 +293,7 @@ func (s *Server) updateErr(id string, err error) error {
 	case errors.As(err, &nf):
 		return conflict(fmt.Sprintf("test environment %s has already ended", id))
 	case errors.Is(err, context.DeadlineExceeded):
-		return &APIError{Status: http.StatusGatewayTimeout, Body: ErrorBody{Code: "timeout", Message: "the test run did not finish in time; its results will appear in GET /test/environments/" + id}}
+		return &APIError{Status: http.StatusGatewayTimeout, Body: ErrorBody{Code: "timeout", Message: "the " + what + " did not finish in time; its results will appear in GET /test/environments/" + id}}
 	}
 	return unavailable("temporal", err)
 }

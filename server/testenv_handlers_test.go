@@ -733,3 +733,58 @@ func TestCreateEnvironmentQuotas(t *testing.T) {
 	}
 	assert.Len(t, f.tasks(), 3)
 }
+
+func TestConvergeEnvironment(t *testing.T) {
+	yes, no := true, false
+	report := testenv.ConvergeReport{Passed: false, Error: "converge failed: idempotence failed: taskserv etcd on node cp-01: changed on the second converge: /etc/etcd.conf",
+		Converge:    []testenv.TaskservResult{{Node: "cp-01", Taskserv: "etcd", Status: "completed", Changed: &yes}},
+		Idempotence: &testenv.IdempotenceCheck{Failures: []string{"x"}, Results: []testenv.TaskservResult{{Node: "cp-01", Taskserv: "etcd", Status: "completed", Changed: &yes}}}}
+	for _, tc := range []struct {
+		name, status, body string
+		want               testenv.ConvergeRequest
+	}{
+		{"ready, no body: the environment's options", workflows.EnvReady, ``, testenv.ConvergeRequest{}},
+		{"passed, idempotence on", workflows.EnvPassed, `{"idempotence":true}`, testenv.ConvergeRequest{Idempotence: &yes}},
+		{"failed, idempotence off", workflows.EnvFailed, `{"idempotence":false}`, testenv.ConvergeRequest{Idempotence: &no}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, Options{})
+			st := f.putEnv(envState(tc.status))
+			got := &client.UpdateWorkflowOptions{}
+			h := &mocks.WorkflowUpdateHandle{}
+			h.Test(t)
+			h.On("Get", mock.Anything, mock.AnythingOfType("*testenv.ConvergeReport")).Run(func(args mock.Arguments) {
+				*args.Get(1).(*testenv.ConvergeReport) = report
+			}).Return(nil).Once()
+			f.client.On("UpdateWorkflow", mock.Anything, mock.Anything).Run(func(args mock.Arguments) {
+				*got = args.Get(1).(client.UpdateWorkflowOptions)
+			}).Return(h, nil).Once()
+			var rep testenv.ConvergeReport
+			f.ok(http.StatusOK, http.MethodPost, "/test/environments/"+st.ID+"/converge", tc.body, &rep)
+			assert.Equal(t, report, rep)
+			assert.Equal(t, client.UpdateWorkflowOptions{WorkflowID: st.ID, UpdateName: workflows.ConvergeUpdate,
+				Args: []any{tc.want}, WaitForStage: client.WorkflowUpdateStageCompleted}, *got)
+			h.AssertExpectations(t)
+		})
+	}
+	t.Run("bad body", func(t *testing.T) {
+		f := newFixture(t, Options{})
+		st := f.putEnv(envState(workflows.EnvReady))
+		e := f.fail(http.StatusBadRequest, http.MethodPost, "/test/environments/"+st.ID+"/converge", `{"idempotence":"yes"}`)
+		assert.Equal(t, "idempotence", e.Field)
+	})
+	t.Run("not ready", func(t *testing.T) {
+		f := newFixture(t, Options{})
+		st := f.putEnv(envState(workflows.EnvCreating))
+		e := f.fail(http.StatusConflict, http.MethodPost, "/test/environments/"+st.ID+"/converge", "")
+		assert.Equal(t, ErrorBody{Code: CodeConflict, Message: fmt.Sprintf("test environment %s is still being created", st.ID)}, e)
+	})
+	t.Run("in progress", func(t *testing.T) {
+		f := newFixture(t, Options{})
+		st := f.putEnv(envState(workflows.EnvReady))
+		f.client.On("UpdateWorkflow", mock.Anything, mock.Anything).Return(nil,
+			temporal.NewApplicationError("a test run is already in progress in this environment", workflows.ErrTypeRunInProgress)).Once()
+		e := f.fail(http.StatusConflict, http.MethodPost, "/test/environments/"+st.ID+"/converge", "")
+		assert.Equal(t, "a test run is already in progress in this environment", e.Message)
+	})
+}

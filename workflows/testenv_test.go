@@ -2,11 +2,13 @@ package workflows_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
 
 	"github.com/provisioning/orchestrator/activities"
 	"github.com/provisioning/orchestrator/storage"
@@ -951,4 +954,143 @@ func TestTestEnv_Converge(t *testing.T) {
 			assert.Equal(t, !keep, len(h.dockerCalls("RemoveEnvironment")) == 1, "rolled back unless keep_on_failure")
 		})
 	}
+}
+
+// withChange marks an install's result with what the script reported.
+func withChange(r testenv.TaskservResult, changed bool, resources ...string) testenv.TaskservResult {
+	r.Changed, r.Resources = &changed, resources
+	return r
+}
+
+// idempotentInstalls answers like the demo provider: the first install of
+// a node's taskserv changes it, later ones change nothing (except for
+// taskservs in always, which change every time, naming their resource).
+func idempotentInstalls(always ...string) func(activities.ConvergeInput) (testenv.TaskservResult, error) {
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	return func(in activities.ConvergeInput) (testenv.TaskservResult, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		key := in.Spec.Node + "/" + in.Spec.Taskserv
+		changed := !seen[key] || slices.Contains(always, in.Spec.Taskserv)
+		seen[key] = true
+		return withChange(converged(in), changed, "/etc/"+in.Spec.Taskserv+".conf"), nil
+	}
+}
+
+func TestTestEnv_Idempotence(t *testing.T) {
+	req := envRequest()
+	req.Idempotence = true
+	t.Run("passes", func(t *testing.T) {
+		h := newEnvHarness(t, envInput(t, req, 0))
+		h.onConverge(idempotentInstalls()).After(convergeTook)
+		h.sendCleanup(10 * time.Minute)
+		st := h.queryAt(9 * time.Minute)
+		h.start()
+		h.envResult()
+		assert.Equal(t, workflows.EnvReady, st.Status, st.Error)
+		assert.Len(t, h.dockerCalls("ConvergeTaskserv"), 6, "three installs, twice")
+		require.NotNil(t, st.Idempotence)
+		assert.True(t, st.Idempotence.Passed)
+		require.Len(t, st.Idempotence.Results, 3)
+		for i, r := range st.Idempotence.Results {
+			require.NotNil(t, r.Changed)
+			assert.False(t, *r.Changed)
+			require.NotNil(t, st.Converge[i].Changed)
+			assert.True(t, *st.Converge[i].Changed, "the first converge changed %s", r.Taskserv)
+		}
+	})
+	t.Run("a change on the second converge fails creation naming it", func(t *testing.T) {
+		h := newEnvHarness(t, envInput(t, req, 0))
+		h.onConverge(idempotentInstalls("containerd")).After(convergeTook)
+		h.start()
+		requireAppErrType(t, h.workflowErr(), workflows.ErrTypeEnvironmentCreateFailed)
+		final := h.envQuery()
+		assert.Equal(t, workflows.EnvError, final.Status)
+		assert.Contains(t, final.Error, "idempotence failed: taskserv containerd on node etcd-2: changed on the second converge: /etc/containerd.conf")
+		assert.Contains(t, final.Error, "(rolled back)")
+		require.NotNil(t, final.Idempotence)
+		assert.False(t, final.Idempotence.Passed)
+		assert.Len(t, final.Idempotence.Failures, 1)
+	})
+	t.Run("an install that reports nothing cannot be verified", func(t *testing.T) {
+		h := newEnvHarness(t, envInput(t, req, 0))
+		h.start()
+		requireAppErrType(t, h.workflowErr(), workflows.ErrTypeEnvironmentCreateFailed)
+		final := h.envQuery()
+		assert.Contains(t, final.Error, "reported nothing, so idempotence cannot be verified")
+		assert.Contains(t, final.Error, "PROVISIONING_RESULT_FILE")
+	})
+}
+
+// sendConverge sends the converge update after d on the workflow clock.
+func (h *envHarness) sendConverge(d time.Duration, id string, req testenv.ConvergeRequest) *convergeOutcome {
+	o := &convergeOutcome{}
+	h.env.RegisterDelayedCallback(func() {
+		h.env.UpdateWorkflow(workflows.ConvergeUpdate, id, &testsuite.TestUpdateCallback{
+			OnAccept: func() {},
+			OnReject: func(err error) { o.mu.Lock(); o.rejected = err; o.mu.Unlock() },
+			OnComplete: func(v any, err error) {
+				o.mu.Lock()
+				defer o.mu.Unlock()
+				o.completed, o.err = true, err
+				if err == nil {
+					b, _ := json.Marshal(v)
+					o.decodeErr = json.Unmarshal(b, &o.report)
+				}
+			},
+		}, req)
+	}, d)
+	return o
+}
+
+type convergeOutcome struct {
+	mu        sync.Mutex
+	rejected  error
+	completed bool
+	report    testenv.ConvergeReport
+	err       error
+	decodeErr error
+}
+
+func TestTestEnv_ConvergeUpdate(t *testing.T) {
+	yes := true
+	h := newEnvHarness(t, envInput(t, envRequest(), 0))
+	h.onConverge(idempotentInstalls("etcd")).After(convergeTook)
+	again := h.sendConverge(5*time.Minute, "c1", testenv.ConvergeRequest{})
+	checked := h.sendConverge(10*time.Minute, "c2", testenv.ConvergeRequest{Idempotence: &yes})
+	afterFailed := h.queryAt(15 * time.Minute)
+	run := h.sendRun(16*time.Minute, "r1", testenv.RunRequest{})
+	h.sendCleanup(30 * time.Minute)
+	h.start()
+	h.envResult()
+
+	require.True(t, again.completed, "rejected: %v", again.rejected)
+	require.NoError(t, again.err)
+	assert.True(t, again.report.Passed)
+	assert.Len(t, again.report.Converge, 3)
+	assert.Nil(t, again.report.Idempotence, "not asked for")
+
+	require.True(t, checked.completed, "rejected: %v", checked.rejected)
+	assert.False(t, checked.report.Passed)
+	require.NotNil(t, checked.report.Idempotence)
+	assert.Contains(t, checked.report.Error, "taskserv etcd on node etcd-1: changed on the second converge: /etc/etcd.conf")
+	assert.Contains(t, checked.report.Error, "taskserv etcd on node etcd-2")
+	assert.Equal(t, workflows.EnvFailed, afterFailed.Status)
+	assert.Equal(t, checked.report.Error, afterFailed.Error)
+	assert.Len(t, h.dockerCalls("ConvergeTaskserv"), 3+3+6)
+
+	// A failed environment still runs tests; default checks include the
+	// taskserv checks with the environment's infra and settings.
+	require.True(t, run.snapshot().completed)
+	in := h.runInputs()[0]
+	assert.Equal(t, "staging", in.Infra)
+	assert.Equal(t, testenv.DefaultSettings, in.Settings)
+	var checks []string
+	for _, s := range in.Tests {
+		if s.Taskserv != "" {
+			checks = append(checks, s.Node+"/"+s.Taskserv)
+		}
+	}
+	assert.Equal(t, []string{"etcd-1/etcd", "etcd-2/etcd", "etcd-2/containerd"}, checks)
 }
