@@ -6,6 +6,8 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -556,4 +558,97 @@ func TestEnvConvergeFailureNamesNodeAndTaskserv(t *testing.T) {
 	assert.Equal(t, "failed", st.Converge[1].Status)
 	c, n := h.objects(id)
 	assert.Zero(t, c+n, "rolled back: nothing left")
+}
+
+// The Molecule sequence through the API on the real engine: create with
+// auto_start and idempotence converges twice (the demo provider reports
+// its changes through PROVISIONING_RESULT_FILE: changed the first time,
+// nothing the second), the default checks run `taskserv check` inside the
+// nodes, and POST .../converge converges again on demand. A script that
+// changes something on every run fails the idempotence check naming the
+// taskserv, node and resource.
+func TestEnvIdempotenceAndVerify(t *testing.T) {
+	h := startEnvApp(t)
+	id := h.submit("/test/environments/create", map[string]any{
+		"config": map[string]any{"type": "server_simulation", "server_name": "web-01", "taskservs": []string{"containerd", "redis"},
+			"base_image": h.image},
+		"infra": "lab", "auto_start": true, "idempotence": true,
+	})
+	st := h.waitEnv(id, 2*time.Minute, statusIs(workflows.EnvReady, workflows.EnvError))
+	require.Equal(t, workflows.EnvReady, st.Status, st.Error)
+	require.NotNil(t, st.Idempotence)
+	assert.True(t, st.Idempotence.Passed, "%v", st.Idempotence.Failures)
+	for i, r := range st.Converge {
+		require.NotNil(t, r.Changed, "%+v", r)
+		assert.True(t, *r.Changed, "first converge of %s", r.Taskserv)
+		second := st.Idempotence.Results[i]
+		require.NotNil(t, second.Changed, "%+v", second)
+		assert.False(t, *second.Changed, "second converge of %s", second.Taskserv)
+		assert.Contains(t, second.Output, "nothing changed")
+	}
+
+	// Verify: the default checks ask the provisioning script in the node.
+	run, r := h.run(id, nil)
+	require.Equal(t, http.StatusOK, r.status, "%s", r.raw)
+	assert.True(t, run.Passed, "%+v", run.Results)
+	var checked []string
+	for _, res := range run.Results {
+		if strings.HasPrefix(res.Name, "taskserv:") {
+			checked = append(checked, res.Name)
+			assert.Contains(t, res.Stdout, "is installed", res.Name)
+		}
+	}
+	assert.Equal(t, []string{"taskserv:containerd", "taskserv:redis"}, checked)
+	// A taskserv the environment never installed fails its check.
+	run, r = h.run(id, map[string]any{"tests": []map[string]any{{"name": "etcd there", "taskserv": "etcd"}}})
+	require.Equal(t, http.StatusOK, r.status, "%s", r.raw)
+	assert.False(t, run.Passed)
+	require.Len(t, run.Results, 1)
+	assert.Contains(t, run.Results[0].Stderr, "is not installed")
+
+	// Converge again on demand: nothing changes.
+	r = h.postJSON("/test/environments/"+id+"/converge", map[string]any{"idempotence": false})
+	require.Equal(t, http.StatusOK, r.status, "%s", r.raw)
+	var rep testenv.ConvergeReport
+	require.NoError(t, json.Unmarshal(r.env.Data, &rep))
+	assert.True(t, rep.Passed, rep.Error)
+	require.Len(t, rep.Converge, 2)
+	for _, c := range rep.Converge {
+		require.NotNil(t, c.Changed)
+		assert.False(t, *c.Changed)
+	}
+	assert.Nil(t, rep.Idempotence)
+	h.deleteAndWait(id)
+}
+
+func TestEnvIdempotenceFailsForANonIdempotentScript(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "provisioning")
+	// Installs "work" by appending to a file: every converge changes it.
+	require.NoError(t, os.WriteFile(script, []byte(`def --wrapped main [...rest] {
+    let ts = $rest | get 2
+    mkdir /var/lib/provisioning/taskservs
+    $"installed\n" | save --append $"/var/lib/provisioning/taskservs/($ts).log"
+    {changed: true, resources: [$"/var/lib/provisioning/taskservs/($ts).log"]} | to json | save --force $env.PROVISIONING_RESULT_FILE
+}
+`), 0o644))
+	h := startEnvApp(t, func(c *app.Config) { c.ProvisioningPath = script })
+	id := h.submit("/test/environments/create", map[string]any{
+		"config": map[string]any{"type": "single_taskserv", "taskserv": "nginx", "base_image": h.image},
+		"auto_start": true,
+	})
+	st := h.waitEnv(id, 2*time.Minute, statusIs(workflows.EnvReady, workflows.EnvError))
+	require.Equal(t, workflows.EnvReady, st.Status, st.Error)
+	r := h.postJSON("/test/environments/"+id+"/converge", map[string]any{"idempotence": true})
+	require.Equal(t, http.StatusOK, r.status, "%s", r.raw)
+	var rep testenv.ConvergeReport
+	require.NoError(t, json.Unmarshal(r.env.Data, &rep))
+	assert.False(t, rep.Passed)
+	require.NotNil(t, rep.Idempotence)
+	node := st.Nodes[0].Node
+	assert.Contains(t, rep.Error, "idempotence failed: taskserv nginx on node "+node+": changed on the second converge: /var/lib/provisioning/taskservs/nginx.log")
+	st = h.env(id)
+	assert.Equal(t, workflows.EnvFailed, st.Status)
+	assert.Equal(t, rep.Error, st.Error)
+	h.deleteAndWait(id)
 }
