@@ -15,8 +15,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/provisioning/orchestrator/internal/app"
 	"github.com/provisioning/orchestrator/internal/testsupport"
 	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/testenv"
 )
 
 // nuResult is one run of the real `nu` on the shipped nulib modules.
@@ -166,6 +168,21 @@ type nuRun struct {
 	Failed    int    `json:"failed"`
 	EnvID     string `json:"env_id"`
 	EnvStatus string `json:"env_status"`
+	Steps     []struct {
+		Step   string `json:"step"`
+		Status string `json:"status"`
+		Detail string `json:"detail"`
+	} `json:"steps"`
+	Converge    []testenv.TaskservResult  `json:"converge"`
+	Idempotence *testenv.IdempotenceCheck `json:"idempotence"`
+}
+
+func (r nuRun) stepStatuses() []string {
+	var out []string
+	for _, s := range r.Steps {
+		out = append(out, s.Step+":"+s.Status)
+	}
+	return out
 }
 
 func TestNuTestEnvironmentWrappers(t *testing.T) {
@@ -177,6 +194,11 @@ func TestNuTestEnvironmentWrappers(t *testing.T) {
 	assert.True(t, run.Passed)
 	assert.Positive(t, run.Total)
 	assert.Equal(t, "cleaned", run.EnvStatus)
+	assert.Equal(t, []string{"create:passed", "converge:passed", "idempotence:passed", "verify:passed", "destroy:passed"}, run.stepStatuses())
+	require.Len(t, run.Converge, 1)
+	assert.Equal(t, "etcd", run.Converge[0].Taskserv)
+	require.NotNil(t, run.Idempotence)
+	assert.True(t, run.Idempotence.Passed)
 	require.NotEmpty(t, run.EnvID)
 	assert.Equal(t, "cleaned", h.env(run.EnvID).Status)
 	c, n := h.objects(run.EnvID)
@@ -225,10 +247,39 @@ func TestNuTestEnvironmentWrappers(t *testing.T) {
 	assert.NotEqual(t, 0, r.exitCode)
 	assert.Contains(t, errorText(r.stderr), `node: "nosuch" is not a node`)
 
+	var rep testenv.ConvergeReport
+	runNuJSON(t, h.base, "test env converge "+env.ID+" --idempotence | to json", &rep, mod)
+	assert.True(t, rep.Passed, rep.Error)
+	require.NotNil(t, rep.Idempotence)
+	assert.True(t, rep.Idempotence.Passed)
+
 	var st map[string]any
 	runNuJSON(t, h.base, "test env cleanup "+env.ID+" --wait | to json", &st, mod)
 	assert.Equal(t, "cleaned", st["status"])
 	c, n = h.objects(env.ID)
 	assert.Equal(t, 0, c)
 	assert.Equal(t, 0, n)
+}
+
+// `test quick` exits non-zero naming the failed step (here converge, with
+// the node and taskserv), and still destroys the environment.
+func TestNuTestQuickFailsNamingTheStep(t *testing.T) {
+	h := startEnvApp(t, func(c *app.Config) {
+		c.ScriptEnv = append(c.ScriptEnv, "PROVISIONING_DEMO_FAIL=kubelet:permanent")
+	})
+	const mod = "test_environments.nu"
+	r := runNu(t, h.base, "test quick kubelet --base-image '"+h.image+"'", mod)
+	require.NotEqual(t, 0, r.exitCode, "stdout: %s", r.stdout)
+	msg := errorText(r.stderr)
+	assert.Contains(t, msg, "test quick kubelet: failed at converge")
+	assert.Contains(t, msg, "taskserv kubelet on node")
+	assert.Contains(t, r.stderr, "test quick kubelet: destroy passed")
+
+	var run nuRun
+	runNuJSON(t, h.base, "test quick kubelet --no-fail --base-image '"+h.image+"' | to json", &run, mod)
+	assert.False(t, run.Passed)
+	assert.Equal(t, []string{"create:passed", "converge:failed", "destroy:passed"}, run.stepStatuses())
+	assert.Equal(t, "error", run.EnvStatus, "a failed creation ends in error, rolled back")
+	c, n := h.objects(run.EnvID)
+	assert.Zero(t, c+n, "nothing left")
 }

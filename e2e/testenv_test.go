@@ -634,7 +634,7 @@ func TestEnvIdempotenceFailsForANonIdempotentScript(t *testing.T) {
 `), 0o644))
 	h := startEnvApp(t, func(c *app.Config) { c.ProvisioningPath = script })
 	id := h.submit("/test/environments/create", map[string]any{
-		"config": map[string]any{"type": "single_taskserv", "taskserv": "nginx", "base_image": h.image},
+		"config":     map[string]any{"type": "single_taskserv", "taskserv": "nginx", "base_image": h.image},
 		"auto_start": true,
 	})
 	st := h.waitEnv(id, 2*time.Minute, statusIs(workflows.EnvReady, workflows.EnvError))

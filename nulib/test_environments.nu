@@ -1,7 +1,9 @@
 # test_environments.nu: disposable Docker test environments through the orchestrator.
 #
 #   use nulib/test_environments.nu *
-#   test quick <taskserv> [--base-image img] [--no-fail]     # create, wait ready, default checks, cleanup
+#   test quick <taskserv> [--base-image img] [--no-idempotence] [--no-fail]
+#                            # create → converge → idempotence → verify → destroy
+#   test env converge <id> [--idempotence]                    # converge again
 #   test env single <taskserv> [--auto-start] [--auto-cleanup] [--base-image img] [--wait]
 #   test env server <name> ...taskservs [--auto-start] [--auto-cleanup] [--base-image img] [--wait]
 #   test topology load kubernetes_3node | test env cluster kubernetes [--auto-start] [--base-image img]
@@ -59,47 +61,105 @@ def base-config [base_image: any] {
     if $base_image == null { {} } else { {base_image: $base_image} }
 }
 
-# Run the default checks on a fresh single-taskserv environment, then remove it.
-# Returns the test run (plus env_id and the final environment status); raises an
-# error when a test failed unless --no-fail (see the header for CI use).
+# The Molecule sequence for one taskserv on a fresh single-taskserv environment:
+# create → converge (the provisioning script installs the taskserv inside the node)
+# → idempotence (a second converge must change nothing; --no-idempotence skips it)
+# → verify (the default checks, `taskserv check` included) → destroy, which always
+# runs. Prints each step to stderr. Returns the test run plus env_id, env_status,
+# steps (one {step, status, detail} per step), converge and idempotence; raises an
+# error naming the failed step unless --no-fail (see the header for CI use).
 export def "test quick" [
     taskserv: string
     --base-image: string      # container image (default: the service's --test-base-image)
-    --infra: string           # recorded on the environment
-    --timeout: duration = 5min  # bound on becoming ready
-    --no-fail                 # return the run even when tests failed
+    --infra: string           # the provisioning script's --infra (default: the service's)
+    --settings: string        # the provisioning script's --settings (default: the service's)
+    --no-idempotence          # skip the second converge
+    --timeout: duration = 5min  # bound on create + converge
+    --no-fail                 # return the result even when a step failed
 ] {
     let config = ({type: single_taskserv, taskserv: $taskserv} | merge (base-config $base_image))
-    let id = (api-post /test/environments/create {
-        config: $config, infra: ($infra | default ""), auto_start: true, auto_cleanup: false
-    })
+    let body = ({config: $config, infra: ($infra | default ""), auto_start: true, auto_cleanup: false,
+        idempotence: (not $no_idempotence)} | merge (if $settings == null { {} } else { {settings: $settings} }))
+    let id = (api-post /test/environments/create $body)
     # Whatever happens from here, the environment is removed before returning.
     let outcome = try {
         let st = (wait-env $id [ready passed failed error cleaned] $timeout)
+        let steps = (sequence-steps $st $no_idempotence)
         if $st.status != "ready" {
-            {err: $"test env ($id) did not become ready: ($st.status) ($st.error? | default '')"}
+            {steps: $steps, st: $st, err: $"test env ($id) did not become ready: ($st.status) ($st.error? | default '')"}
         } else {
-            print --stderr $"test env ($id): running default checks"
-            {run: (api-post $"(env-path $id)/run")}
+            print --stderr $"test env ($id): verify \(default checks\)"
+            let run = (api-post $"(env-path $id)/run")
+            let verify = {step: verify, status: (if $run.passed { "passed" } else { "failed" }),
+                detail: $"($run.total - $run.failed) of ($run.total) checks passed"}
+            {steps: ($steps | append $verify), st: $st, run: $run}
         }
-    } catch {|e| {err: $e.msg} }
-    let final = try {
+    } catch {|e| {steps: [], err: $e.msg} }
+    # A creation that failed was rolled back already: then "error" with
+    # removed counts is a completed destroy too.
+    let end = try {
         api-delete (env-path $id) | ignore
-        (wait-env $id [cleaned error] 2min).status
-    } catch {|e| $"cleanup failed: ($e.msg)" }
-    if "err" in $outcome { fail $outcome.err }
-    let run = ($outcome.run | insert env_id $id | insert env_status $final)
-    if (not $run.passed) and (not $no_fail) {
-        let failed = ($run.results | where passed == false | each {|r| $"($r.name)@($r.node? | default '')" } | str join ", ")
-        fail $"test quick ($taskserv): ($run.failed) of ($run.total) tests failed: ($failed) \(env ($id), ($final)\)"
+        let fin = (wait-env $id [cleaned error] 2min)
+        {status: $fin.status, removed: ($fin.status == "cleaned" or ($fin.removed? | default null) != null)}
+    } catch {|e| {status: $"cleanup failed: ($e.msg)", removed: false} }
+    let final = $end.status
+    let steps = ($outcome.steps | append {step: destroy, status: (if $end.removed { "passed" } else { "failed" }), detail: $final})
+    for s in $steps { print --stderr $"test quick ($taskserv): ($s.step) ($s.status) ($s.detail)" }
+    let st = ($outcome.st? | default {})
+    let run = ($outcome.run? | default {passed: false, total: 0, failed: 0, results: []})
+    let result = ($run | insert env_id $id | insert env_status $final | insert steps $steps
+        | insert converge ($st.converge? | default []) | insert idempotence ($st.idempotence? | default null))
+    let failed = ($steps | where status == "failed")
+    if ("err" in $outcome or ($failed | is-not-empty)) and (not $no_fail) {
+        let which = if ($failed | is-empty) { "create" } else { $failed | get step | str join ", " }
+        let why = if "err" in $outcome { $outcome.err } else {
+            let bad = ($run.results | where passed == false | each {|r| $"($r.name)@($r.node? | default '')" } | str join ", ")
+            if $bad != "" { $"failed checks: ($bad)" } else { $failed | get detail | str join "; " }
+        }
+        fail $"test quick ($taskserv): failed at ($which): ($why) \(env ($id), ($final)\)"
     }
-    $run
+    $result
+}
+
+# The create, converge and idempotence steps as an environment's state shows them.
+def sequence-steps [st: record, no_idempotence: bool] {
+    let converge = ($st.converge? | default [])
+    let bad = ($converge | where status != "completed")
+    let created = ($st.status != "error" or ($converge | is-not-empty))
+    mut steps = [{step: create, status: (if $created { "passed" } else { "failed" }), detail: ($st.nodes | length | $"($in) node\(s\)")}]
+    if not $created { $steps = ($steps | update 0.detail ($st.error? | default "")); return $steps }
+    $steps = ($steps | append {step: converge, status: (if ($bad | is-empty) and ($converge | is-not-empty) { "passed" } else { "failed" }),
+        detail: (if ($bad | is-empty) { $"($converge | length) install\(s\)" } else { $bad | each {|r| $r.error? | default $r.status } | str join "; " })})
+    if not $no_idempotence and ($bad | is-empty) {
+        let idem = ($st.idempotence? | default null)
+        $steps = ($steps | append (if $idem == null {
+            {step: idempotence, status: failed, detail: ($st.error? | default "not run")}
+        } else if $idem.passed {
+            {step: idempotence, status: passed, detail: "nothing changed on the second converge"}
+        } else {
+            {step: idempotence, status: failed, detail: ($idem.failures | str join "; ")}
+        }))
+    }
+    $steps
+}
+
+# Converge an environment again (the provisioning script installs every node's
+# taskservs; --idempotence also checks a second converge changes nothing) and
+# return the report ({passed, converge, idempotence, error}).
+export def "test env converge" [
+    id: string
+    --idempotence             # check idempotence (default: the environment's option)
+    --no-idempotence          # do not, whatever the environment's option
+] {
+    let body = if $idempotence { {idempotence: true} } else if $no_idempotence { {idempotence: false} } else { {} }
+    api-post $"(env-path $id)/converge" $body
 }
 
 # A container with one taskserv (config.type single_taskserv).
 export def "test env single" [
     taskserv: string
     --auto-start              # start the container once created
+    --idempotence             # with --auto-start: converge twice and fail unless nothing changed
     --auto-cleanup            # remove everything right after the first run
     --base-image: string
     --infra: string
@@ -109,7 +169,7 @@ export def "test env single" [
 ] {
     let config = ({type: single_taskserv, taskserv: $taskserv} | merge (base-config $base_image))
     create-env {config: $config, infra: ($infra | default ""), auto_start: $auto_start,
-        auto_cleanup: $auto_cleanup, ttl: ($ttl | default "")} $wait $timeout
+        idempotence: $idempotence, auto_cleanup: $auto_cleanup, ttl: ($ttl | default "")} $wait $timeout
 }
 
 # A simulated server with several taskservs (config.type server_simulation).
@@ -117,6 +177,7 @@ export def "test env server" [
     name: string
     ...taskservs: string
     --auto-start
+    --idempotence             # with --auto-start: converge twice and fail unless nothing changed
     --auto-cleanup
     --base-image: string
     --infra: string
@@ -126,7 +187,7 @@ export def "test env server" [
 ] {
     let config = ({type: server_simulation, server_name: $name, taskservs: $taskservs} | merge (base-config $base_image))
     create-env {config: $config, infra: ($infra | default ""), auto_start: $auto_start,
-        auto_cleanup: $auto_cleanup, ttl: ($ttl | default "")} $wait $timeout
+        idempotence: $idempotence, auto_cleanup: $auto_cleanup, ttl: ($ttl | default "")} $wait $timeout
 }
 
 # A cluster (config.type cluster_topology) from a topology record piped in
@@ -135,6 +196,7 @@ export def "test env cluster" [
     type: string              # cluster type, e.g. kubernetes
     --template: string        # a template name instead of a piped topology
     --auto-start
+    --idempotence             # with --auto-start: converge twice and fail unless nothing changed
     --auto-cleanup
     --base-image: string
     --infra: string
@@ -153,7 +215,7 @@ export def "test env cluster" [
         fail "test env cluster: pipe a topology in (test topology load <name> | test env cluster ...) or give --template"
     }
     create-env {config: $config, infra: ($infra | default ""), auto_start: $auto_start,
-        auto_cleanup: $auto_cleanup, ttl: ($ttl | default "")} $wait $timeout
+        idempotence: $idempotence, auto_cleanup: $auto_cleanup, ttl: ($ttl | default "")} $wait $timeout
 }
 
 # All environments (a table).
