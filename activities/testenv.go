@@ -120,6 +120,7 @@ func (a *Activities) RunTests(ctx context.Context, in RunTestsInput) (testenv.Te
 	if err != nil {
 		return testenv.TestRun{}, err
 	}
+	run.BoundOutput(testenv.MaxRunOutputBytes)
 	a.logger().Info("test run finished", "env_id", in.EnvID, "total", run.Total, "failed", run.Failed)
 	return run, nil
 }

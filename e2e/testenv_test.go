@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -650,5 +651,42 @@ func TestEnvIdempotenceFailsForANonIdempotentScript(t *testing.T) {
 	st = h.env(id)
 	assert.Equal(t, workflows.EnvFailed, st.Status)
 	assert.Equal(t, rep.Error, st.Error)
+	h.deleteAndWait(id)
+}
+
+// A long-lived environment continues as new between runs
+// (--test-env-updates-per-run) and goes on serving: run numbers continue,
+// the API and cleanup find the current run, and each workflow run's
+// history stays short.
+func TestEnvContinuesAsNewAndKeepsServing(t *testing.T) {
+	h := startEnvApp(t, func(c *app.Config) { c.TestEnvUpdatesPerRun = 2 })
+	id := h.submit("/test/environments/create", map[string]any{
+		"config": map[string]any{"type": "single_taskserv", "taskserv": "etcd", "base_image": h.image},
+		"auto_start": true,
+	})
+	st := h.waitEnv(id, 2*time.Minute, statusIs(workflows.EnvReady, workflows.EnvError))
+	require.Equal(t, workflows.EnvReady, st.Status, st.Error)
+	ctx := t.Context()
+	first, err := h.app.Client().DescribeWorkflowExecution(ctx, id, "")
+	require.NoError(t, err)
+	firstRun := first.WorkflowExecutionInfo.Execution.RunId
+	for i := 1; i <= 5; i++ {
+		body := map[string]any{"tests": []map[string]any{{"name": "echo", "command": []string{"echo", fmt.Sprint("run ", i)}}}}
+		// An update sent while the workflow continues as new goes to the
+		// new run: every run must pass.
+		run, r := h.run(id, body)
+		require.Equal(t, http.StatusOK, r.status, "run %d: %s", i, r.raw)
+		assert.Equal(t, i, run.Number)
+		assert.True(t, run.Passed)
+		assert.Equal(t, fmt.Sprintf("run %d\n", i), run.Results[0].Stdout)
+	}
+	now, err := h.app.Client().DescribeWorkflowExecution(ctx, id, "")
+	require.NoError(t, err)
+	assert.NotEqual(t, firstRun, now.WorkflowExecutionInfo.Execution.RunId, "the workflow continued as new")
+	assert.Less(t, now.WorkflowExecutionInfo.HistoryLength, int64(60), "the current run's history is short")
+	st = h.env(id)
+	require.Len(t, st.Runs, 5)
+	assert.Empty(t, st.Runs[0].Results[0].Stdout, "older runs keep no output")
+	assert.Equal(t, "run 5\n", st.Runs[4].Results[0].Stdout)
 	h.deleteAndWait(id)
 }

@@ -42,6 +42,9 @@ type TestEnvOptions struct {
 	// MaxNodes bounds the nodes of one environment; a bigger request
 	// answers 400. 0 means no bound.
 	MaxNodes int
+	// UpdatesPerRun is workflows.TestEnvInput.UpdatesPerRun; 0 means its
+	// default.
+	UpdatesPerRun int
 }
 
 func (s *Server) routeTestEnv() {
@@ -88,7 +91,7 @@ func (s *Server) createEnv(c echo.Context) error {
 		}
 	}
 	now := time.Now().UTC().Truncate(time.Microsecond)
-	in := workflows.TestEnvInput{EnvID: id, Request: req, Plan: plan, TTL: ttl, CreatedAt: now}
+	in := workflows.TestEnvInput{EnvID: id, Request: req, Plan: plan, TTL: ttl, CreatedAt: now, UpdatesPerRun: s.envOpts.UpdatesPerRun}
 	state := testenv.EnvState{ID: id, Status: workflows.EnvCreating, Type: req.Config.Type, Infra: req.Infra,
 		Request: req, CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(ttl)}
 	task, err := testenv.EnvTask(state)

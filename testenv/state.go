@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/provisioning/orchestrator/internal/tailbuf"
 	"github.com/provisioning/orchestrator/storage"
 )
 
@@ -91,6 +92,65 @@ type TestRun struct {
 	Results    []TestResult `json:"results"`
 	StartedAt  time.Time    `json:"started_at"`
 	FinishedAt time.Time    `json:"finished_at"`
+	// OutputTrimmed: stdout/stderr were cut to their tails to keep the run
+	// within MaxRunOutputBytes, or dropped because a newer run replaced
+	// this one as the environment's latest.
+	OutputTrimmed bool `json:"output_trimmed,omitempty"`
+}
+
+// MaxRunOutputBytes bounds the stdout and stderr one test run keeps in
+// total (each stream is also bounded by the driver, 64 KiB): a run's
+// results travel through Temporal, whose payloads are limited to 2 MB.
+const MaxRunOutputBytes = 512 << 10
+
+// BoundOutput cuts the results' stdout and stderr to their tails, as
+// evenly as possible, so that they total at most limit bytes: short streams
+// stay whole and the longest are cut first.
+func (r *TestRun) BoundOutput(limit int) {
+	var lens []int
+	total, longest := 0, 0
+	for _, res := range r.Results {
+		for _, n := range []int{len(res.Stdout), len(res.Stderr)} {
+			lens = append(lens, n)
+			total += n
+			longest = max(longest, n)
+		}
+	}
+	if total <= limit {
+		return
+	}
+	// The largest per-stream cap whose total fits.
+	lo, hi := 0, longest
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		sum := 0
+		for _, n := range lens {
+			sum += min(n, mid)
+		}
+		if sum <= limit {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	for i := range r.Results {
+		r.Results[i].Stdout = tailbuf.String(r.Results[i].Stdout, lo)
+		r.Results[i].Stderr = tailbuf.String(r.Results[i].Stderr, lo)
+	}
+	r.OutputTrimmed = true
+}
+
+// WithoutOutput is the run without its results' stdout and stderr, as the
+// environment keeps runs older than its latest.
+func (r TestRun) WithoutOutput() TestRun {
+	r.Results = slices.Clone(r.Results)
+	for i := range r.Results {
+		if r.Results[i].Stdout != "" || r.Results[i].Stderr != "" {
+			r.Results[i].Stdout, r.Results[i].Stderr = "", ""
+			r.OutputTrimmed = true
+		}
+	}
+	return r
 }
 
 // EnvState is an environment as the API shows it; the workflow owns it and

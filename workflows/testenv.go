@@ -64,6 +64,26 @@ type TestEnvInput struct {
 	TTL time.Duration `json:"ttl"`
 	// CreatedAt is when the API accepted the request.
 	CreatedAt time.Time `json:"created_at"`
+	// Carry is set when the workflow continued as new: the environment
+	// exists already and goes on serving with this state.
+	Carry *EnvCarry `json:"carry,omitempty"`
+	// UpdatesPerRun is how many runs and converges one workflow run serves
+	// before it continues as new (keeping its history short); 0 means
+	// DefaultUpdatesPerRun. Temporal's own suggestion also triggers it.
+	UpdatesPerRun int `json:"updates_per_run,omitempty"`
+}
+
+// DefaultUpdatesPerRun is TestEnvInput.UpdatesPerRun's default: a run
+// costs about 15 history events, so a workflow run stays near 1,500
+// events, far below Temporal's limits, however long the environment lives.
+const DefaultUpdatesPerRun = 100
+
+// EnvCarry is what an environment workflow hands to its next run when it
+// continues as new.
+type EnvCarry struct {
+	State   testenv.EnvState `json:"state"`
+	Started bool             `json:"started"`
+	Cleanup bool             `json:"cleanup"`
 }
 
 // Environment states, in the order an environment normally passes them.
@@ -95,6 +115,8 @@ type envWorkflow struct {
 	// running is true from the start of a RunTestsUpdate handler until it
 	// returns (Status says passed/failed before the handler's last steps).
 	running bool
+	// updates counts the runs and converges this workflow run served.
+	updates int
 }
 
 // TestEnvironmentWorkflow creates a test environment, serves test runs
@@ -106,10 +128,17 @@ func TestEnvironmentWorkflow(ctx workflow.Context, in TestEnvInput) (testenv.Env
 	if err := w.setup(ctx); err != nil {
 		return w.s, err
 	}
-	if err := w.create(ctx); err != nil {
-		return w.s, err
+	if in.Carry == nil {
+		if err := w.create(ctx); err != nil {
+			return w.s, err
+		}
 	}
-	expired := w.serve(ctx)
+	expired, cont := w.serve(ctx)
+	if cont {
+		next := w.in
+		next.Carry = &EnvCarry{State: w.s.Clone(), Started: w.started, Cleanup: w.cleanup}
+		return w.s, workflow.NewContinueAsNewError(ctx, TestEnvironmentWorkflowName, next)
+	}
 	return w.teardown(ctx, expired)
 }
 
@@ -121,6 +150,12 @@ func newEnvWorkflow(ctx workflow.Context, in TestEnvInput) *envWorkflow {
 	created := in.CreatedAt
 	if created.IsZero() {
 		created = workflow.Now(ctx)
+	}
+	if in.Carry != nil {
+		w := &envWorkflow{in: in, s: in.Carry.State, started: in.Carry.Started, cleanup: in.Carry.Cleanup}
+		w.s.Request = in.Request
+		w.version = w.s.Version
+		return w
 	}
 	w := &envWorkflow{in: in, s: testenv.EnvState{
 		ID:          in.EnvID,
@@ -264,12 +299,18 @@ func (w *envWorkflow) createFailed(ctx workflow.Context, err error) error {
 }
 
 // serve waits until something ends the environment and reports whether
-// that was the TTL. A run in flight finishes first (its result is part of
-// the state) unless the workflow itself is being cancelled.
-func (w *envWorkflow) serve(ctx workflow.Context) (expired bool) {
+// that was the TTL, or whether the workflow should continue as new instead
+// (after UpdatesPerRun runs and converges, or when Temporal suggests it,
+// and only between updates). A run in flight finishes first (its result is
+// part of the state) unless the workflow itself is being cancelled.
+func (w *envWorkflow) serve(ctx workflow.Context) (expired, cont bool) {
+	limit := cmp.Or(w.in.UpdatesPerRun, DefaultUpdatesPerRun)
+	shouldContinue := func() bool {
+		return !w.running && (w.updates >= limit || workflow.GetInfo(ctx).GetContinueAsNewSuggested())
+	}
 	remaining := w.s.ExpiresAt.Sub(workflow.Now(ctx))
 	if remaining > 0 && ctx.Err() == nil {
-		ok, err := workflow.AwaitWithTimeout(ctx, remaining, func() bool { return w.cleanup })
+		ok, err := workflow.AwaitWithTimeout(ctx, remaining, func() bool { return w.cleanup || shouldContinue() })
 		expired = err == nil && !ok
 	} else {
 		expired = true
@@ -277,7 +318,8 @@ func (w *envWorkflow) serve(ctx workflow.Context) (expired bool) {
 	if ctx.Err() == nil {
 		_ = workflow.Await(ctx, func() bool { return !w.running && workflow.AllHandlersFinished(ctx) })
 	}
-	return expired
+	cont = !expired && !w.cleanup && ctx.Err() == nil && shouldContinue()
+	return expired, cont
 }
 
 // teardown removes every Docker object of the environment and records why
@@ -318,6 +360,7 @@ func (w *envWorkflow) teardown(ctx workflow.Context, expired bool) (testenv.EnvS
 // runTests is the RunTestsUpdate handler.
 func (w *envWorkflow) runTests(ctx workflow.Context, req testenv.RunRequest) (testenv.TestRun, error) {
 	plan := w.in.Plan
+	w.updates++
 	w.running = true
 	defer func() { w.running = false }()
 	w.s.Status = EnvRunning
@@ -358,6 +401,11 @@ func (w *envWorkflow) runTests(ctx workflow.Context, req testenv.RunRequest) (te
 	}
 	run.StartedAt = started
 	run.FinishedAt = workflow.Now(ctx)
+	// Only the latest run keeps its output: the state travels through
+	// every projection and a continue-as-new.
+	for i := range w.s.Runs {
+		w.s.Runs[i] = w.s.Runs[i].WithoutOutput()
+	}
 	w.s.Runs = append(w.s.Runs, run)
 	if len(w.s.Runs) > maxKeptRuns {
 		w.s.Runs = w.s.Runs[len(w.s.Runs)-maxKeptRuns:]
@@ -435,6 +483,7 @@ func (w *envWorkflow) convergeAndCheck(ctx workflow.Context, idempotence bool) e
 // asked, by the request or else by the environment's option) and leaves
 // the environment ready, or failed with the error naming what failed.
 func (w *envWorkflow) convergeUpdate(ctx workflow.Context, req testenv.ConvergeRequest) (testenv.ConvergeReport, error) {
+	w.updates++
 	w.running = true
 	defer func() { w.running = false }()
 	idempotence := w.in.Request.Idempotence

@@ -16,8 +16,10 @@ import (
 	"github.com/stretchr/testify/require"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/workflow"
 
 	"github.com/provisioning/orchestrator/activities"
 	"github.com/provisioning/orchestrator/storage"
@@ -1093,4 +1095,48 @@ func TestTestEnv_ConvergeUpdate(t *testing.T) {
 		}
 	}
 	assert.Equal(t, []string{"etcd-1/etcd", "etcd-2/etcd", "etcd-2/containerd"}, checks)
+}
+
+// An environment that serves many runs continues as new after
+// UpdatesPerRun of them, between runs, carrying its state: the next run
+// creates nothing, run numbers and projection versions go on, older runs
+// keep no output, and cleanup still removes everything.
+func TestTestEnv_ContinuesAsNewAfterManyRuns(t *testing.T) {
+	in := envInput(t, envRequest(), 0)
+	in.UpdatesPerRun = 2
+	h := newEnvHarness(t, in)
+	h.sendRun(5*time.Minute, "r1", unameRun)
+	h.sendRun(10*time.Minute, "r2", unameRun)
+	h.start()
+	require.True(t, h.env.IsWorkflowCompleted())
+	err := h.env.GetWorkflowError()
+	var can *workflow.ContinueAsNewError
+	require.ErrorAs(t, err, &can)
+	assert.Equal(t, workflows.TestEnvironmentWorkflowName, can.WorkflowType.Name)
+	var next workflows.TestEnvInput
+	require.NoError(t, converter.GetDefaultDataConverter().FromPayloads(can.Input, &next))
+	require.NotNil(t, next.Carry)
+	assert.True(t, next.Carry.Started)
+	carried := next.Carry.State
+	assert.Equal(t, workflows.EnvPassed, carried.Status)
+	require.Len(t, carried.Runs, 2)
+	assert.True(t, carried.Runs[0].OutputTrimmed, "older runs keep no output")
+	assert.Empty(t, carried.Runs[0].Results[0].Stdout)
+	assert.NotEmpty(t, carried.Runs[1].Results[0].Stdout, "the latest run keeps its output")
+	_, lastBefore := h.lastEnvProjection()
+
+	h2 := newEnvHarness(t, next)
+	third := h2.sendRun(time.Minute, "r3", unameRun)
+	h2.sendCleanup(5 * time.Minute)
+	h2.start()
+	final := h2.envResult()
+	assert.Empty(t, h2.dockerCalls("CreateEnvironment", "StartEnvironment", "ConvergeTaskserv"), "the environment exists already")
+	require.True(t, third.snapshot().completed)
+	assert.Equal(t, 3, third.snapshot().run.Number)
+	assert.Equal(t, workflows.EnvCleaned, final.Status)
+	assert.Len(t, h2.dockerCalls("RemoveEnvironment"), 1)
+	ps, _ := h2.envProjections()
+	require.NotEmpty(t, ps)
+	assert.Greater(t, ps[0].Version, lastBefore.Version, "versions go on across runs")
+	requireSameTime(t, carried.ExpiresAt, final.ExpiresAt, "the TTL is the environment's, not the run's")
 }

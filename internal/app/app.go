@@ -337,6 +337,7 @@ func (a *App) startHTTP() error {
 			Instance:        a.cfg.Instance,
 			MaxEnvironments: a.cfg.MaxEnvironments,
 			MaxNodes:        a.cfg.MaxNodes,
+			UpdatesPerRun:   a.cfg.TestEnvUpdatesPerRun,
 		},
 	})
 	if err := a.listen("port", a.cfg.Port, srv); err != nil {

@@ -82,6 +82,10 @@ type Config struct {
 	// MaxNodes bounds the nodes of one test environment (400 past it);
 	// default 16, 0 = no bound.
 	MaxNodes int
+	// TestEnvUpdatesPerRun is how many test runs and converges one
+	// environment workflow run serves before it continues as new; default
+	// workflows.DefaultUpdatesPerRun.
+	TestEnvUpdatesPerRun int
 	// TestTopologies are extra template files (TOML) added to the built-in
 	// ones.
 	TestTopologies []string
@@ -181,6 +185,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.DurationVar(&cfg.TestEnvTTL, "test-env-ttl", 2*time.Hour, "lifetime of test environments that ask for no ttl")
 	fs.IntVar(&cfg.MaxEnvironments, "max-environments", DefaultMaxEnvironments, "test environments alive at once (0: no bound)")
 	fs.IntVar(&cfg.MaxNodes, "max-nodes", DefaultMaxNodes, "nodes of one test environment (0: no bound)")
+	fs.IntVar(&cfg.TestEnvUpdatesPerRun, "test-env-updates-per-run", workflows.DefaultUpdatesPerRun, "test runs and converges per environment workflow run before it continues as new (bounds its history)")
 	topologies := fs.String("test-topologies", "", "extra topology template file(s) (TOML), comma-separated")
 	fs.StringVar(&cfg.Instance, "instance", "default", "deployment name labelled on Docker objects; the janitor sweeps only its own")
 	fs.IntVar(&cfg.MetricsPort, "metrics-port", 0, "worker mode: serve /metrics and /health on this port (0 = off)")
@@ -375,6 +380,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxEnvironments < 0 {
 		bad("max-environments", "%d must be 0 (no bound) or more", c.MaxEnvironments)
+	}
+	if c.TestEnvUpdatesPerRun < 1 {
+		bad("test-env-updates-per-run", "%d must be 1 or more", c.TestEnvUpdatesPerRun)
 	}
 	if c.MaxNodes < 0 {
 		bad("max-nodes", "%d must be 0 (no bound) or more", c.MaxNodes)
