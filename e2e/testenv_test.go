@@ -661,7 +661,7 @@ func TestEnvIdempotenceFailsForANonIdempotentScript(t *testing.T) {
 func TestEnvContinuesAsNewAndKeepsServing(t *testing.T) {
 	h := startEnvApp(t, func(c *app.Config) { c.TestEnvUpdatesPerRun = 2 })
 	id := h.submit("/test/environments/create", map[string]any{
-		"config": map[string]any{"type": "single_taskserv", "taskserv": "etcd", "base_image": h.image},
+		"config":     map[string]any{"type": "single_taskserv", "taskserv": "etcd", "base_image": h.image},
 		"auto_start": true,
 	})
 	st := h.waitEnv(id, 2*time.Minute, statusIs(workflows.EnvReady, workflows.EnvError))
