@@ -96,6 +96,8 @@ func BuildPlan(envID string, req CreateRequest, templates *Templates, defaultIma
 			Image:         image,
 			NanoCPUs:      res.CPUMillicores * 1_000_000,
 			MemoryBytes:   res.MemoryMB << 20,
+			DiskBytes:     res.DiskMB << 20,
+			TmpBytes:      res.TmpMB << 20,
 			Command:       slices.Clone(KeepAliveCommand),
 			Labels:        NodeLabels(envID, n.Name, role),
 			Volumes:       vols,
@@ -123,6 +125,12 @@ func mergeResources(node, config *Resources) Resources {
 		}
 		if node.MemoryMB != 0 {
 			r.MemoryMB = node.MemoryMB
+		}
+		if node.DiskMB != 0 {
+			r.DiskMB = node.DiskMB
+		}
+		if node.TmpMB != 0 {
+			r.TmpMB = node.TmpMB
 		}
 	}
 	return r

@@ -219,3 +219,21 @@ func TestBuildPlanIsDeterministic(t *testing.T) {
 		t.Fatal(got)
 	}
 }
+
+func TestBuildPlanDiskAndTmpLimits(t *testing.T) {
+	req := CreateRequest{Config: EnvConfig{Type: TypeClusterTopology, Resources: &Resources{DiskMB: 512, TmpMB: 32},
+		Topology: &Topology{Nodes: []Node{
+			{Name: "a", Resources: &Resources{TmpMB: 8}},
+			{Name: "b"},
+		}}}}
+	if err := req.Validate(nil); err != nil {
+		t.Fatal(err)
+	}
+	p, err := BuildPlan(envID, req, nil, "busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Nodes[0].DiskBytes != 512<<20 || p.Nodes[0].TmpBytes != 8<<20 || p.Nodes[1].TmpBytes != 32<<20 {
+		t.Errorf("limits: %+v", p.Nodes)
+	}
+}

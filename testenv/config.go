@@ -51,6 +51,11 @@ const (
 	// resources.memory_mb when set (0 = not set = no limit).
 	MinMemoryMB = 6
 	MaxMemoryMB = 262144
+	// MinDiskMB..MaxDiskMB bound resources.disk_mb (1 TiB), and
+	// 1..MaxTmpMB resources.tmp_mb (64 GiB).
+	MinDiskMB = 16
+	MaxDiskMB = 1 << 20
+	MaxTmpMB  = 65536
 	// MinTTL and MaxTTL bound CreateRequest.TTL when set.
 	MinTTL = time.Minute
 	MaxTTL = 7 * 24 * time.Hour
@@ -120,6 +125,16 @@ type Resources struct {
 	CPUMillicores int64 `json:"cpu_millicores" toml:"cpu_millicores"`
 	// MemoryMB in MiB; becomes the memory limit in bytes (x 2^20).
 	MemoryMB int64 `json:"memory_mb" toml:"memory_mb"`
+	// DiskMB limits the container's writable root filesystem (the
+	// engine's storage-opt size). Only storage drivers with quotas support
+	// it (overlay2 or vfs on xfs with pquota, btrfs, zfs); other engines
+	// refuse it and the environment fails with a message saying so. 0 =
+	// no limit.
+	DiskMB int64 `json:"disk_mb,omitempty" toml:"disk_mb"`
+	// TmpMB makes /tmp a tmpfs of this size (MiB), on every engine: a
+	// size-limited writable scratch space (its pages count against the
+	// memory limit). 0 = /tmp is part of the root filesystem.
+	TmpMB int64 `json:"tmp_mb,omitempty" toml:"tmp_mb"`
 }
 
 // Topology is an explicit cluster: nodes and their network.
@@ -358,7 +373,8 @@ func ValidateImage(field, v string) error {
 }
 
 // ValidateResources checks limits that are set (non-zero): cpu_millicores
-// MinCPUMillicores..MaxCPUMillicores, memory_mb MinMemoryMB..MaxMemoryMB.
+// MinCPUMillicores..MaxCPUMillicores, memory_mb MinMemoryMB..MaxMemoryMB,
+// disk_mb MinDiskMB..MaxDiskMB, tmp_mb 1..MaxTmpMB.
 // Negative values are always rejected. r may be nil.
 func ValidateResources(field string, r *Resources) error {
 	if r == nil {
@@ -369,6 +385,12 @@ func ValidateResources(field string, r *Resources) error {
 	}
 	if r.MemoryMB != 0 && (r.MemoryMB < MinMemoryMB || r.MemoryMB > MaxMemoryMB) {
 		return &FieldError{join(field, "memory_mb"), fmt.Sprintf("%d is out of range: give %d..%d (MiB), or omit it for no limit", r.MemoryMB, MinMemoryMB, MaxMemoryMB)}
+	}
+	if r.DiskMB != 0 && (r.DiskMB < MinDiskMB || r.DiskMB > MaxDiskMB) {
+		return &FieldError{join(field, "disk_mb"), fmt.Sprintf("%d is out of range: give %d..%d (MiB), or omit it for no limit", r.DiskMB, MinDiskMB, MaxDiskMB)}
+	}
+	if r.TmpMB < 0 || r.TmpMB > MaxTmpMB {
+		return &FieldError{join(field, "tmp_mb"), fmt.Sprintf("%d is out of range: give 1..%d (MiB), or omit it for no tmpfs", r.TmpMB, MaxTmpMB)}
 	}
 	return nil
 }

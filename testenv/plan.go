@@ -112,6 +112,11 @@ type NodePlan struct {
 	NanoCPUs int64 `json:"nano_cpus"`
 	// MemoryBytes is memory_mb * 1 MiB; 0 = unlimited.
 	MemoryBytes int64 `json:"memory_bytes"`
+	// DiskBytes is disk_mb * 1 MiB (the root filesystem's size); 0 =
+	// unlimited.
+	DiskBytes int64 `json:"disk_bytes,omitempty"`
+	// TmpBytes is tmp_mb * 1 MiB, the size of a tmpfs on /tmp; 0 = none.
+	TmpBytes int64 `json:"tmp_bytes,omitempty"`
 	// Command keeps the container alive for exec'd tests: KeepAliveCommand.
 	Command []string `json:"command"`
 	// Volumes are the node's named volumes: config.volumes then the node's.

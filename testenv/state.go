@@ -45,10 +45,16 @@ type NodeStatus struct {
 	NanoCPUs    int64 `json:"nano_cpus"`
 	MemoryBytes int64 `json:"memory_bytes"`
 	// PidsLimit is the container's process limit (0 = unknown/unlimited).
-	PidsLimit  int64     `json:"pids_limit,omitempty"`
-	CreatedAt  time.Time `json:"created_at,omitzero"`
-	StartedAt  time.Time `json:"started_at,omitzero"`
-	FinishedAt time.Time `json:"finished_at,omitzero"`
+	PidsLimit int64 `json:"pids_limit,omitempty"`
+	// DiskLimit is the root filesystem's size limit as the engine reports
+	// it (e.g. "512M"); empty = none.
+	DiskLimit string `json:"disk_limit,omitempty"`
+	// Tmpfs lists the node's tmpfs mounts with their options, e.g.
+	// {"/tmp": "size=64m,mode=1777"}.
+	Tmpfs      map[string]string `json:"tmpfs,omitempty"`
+	CreatedAt  time.Time         `json:"created_at,omitzero"`
+	StartedAt  time.Time         `json:"started_at,omitzero"`
+	FinishedAt time.Time         `json:"finished_at,omitzero"`
 }
 
 // RemovedCounts counts an environment's Docker objects (removed ones, or

@@ -316,6 +316,7 @@ func TestDockerLimitsVisibleInInspect(t *testing.T) {
 	ctx := dockerCtx(t)
 	e.plan.Nodes[0].NanoCPUs = 500 * 1_000_000 // 500 millicores
 	e.plan.Nodes[0].MemoryBytes = 64 << 20     // 64 MiB
+	e.plan.Nodes[0].TmpBytes = 4 << 20         // a 4 MiB tmpfs on /tmp
 	nodes := e.up(t, ctx)
 
 	ins, err := e.rt.Client.ContainerInspect(ctx, nodes[0].ContainerID)
@@ -341,14 +342,52 @@ func TestDockerLimitsVisibleInInspect(t *testing.T) {
 	assert.Equal(t, int64(500000000), nodes[0].NanoCPUs)
 	assert.Equal(t, int64(64<<20), nodes[0].MemoryBytes)
 	assert.Equal(t, int64(DefaultPidsLimit), nodes[0].PidsLimit)
+	assert.Equal(t, map[string]string{"/tmp": "size=4m,mode=1777"}, ins.HostConfig.Tmpfs)
+	assert.Equal(t, map[string]string{"/tmp": "size=4m,mode=1777"}, nodes[0].Tmpfs)
+
+	// /tmp holds 4 MiB and no more.
+	res, err := e.rt.Exec(ctx, nodes[0].ContainerID, []string{"sh", "-c",
+		"dd if=/dev/zero of=/tmp/fill bs=1M count=3 2>&1 && echo FIT3; dd if=/dev/zero of=/tmp/more bs=1M count=8 2>&1 && echo FIT11"}, 60*time.Second)
+	require.NoError(t, err)
+	assert.Contains(t, res.Stdout, "FIT3")
+	assert.NotContains(t, res.Stdout, "FIT11", "writing past the tmpfs size must fail")
+	assert.Contains(t, res.Stdout, "No space left on device")
 
 	// The limit holds: a node cannot start more processes than it allows.
-	res, err := e.rt.Exec(ctx, nodes[0].ContainerID, []string{"sh", "-c",
+	res, err = e.rt.Exec(ctx, nodes[0].ContainerID, []string{"sh", "-c",
 		"i=0; while [ $i -lt 1100 ]; do sleep 300 & i=$((i+1)); done; echo ALLFORKED"}, 60*time.Second)
 	require.NoError(t, err)
 	assert.False(t, res.TimedOut)
 	assert.NotContains(t, res.Stdout, "ALLFORKED", "forking past the limit must fail")
 	assert.NotEqual(t, 0, res.ExitCode, "stderr: %s", res.Stderr)
+}
+
+// disk_mb is the engine's storage-opt size: enforced where the storage
+// driver has quotas (the node reports the limit), refused with a message
+// naming the field and the alternative where it has none (vfs on ext4,
+// as on the CI machines).
+func TestDockerDiskLimit(t *testing.T) {
+	t.Parallel()
+	e := newDockerEnv(t, "disk")
+	ctx := dockerCtx(t)
+	e.plan.Nodes[0].DiskBytes = 64 << 20
+	e.createNetwork(t, ctx)
+	id, err := e.rt.CreateNode(ctx, e.plan, e.plan.Nodes[0])
+	if err != nil {
+		var spec *driver.SpecError
+		require.ErrorAs(t, err, &spec)
+		assert.Contains(t, err.Error(), "node disk: resources.disk_mb cannot be enforced by this engine")
+		assert.Contains(t, err.Error(), "tmp_mb")
+		info, ierr := e.rt.Client.Info(ctx)
+		require.NoError(t, ierr)
+		t.Logf("storage driver %s has no quotas here: %v", info.Driver, err)
+		return
+	}
+	require.NoError(t, e.rt.StartNode(ctx, id))
+	nodes, err := e.rt.InspectNodes(ctx, e.plan.EnvID)
+	require.NoError(t, err)
+	require.Len(t, nodes, 1)
+	assert.Equal(t, "64M", nodes[0].DiskLimit)
 }
 
 func TestDockerExec(t *testing.T) {

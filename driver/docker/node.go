@@ -15,6 +15,7 @@ import (
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/volume"
 
+	"github.com/provisioning/orchestrator/driver"
 	"github.com/provisioning/orchestrator/testenv"
 )
 
@@ -75,6 +76,12 @@ func (r *Runtime) CreateNode(ctx context.Context, p testenv.Plan, n testenv.Node
 			"max-size": DefaultLogMaxSize, "max-file": DefaultLogMaxFiles,
 		}},
 	}
+	if n.DiskBytes > 0 {
+		hostCfg.StorageOpt = map[string]string{"size": fmt.Sprintf("%dM", n.DiskBytes>>20)}
+	}
+	if n.TmpBytes > 0 {
+		hostCfg.Tmpfs = map[string]string{"/tmp": fmt.Sprintf("size=%dm,mode=1777", n.TmpBytes>>20)}
+	}
 	netCfg := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{
 		netName: {Aliases: []string{n.Name}},
 	}}
@@ -84,6 +91,9 @@ func (r *Runtime) CreateNode(ctx context.Context, p testenv.Plan, n testenv.Node
 			if id, found, err2 := r.existingContainer(ctx, p.EnvID, name); err2 != nil || found {
 				return id, err2
 			}
+		}
+		if n.DiskBytes > 0 && isNoQuota(err) {
+			return "", &driver.SpecError{Msg: fmt.Sprintf("node %s: resources.disk_mb cannot be enforced by this engine (%v): its storage driver needs quota support (overlay2 or vfs on xfs mounted with pquota, btrfs, zfs); omit disk_mb, or use tmp_mb for a size-limited /tmp", n.Name, err), Err: err}
 		}
 		return "", fmt.Errorf("create container %s for node %s (image %s, network %s): %w", name, n.Name, n.Image, netName, err)
 	}
@@ -174,6 +184,10 @@ func (r *Runtime) InspectNodes(ctx context.Context, envID string) ([]testenv.Nod
 			if c.HostConfig.PidsLimit != nil {
 				st.PidsLimit = *c.HostConfig.PidsLimit
 			}
+			st.DiskLimit = c.HostConfig.StorageOpt["size"]
+			if len(c.HostConfig.Tmpfs) > 0 {
+				st.Tmpfs = c.HostConfig.Tmpfs
+			}
 		}
 		if c.NetworkSettings != nil {
 			for _, ep := range c.NetworkSettings.Networks {
@@ -223,4 +237,11 @@ func (r *Runtime) nodeVolumes(ctx context.Context, envID string, n testenv.NodeP
 		mounts = append(mounts, mount.Mount{Type: mount.TypeVolume, Source: v.VolumeName, Target: v.Path})
 	}
 	return mounts, nil
+}
+
+// isNoQuota reports whether the engine refused a storage-opt size because
+// its storage driver or backing filesystem has no quotas.
+func isNoQuota(err error) bool {
+	msg := strings.ToLower(err.Error())
+	return strings.Contains(msg, "quota") || strings.Contains(msg, "storage-opt") || strings.Contains(msg, "storage opt")
 }
