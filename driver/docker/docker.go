@@ -65,6 +65,11 @@ type Runtime struct {
 
 	// subnetMu serialises choosing and creating environment networks.
 	subnetMu sync.Mutex
+	// toolchains remembers the containers this process installed the
+	// toolchain in (container id → true), so later installs in the same
+	// node skip the engine's archive stats, which cost a filesystem mount
+	// each on some storage drivers (vfs).
+	toolchains sync.Map
 }
 
 // New connects to the engine named by the environment

@@ -13,7 +13,9 @@ import (
 	"strings"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
+	"github.com/google/uuid"
 	"github.com/provisioning/orchestrator/driver"
 	"github.com/provisioning/orchestrator/testenv"
 )
@@ -66,6 +68,13 @@ func writeToolchainTar(w io.Writer, nuPath string, nuInfo fs.FileInfo, scriptDir
 	tw := tar.NewWriter(w)
 	root := ToolchainDir[1:] // tar paths are relative to the extraction point "/"
 	for _, d := range []string{path.Dir(root), root, root + "/bin", root + "/nulib"} {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755}); err != nil {
+			return err
+		}
+	}
+	// Where installs write their change reports (NodeResultDir).
+	results := strings.TrimPrefix(NodeResultDir, "/")
+	for _, d := range []string{"var", "var/lib", "var/lib/provisioning", results} {
 		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755}); err != nil {
 			return err
 		}
@@ -132,21 +141,18 @@ const NodeResultDir = "/var/lib/provisioning/results"
 const maxReportBytes = 64 << 10
 
 // Converge installs spec's taskserv inside the node: it copies the toolchain
-// in (unless the node has it already), empties the taskserv's result file,
-// runs `nu <script> taskserv create ...` there with env plus the node's
-// PROVISIONING_STATE_DIR, PROVISIONING_TASKSERV_DIR and
-// PROVISIONING_RESULT_FILE (whatever env says), and reads back the change
-// report the script wrote, if any. The Runtime's Toolchain must be set:
+// in (unless the node has it already), runs `nu <script> taskserv create
+// ...` there with env plus the node's PROVISIONING_STATE_DIR,
+// PROVISIONING_TASKSERV_DIR and PROVISIONING_RESULT_FILE (whatever env
+// says; a path no earlier install used, so an old report is never read as
+// this one's), and reads back the change report the script wrote, if any. The Runtime's Toolchain must be set:
 // without it the install is a *driver.SpecError.
 func (r *Runtime) Converge(ctx context.Context, containerID string, spec testenv.ConvergeSpec, env []string) (driver.ConvergeResult, error) {
 	hb := driver.NewHeartbeater(ctx)
-	resultFile := path.Join(NodeResultDir, spec.Taskserv+".json")
+	resultFile := path.Join(NodeResultDir, spec.Taskserv+"-"+uuid.NewString()+".json")
 	hb.Now("toolchain " + spec.Node)
 	nu, script, err := r.ensureToolchain(ctx, containerID)
 	if err != nil {
-		return driver.ConvergeResult{}, err
-	}
-	if err := r.resetResultFile(ctx, containerID, resultFile); err != nil {
 		return driver.ConvergeResult{}, err
 	}
 	hb.Now("converge " + spec.Node + " " + spec.Taskserv)
@@ -198,35 +204,14 @@ func (r *Runtime) checkTaskserv(ctx context.Context, containerID string, t teste
 	return r.provisioningExec(ctx, containerID, argv, opts.Env, "", timeout)
 }
 
-// resetResultFile leaves an empty result file (and its directory) in the
-// node, so that a report from an earlier install is never read as this
-// one's. It goes through the Engine API: the image needs no shell.
-func (r *Runtime) resetResultFile(ctx context.Context, containerID, file string) error {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	dir := strings.TrimPrefix(path.Dir(file), "/")
-	parts := strings.Split(dir, "/")
-	for i := range parts {
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: strings.Join(parts[:i+1], "/") + "/", Mode: 0o755}); err != nil {
-			return err
-		}
-	}
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: strings.TrimPrefix(file, "/"), Mode: 0o666}); err != nil {
-		return err
-	}
-	if err := tw.Close(); err != nil {
-		return err
-	}
-	if err := r.Client.CopyToContainer(ctx, containerID, "/", &buf, container.CopyToContainerOptions{}); err != nil {
-		return fmt.Errorf("prepare the result file in container %s: %w", shortID(containerID), err)
-	}
-	return nil
-}
-
 // readReport reads and parses the result file: nil and "" when the script
-// left it empty; nil and a reason when it is unreadable or not a report.
+// wrote none or left it empty; nil and a reason when it is unreadable or
+// not a report.
 func (r *Runtime) readReport(ctx context.Context, containerID, file string) (*testenv.ChangeReport, string) {
 	rc, _, err := r.Client.CopyFromContainer(ctx, containerID, file)
+	if cerrdefs.IsNotFound(err) {
+		return nil, ""
+	}
 	if err != nil {
 		return nil, fmt.Sprintf("could not read %s: %v", file, err)
 	}
@@ -263,6 +248,14 @@ func (r *Runtime) ensureToolchain(ctx context.Context, containerID string) (nu, 
 		return "", "", &driver.SpecError{Msg: "this worker has no nu and provisioning script to run in nodes (--nu-path, --provisioning-path)"}
 	}
 	nu, script = path.Join(ToolchainDir, "bin", "nu"), path.Join(ToolchainDir, "nulib", filepath.Base(r.Toolchain.ScriptPath))
+	if _, done := r.toolchains.Load(containerID); done {
+		return nu, script, nil
+	}
+	defer func() {
+		if err == nil {
+			r.toolchains.Store(containerID, true)
+		}
+	}()
 	local, err := os.Stat(r.Toolchain.NuPath)
 	if err != nil {
 		return "", "", fmt.Errorf("toolchain: nu executable: %w", err)

@@ -134,7 +134,8 @@ func TestDockerConvergeReportsChangesAndChecksTaskservs(t *testing.T) {
 	res, err := e.rt.Converge(ctx, id3, spec, nil)
 	require.NoError(t, err)
 	assert.Nil(t, res.Report)
-	assert.Contains(t, res.ReportError, "/var/lib/provisioning/results/redis.json: not a JSON report")
+	assert.Contains(t, res.ReportError, "/var/lib/provisioning/results/redis-")
+	assert.Contains(t, res.ReportError, ".json: not a JSON report")
 }
 
 func writeScript(t *testing.T, path, body string) {
