@@ -354,7 +354,7 @@ func ParseChangeReport(data []byte) (*ChangeReport, error) {
 		Resources []json.RawMessage `json:"resources"`
 	}
 	if err := json.Unmarshal(data, &raw); err != nil {
-		return nil, fmt.Errorf("not a JSON report ({\"changed\": bool, \"resources\": [...]}): %v", err)
+		return nil, fmt.Errorf("not a JSON report ({\"changed\": bool, \"resources\": [...]}): %w", err)
 	}
 	if raw.Changed == nil {
 		return nil, errors.New(`the report lacks the boolean "changed"`)
