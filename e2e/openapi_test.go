@@ -136,6 +136,8 @@ func TestOpenAPIMatchesEveryEndpoint(t *testing.T) {
 	c.expect(e, 200, "POST", "/test/environments/{id}/run", "/test/environments/"+envID+"/run", map[string]any{
 		"tests": []any{map[string]any{"name": "echo", "command": []string{"echo", "hi"}}}})
 	c.expect(e, 400, "POST", "/test/environments/{id}/run", "/test/environments/"+envID+"/run", map[string]any{"tests": "no"})
+	c.expect(e, 200, "POST", "/test/environments/{id}/converge", "/test/environments/"+envID+"/converge", map[string]any{"idempotence": true})
+	c.expect(e, 400, "POST", "/test/environments/{id}/converge", "/test/environments/"+envID+"/converge", map[string]any{"idempotence": "yes"})
 	c.expect(e, 200, "GET", "/test/environments/{id}", "/test/environments/"+envID, nil)
 	c.expect(e, 200, "GET", "/test/environments/{id}/logs", "/test/environments/"+envID+"/logs?tail=20&node=containerd", nil)
 	c.expect(e, 400, "GET", "/test/environments/{id}/logs", "/test/environments/"+envID+"/logs?tail=0", nil)
@@ -145,6 +147,7 @@ func TestOpenAPIMatchesEveryEndpoint(t *testing.T) {
 	c.expect(e, 200, "DELETE", "/test/environments/{id}", "/test/environments/"+envID, nil)
 	c.expect(e, 404, "DELETE", "/test/environments/{id}", "/test/environments/00000000-0000-4000-8000-000000000000", nil)
 	c.expect(e, 409, "POST", "/test/environments/{id}/run", "/test/environments/"+envID+"/run", nil)
+	c.expect(e, 409, "POST", "/test/environments/{id}/converge", "/test/environments/"+envID+"/converge", nil)
 	c.expect(e, 200, "GET", "/test/environments/{id}/logs", "/test/environments/"+envID+"/logs", nil)
 	c.expect(e, 200, "GET", "/test/environments", "/test/environments?limit=5", nil)
 
