@@ -2,7 +2,6 @@ package docker
 
 import (
 	"archive/tar"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -13,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/google/uuid"
 	"github.com/provisioning/orchestrator/driver"
@@ -82,6 +80,15 @@ func writeToolchainTar(w io.Writer, nuPath string, nuInfo fs.FileInfo, scriptDir
 	if err := addFile(tw, nuPath, root+"/bin/nu", nuInfo.Size(), 0o555); err != nil {
 		return err
 	}
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: root + "/lib/", Mode: 0o755}); err != nil {
+		return err
+	}
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: strings.TrimPrefix(convergeWrapperPath, "/"), Mode: 0o444, Size: int64(len(convergeWrapper))}); err != nil {
+		return err
+	}
+	if _, err := io.WriteString(tw, convergeWrapper); err != nil {
+		return err
+	}
 	err := filepath.WalkDir(scriptDir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -137,8 +144,41 @@ const DefaultConvergeTimeout = 30 * time.Minute
 // node's installs, one per taskserv.
 const NodeResultDir = "/var/lib/provisioning/results"
 
-// maxReportBytes bounds a result file the orchestrator reads back.
-const maxReportBytes = 64 << 10
+// maxReportBytes bounds a result file the orchestrator reads back (the
+// node's stderr tail, which carries it, is 64 KiB).
+const maxReportBytes = 32 << 10
+
+// reportMarker starts the change report on a converge's stderr.
+const reportMarker = "\x1eorchestrator:change-report\x1e"
+
+// convergeWrapperPath is the wrapper installs run through: it runs the
+// provisioning script and then prints the script's change report on stderr
+// after reportMarker, so one exec returns both (reading the file back
+// through the Engine's archive API would cost another filesystem mount per
+// install on some storage drivers).
+const convergeWrapperPath = ToolchainDir + "/lib/converge.nu"
+
+// convergeWrapper is convergeWrapperPath's content. It runs the script as
+// a child of the same nu binary with the arguments as given (no shell, no
+// string building), streams its output, and exits with its exit code.
+const convergeWrapper = `# Written by the provisioning orchestrator: runs <script> <args...> with this nu
+# and then prints the change report the script wrote to $env.PROVISIONING_RESULT_FILE
+# on stderr after a marker line. Exits with the script's exit code.
+def --wrapped main [script: string, ...args] {
+    let code = try { ^$nu.current-exe $script ...$args; 0 } catch {|e| $e.exit_code? | default 1 }
+    let file = ($env.PROVISIONING_RESULT_FILE? | default "")
+    if $file != "" and ($file | path exists) {
+        let size = (ls $file | get 0.size | into int)
+        print --stderr --no-newline "\n\u{1e}orchestrator:change-report\u{1e}\n"
+        if $size > ` + "32768" + ` {
+            print --stderr $"too-large ($size)"
+        } else {
+            print --stderr --no-newline (open --raw $file)
+        }
+    }
+    exit $code
+}
+`
 
 // Converge installs spec's taskserv inside the node: it copies the toolchain
 // in (unless the node has it already), runs `nu <script> taskserv create
@@ -157,15 +197,38 @@ func (r *Runtime) Converge(ctx context.Context, containerID string, spec testenv
 	}
 	hb.Now("converge " + spec.Node + " " + spec.Taskserv)
 	argv := append([]string{nu, script}, spec.Args()...)
-	res, err := r.provisioningExec(ctx, containerID, argv, env, resultFile, DefaultConvergeTimeout)
+	wrapped := append([]string{nu, "--no-config-file", convergeWrapperPath}, argv[1:]...)
+	res, err := r.provisioningExec(ctx, containerID, wrapped, env, resultFile, DefaultConvergeTimeout)
 	res.Name = "converge " + spec.Taskserv
 	res.Node = spec.Node
+	res.Command = argv // what the user's script was run with
 	out := driver.ConvergeResult{TestResult: res}
 	if err != nil {
 		return out, err
 	}
-	out.Report, out.ReportError = r.readReport(ctx, containerID, resultFile)
+	out.Stderr, out.Report, out.ReportError = splitReport(res.Stderr, resultFile)
 	return out, nil
+}
+
+// splitReport separates the wrapper's change report from the script's own
+// stderr and parses it: no report is nil and "".
+func splitReport(stderr, file string) (rest string, rep *testenv.ChangeReport, reportErr string) {
+	i := strings.LastIndex(stderr, reportMarker)
+	if i < 0 {
+		return stderr, nil, ""
+	}
+	rest, data := strings.TrimSuffix(stderr[:i], "\n"), strings.TrimPrefix(stderr[i+len(reportMarker):], "\n")
+	if size, ok := strings.CutPrefix(strings.TrimSpace(data), "too-large "); ok {
+		return rest, nil, fmt.Sprintf("%s is %s bytes, more than the %d a report may have", file, size, maxReportBytes)
+	}
+	if strings.TrimSpace(data) == "" {
+		return rest, nil, ""
+	}
+	rep, err := testenv.ParseChangeReport([]byte(data))
+	if err != nil {
+		return rest, nil, fmt.Sprintf("%s: %v", file, err)
+	}
+	return rest, rep, ""
 }
 
 // provisioningExec runs the provisioning script's argv in a node with the
@@ -204,43 +267,6 @@ func (r *Runtime) checkTaskserv(ctx context.Context, containerID string, t teste
 	return r.provisioningExec(ctx, containerID, argv, opts.Env, "", timeout)
 }
 
-// readReport reads and parses the result file: nil and "" when the script
-// wrote none or left it empty; nil and a reason when it is unreadable or
-// not a report.
-func (r *Runtime) readReport(ctx context.Context, containerID, file string) (*testenv.ChangeReport, string) {
-	rc, _, err := r.Client.CopyFromContainer(ctx, containerID, file)
-	if cerrdefs.IsNotFound(err) {
-		return nil, ""
-	}
-	if err != nil {
-		return nil, fmt.Sprintf("could not read %s: %v", file, err)
-	}
-	defer rc.Close()
-	tr := tar.NewReader(rc)
-	h, err := tr.Next()
-	if err != nil {
-		return nil, fmt.Sprintf("could not read %s: %v", file, err)
-	}
-	if h.Typeflag != tar.TypeReg {
-		return nil, fmt.Sprintf("%s is not a regular file", file)
-	}
-	if h.Size > maxReportBytes {
-		return nil, fmt.Sprintf("%s is %d bytes, more than the %d a report may have", file, h.Size, maxReportBytes)
-	}
-	data, err := io.ReadAll(io.LimitReader(tr, maxReportBytes))
-	if err != nil {
-		return nil, fmt.Sprintf("could not read %s: %v", file, err)
-	}
-	if len(bytes.TrimSpace(data)) == 0 {
-		return nil, ""
-	}
-	rep, err := testenv.ParseChangeReport(data)
-	if err != nil {
-		return nil, fmt.Sprintf("%s: %v", file, err)
-	}
-	return rep, ""
-}
-
 // ensureToolchain installs the toolchain unless the node already has a nu
 // of the same size (an earlier taskserv of the same node copied it).
 func (r *Runtime) ensureToolchain(ctx context.Context, containerID string) (nu, script string, err error) {
@@ -261,7 +287,9 @@ func (r *Runtime) ensureToolchain(ctx context.Context, containerID string) (nu, 
 		return "", "", fmt.Errorf("toolchain: nu executable: %w", err)
 	}
 	if st, err := r.Client.ContainerStatPath(ctx, containerID, nu); err == nil && st.Size == local.Size() {
-		if _, err := r.Client.ContainerStatPath(ctx, containerID, script); err == nil {
+		_, serr := r.Client.ContainerStatPath(ctx, containerID, script)
+		_, werr := r.Client.ContainerStatPath(ctx, containerID, convergeWrapperPath)
+		if serr == nil && werr == nil {
 			return nu, script, nil
 		}
 	}

@@ -2,6 +2,7 @@ package docker
 
 import (
 	"os"
+	"strings"
 	"path/filepath"
 	"testing"
 	"time"
@@ -88,6 +89,10 @@ func TestDockerConvergeReportsChangesAndChecksTaskservs(t *testing.T) {
 	assert.True(t, first.Report.Changed)
 	assert.Contains(t, first.Report.Resources, "/var/lib/provisioning/taskservs/redis/state.json")
 
+	assert.NotContains(t, first.Stderr, "change-report", "the report is not part of the script's stderr")
+	assert.Equal(t, []string{"/opt/provisioning/bin/nu", "/opt/provisioning/nulib/provisioning", "taskserv", "create", "redis",
+		"--infra", "lab", "--settings", "s.yaml", "node-1"}, first.Command, "the command shown is the script's, not the wrapper's")
+
 	second, err := e.rt.Converge(ctx, id, spec, env)
 	require.NoError(t, err)
 	require.NotNil(t, second.Report, "report error: %s", second.ReportError)
@@ -128,11 +133,16 @@ func TestDockerConvergeReportsChangesAndChecksTaskservs(t *testing.T) {
 	garbage := t.TempDir()
 	writeScript(t, filepath.Join(garbage, "provisioning"), `def --wrapped main [...rest] {
     "not json" | save --force $env.PROVISIONING_RESULT_FILE
+    print --stderr "provisioning: broke"
+    exit 4
 }`)
 	e.rt.Toolchain = Toolchain{NuPath: nuPath, ScriptPath: filepath.Join(garbage, "provisioning")}
 	id3 := e.containerID(t, nodes, "node-3")
 	res, err := e.rt.Converge(ctx, id3, spec, nil)
 	require.NoError(t, err)
+	assert.Equal(t, 4, res.ExitCode, "the script's exit code passes through the wrapper")
+	assert.False(t, res.Passed)
+	assert.Equal(t, "provisioning: broke", strings.TrimSpace(res.Stderr))
 	assert.Nil(t, res.Report)
 	assert.Contains(t, res.ReportError, "/var/lib/provisioning/results/redis-")
 	assert.Contains(t, res.ReportError, ".json: not a JSON report")
@@ -141,4 +151,25 @@ func TestDockerConvergeReportsChangesAndChecksTaskservs(t *testing.T) {
 func writeScript(t *testing.T, path, body string) {
 	t.Helper()
 	require.NoError(t, os.WriteFile(path, []byte(body+"\n"), 0o644))
+}
+
+func TestSplitReport(t *testing.T) {
+	rest, rep, msg := splitReport("warn\n"+reportMarker+"\n{\"changed\": false}", "/r.json")
+	assert.Equal(t, "warn", rest)
+	require.NotNil(t, rep)
+	assert.False(t, rep.Changed)
+	assert.Empty(t, msg)
+
+	rest, rep, msg = splitReport("only stderr\n", "/r.json")
+	assert.Equal(t, "only stderr\n", rest)
+	assert.Nil(t, rep)
+	assert.Empty(t, msg)
+
+	_, rep, msg = splitReport(reportMarker+"\ntoo-large 99999", "/r.json")
+	assert.Nil(t, rep)
+	assert.Equal(t, "/r.json is 99999 bytes, more than the 32768 a report may have", msg)
+
+	_, rep, msg = splitReport(reportMarker+"\n", "/r.json")
+	assert.Nil(t, rep, "an empty file is no report")
+	assert.Empty(t, msg)
 }
