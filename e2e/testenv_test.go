@@ -577,6 +577,9 @@ func TestEnvIdempotenceAndVerify(t *testing.T) {
 	})
 	st := h.waitEnv(id, 2*time.Minute, statusIs(workflows.EnvReady, workflows.EnvError))
 	require.Equal(t, workflows.EnvReady, st.Status, st.Error)
+	// A node that asks for no limits gets the service's defaults.
+	assert.Equal(t, int64(testenv.DefaultNodeCPUMillicores)*1_000_000, st.Nodes[0].NanoCPUs)
+	assert.Equal(t, int64(testenv.DefaultNodeMemoryMB)<<20, st.Nodes[0].MemoryBytes)
 	require.NotNil(t, st.Idempotence)
 	assert.True(t, st.Idempotence.Passed, "%v", st.Idempotence.Failures)
 	for i, r := range st.Converge {

@@ -39,6 +39,7 @@ func (c *Client) StartTestEnvironment(ctx context.Context, req testenv.CreateReq
 	if err != nil {
 		return EnvRun{}, err
 	}
+	plan.ApplyDefaultLimits(testenv.DefaultNodeCPUMillicores, testenv.DefaultNodeMemoryMB)
 	if c.Instance != "" {
 		plan.Labels[testenv.InstanceLabel] = c.Instance
 		for i := range plan.Nodes {

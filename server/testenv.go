@@ -45,6 +45,10 @@ type TestEnvOptions struct {
 	// UpdatesPerRun is workflows.TestEnvInput.UpdatesPerRun; 0 means its
 	// default.
 	UpdatesPerRun int
+	// NodeCPUMillicores and NodeMemoryMB limit nodes that ask for no
+	// limit (testenv.Plan.ApplyDefaultLimits); 0 leaves them unlimited.
+	NodeCPUMillicores int64
+	NodeMemoryMB      int64
 }
 
 func (s *Server) routeTestEnv() {
@@ -78,6 +82,7 @@ func (s *Server) createEnv(c echo.Context) error {
 		}
 		return fieldErr(field, fmt.Sprintf("%d nodes requested; this orchestrator allows at most %d per environment (--max-nodes)", len(plan.Nodes), max))
 	}
+	plan.ApplyDefaultLimits(s.envOpts.NodeCPUMillicores, s.envOpts.NodeMemoryMB)
 	if s.envOpts.Instance != "" {
 		plan.Labels[testenv.InstanceLabel] = s.envOpts.Instance
 		for i := range plan.Nodes {

@@ -237,3 +237,19 @@ func TestBuildPlanDiskAndTmpLimits(t *testing.T) {
 		t.Errorf("limits: %+v", p.Nodes)
 	}
 }
+
+func TestApplyDefaultLimits(t *testing.T) {
+	p := Plan{Nodes: []NodePlan{{Name: "a"}, {Name: "b", NanoCPUs: 250_000_000, MemoryBytes: 64 << 20}}}
+	p.ApplyDefaultLimits(DefaultNodeCPUMillicores, DefaultNodeMemoryMB)
+	if p.Nodes[0].NanoCPUs != 1_000_000_000 || p.Nodes[0].MemoryBytes != 512<<20 {
+		t.Errorf("defaults not applied: %+v", p.Nodes[0])
+	}
+	if p.Nodes[1].NanoCPUs != 250_000_000 || p.Nodes[1].MemoryBytes != 64<<20 {
+		t.Errorf("a node's own limits changed: %+v", p.Nodes[1])
+	}
+	q := Plan{Nodes: []NodePlan{{Name: "a"}}}
+	q.ApplyDefaultLimits(0, 0)
+	if q.Nodes[0].NanoCPUs != 0 || q.Nodes[0].MemoryBytes != 0 {
+		t.Errorf("0 leaves nodes unlimited: %+v", q.Nodes[0])
+	}
+}

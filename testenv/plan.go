@@ -134,3 +134,26 @@ type VolumePlan struct {
 	// Path is where the node mounts it.
 	Path string `json:"path"`
 }
+
+// Default limits of a node that asks for none: without them one busy node
+// could take every CPU and all the memory of the host.
+const (
+	// DefaultNodeCPUMillicores is one CPU.
+	DefaultNodeCPUMillicores = 1000
+	// DefaultNodeMemoryMB is 512 MiB (the pinned nu and a provisioning
+	// script fit well within it).
+	DefaultNodeMemoryMB = 512
+)
+
+// ApplyDefaultLimits gives every node without a CPU or memory limit the
+// given one (millicores, MiB); 0 leaves that resource unlimited.
+func (p *Plan) ApplyDefaultLimits(cpuMillicores, memoryMB int64) {
+	for i := range p.Nodes {
+		if p.Nodes[i].NanoCPUs == 0 {
+			p.Nodes[i].NanoCPUs = cpuMillicores * 1_000_000
+		}
+		if p.Nodes[i].MemoryBytes == 0 {
+			p.Nodes[i].MemoryBytes = memoryMB << 20
+		}
+	}
+}

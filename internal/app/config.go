@@ -82,6 +82,11 @@ type Config struct {
 	// MaxNodes bounds the nodes of one test environment (400 past it);
 	// default 16, 0 = no bound.
 	MaxNodes int
+	// TestNodeCPUMillicores and TestNodeMemoryMB limit test-environment
+	// nodes that ask for no limit; defaults testenv.DefaultNodeCPUMillicores
+	// (1000) and testenv.DefaultNodeMemoryMB (512), 0 = unlimited.
+	TestNodeCPUMillicores int64
+	TestNodeMemoryMB      int64
 	// TestEnvUpdatesPerRun is how many test runs and converges one
 	// environment workflow run serves before it continues as new; default
 	// workflows.DefaultUpdatesPerRun.
@@ -185,6 +190,8 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.DurationVar(&cfg.TestEnvTTL, "test-env-ttl", 2*time.Hour, "lifetime of test environments that ask for no ttl")
 	fs.IntVar(&cfg.MaxEnvironments, "max-environments", DefaultMaxEnvironments, "test environments alive at once (0: no bound)")
 	fs.IntVar(&cfg.MaxNodes, "max-nodes", DefaultMaxNodes, "nodes of one test environment (0: no bound)")
+	fs.Int64Var(&cfg.TestNodeCPUMillicores, "test-node-cpu-millicores", testenv.DefaultNodeCPUMillicores, "CPU limit of test-environment nodes that set none (1000 = one CPU; 0 = unlimited)")
+	fs.Int64Var(&cfg.TestNodeMemoryMB, "test-node-memory-mb", testenv.DefaultNodeMemoryMB, "memory limit (MiB) of test-environment nodes that set none (0 = unlimited)")
 	fs.IntVar(&cfg.TestEnvUpdatesPerRun, "test-env-updates-per-run", workflows.DefaultUpdatesPerRun, "test runs and converges per environment workflow run before it continues as new (bounds its history)")
 	topologies := fs.String("test-topologies", "", "extra topology template file(s) (TOML), comma-separated")
 	fs.StringVar(&cfg.Instance, "instance", "default", "deployment name labelled on Docker objects; the janitor sweeps only its own")
@@ -380,6 +387,16 @@ func (c Config) Validate() error {
 	}
 	if c.MaxEnvironments < 0 {
 		bad("max-environments", "%d must be 0 (no bound) or more", c.MaxEnvironments)
+	}
+	if c.TestNodeCPUMillicores != 0 {
+		if err := testenv.ValidateResources("", &testenv.Resources{CPUMillicores: c.TestNodeCPUMillicores}); err != nil || c.TestNodeCPUMillicores < 0 {
+			bad("test-node-cpu-millicores", "%d is out of range: give %d..%d, or 0 for no default limit", c.TestNodeCPUMillicores, testenv.MinCPUMillicores, testenv.MaxCPUMillicores)
+		}
+	}
+	if c.TestNodeMemoryMB != 0 {
+		if err := testenv.ValidateResources("", &testenv.Resources{MemoryMB: c.TestNodeMemoryMB}); err != nil || c.TestNodeMemoryMB < 0 {
+			bad("test-node-memory-mb", "%d is out of range: give %d..%d, or 0 for no default limit", c.TestNodeMemoryMB, testenv.MinMemoryMB, testenv.MaxMemoryMB)
+		}
 	}
 	if c.TestEnvUpdatesPerRun < 1 {
 		bad("test-env-updates-per-run", "%d must be 1 or more", c.TestEnvUpdatesPerRun)

@@ -32,3 +32,24 @@ func TestEnvironmentQuotaFlags(t *testing.T) {
 		assert.Contains(t, err.Error(), args[0])
 	}
 }
+
+func TestNodeLimitAndUpdatesFlags(t *testing.T) {
+	noEnv := func(string) string { return "" }
+	cfg, err := ParseConfig(nil, noEnv, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, int64(1000), cfg.TestNodeCPUMillicores)
+	assert.Equal(t, int64(512), cfg.TestNodeMemoryMB)
+	assert.Equal(t, 100, cfg.TestEnvUpdatesPerRun)
+
+	cfg, err = ParseConfig([]string{"--test-node-cpu-millicores", "0", "--test-node-memory-mb", "256", "--test-env-updates-per-run", "5"}, noEnv, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, int64(0), cfg.TestNodeCPUMillicores, "0: no default limit")
+	assert.Equal(t, int64(256), cfg.TestNodeMemoryMB)
+	assert.Equal(t, 5, cfg.TestEnvUpdatesPerRun)
+
+	for _, args := range [][]string{{"--test-node-cpu-millicores", "-5"}, {"--test-node-memory-mb", "3"}, {"--test-env-updates-per-run", "0"}} {
+		_, err := ParseConfig(args, noEnv, io.Discard)
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), args[0])
+	}
+}
