@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/provisioning/orchestrator/testenv"
@@ -119,6 +120,43 @@ func (h *Heartbeater) Now(detail string) {
 	if h.fn != nil {
 		h.last = time.Now()
 		h.fn(detail)
+	}
+}
+
+// KeepAlive calls the context's heartbeat every HeartbeatInterval from its
+// own goroutine until stop is called: for engine calls that can block
+// without any progress to beat on (a pull waiting on a slow registry).
+// The heartbeat function must be safe for concurrent use (Temporal's
+// activity.RecordHeartbeat is).
+func KeepAlive(ctx context.Context, detail string) (stop func()) {
+	return keepAlive(ctx, detail, HeartbeatInterval)
+}
+
+func keepAlive(ctx context.Context, detail string, every time.Duration) (stop func()) {
+	fn, _ := ctx.Value(heartbeatKey{}).(func(string))
+	if fn == nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				fn(detail)
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() { close(done); <-finished })
 	}
 }
 

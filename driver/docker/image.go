@@ -46,6 +46,9 @@ func (r *Runtime) EnsureImage(ctx context.Context, ref string) error {
 // pull pulls ref and reads the progress stream to its end, returning the
 // first error message in it.
 func (r *Runtime) pull(ctx context.Context, ref string) error {
+	// A registry can keep a pull waiting long before (and between)
+	// progress messages.
+	defer driver.KeepAlive(ctx, "pull "+ref)()
 	rc, err := r.Client.ImagePull(ctx, ref, image.PullOptions{})
 	if err != nil {
 		return err
