@@ -80,7 +80,11 @@ type Runner struct {
 	// Default DefaultScriptPath ("./core/nulib/provisioning"); set from
 	// --provisioning-path.
 	ScriptPath string
-	// Env holds extra KEY=VALUE entries added to os.Environ() for every run;
+	// BaseEnv is the environment every run starts from. Nil means
+	// SafeEnviron(os.Environ(), nil): PATH, HOME, the locale and the
+	// PROVISIONING_* variables, never the service's secrets.
+	BaseEnv []string
+	// Env holds extra KEY=VALUE entries added to BaseEnv for every run;
 	// they override inherited variables of the same name.
 	Env []string
 	// MaxOutputBytes caps what is kept of each of stdout and stderr. The last
@@ -185,8 +189,9 @@ func IsPermanent(err error) bool {
 	return errors.As(err, &exit) && exit.Permanent
 }
 
-// Run runs `<NuPath> <ScriptPath> <args...>` with os.Environ() plus r.Env plus
-// env (later KEY=VALUE entries win) and stdin from /dev/null.
+// Run runs `<NuPath> <ScriptPath> <args...>` with r.BaseEnv (by default the
+// safe part of os.Environ(), see SafeEnviron) plus r.Env plus env (later
+// KEY=VALUE entries win) and stdin from /dev/null.
 //
 // The process gets its own session (and so its own process group): nu 0.115
 // moves externals started with `job spawn` into process groups of their own,
@@ -224,7 +229,11 @@ func (r *Runner) Run(ctx context.Context, args []string, env []string, heartbeat
 	stdout := tailbuf.New(r.maxOutputBytes())
 	stderr := tailbuf.New(r.maxOutputBytes())
 	cmd := exec.Command(nuPath, append([]string{scriptPath}, args...)...)
-	cmd.Env = slices.Concat(os.Environ(), r.Env, env)
+	base := r.BaseEnv
+	if base == nil {
+		base = SafeEnviron(os.Environ(), nil)
+	}
+	cmd.Env = slices.Concat(base, r.Env, env)
 	cmd.Stdout = stdout
 	cmd.Stderr = stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}

@@ -240,6 +240,7 @@ func (a *App) startWorker() error {
 		Runner: &nushell.Runner{
 			NuPath:     a.cfg.NuPath,
 			ScriptPath: a.cfg.ProvisioningPath,
+			BaseEnv:    nushell.SafeEnviron(os.Environ(), a.cfg.ScriptEnvPass),
 			Env:        env,
 		},
 		Store:       a.store,

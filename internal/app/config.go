@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -111,8 +112,13 @@ type Config struct {
 	AuthToken     string
 	AuthTokenFile string
 
+	// ScriptEnvPass names variables of the service's environment that
+	// provisioning runs inherit besides the safe base (PATH, HOME, locale,
+	// PROVISIONING_*; see nushell.SafeEnviron). Default none.
+	ScriptEnvPass []string
+
 	// ScriptEnv is extra KEY=VALUE environment for every Nushell run, on
-	// top of the process environment. Not a flag: for embedding and tests.
+	// top of the safe base. Not a flag: for embedding and tests.
 	ScriptEnv []string
 }
 
@@ -140,6 +146,9 @@ const EnvPrefix = "ORCHESTRATOR_"
 func EnvName(flagName string) string {
 	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
+
+// envNameRE is what --script-env-pass accepts as a variable name.
+var envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // ParseConfig reads a subcommand (serve, worker, api; default serve) and
 // flags from args, with environment fallbacks from getenv.
@@ -194,6 +203,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.Int64Var(&cfg.TestNodeMemoryMB, "test-node-memory-mb", testenv.DefaultNodeMemoryMB, "memory limit (MiB) of test-environment nodes that set none (0 = unlimited)")
 	fs.IntVar(&cfg.TestEnvUpdatesPerRun, "test-env-updates-per-run", workflows.DefaultUpdatesPerRun, "test runs and converges per environment workflow run before it continues as new (bounds its history)")
 	topologies := fs.String("test-topologies", "", "extra topology template file(s) (TOML), comma-separated")
+	scriptEnvPass := fs.String("script-env-pass", "", "names of service environment variables provisioning runs inherit, comma-separated (besides PATH, HOME, locale and PROVISIONING_*; never secrets)")
 	fs.StringVar(&cfg.Instance, "instance", "default", "deployment name labelled on Docker objects; the janitor sweeps only its own")
 	fs.IntVar(&cfg.MetricsPort, "metrics-port", 0, "worker mode: serve /metrics and /health on this port (0 = off)")
 	fs.DurationVar(&cfg.JanitorInterval, "janitor-interval", 5*time.Minute, "sweep for leftover Docker objects this often (0 disables)")
@@ -207,6 +217,14 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	for _, p := range strings.Split(*topologies, ",") {
 		if p = strings.TrimSpace(p); p != "" {
 			cfg.TestTopologies = append(cfg.TestTopologies, p)
+		}
+	}
+	for _, n := range strings.Split(*scriptEnvPass, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			if !envNameRE.MatchString(n) {
+				return cfg, fmt.Errorf("--script-env-pass: %q is not an environment variable name", n)
+			}
+			cfg.ScriptEnvPass = append(cfg.ScriptEnvPass, n)
 		}
 	}
 	var err error

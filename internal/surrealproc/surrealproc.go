@@ -513,18 +513,18 @@ func (p *Process) storeURL() string {
 	return p.opts.Engine + "://" + p.storePath
 }
 
-// childEnv drops the SURREAL_* variables that would override (or weaken)
-// what the supervisor passes, e.g. SURREAL_UNAUTHENTICATED=true.
+// childEnv keeps what the server process needs of env (PATH, HOME, the
+// locale, time zone, temp dir, and NODE_* for an engine packaged for
+// Node.js) and nothing else: not the orchestrator's secrets
+// (ORCHESTRATOR_AUTH_TOKEN, ...) and not SURREAL_* variables that would
+// override or weaken what the supervisor passes, such as
+// SURREAL_UNAUTHENTICATED=true.
 func childEnv(env []string) []string {
-	drop := map[string]bool{
-		"SURREAL_BIND": true, "SURREAL_USER": true, "SURREAL_USERNAME": true,
-		"SURREAL_PASS": true, "SURREAL_PASSWORD": true, "SURREAL_PATH": true,
-		"SURREAL_LOG": true, "SURREAL_UNAUTHENTICATED": true, "SURREAL_EXIT_WITH_PARENT": true,
-	}
-	out := make([]string, 0, len(env))
+	keep := map[string]bool{"PATH": true, "HOME": true, "USER": true, "LANG": true, "LANGUAGE": true, "TZ": true, "TMPDIR": true}
+	out := make([]string, 0, len(keep))
 	for _, kv := range env {
-		name, _, _ := strings.Cut(kv, "=")
-		if !drop[strings.ToUpper(name)] {
+		name, _, ok := strings.Cut(kv, "=")
+		if ok && (keep[name] || strings.HasPrefix(name, "LC_") || strings.HasPrefix(name, "NODE_")) {
 			out = append(out, kv)
 		}
 	}
