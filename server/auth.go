@@ -28,18 +28,9 @@ func (s *Server) auth(next echo.HandlerFunc) echo.HandlerFunc {
 		if len(s.tokens) == 0 || openPaths[c.Request().URL.Path] {
 			return next(c)
 		}
-		h := c.Request().Header.Get(echo.HeaderAuthorization)
-		scheme, given, found := strings.Cut(h, " ")
-		if !found || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(given) == "" {
+		name, given := s.tokenName(c)
+		if !given {
 			return unauthorized(c, "missing bearer token (Authorization: Bearer <token>)")
-		}
-		given = strings.TrimSpace(given)
-		name := ""
-		for _, t := range s.tokens {
-			// Every token is compared, so timing does not tell which matched.
-			if subtle.ConstantTimeCompare([]byte(given), []byte(t.token)) == 1 && name == "" {
-				name = t.name
-			}
 		}
 		if name == "" {
 			return unauthorized(c, "invalid bearer token")
@@ -47,6 +38,31 @@ func (s *Server) auth(next echo.HandlerFunc) echo.HandlerFunc {
 		c.Set(actorKey, name)
 		return next(c)
 	}
+}
+
+// tokenName returns the name of the request's bearer token if it is one of
+// s.tokens ("" if not), and whether the request carried one at all.
+func (s *Server) tokenName(c echo.Context) (name string, given bool) {
+	h := c.Request().Header.Get(echo.HeaderAuthorization)
+	scheme, token, found := strings.Cut(h, " ")
+	token = strings.TrimSpace(token)
+	if !found || !strings.EqualFold(scheme, "Bearer") || token == "" {
+		return "", false
+	}
+	for _, t := range s.tokens {
+		// Every token is compared, so timing does not tell which matched.
+		if subtle.ConstantTimeCompare([]byte(token), []byte(t.token)) == 1 && name == "" {
+			name = t.name
+		}
+	}
+	return name, true
+}
+
+// validToken reports whether the request carries one of s.tokens (on open
+// paths too, where it is not required).
+func (s *Server) validToken(c echo.Context) bool {
+	name, _ := s.tokenName(c)
+	return name != ""
 }
 
 type namedToken struct{ name, token string }

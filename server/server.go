@@ -7,8 +7,10 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -93,7 +95,7 @@ func New(o Options) *Server {
 		s.envOpts.DefaultTTL = workflows.DefaultEnvTTL
 	}
 	if s.envOpts.RunWait <= 0 {
-		s.envOpts.RunWait = 15 * time.Minute
+		s.envOpts.RunWait = DefaultRunWait
 	}
 	if s.taskQueue == "" {
 		s.taskQueue = workflows.DefaultTaskQueue
@@ -107,6 +109,7 @@ func New(o Options) *Server {
 	s.e.HideBanner = true
 	s.e.HidePort = true
 	s.e.HTTPErrorHandler = s.errorHandler
+	s.e.Use(sanitizeRequestID)
 	s.e.Use(middleware.RequestID())
 	s.e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisablePrintStack: true}))
 	s.e.Use(s.requestLog)
@@ -133,6 +136,44 @@ func New(o Options) *Server {
 	return s
 }
 
+// DefaultRunWait is TestEnvOptions.RunWait's default: how long a test run
+// or converge request waits for its result.
+const DefaultRunWait = 15 * time.Minute
+
+// httpMethods are the methods that become metric labels as they are; any
+// other method is counted as "OTHER", so a client cannot grow the metrics.
+var httpMethods = map[string]bool{
+	http.MethodGet: true, http.MethodHead: true, http.MethodPost: true, http.MethodPut: true,
+	http.MethodPatch: true, http.MethodDelete: true, http.MethodOptions: true,
+}
+
+// metricMethod is method as a metric label: one of httpMethods or "OTHER".
+func metricMethod(method string) string {
+	if httpMethods[method] {
+		return method
+	}
+	return "OTHER"
+}
+
+// maxLoggedPath bounds the request path written to the log.
+const maxLoggedPath = 256
+
+// requestIDRE is what a client-supplied X-Request-ID must look like to be
+// kept (echoed and logged); anything else is replaced by a generated id.
+var requestIDRE = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
+
+// sanitizeRequestID drops a client's X-Request-ID that is too long or has
+// characters that do not belong in a log line, before the RequestID
+// middleware reads it.
+func sanitizeRequestID(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if id := c.Request().Header.Get(echo.HeaderXRequestID); id != "" && !requestIDRE.MatchString(id) {
+			c.Request().Header.Del(echo.HeaderXRequestID)
+		}
+		return next(c)
+	}
+}
+
 // ServeHTTP makes Server an http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.e.ServeHTTP(w, r) }
 
@@ -148,14 +189,21 @@ func (s *Server) requestLog(next echo.HandlerFunc) echo.HandlerFunc {
 		if !s.routes[route] {
 			route = "unmatched" // keeps label values bounded
 		}
-		s.metrics.ObserveHTTP(c.Request().Method, route, c.Response().Status, took)
+		s.metrics.ObserveHTTP(metricMethod(c.Request().Method), route, c.Response().Status, took)
+		path := c.Request().URL.Path
+		if len(path) > maxLoggedPath {
+			path = strings.ToValidUTF8(path[:maxLoggedPath], "") + "..."
+		}
 		s.log.Info("http request",
 			"request_id", c.Response().Header().Get(echo.HeaderXRequestID),
-			"method", c.Request().Method, "path", c.Request().URL.Path,
+			"method", metricMethod(c.Request().Method), "path", path,
 			"status", c.Response().Status, "took_ms", took.Milliseconds())
 		return nil
 	}
 }
+
+// dockerNotConfigured is /health's docker entry without an engine.
+const dockerNotConfigured = "not configured (test environments disabled)"
 
 // HealthyMessage is /health's data when every dependency answers.
 const HealthyMessage = "Orchestrator is healthy"
@@ -178,7 +226,7 @@ func (s *Server) health(c echo.Context) error {
 		deps["storage"] = "ok"
 	}
 	if s.envOpts.Docker == nil {
-		deps["docker"] = "not configured (test environments disabled)"
+		deps["docker"] = dockerNotConfigured
 	} else if err := s.envOpts.Docker.Ping(ctx); err != nil {
 		deps["docker"] = err.Error()
 		healthy = false
@@ -186,6 +234,17 @@ func (s *Server) health(c echo.Context) error {
 		deps["docker"] = "ok"
 	}
 	if !healthy {
+		// The error texts name hosts, paths and engine internals: only an
+		// authenticated caller (or an API without tokens) sees them; the
+		// log always has them.
+		s.log.Warn("health check failed", "dependencies", deps)
+		if len(s.tokens) > 0 && !s.validToken(c) {
+			for k, v := range deps {
+				if v != "ok" && v != dockerNotConfigured {
+					deps[k] = "unavailable"
+				}
+			}
+		}
 		return &APIError{Status: http.StatusServiceUnavailable, Body: ErrorBody{
 			Code: CodeUnavailable, Message: "Orchestrator is unhealthy", Details: deps}}
 	}

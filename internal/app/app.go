@@ -358,7 +358,17 @@ func (a *App) listen(flagName string, port int, h http.Handler) error {
 		return fmt.Errorf("--%s %d: %w", flagName, port, err)
 	}
 	a.httpAddr = ln.Addr().String()
-	a.http = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	a.http = &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		// Bodies are at most 1 MiB: a client that trickles one is cut off.
+		ReadTimeout: time.Minute,
+		// Longer than the longest handler wait (a test run or converge,
+		// server.DefaultRunWait), so a waiting client gets its answer.
+		WriteTimeout:   server.DefaultRunWait + time.Minute,
+		IdleTimeout:    2 * time.Minute,
+		MaxHeaderBytes: 64 << 10,
+	}
 	go func() {
 		if err := a.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			a.httpErr <- err
