@@ -48,6 +48,9 @@ const (
 	CodeInternal         = "internal_error"
 	CodeUnauthorized     = "unauthorized"
 	CodeQuota            = "quota_exceeded"
+	// CodeCorrupt: a stored record cannot be read (422); `orchestrator
+	// doctor` lists such records and says what to do.
+	CodeCorrupt = "corrupt_record"
 )
 
 func fieldErr(field, msg string) *APIError {

@@ -22,6 +22,7 @@ import (
 // expectation must have been met when the test ends.
 type fixture struct {
 	t      *testing.T
+	dir    string // the store's data dir
 	store  *storage.Filesystem
 	client *mocks.Client
 	srv    *Server
@@ -34,7 +35,8 @@ type fixture struct {
 // silent logger.
 func newFixture(t *testing.T, o Options) *fixture {
 	t.Helper()
-	store, err := storage.NewFilesystem(t.TempDir())
+	dir := t.TempDir()
+	store, err := storage.NewFilesystem(dir)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = store.Close() })
 	c := &mocks.Client{}
@@ -49,7 +51,7 @@ func newFixture(t *testing.T, o Options) *fixture {
 	require.NoError(t, err)
 	var doc map[string]any
 	require.NoError(t, json.Unmarshal(raw, &doc))
-	return &fixture{t: t, store: store, client: c, srv: srv, doc: doc}
+	return &fixture{t: t, dir: dir, store: store, client: c, srv: srv, doc: doc}
 }
 
 // reply is a decoded envelope response.

@@ -5,6 +5,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -80,4 +82,23 @@ func TestHealthHidesErrorTextWithoutAuth(t *testing.T) {
 	f.srv.ServeHTTP(rec, req)
 	assert.Equal(t, http.StatusServiceUnavailable, rec.Code)
 	assert.Contains(t, rec.Body.String(), "10.1.2.3", "an operator with a token sees why")
+}
+
+// A corrupt task file is a clear 422 naming the record and the doctor
+// command on every endpoint that reads it, never a 500.
+func TestCorruptRecordIsAClearError(t *testing.T) {
+	f := newFixture(t, Options{})
+	id := "8d3c7a10-4b2d-4f6e-8a1c-5d7e9f0a1b99"
+	require.NoError(t, os.MkdirAll(filepath.Join(f.dir, "queue.rkvs", "tasks"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(f.dir, "queue.rkvs", "tasks", id+".json"), []byte(`{"id": "`+id+`", "status": `), 0o644))
+	for _, tc := range []struct{ method, path string }{
+		{http.MethodGet, "/tasks/" + id},
+		{http.MethodPost, "/tasks/" + id + "/cancel"},
+		{http.MethodGet, "/test/environments/" + id},
+	} {
+		e := f.fail(http.StatusUnprocessableEntity, tc.method, tc.path, "")
+		assert.Equal(t, CodeCorrupt, e.Code, tc.path)
+		assert.Contains(t, e.Message, id, tc.path)
+		assert.Contains(t, e.Message, "orchestrator doctor", tc.path)
+	}
 }

@@ -53,6 +53,17 @@ var uuidSchema = map[string]any{"type": "string", "format": "uuid"}
 
 // apiOps is every operation the server can register.
 func apiOps() []apiOp {
+	ops := apiOpList()
+	// Whatever reads a stored record can find it corrupt.
+	for i := range ops {
+		if slices.Contains(ops[i].errors, http.StatusNotFound) {
+			ops[i].errors = append(slices.Clone(ops[i].errors), http.StatusUnprocessableEntity)
+		}
+	}
+	return ops
+}
+
+func apiOpList() []apiOp {
 	statuses := []any{}
 	for _, s := range []storage.TaskStatus{storage.StatusPending, storage.StatusRunning, storage.StatusCompleted, storage.StatusFailed, storage.StatusCancelled} {
 		statuses = append(statuses, string(s))

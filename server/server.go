@@ -347,6 +347,10 @@ func (s *Server) storeErr(err error) error {
 		return fieldErr("id", "must be a task id (a lowercase UUID)")
 	case errors.Is(err, storage.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 		return unavailable("storage", err)
+	case errors.Is(err, storage.ErrCorrupt):
+		s.log.Error("corrupt record in the task store", "error", err)
+		return &APIError{Status: http.StatusUnprocessableEntity, Body: ErrorBody{Code: CodeCorrupt,
+			Message: "the stored record cannot be read (" + err.Error() + "); run `orchestrator doctor` to list corrupt records and what to do"}}
 	}
 	return err
 }

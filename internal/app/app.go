@@ -186,10 +186,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		return nil, fmt.Errorf("connect to Temporal at %s (--temporal-address): %w", address, err)
 	}
 
-	sc := cfg.Store
-	sc.Type = cfg.StorageType
-	sc.DataDir = cfg.DataDir
-	if a.store, err = OpenStore(ctx, sc, log); err != nil {
+	if a.store, err = OpenStore(ctx, cfg.StoreConfig(), log); err != nil {
 		return nil, err
 	}
 
@@ -432,6 +429,9 @@ func Run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log := NewLogger(stderr, cfg.LogFormat, cfg.LogLevel)
+	if cfg.Mode == ModeDoctor {
+		return RunDoctor(ctx, cfg, log, os.Stdout)
+	}
 	a, err := Start(ctx, cfg, log)
 	if err != nil {
 		return err

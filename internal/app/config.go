@@ -26,6 +26,9 @@ const (
 	ModeWorker   Mode = "worker"
 	ModeAPI      Mode = "api"
 	ModeTemporal Mode = "temporal"
+	// ModeDoctor checks the task store for records it cannot read and says
+	// what to do about each (`orchestrator doctor`).
+	ModeDoctor Mode = "doctor"
 )
 
 // Config is every setting, from flags or ORCHESTRATOR_* environment
@@ -156,11 +159,11 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	cfg := Config{Mode: ModeServe}
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		switch Mode(args[0]) {
-		case ModeServe, ModeWorker, ModeAPI, ModeTemporal:
+		case ModeServe, ModeWorker, ModeAPI, ModeTemporal, ModeDoctor:
 			cfg.Mode = Mode(args[0])
 			args = args[1:]
 		default:
-			return cfg, fmt.Errorf("unknown command %q: use serve (default), worker, api, temporal, migrate, openapi or version", args[0])
+			return cfg, fmt.Errorf("unknown command %q: use serve (default), worker, api, temporal, doctor, migrate, openapi or version", args[0])
 		}
 	}
 	fs := flag.NewFlagSet("orchestrator "+string(cfg.Mode), flag.ContinueOnError)
@@ -367,7 +370,7 @@ func (c Config) Validate() error {
 	switch {
 	case c.Mode == ModeTemporal && c.TemporalAddress != "":
 		bad("temporal-address", "must be empty in temporal mode (it runs the embedded server)")
-	case c.Mode != ModeServe && c.Mode != ModeTemporal && c.TemporalAddress == "":
+	case c.Mode != ModeServe && c.Mode != ModeTemporal && c.Mode != ModeDoctor && c.TemporalAddress == "":
 		bad("temporal-address", "is required in %s mode (the embedded server runs only with serve or temporal)", c.Mode)
 	}
 	p := c.Policy

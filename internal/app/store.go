@@ -42,9 +42,13 @@ const (
 	DefaultSurrealExecutable = "surreal"
 )
 
-// StoreConfig is the configuration's own backend.
+// StoreConfig is the configuration's own backend: --storage-type and
+// --data-dir with the --surrealdb-* settings.
 func (c Config) StoreConfig() StoreConfig {
-	return c.Store
+	sc := c.Store
+	sc.Type = c.StorageType
+	sc.DataDir = c.DataDir
+	return sc
 }
 
 // openers lets backends register themselves (the SurrealDB ones live in
