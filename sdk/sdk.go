@@ -106,9 +106,10 @@ func (c *Client) Close() {
 type Option func(*options)
 
 type options struct {
-	checkMode bool
-	wait      bool
-	taskID    string
+	checkMode      bool
+	wait           bool
+	taskID         string
+	idempotencyKey string
 }
 
 // WithCheckMode asks the script for a dry run (--check), like check_mode.
@@ -122,6 +123,14 @@ func WithWait(on bool) Option { return func(o *options) { o.wait = on } }
 // same id fails with ErrAlreadyExists, as the REST API answers 409.
 func WithTaskID(id string) Option { return func(o *options) { o.taskID = id } }
 
+// WithIdempotencyKey makes a retried start safe, like the REST API's
+// Idempotency-Key header: the key (1 to 128 of letters, digits, . _ : -)
+// names the task id, and a start whose task exists already returns that
+// task's Run instead of an error, so a retried CI job never runs the same
+// provisioning twice. Keys are scoped to the SDK and the workflow type (the
+// REST API scopes them per token, so the two never name the same task).
+func WithIdempotencyKey(key string) Option { return func(o *options) { o.idempotencyKey = key } }
+
 // ErrAlreadyExists reports that a task with the requested id exists (running
 // or finished); ids are never reused.
 var ErrAlreadyExists = errors.New("sdk: task already exists")
@@ -133,16 +142,25 @@ func (c *Client) taskQueue() string {
 	return c.TaskQueue
 }
 
-func (c *Client) common(infra, settings string, opts []Option) (workflows.Common, error) {
+func (c *Client) common(wfType, infra, settings string, opts []Option) (workflows.Common, bool, error) {
 	var o options
 	for _, opt := range opts {
 		opt(&o)
 	}
 	id := o.taskID
-	if id == "" {
+	keyed := o.idempotencyKey != ""
+	if keyed {
+		if id != "" {
+			return workflows.Common{}, false, &workflows.FieldError{Field: "idempotency_key", Message: "give WithTaskID or WithIdempotencyKey, not both"}
+		}
+		if err := storage.ValidateIdempotencyKey(o.idempotencyKey); err != nil {
+			return workflows.Common{}, false, &workflows.FieldError{Field: "idempotency_key", Message: err.Error()}
+		}
+		id = storage.IdempotentID("sdk\x00"+wfType, o.idempotencyKey)
+	} else if id == "" {
 		id = uuid.NewString()
 	} else if err := storage.ValidateID(id); err != nil {
-		return workflows.Common{}, &workflows.FieldError{Field: "task_id", Message: err.Error()}
+		return workflows.Common{}, false, &workflows.FieldError{Field: "task_id", Message: err.Error()}
 	}
 	return workflows.Common{
 		TaskID:    id,
@@ -152,7 +170,24 @@ func (c *Client) common(infra, settings string, opts []Option) (workflows.Common
 		Wait:      o.wait,
 		CreatedAt: time.Now().UTC().Truncate(time.Microsecond),
 		Policy:    c.Policy,
-	}, nil
+	}, keyed, nil
+}
+
+// startKeyed is start, except that with an idempotency key an existing
+// task of the same workflow type is the result, not an error.
+func (c *Client) startKeyed(ctx context.Context, keyed bool, id, wfType string, input any) error {
+	err := c.start(ctx, id, wfType, input)
+	if err == nil || !keyed || !errors.Is(err, ErrAlreadyExists) {
+		return err
+	}
+	desc, derr := c.Temporal.DescribeWorkflowExecution(ctx, id, "")
+	if derr != nil {
+		return fmt.Errorf("sdk: %s exists but cannot be described: %w", id, derr)
+	}
+	if got := desc.GetWorkflowExecutionInfo().GetType().GetName(); got != wfType {
+		return fmt.Errorf("%w: %s is a %s, not a %s: the idempotency key was used for another request", ErrAlreadyExists, id, got, wfType)
+	}
+	return nil
 }
 
 // start starts a workflow with ID = id under the REST API's policy: an id
@@ -183,7 +218,7 @@ func (c *Client) start(ctx context.Context, id, wfType string, input any) error 
 // from the settings file, like POST /workflows/servers/create. An invalid
 // request is a *workflows.FieldError and starts nothing.
 func (c *Client) StartServerCreate(ctx context.Context, infra, settings string, servers []string, opts ...Option) (Run, error) {
-	common, err := c.common(infra, settings, opts)
+	common, keyed, err := c.common(workflows.ServerCreateWorkflowName, infra, settings, opts)
 	if err != nil {
 		return Run{}, err
 	}
@@ -191,7 +226,7 @@ func (c *Client) StartServerCreate(ctx context.Context, infra, settings string, 
 	if err := in.Validate(); err != nil {
 		return Run{}, err
 	}
-	if err := c.start(ctx, in.TaskID, workflows.ServerCreateWorkflowName, in); err != nil {
+	if err := c.startKeyed(ctx, keyed, in.TaskID, workflows.ServerCreateWorkflowName, in); err != nil {
 		return Run{}, err
 	}
 	return c.Task(in.TaskID), nil
@@ -202,7 +237,7 @@ func (c *Client) StartServerCreate(ctx context.Context, infra, settings string, 
 // POST /workflows/taskserv/create. An invalid request is a
 // *workflows.FieldError and starts nothing.
 func (c *Client) StartTaskservCreate(ctx context.Context, infra, settings, taskserv string, servers []string, opts ...Option) (Run, error) {
-	common, err := c.common(infra, settings, opts)
+	common, keyed, err := c.common(workflows.TaskservCreateWorkflowName, infra, settings, opts)
 	if err != nil {
 		return Run{}, err
 	}
@@ -210,7 +245,7 @@ func (c *Client) StartTaskservCreate(ctx context.Context, infra, settings, tasks
 	if err := in.Validate(); err != nil {
 		return Run{}, err
 	}
-	if err := c.start(ctx, in.TaskID, workflows.TaskservCreateWorkflowName, in); err != nil {
+	if err := c.startKeyed(ctx, keyed, in.TaskID, workflows.TaskservCreateWorkflowName, in); err != nil {
 		return Run{}, err
 	}
 	return c.Task(in.TaskID), nil
@@ -220,7 +255,7 @@ func (c *Client) StartTaskservCreate(ctx context.Context, infra, settings, tasks
 // POST /workflows/cluster/create. An invalid request is a
 // *workflows.FieldError and starts nothing.
 func (c *Client) StartClusterCreate(ctx context.Context, infra, settings, cluster string, opts ...Option) (Run, error) {
-	common, err := c.common(infra, settings, opts)
+	common, keyed, err := c.common(workflows.ClusterCreateWorkflowName, infra, settings, opts)
 	if err != nil {
 		return Run{}, err
 	}
@@ -228,7 +263,7 @@ func (c *Client) StartClusterCreate(ctx context.Context, infra, settings, cluste
 	if err := in.Validate(); err != nil {
 		return Run{}, err
 	}
-	if err := c.start(ctx, in.TaskID, workflows.ClusterCreateWorkflowName, in); err != nil {
+	if err := c.startKeyed(ctx, keyed, in.TaskID, workflows.ClusterCreateWorkflowName, in); err != nil {
 		return Run{}, err
 	}
 	return c.Task(in.TaskID), nil

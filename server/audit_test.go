@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/mock"
 	"github.com/stretchr/testify/require"
+	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/mocks"
 
 	"github.com/provisioning/orchestrator/activities"
@@ -114,6 +115,7 @@ func TestAuditFailedStart(t *testing.T) {
 	f := newAuditFixture(t)
 	f.client.On("ExecuteWorkflow", mock.Anything, mock.Anything, mock.Anything, mock.Anything).
 		Return(nil, errors.New("temporal is down")).Once()
+	f.expectLookup(serviceerror.NewNotFound("workflow not found"))
 	code, _ := f.do(http.MethodPost, "/workflows/servers/create",
 		`{"infra":"prod","settings":"settings.k","servers":["web-01"]}`)
 	require.Equal(t, http.StatusServiceUnavailable, code)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/mocks"
 
@@ -56,7 +58,22 @@ func (f *fixture) expectStart(workflow string, err error) *startCall {
 			got.pending = t
 		}).
 		Return(run, err).Once()
+	var started *serviceerror.WorkflowExecutionAlreadyStarted
+	if err != nil && !errors.As(err, &started) {
+		// The handler looks the workflow up before removing the record.
+		f.expectLookup(serviceerror.NewNotFound("workflow not found"))
+	}
 	return got
+}
+
+// expectLookup expects one DescribeWorkflowExecution answering err (nil:
+// the workflow exists).
+func (f *fixture) expectLookup(err error) {
+	var resp *workflowservice.DescribeWorkflowExecutionResponse
+	if err == nil {
+		resp = &workflowservice.DescribeWorkflowExecutionResponse{}
+	}
+	f.client.On("DescribeWorkflowExecution", mock.Anything, mock.Anything, "").Return(resp, err).Once()
 }
 
 // taskID decodes data as a task id.
@@ -399,4 +416,73 @@ func TestCancelTaskBadRequests(t *testing.T) {
 	}
 	e = f.fail(http.StatusMethodNotAllowed, http.MethodGet, "/tasks/"+uuid.NewString()+"/cancel", "")
 	assert.Equal(t, CodeMethodNotAllowed, e.Code)
+}
+
+// A start that answers an error although the workflow started (a lost
+// reply) keeps the task; one Temporal cannot confirm either way keeps the
+// Pending record for the reconciler; only a confirmed absence removes it.
+func TestCreateAmbiguousStartIsLookedUp(t *testing.T) {
+	body := `{"infra":"prod","settings":"s.k","cluster":"buildkit"}`
+	t.Run("started after all", func(t *testing.T) {
+		f := newFixture(t, Options{})
+		f.client.On("ExecuteWorkflow", mock.Anything, mock.Anything, workflows.ClusterCreateWorkflowName, mock.Anything).
+			Return(nil, errors.New("context deadline exceeded")).Once()
+		f.expectLookup(nil)
+		var id string
+		f.ok(http.StatusOK, http.MethodPost, "/workflows/cluster/create", body, &id)
+		got, err := f.store.Get(t.Context(), id)
+		require.NoError(t, err)
+		assert.Equal(t, storage.StatusPending, got.Status)
+	})
+	t.Run("unknown", func(t *testing.T) {
+		f := newFixture(t, Options{})
+		f.client.On("ExecuteWorkflow", mock.Anything, mock.Anything, workflows.ClusterCreateWorkflowName, mock.Anything).
+			Return(nil, errors.New("context deadline exceeded")).Once()
+		f.expectLookup(serviceerror.NewUnavailable("connection refused"))
+		f.fail(http.StatusServiceUnavailable, http.MethodPost, "/workflows/cluster/create", body)
+		tasks := f.tasks()
+		require.Len(t, tasks, 1, "the Pending record stays for the reconciler")
+		assert.Equal(t, storage.StatusPending, tasks[0].Status)
+	})
+}
+
+// A create with an Idempotency-Key is safe to retry: the same key names the
+// same task and starts nothing more; another request with that key is 422.
+func TestIdempotencyKey(t *testing.T) {
+	f := newFixture(t, Options{})
+	call := f.expectStart(workflows.ClusterCreateWorkflowName, nil)
+	body := `{"infra":"prod","settings":"s.k","cluster":"buildkit"}`
+	send := func(body, key string) reply {
+		req := httptest.NewRequest(http.MethodPost, "/workflows/cluster/create", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set(IdempotencyKeyHeader, key)
+		rec := httptest.NewRecorder()
+		f.srv.ServeHTTP(rec, req)
+		var env struct {
+			Data  json.RawMessage `json:"data"`
+			Error *ErrorBody      `json:"error"`
+		}
+		require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &env), rec.Body.String())
+		return reply{code: rec.Code, header: rec.Header(), data: env.Data, err: env.Error}
+	}
+	first := send(body, "ci-job-42")
+	require.Equal(t, http.StatusOK, first.code)
+	id := taskIDOf(t, first.data)
+	assert.Equal(t, call.opts.ID, id)
+	assert.Equal(t, storage.IdempotentID("anonymous\x00"+workflows.ClusterCreateWorkflowName, "ci-job-42"), id)
+
+	again := send(body, "ci-job-42")
+	require.Equal(t, http.StatusOK, again.code)
+	assert.Equal(t, id, taskIDOf(t, again.data))
+	assert.Equal(t, "true", again.header.Get(IdempotentReplayedHeader))
+	assert.Len(t, f.tasks(), 1, "no second task")
+
+	other := send(`{"infra":"prod","settings":"s.k","cluster":"other"}`, "ci-job-42")
+	require.Equal(t, http.StatusUnprocessableEntity, other.code)
+	assert.Equal(t, CodeKeyReused, other.err.Code)
+
+	bad := send(body, "bad key with spaces")
+	require.Equal(t, http.StatusBadRequest, bad.code)
+	assert.Equal(t, IdempotencyKeyHeader, bad.err.Field)
+	assert.Len(t, f.tasks(), 1)
 }

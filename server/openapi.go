@@ -33,10 +33,12 @@ type apiOp struct {
 	query                 []apiParam
 	body                  reflect.Type // nil: no request body
 	bodyOptional          bool
-	success               []int
-	data                  any // reflect.Type or a literal schema (map)
-	raw                   map[string]any
-	errors                []int
+	// idempotent: the route takes an Idempotency-Key header.
+	idempotent bool
+	success    []int
+	data       any // reflect.Type or a literal schema (map)
+	raw        map[string]any
+	errors     []int
 }
 
 func typeOf[T any]() reflect.Type { return reflect.TypeFor[T]() }
@@ -54,8 +56,13 @@ var uuidSchema = map[string]any{"type": "string", "format": "uuid"}
 // apiOps is every operation the server can register.
 func apiOps() []apiOp {
 	ops := apiOpList()
-	// Whatever reads a stored record can find it corrupt.
+	// Whatever reads a stored record can find it corrupt; creates take an
+	// Idempotency-Key (422 when it was used for another request).
 	for i := range ops {
+		if ops[i].method == http.MethodPost && strings.HasSuffix(ops[i].path, "/create") {
+			ops[i].idempotent = true
+			ops[i].errors = append(slices.Clone(ops[i].errors), http.StatusUnprocessableEntity)
+		}
 		if slices.Contains(ops[i].errors, http.StatusNotFound) {
 			ops[i].errors = append(slices.Clone(ops[i].errors), http.StatusUnprocessableEntity)
 		}
@@ -190,6 +197,11 @@ func (g *schemaGen) operation(o apiOp, auth bool) map[string]any {
 	}
 	for _, q := range o.query {
 		params = append(params, map[string]any{"name": q.name, "in": "query", "required": false, "description": q.desc, "schema": q.schema})
+	}
+	if o.idempotent {
+		params = append(params, map[string]any{"name": IdempotencyKeyHeader, "in": "header", "required": false,
+			"description": "makes a retry safe: the same key (per token and kind of task) answers the same task id, with " + IdempotentReplayedHeader + ": true; reused for another request: 422",
+			"schema":      map[string]any{"type": "string", "pattern": `^[A-Za-z0-9._:-]{1,128}$`}})
 	}
 	if len(params) > 0 {
 		op["parameters"] = params

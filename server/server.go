@@ -383,16 +383,66 @@ type CreateClusterRequest struct {
 	Wait      bool   `json:"wait"`
 }
 
-func (s *Server) common(infra, settings string, check, wait bool) workflows.Common {
+// IdempotencyKeyHeader on a create request makes a retry of it safe: the
+// same key (from the same token, for the same kind of task) names the same
+// task, so the retry answers that task's id instead of starting a second
+// run. The answer to a replay carries IdempotentReplayedHeader: true.
+const (
+	IdempotencyKeyHeader     = "Idempotency-Key"
+	IdempotentReplayedHeader = "Idempotent-Replayed"
+)
+
+// CodeKeyReused: an Idempotency-Key was sent again with a different
+// request (422).
+const CodeKeyReused = "idempotency_key_reused"
+
+// newTaskID is a fresh task id, or with an Idempotency-Key the id that key
+// names for this actor and workflow type (keyed is then true).
+func (s *Server) newTaskID(c echo.Context, wfType string) (id string, keyed bool, err error) {
+	key := c.Request().Header.Get(IdempotencyKeyHeader)
+	if key == "" {
+		return uuid.NewString(), false, nil
+	}
+	if err := storage.ValidateIdempotencyKey(key); err != nil {
+		return "", false, fieldErr(IdempotencyKeyHeader, "1 to 128 letters, digits, '.', '_', ':' or '-'")
+	}
+	return storage.IdempotentID(requestActor(c)+"\x00"+wfType, key), true, nil
+}
+
+// replay answers a keyed create whose task exists already: the same id
+// (200) when it is the same request, 422 when the key was used for another.
+// handled is false when there is no such task.
+func (s *Server) replay(c echo.Context, task storage.Task) (handled bool, err error) {
+	existing, err := s.store.Get(c.Request().Context(), task.ID)
+	if errors.Is(err, storage.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return true, s.storeErr(err)
+	}
+	if existing.WorkflowType != task.WorkflowType || existing.Name != task.Name || existing.Command != task.Command {
+		return true, &APIError{Status: http.StatusUnprocessableEntity, Body: ErrorBody{Code: CodeKeyReused, Field: IdempotencyKeyHeader,
+			Message: fmt.Sprintf("this Idempotency-Key was already used for another request (task %s: %s); use a new key for a new request", existing.ID, existing.Name)}}
+	}
+	c.Response().Header().Set(IdempotentReplayedHeader, "true")
+	s.log.Info("idempotent replay", "task_id", existing.ID, "status", existing.Status)
+	return true, ok(c, http.StatusOK, existing.ID)
+}
+
+func (s *Server) common(c echo.Context, wfType, infra, settings string, check, wait bool) (workflows.Common, bool, error) {
+	id, keyed, err := s.newTaskID(c, wfType)
+	if err != nil {
+		return workflows.Common{}, false, err
+	}
 	return workflows.Common{
-		TaskID:    uuid.NewString(),
+		TaskID:    id,
 		Infra:     infra,
 		Settings:  settings,
 		CheckMode: check,
 		Wait:      wait,
 		CreatedAt: time.Now().UTC().Truncate(time.Microsecond),
 		Policy:    s.policy,
-	}
+	}, keyed, nil
 }
 
 func (s *Server) createServers(c echo.Context) error {
@@ -400,11 +450,15 @@ func (s *Server) createServers(c echo.Context) error {
 	if err := s.decodeJSON(c, &req); err != nil {
 		return err
 	}
-	in := workflows.ServerCreateInput{Common: s.common(req.Infra, req.Settings, req.CheckMode, req.Wait), Servers: req.Servers}
+	common, keyed, err := s.common(c, workflows.ServerCreateWorkflowName, req.Infra, req.Settings, req.CheckMode, req.Wait)
+	if err != nil {
+		return err
+	}
+	in := workflows.ServerCreateInput{Common: common, Servers: req.Servers}
 	if err := in.Validate(); err != nil {
 		return validationErr(err)
 	}
-	return s.start(c, in.Common, in.Task(), in)
+	return s.start(c, in.Common, keyed, in.Task(), in)
 }
 
 func (s *Server) createTaskserv(c echo.Context) error {
@@ -412,11 +466,15 @@ func (s *Server) createTaskserv(c echo.Context) error {
 	if err := s.decodeJSON(c, &req); err != nil {
 		return err
 	}
-	in := workflows.TaskservCreateInput{Common: s.common(req.Infra, req.Settings, req.CheckMode, req.Wait), Taskserv: req.Taskserv, Servers: req.Servers}
+	common, keyed, err := s.common(c, workflows.TaskservCreateWorkflowName, req.Infra, req.Settings, req.CheckMode, req.Wait)
+	if err != nil {
+		return err
+	}
+	in := workflows.TaskservCreateInput{Common: common, Taskserv: req.Taskserv, Servers: req.Servers}
 	if err := in.Validate(); err != nil {
 		return validationErr(err)
 	}
-	return s.start(c, in.Common, in.Task(), in)
+	return s.start(c, in.Common, keyed, in.Task(), in)
 }
 
 func (s *Server) createCluster(c echo.Context) error {
@@ -424,11 +482,15 @@ func (s *Server) createCluster(c echo.Context) error {
 	if err := s.decodeJSON(c, &req); err != nil {
 		return err
 	}
-	in := workflows.ClusterCreateInput{Common: s.common(req.Infra, req.Settings, req.CheckMode, req.Wait), Cluster: req.Cluster}
+	common, keyed, err := s.common(c, workflows.ClusterCreateWorkflowName, req.Infra, req.Settings, req.CheckMode, req.Wait)
+	if err != nil {
+		return err
+	}
+	in := workflows.ClusterCreateInput{Common: common, Cluster: req.Cluster}
 	if err := in.Validate(); err != nil {
 		return validationErr(err)
 	}
-	return s.start(c, in.Common, in.Task(), in)
+	return s.start(c, in.Common, keyed, in.Task(), in)
 }
 
 func validationErr(err error) error {
@@ -442,7 +504,7 @@ func validationErr(err error) error {
 // start records the task as Pending and starts its workflow (ID = task ID).
 // If the start fails the Pending record is removed again, so a failed
 // request leaves nothing behind.
-func (s *Server) start(c echo.Context, common workflows.Common, spec workflows.TaskSpec, input any) error {
+func (s *Server) start(c echo.Context, common workflows.Common, keyed bool, spec workflows.TaskSpec, input any) error {
 	task := storage.Normalize(storage.Task{
 		ID:           common.TaskID,
 		Name:         spec.Name,
@@ -452,16 +514,21 @@ func (s *Server) start(c echo.Context, common workflows.Common, spec workflows.T
 		UpdatedAt:    common.CreatedAt,
 		WorkflowType: spec.Workflow,
 	})
-	return s.startTask(c, task, spec.Workflow, input)
+	return s.startTask(c, task, keyed, spec.Workflow, input)
 }
 
 // startTask stores task (Pending) and starts its workflow with ID = task ID.
 // The store's Create appends the task's create audit entry with the
 // request's actor.
-func (s *Server) startTask(c echo.Context, task storage.Task, wfType string, input any) error {
+func (s *Server) startTask(c echo.Context, task storage.Task, keyed bool, wfType string, input any) error {
 	ctx := actorCtx(c)
 	if err := s.store.Create(ctx, task); err != nil {
 		if errors.Is(err, storage.ErrExists) {
+			if keyed {
+				if handled, err := s.replay(c, task); handled {
+					return err
+				}
+			}
 			return conflict(fmt.Sprintf("task %s already exists", task.ID))
 		}
 		return s.storeErr(err)
@@ -474,22 +541,48 @@ func (s *Server) startTask(c echo.Context, task storage.Task, wfType string, inp
 		// Without this the SDK quietly returns the existing run.
 		WorkflowExecutionErrorWhenAlreadyStarted: true,
 	}, wfType, input)
-	if err != nil {
-		// Background context: the request may be gone, the cleanup must not be.
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if derr := s.store.Delete(dctx, task.ID); derr != nil {
-			s.log.Error("could not remove task after failed start", "task_id", task.ID, "error", derr)
-		}
-		s.recordEvent(ctx, task.ID, ActionStartFailed, true, storage.AuditEntry{
-			Action: ActionStartFailed, Before: task.Status, Version: task.Version,
-			Detail: "workflow start failed: " + err.Error()})
-		var started *serviceerror.WorkflowExecutionAlreadyStarted
-		if errors.As(err, &started) {
-			return conflict(fmt.Sprintf("task %s already exists", task.ID))
-		}
-		return unavailable("temporal", err)
+	if err == nil {
+		s.log.Info("task started", "task_id", task.ID, "workflow", wfType)
+		return ok(c, http.StatusOK, task.ID)
 	}
-	s.log.Info("task started", "task_id", task.ID, "workflow", wfType)
-	return ok(c, http.StatusOK, task.ID)
+	// Background context: the request may be gone, the cleanup must not be.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	var started *serviceerror.WorkflowExecutionAlreadyStarted
+	if errors.As(err, &started) && keyed {
+		// An earlier request with this key started it (and its record
+		// was lost): this is that task.
+		c.Response().Header().Set(IdempotentReplayedHeader, "true")
+		return ok(c, http.StatusOK, task.ID)
+	}
+	if !errors.As(err, &started) {
+		// The start may have reached Temporal although the answer did not
+		// reach us: look before removing the record.
+		_, derr := s.client.DescribeWorkflowExecution(dctx, task.ID, "")
+		var nf *serviceerror.NotFound
+		switch {
+		case derr == nil:
+			s.log.Warn("workflow start answered an error but the workflow exists; keeping the task", "task_id", task.ID, "error", err)
+			return ok(c, http.StatusOK, task.ID)
+		case !errors.As(derr, &nf):
+			// Cannot tell: the Pending record stays for the reconciler,
+			// which fails it if no workflow ever shows up.
+			s.log.Error("workflow start failed and Temporal cannot say whether it started; the reconciler will settle the task",
+				"task_id", task.ID, "error", err, "lookup_error", derr)
+			s.recordEvent(ctx, task.ID, ActionStartFailed, true, storage.AuditEntry{
+				Action: ActionStartFailed, Before: task.Status, After: task.Status, Version: task.Version,
+				Detail: "workflow start failed and could not be confirmed either way: " + err.Error()})
+			return unavailable("temporal", err)
+		}
+	}
+	if derr := s.store.Delete(dctx, task.ID); derr != nil {
+		s.log.Error("could not remove task after failed start", "task_id", task.ID, "error", derr)
+	}
+	s.recordEvent(ctx, task.ID, ActionStartFailed, true, storage.AuditEntry{
+		Action: ActionStartFailed, Before: task.Status, Version: task.Version,
+		Detail: "workflow start failed: " + err.Error()})
+	if errors.As(err, &started) {
+		return conflict(fmt.Sprintf("task %s already exists", task.ID))
+	}
+	return unavailable("temporal", err)
 }

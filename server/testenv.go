@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
@@ -70,7 +69,10 @@ func (s *Server) createEnv(c echo.Context) error {
 	if err := req.Validate(s.envOpts.Templates); err != nil {
 		return envValidationErr(err)
 	}
-	id := uuid.NewString()
+	id, keyed, err := s.newTaskID(c, workflows.TestEnvironmentWorkflowName)
+	if err != nil {
+		return err
+	}
 	plan, err := testenv.BuildPlan(id, req, s.envOpts.Templates, s.envOpts.DefaultImage)
 	if err != nil {
 		return envValidationErr(err)
@@ -103,6 +105,12 @@ func (s *Server) createEnv(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	if keyed {
+		// A replay is answered before the quota: it creates nothing.
+		if handled, err := s.replay(c, task); handled {
+			return err
+		}
+	}
 	if s.envOpts.MaxEnvironments > 0 {
 		// Counting and creating are two store calls: creates through this
 		// API process take turns so that they cannot overshoot together.
@@ -112,7 +120,7 @@ func (s *Server) createEnv(c echo.Context) error {
 			return err
 		}
 	}
-	return s.startTask(c, task, workflows.TestEnvironmentWorkflowName, in)
+	return s.startTask(c, task, keyed, workflows.TestEnvironmentWorkflowName, in)
 }
 
 // admitEnvironment answers 429 when MaxEnvironments environments are

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -787,4 +788,27 @@ func TestConvergeEnvironment(t *testing.T) {
 		e := f.fail(http.StatusConflict, http.MethodPost, "/test/environments/"+st.ID+"/converge", "")
 		assert.Equal(t, "a test run is already in progress in this environment", e.Message)
 	})
+}
+
+// A keyed environment create is replayed before the quota is counted: the
+// retry of the request that filled the last slot gets its environment.
+func TestCreateEnvironmentIdempotencyKeyBeforeQuota(t *testing.T) {
+	f := newFixture(t, Options{TestEnv: TestEnvOptions{DefaultImage: "busybox:latest", MaxEnvironments: 1}})
+	f.expectStart(workflows.TestEnvironmentWorkflowName, nil)
+	body := `{"config":{"type":"single_taskserv","taskserv":"containerd"}}`
+	send := func() *httptest.ResponseRecorder {
+		req := httptest.NewRequest(http.MethodPost, "/test/environments/create", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set(IdempotencyKeyHeader, "env-for-job-7")
+		rec := httptest.NewRecorder()
+		f.srv.ServeHTTP(rec, req)
+		return rec
+	}
+	first := send()
+	require.Equal(t, http.StatusOK, first.Code, first.Body.String())
+	again := send()
+	require.Equal(t, http.StatusOK, again.Code, "a replay, not 429: %s", again.Body.String())
+	assert.Equal(t, first.Body.String(), again.Body.String())
+	assert.Equal(t, "true", again.Header().Get(IdempotentReplayedHeader))
+	assert.Len(t, f.tasks(), 1)
 }
