@@ -392,7 +392,7 @@ const (
 	IdempotentReplayedHeader = "Idempotent-Replayed"
 )
 
-// CodeKeyReused: an Idempotency-Key was sent again with a different
+// CodeKeyReused is the error code of an Idempotency-Key sent again with a different
 // request (422).
 const CodeKeyReused = "idempotency_key_reused"
 
