@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"go.temporal.io/sdk/client"
@@ -47,8 +48,11 @@ type App struct {
 	docker   *docker.Runtime
 	janitor  *worker.Janitor
 	stopBg   context.CancelFunc
-	bgDone   chan struct{}
-	metrics  *metrics.Metrics
+	bgCtx    context.Context
+	// reconciler settles tasks stuck without a workflow (serve, api).
+	reconciler *worker.Reconciler
+	bg         sync.WaitGroup
+	metrics    *metrics.Metrics
 }
 
 // Metrics is the app's metrics registry (served at /metrics by the API).
@@ -216,9 +220,30 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		if err := a.startHTTP(); err != nil {
 			return nil, err
 		}
+		if cfg.ReconcileInterval > 0 {
+			a.reconciler = &worker.Reconciler{Store: a.store, Client: a.client, Logger: a.log, Grace: cfg.ReconcileGrace}
+			a.background(func(ctx context.Context) { a.reconciler.Run(ctx, cfg.ReconcileInterval) })
+		}
 	}
 	return a, nil
 }
+
+// background runs fn on its own goroutine until Stop.
+func (a *App) background(fn func(ctx context.Context)) {
+	if a.stopBg == nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		a.bgCtx, a.stopBg = ctx, cancel
+	}
+	a.bg.Add(1)
+	go func() {
+		defer a.bg.Done()
+		fn(a.bgCtx)
+	}()
+}
+
+// Reconciler settles stuck tasks; nil outside serve and api modes or with
+// --reconcile-interval 0.
+func (a *App) Reconciler() *worker.Reconciler { return a.reconciler }
 
 func (a *App) startWorker() error {
 	var env []string
@@ -258,13 +283,7 @@ func (a *App) startWorker() error {
 		a.janitor = &worker.Janitor{Docker: a.docker, Client: a.client, Logger: a.log, Instance: a.cfg.Instance}
 	}
 	if a.janitor != nil && a.cfg.JanitorInterval > 0 {
-		bg, cancel := context.WithCancel(context.Background())
-		a.stopBg = cancel
-		a.bgDone = make(chan struct{})
-		go func() {
-			defer close(a.bgDone)
-			a.janitor.Run(bg, a.cfg.JanitorInterval)
-		}()
+		a.background(func(ctx context.Context) { a.janitor.Run(ctx, a.cfg.JanitorInterval) })
 	}
 	if a.cfg.Mode == ModeWorker && a.cfg.MetricsPort > 0 {
 		if err := a.startOpsHTTP(); err != nil {
@@ -387,7 +406,7 @@ func (a *App) Stop(ctx context.Context) {
 	}
 	if a.stopBg != nil {
 		a.stopBg()
-		<-a.bgDone
+		a.bg.Wait()
 		a.stopBg = nil
 	}
 	if a.worker != nil {

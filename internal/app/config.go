@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/provisioning/orchestrator/testenv"
+	"github.com/provisioning/orchestrator/worker"
 	"github.com/provisioning/orchestrator/workflows"
 )
 
@@ -108,6 +109,12 @@ type Config struct {
 	// JanitorInterval between sweeps for leftover Docker objects; 0
 	// disables the janitor. Default 5m.
 	JanitorInterval time.Duration
+	// ReconcileInterval between passes of the reconciler (serve and api
+	// modes), which fails tasks stuck Pending/Running without a workflow;
+	// default 1m, 0 disables. ReconcileGrace is how long such a task sits
+	// unchanged first; default 2m.
+	ReconcileInterval time.Duration
+	ReconcileGrace    time.Duration
 
 	// AuthToken is a bearer token named "default"; AuthTokenFile holds
 	// `name:token` lines (blank lines and # comments ignored). With any
@@ -210,6 +217,8 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.StringVar(&cfg.Instance, "instance", "default", "deployment name labelled on Docker objects; the janitor sweeps only its own")
 	fs.IntVar(&cfg.MetricsPort, "metrics-port", 0, "worker mode: serve /metrics and /health on this port (0 = off)")
 	fs.DurationVar(&cfg.JanitorInterval, "janitor-interval", 5*time.Minute, "sweep for leftover Docker objects this often (0 disables)")
+	fs.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", worker.DefaultReconcileInterval, "look for tasks stuck Pending/Running without a workflow this often (0 disables)")
+	fs.DurationVar(&cfg.ReconcileGrace, "reconcile-grace", worker.DefaultReconcileGrace, "how long a task sits unchanged before the reconciler asks Temporal about it")
 	fs.StringVar(&cfg.AuthToken, "auth-token", "", `bearer token (named "default") required on every endpoint but /health and /metrics`)
 	fs.StringVar(&cfg.AuthTokenFile, "auth-token-file", "", "file of name:token lines; each token is accepted and its name is the audit actor")
 
@@ -418,6 +427,12 @@ func (c Config) Validate() error {
 		if err := testenv.ValidateResources("", &testenv.Resources{MemoryMB: c.TestNodeMemoryMB}); err != nil || c.TestNodeMemoryMB < 0 {
 			bad("test-node-memory-mb", "%d is out of range: give %d..%d, or 0 for no default limit", c.TestNodeMemoryMB, testenv.MinMemoryMB, testenv.MaxMemoryMB)
 		}
+	}
+	if c.ReconcileInterval < 0 {
+		bad("reconcile-interval", "%s must be 0 (off) or positive", c.ReconcileInterval)
+	}
+	if c.ReconcileGrace < 10*time.Second {
+		bad("reconcile-grace", "%s is too short: a task needs a moment between its record and its workflow (at least 10s)", c.ReconcileGrace)
 	}
 	if c.TestEnvUpdatesPerRun < 1 {
 		bad("test-env-updates-per-run", "%d must be 1 or more", c.TestEnvUpdatesPerRun)
