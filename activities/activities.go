@@ -45,8 +45,10 @@ const (
 )
 
 // MaxReturnedOutput caps each stream returned to the workflow so that event
-// history stays well below Temporal's payload limits; the tail is kept.
-const MaxReturnedOutput = 64 << 10
+// history stays well below Temporal's limits whatever a script prints: a
+// MaxServers (500) task carries at most 500 × 2 × 8 KiB = 8 MB of output
+// (the history limit is 50 MB, a payload's 2 MB). The tail is kept.
+const MaxReturnedOutput = 8 << 10
 
 // Activities is registered on the worker; workflows call its methods through
 // a typed nil pointer. Its fields are the dependencies.

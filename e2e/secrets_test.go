@@ -55,3 +55,22 @@ func TestScriptsDoNotSeeTheServicesSecrets(t *testing.T) {
 		}
 	}
 }
+
+// Without --instance a deployment names itself after its Temporal
+// namespace and that namespace's unique id: stable across restarts (the
+// janitor keeps owning its environments), different for another
+// deployment (which never sweeps them).
+func TestInstanceDerivedFromTheNamespace(t *testing.T) {
+	cfg := appConfig(t, withNu(t, filepath.Join(t.TempDir(), "unused")))
+	require.Empty(t, cfg.Instance)
+	a, _ := launchApp(t, cfg)
+	first := a.Config().Instance
+	assert.Regexp(t, `^default-[0-9a-f]{8}$`, first)
+	a.Stop(t.Context())
+
+	again, _ := launchApp(t, cfg)
+	assert.Equal(t, first, again.Config().Instance, "the same data dir is the same deployment")
+
+	other, _ := launchApp(t, appConfig(t))
+	assert.NotEqual(t, first, other.Config().Instance, "another deployment")
+}

@@ -120,7 +120,8 @@ func (w *provisioning) setup(ctx workflow.Context) error {
 		w.task.CreatedAt = workflow.Now(ctx)
 	}
 	if err := workflow.SetQueryHandler(ctx, StatusQuery, func() (storage.Task, error) {
-		return w.task, nil
+		// Bounded: a query answer has a size limit too.
+		return storage.Bounded(w.task, storage.MaxResultBytes), nil
 	}); err != nil {
 		return err
 	}
@@ -258,9 +259,11 @@ func (w *provisioning) finish(ctx workflow.Context, status storage.TaskStatus, o
 	}
 	dctx, _ := workflow.NewDisconnectedContext(ctx)
 	if err := projectTask(dctx, &w.task); err != nil {
-		return w.task, err
+		return storage.Bounded(w.task, storage.MaxResultBytes), err
 	}
-	return w.task, result
+	// The result travels through history: bounded, whatever the steps
+	// printed (the store has every step's tail).
+	return storage.Bounded(w.task, storage.MaxResultBytes), result
 }
 
 // recordStep stores one step's outcome and reports whether it was cancelled.

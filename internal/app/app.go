@@ -5,6 +5,8 @@ package app
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -15,9 +17,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	sdklog "go.temporal.io/sdk/log"
 	sdkworker "go.temporal.io/sdk/worker"
@@ -189,6 +193,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	if err != nil {
 		return nil, fmt.Errorf("connect to Temporal at %s (--temporal-address): %w", address, err)
 	}
+	if a.cfg.Instance == "" {
+		if a.cfg.Instance, err = deriveInstance(ctx, a.client, cfg.TemporalNamespace); err != nil {
+			return nil, err
+		}
+		cfg = a.cfg
+		log.Info("instance derived from the Temporal namespace", "instance", cfg.Instance)
+	}
 
 	if a.store, err = OpenStore(ctx, cfg.StoreConfig(), log); err != nil {
 		return nil, err
@@ -226,6 +237,36 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		}
 	}
 	return a, nil
+}
+
+// deriveInstance names a deployment after its Temporal namespace and that
+// namespace's id, which is unique per namespace registration (two
+// embedded servers, or two clusters, never share it).
+func deriveInstance(ctx context.Context, c client.Client, namespace string) (string, error) {
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	desc, err := c.WorkflowService().DescribeNamespace(dctx, &workflowservice.DescribeNamespaceRequest{Namespace: namespace})
+	if err != nil {
+		return "", fmt.Errorf("describe Temporal namespace %q (to derive --instance; or set --instance): %w", namespace, err)
+	}
+	// Hashed: namespace ids can be time-ordered UUIDs whose first digits
+	// two deployments made the same minute share.
+	sum := sha256.Sum256([]byte(desc.GetNamespaceInfo().GetId()))
+	id := hex.EncodeToString(sum[:4])
+	name := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-' {
+			return r
+		}
+		return '-'
+	}, namespace)
+	name = strings.TrimLeft(name, "._-")
+	if len(name) > 50 {
+		name = name[:50]
+	}
+	if name == "" {
+		name = "ns"
+	}
+	return name + "-" + id, nil
 }
 
 // background runs fn on its own goroutine until Stop.
@@ -385,8 +426,11 @@ func (a *App) listen(flagName string, port int, h http.Handler) error {
 		IdleTimeout:    2 * time.Minute,
 		MaxHeaderBytes: 64 << 10,
 	}
+	// The goroutine gets its own reference: a Stop right after start
+	// clears a.http before the goroutine may have run.
+	srv := a.http
 	go func() {
-		if err := a.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			a.httpErr <- err
 		}
 	}()

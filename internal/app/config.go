@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"regexp"
 	"strings"
@@ -100,8 +101,10 @@ type Config struct {
 	// ones.
 	TestTopologies []string
 	// Instance names this deployment on every Docker object it creates;
-	// its janitor sweeps only objects of the same instance. Default
-	// "default".
+	// its janitor sweeps only objects of the same instance. Default ""
+	// derives it from the Temporal namespace and that namespace's unique
+	// id ("<namespace>-<8 hex>"), so two deployments sharing one engine
+	// never sweep each other's environments.
 	Instance string
 	// MetricsPort, when > 0 in worker mode, serves GET /metrics and
 	// GET /health there (workers have no REST API); default 0 = off.
@@ -121,6 +124,9 @@ type Config struct {
 	// token, every endpoint but /health and /metrics requires one.
 	AuthToken     string
 	AuthTokenFile string
+	// Insecure allows a non-loopback Host without AuthToken or
+	// AuthTokenFile; without it such a configuration refuses to start.
+	Insecure bool
 
 	// ScriptEnvPass names variables of the service's environment that
 	// provisioning runs inherit besides the safe base (PATH, HOME, locale,
@@ -157,6 +163,16 @@ func EnvName(flagName string) string {
 	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
+// isLoopback reports whether host (an IP or a name) only listens on this
+// machine.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
 // envNameRE is what --script-env-pass accepts as a variable name.
 var envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
@@ -184,6 +200,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.StringVar(&cfg.Store.SurrealDatabase, "surrealdb-database", DefaultSurrealDatabase, "SurrealDB database")
 	fs.StringVar(&cfg.Store.SurrealUsername, "surrealdb-username", "", "SurrealDB root user")
 	fs.StringVar(&cfg.Store.SurrealPassword, "surrealdb-password", "", "SurrealDB root password")
+	fs.StringVar(&cfg.Store.SurrealPasswordFile, "surrealdb-password-file", "", "file holding the SurrealDB root password (e.g. a Docker secret); read at start")
 	fs.StringVar(&cfg.Store.SurrealPath, "surreal-path", DefaultSurrealExecutable, "surreal executable started by --storage-type surrealdb-embedded")
 	fs.StringVar(&cfg.NuPath, "nu-path", DefaultNuPath, "Nushell executable")
 	fs.StringVar(&cfg.ProvisioningPath, "provisioning-path", DefaultProvisioningPath, "provisioning Nushell script run by activities")
@@ -214,13 +231,14 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.IntVar(&cfg.TestEnvUpdatesPerRun, "test-env-updates-per-run", workflows.DefaultUpdatesPerRun, "test runs and converges per environment workflow run before it continues as new (bounds its history)")
 	topologies := fs.String("test-topologies", "", "extra topology template file(s) (TOML), comma-separated")
 	scriptEnvPass := fs.String("script-env-pass", "", "names of service environment variables provisioning runs inherit, comma-separated (besides PATH, HOME, locale and PROVISIONING_*; never secrets)")
-	fs.StringVar(&cfg.Instance, "instance", "default", "deployment name labelled on Docker objects; the janitor sweeps only its own")
+	fs.StringVar(&cfg.Instance, "instance", "", "deployment name labelled on Docker objects; the janitor sweeps only its own (default: derived from the Temporal namespace and its id)")
 	fs.IntVar(&cfg.MetricsPort, "metrics-port", 0, "worker mode: serve /metrics and /health on this port (0 = off)")
 	fs.DurationVar(&cfg.JanitorInterval, "janitor-interval", 5*time.Minute, "sweep for leftover Docker objects this often (0 disables)")
 	fs.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", worker.DefaultReconcileInterval, "look for tasks stuck Pending/Running without a workflow this often (0 disables)")
 	fs.DurationVar(&cfg.ReconcileGrace, "reconcile-grace", worker.DefaultReconcileGrace, "how long a task sits unchanged before the reconciler asks Temporal about it")
 	fs.StringVar(&cfg.AuthToken, "auth-token", "", `bearer token (named "default") required on every endpoint but /health and /metrics`)
 	fs.StringVar(&cfg.AuthTokenFile, "auth-token-file", "", "file of name:token lines; each token is accepted and its name is the audit actor")
+	fs.BoolVar(&cfg.Insecure, "insecure", false, "allow serving the API on a non-loopback --host without authentication")
 
 	if err := parseWithEnv(fs, args, getenv, EnvName); err != nil {
 		return cfg, err
@@ -428,6 +446,9 @@ func (c Config) Validate() error {
 			bad("test-node-memory-mb", "%d is out of range: give %d..%d, or 0 for no default limit", c.TestNodeMemoryMB, testenv.MinMemoryMB, testenv.MaxMemoryMB)
 		}
 	}
+	if (c.Mode == ModeServe || c.Mode == ModeAPI) && c.AuthToken == "" && c.AuthTokenFile == "" && !c.Insecure && !isLoopback(c.Host) {
+		bad("host", "%s exposes the API beyond this machine without authentication: set --auth-token or --auth-token-file (or ORCHESTRATOR_AUTH_TOKEN[_FILE]), or pass --insecure to accept that", c.Host)
+	}
 	if c.ReconcileInterval < 0 {
 		bad("reconcile-interval", "%s must be 0 (off) or positive", c.ReconcileInterval)
 	}
@@ -443,8 +464,10 @@ func (c Config) Validate() error {
 	if c.TestEnvTTL < time.Second || c.TestEnvTTL > 7*24*time.Hour {
 		bad("test-env-ttl", "%s must be from 1s to 168h", c.TestEnvTTL)
 	}
-	if err := testenv.ValidateName("instance", c.Instance); err != nil {
-		bad("instance", "%v", err)
+	if c.Instance != "" {
+		if err := testenv.ValidateName("instance", c.Instance); err != nil {
+			bad("instance", "%v", err)
+		}
 	}
 	if c.MetricsPort < 0 || c.MetricsPort > 65535 {
 		bad("metrics-port", "%d is not a TCP port", c.MetricsPort)

@@ -2,6 +2,8 @@ package app
 
 import (
 	"io"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -52,4 +54,42 @@ func TestNodeLimitAndUpdatesFlags(t *testing.T) {
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), args[0])
 	}
+}
+
+// Serving the API beyond loopback without auth refuses to start unless
+// --insecure says so; loopback (the quick start) and auth are fine.
+func TestExposedWithoutAuthRefused(t *testing.T) {
+	noEnv := func(string) string { return "" }
+	_, err := ParseConfig([]string{"--host", "0.0.0.0"}, noEnv, io.Discard)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "--host")
+	assert.Contains(t, err.Error(), "--insecure")
+	for _, args := range [][]string{
+		{"--host", "0.0.0.0", "--insecure"},
+		{"--host", "0.0.0.0", "--auth-token", "t0k3n"},
+		{"--host", "::1"},
+		{"--host", "localhost"},
+		{},
+		{"worker", "--host", "0.0.0.0", "--temporal-address", "t:7233"}, // no API
+	} {
+		_, err := ParseConfig(args, noEnv, io.Discard)
+		assert.NoError(t, err, "%v", args)
+	}
+}
+
+// A SurrealDB password can come from a file (a Docker secret), read when
+// the store opens.
+func TestSecretFromFile(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "surreal")
+	require.NoError(t, os.WriteFile(f, []byte("s3cret\n"), 0o600))
+	env := map[string]string{"ORCHESTRATOR_SURREALDB_PASSWORD_FILE": f}
+	cfg, err := ParseConfig(nil, func(k string) string { return env[k] }, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, f, cfg.Store.SurrealPasswordFile)
+	sc := cfg.StoreConfig()
+	sc.Type = "surrealdb-server"
+	sc.SurrealPasswordFile = filepath.Join(t.TempDir(), "missing")
+	_, err = OpenStore(t.Context(), sc, nil)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "--surrealdb-password-file")
 }

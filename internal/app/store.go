@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/provisioning/orchestrator/storage"
 )
@@ -27,6 +29,9 @@ type StoreConfig struct {
 	// SurrealUsername and SurrealPassword sign in as a root user.
 	SurrealUsername string
 	SurrealPassword string
+	// SurrealPasswordFile, when set, holds the password (read when the
+	// store opens; trailing newlines dropped).
+	SurrealPasswordFile string
 	// SurrealPath is the `surreal`-compatible executable the embedded mode
 	// starts, default "surreal".
 	SurrealPath string
@@ -78,6 +83,13 @@ func OpenStore(ctx context.Context, sc StoreConfig, log *slog.Logger) (storage.S
 	open, ok := openers[sc.Type]
 	if !ok {
 		return nil, fmt.Errorf("--storage-type %q is not supported (use filesystem, surrealdb-embedded or surrealdb-server)", sc.Type)
+	}
+	if sc.SurrealPasswordFile != "" && sc.SurrealPassword == "" {
+		b, err := os.ReadFile(sc.SurrealPasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("--surrealdb-password-file: %w", err)
+		}
+		sc.SurrealPassword = strings.TrimRight(string(b), "\r\n")
 	}
 	if sc.DataDir != "" {
 		abs, err := filepath.Abs(sc.DataDir)

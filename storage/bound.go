@@ -1,0 +1,49 @@
+package storage
+
+import (
+	"slices"
+
+	"github.com/provisioning/orchestrator/internal/tailbuf"
+)
+
+// MaxResultBytes bounds the step output and error text a task carries when
+// it travels through Temporal as a workflow result or a query answer (the
+// payload limit is 2 MB; a 500-server task must stay well below it).
+const MaxResultBytes = 1 << 20
+
+// Bounded returns a copy of t whose steps' Output and Error total at most
+// limit bytes: short texts stay whole and the longest are cut to their
+// tails first (where a script says what happened). t itself is unchanged.
+func Bounded(t Task, limit int) Task {
+	var lens []int
+	total, longest := 0, 0
+	for _, s := range t.Steps {
+		for _, n := range []int{len(s.Output), len(s.Error)} {
+			lens = append(lens, n)
+			total += n
+			longest = max(longest, n)
+		}
+	}
+	if total <= limit {
+		return t
+	}
+	lo, hi := 0, longest
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		sum := 0
+		for _, n := range lens {
+			sum += min(n, mid)
+		}
+		if sum <= limit {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	t.Steps = slices.Clone(t.Steps)
+	for i := range t.Steps {
+		t.Steps[i].Output = tailbuf.String(t.Steps[i].Output, lo)
+		t.Steps[i].Error = tailbuf.String(t.Steps[i].Error, lo)
+	}
+	return t
+}
