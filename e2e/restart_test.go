@@ -104,20 +104,34 @@ func TestKillAndRestartLosesNothing(t *testing.T) {
 		"--heartbeat-timeout", "2s", "--retry-initial-interval", "100ms", "--retry-max-interval", "1s",
 		"--parallelism", "2", "--log-format", "json",
 	}
-	env := []string{"PROVISIONING_STATE_DIR=" + stateDir, "PROVISIONING_DEMO_DELAY_MS=1500"}
+	runLog := filepath.Join(dir, "runs.log")
+	env := []string{"PROVISIONING_STATE_DIR=" + stateDir, "PROVISIONING_DEMO_DELAY_MS=1500", "PROVISIONING_DEMO_RUN_LOG=" + runLog}
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 
 	first := startChild(t, args, env, logPath)
 	waitHealthy(t, base, first, logPath)
 	h := &harness{t: t, base: base}
+	// 50 tasks in flight: 3 of three servers, 47 of one.
 	var ids []string
 	for i := range 3 {
 		ids = append(ids, h.submit("/workflows/servers/create", serverBody(
 			fmt.Sprintf("s%d-a", i), fmt.Sprintf("s%d-b", i), fmt.Sprintf("s%d-c", i))))
 	}
+	for i := range 47 {
+		ids = append(ids, h.submit("/workflows/servers/create", serverBody(fmt.Sprintf("one-%02d", i))))
+	}
 	// Kill while Nushell steps are in flight.
-	eventually(t, 30*time.Second, "nu processes running", func() bool { return len(taskProcesses(ids[0])) > 0 })
-	require.Equal(t, storage.StatusRunning, h.task(ids[0]).Status)
+	var busy string
+	eventually(t, 60*time.Second, "nu processes running", func() bool {
+		for _, id := range ids {
+			if len(taskProcesses(id)) > 0 {
+				busy = id
+				return true
+			}
+		}
+		return false
+	})
+	require.Equal(t, storage.StatusRunning, h.task(busy).Status)
 	require.NoError(t, first.cmd.Process.Signal(syscall.SIGKILL))
 	<-first.done
 	// Pdeathsig takes the nu processes down with their parent.
@@ -137,6 +151,26 @@ func TestKillAndRestartLosesNothing(t *testing.T) {
 	}
 	r := h.get("/tasks?status=Running")
 	assert.Equal(t, "0", r.header.Get("X-Total-Count"), "tasks stuck in Running")
+
+	// The provider's own count: every server was provisioned (changed)
+	// exactly once; a step retried after the kill found it done.
+	b, err := os.ReadFile(runLog)
+	require.NoError(t, err)
+	changed := map[string]int{}
+	runs, unchanged := 0, 0
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		runs++
+		if what, ok := strings.CutSuffix(line, " changed"); ok {
+			changed[what]++
+		} else {
+			unchanged++
+		}
+	}
+	assert.Len(t, changed, 3*3+47, "every server provisioned")
+	for what, n := range changed {
+		assert.Equal(t, 1, n, "%s provisioned %d times", what, n)
+	}
+	t.Logf("kill -9 with %d tasks in flight: %d completed, %d provider runs finished (%d found the work done), 0 lost, 0 duplicated", len(ids), len(ids), runs, unchanged)
 
 	// A clean stop (SIGTERM) exits 0.
 	require.NoError(t, second.cmd.Process.Signal(syscall.SIGTERM))
