@@ -23,6 +23,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/provisioning/orchestrator/internal/app"
+	"github.com/provisioning/orchestrator/storage"
 	"github.com/provisioning/orchestrator/testenv"
 	"github.com/provisioning/orchestrator/workflows"
 )
@@ -691,5 +692,38 @@ func TestEnvContinuesAsNewAndKeepsServing(t *testing.T) {
 	require.Len(t, st.Runs, 5)
 	assert.Empty(t, st.Runs[0].Results[0].Stdout, "older runs keep no output")
 	assert.Equal(t, "run 5\n", st.Runs[4].Results[0].Stdout)
+	h.deleteAndWait(id)
+}
+
+// A long test run cannot starve provisioning: the environment's activities
+// run on their own task queue and slots, so with a single provisioning slot
+// a server create completes while a 20 s test runs.
+func TestLongTestRunDoesNotStarveProvisioning(t *testing.T) {
+	h := startEnvApp(t, func(c *app.Config) { c.MaxConcurrentActivities = 1 })
+	id := h.submit("/test/environments/create", map[string]any{
+		"config": map[string]any{"type": "single_taskserv", "taskserv": "etcd", "base_image": h.image}, "auto_start": true,
+	})
+	st := h.waitEnv(id, 2*time.Minute, statusIs(workflows.EnvReady, workflows.EnvError))
+	require.Equal(t, workflows.EnvReady, st.Status, st.Error)
+	runDone := make(chan response, 1)
+	go func() {
+		r, err := send(http.DefaultClient, http.MethodPost, h.base+"/test/environments/"+id+"/run",
+			map[string]any{"tests": []map[string]any{{"name": "long", "command": []string{"sleep", "20"}, "timeout_seconds": 60}}})
+		if err != nil {
+			r.status = -1
+		}
+		runDone <- r
+	}()
+	h.waitEnv(id, 30*time.Second, statusIs(workflows.EnvRunning))
+	task := h.submit("/workflows/servers/create", map[string]any{"infra": "lab", "settings": "./s.yaml", "servers": []string{"web-01"}})
+	done, _ := waitTask(t, h.base, task, 15*time.Second, func(t storage.Task) bool { return t.Status.Terminal() })
+	assert.Equal(t, storage.StatusCompleted, done.Status)
+	select {
+	case <-runDone:
+		t.Fatal("the test run ended before the provisioning task: nothing was shown")
+	default:
+	}
+	r := <-runDone
+	assert.Equal(t, http.StatusOK, r.status, "%s", r.raw)
 	h.deleteAndWait(id)
 }

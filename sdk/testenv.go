@@ -55,7 +55,8 @@ func (c *Client) StartTestEnvironment(ctx context.Context, req testenv.CreateReq
 		ttl = workflows.DefaultEnvTTL
 	}
 	in := workflows.TestEnvInput{EnvID: id, Request: req, Plan: plan, TTL: ttl,
-		CreatedAt: time.Now().UTC().Truncate(time.Microsecond)}
+		CreatedAt:         time.Now().UTC().Truncate(time.Microsecond),
+		ActivityTaskQueue: workflows.EnvTaskQueue(c.taskQueue())}
 	if err := c.start(ctx, id, workflows.TestEnvironmentWorkflowName, in); err != nil {
 		return EnvRun{}, err
 	}

@@ -98,7 +98,8 @@ func (s *Server) createEnv(c echo.Context) error {
 		}
 	}
 	now := time.Now().UTC().Truncate(time.Microsecond)
-	in := workflows.TestEnvInput{EnvID: id, Request: req, Plan: plan, TTL: ttl, CreatedAt: now, UpdatesPerRun: s.envOpts.UpdatesPerRun}
+	in := workflows.TestEnvInput{EnvID: id, Request: req, Plan: plan, TTL: ttl, CreatedAt: now, UpdatesPerRun: s.envOpts.UpdatesPerRun,
+		ActivityTaskQueue: workflows.EnvTaskQueue(s.taskQueue)}
 	state := testenv.EnvState{ID: id, Status: workflows.EnvCreating, Type: req.Config.Type, Infra: req.Infra,
 		Request: req, CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(ttl)}
 	task, err := testenv.EnvTask(state)

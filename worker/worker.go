@@ -37,19 +37,61 @@ type Options struct {
 	// MaxConcurrentActivities bounds activity slots (Nushell processes) on
 	// this worker; default 32. Per-task parallelism is bounded separately.
 	MaxConcurrentActivities int
+	// MaxConcurrentEnvActivities bounds the slots of the test-environment
+	// activities (workflows.EnvTaskQueue of TaskQueue), which a second
+	// worker in the same process polls; default 16. A long test run takes
+	// one of these, never a provisioning slot.
+	MaxConcurrentEnvActivities int
 }
 
-// New creates (but does not start) a worker with everything registered.
-func New(c client.Client, acts *activities.Activities, o Options) sdkworker.Worker {
+// Workers are the two workers of a process: provisioning (workflows and
+// Nushell steps) and test-environment activities.
+type Workers struct {
+	Main, Env sdkworker.Worker
+}
+
+// Start starts both; on failure neither runs.
+func (w Workers) Start() error {
+	if err := w.Main.Start(); err != nil {
+		return err
+	}
+	if err := w.Env.Start(); err != nil {
+		w.Main.Stop()
+		return err
+	}
+	return nil
+}
+
+// Stop stops both.
+func (w Workers) Stop() {
+	w.Env.Stop()
+	w.Main.Stop()
+}
+
+// New creates (but does not start) the process's workers: the main one
+// with everything registered, and one polling the environment activities'
+// queue with its own slot budget.
+func New(c client.Client, acts *activities.Activities, o Options) Workers {
 	if o.TaskQueue == "" {
 		o.TaskQueue = workflows.DefaultTaskQueue
 	}
 	if o.MaxConcurrentActivities <= 0 {
 		o.MaxConcurrentActivities = 32
 	}
+	if o.MaxConcurrentEnvActivities <= 0 {
+		o.MaxConcurrentEnvActivities = 16
+	}
 	w := sdkworker.New(c, o.TaskQueue, sdkworker.Options{
 		MaxConcurrentActivityExecutionSize: o.MaxConcurrentActivities,
 	})
 	Register(w, acts)
-	return w
+	env := sdkworker.New(c, workflows.EnvTaskQueue(o.TaskQueue), sdkworker.Options{
+		MaxConcurrentActivityExecutionSize: o.MaxConcurrentEnvActivities,
+		// Only activities: the environment workflows run on the main queue.
+		DisableWorkflowWorker: true,
+	})
+	if acts != nil {
+		env.RegisterActivity(acts)
+	}
+	return Workers{Main: w, Env: env}
 }

@@ -67,11 +67,21 @@ type TestEnvInput struct {
 	// Carry is set when the workflow continued as new: the environment
 	// exists already and goes on serving with this state.
 	Carry *EnvCarry `json:"carry,omitempty"`
+	// ActivityTaskQueue is where the environment's Docker and converge
+	// activities run: a queue of their own (EnvTaskQueue of the workflow's
+	// queue) with its own slots, so that long test runs cannot take every
+	// slot from provisioning steps. Empty: the workflow's own queue (as
+	// environments started before the split do).
+	ActivityTaskQueue string `json:"activity_task_queue,omitempty"`
 	// UpdatesPerRun is how many runs and converges one workflow run serves
 	// before it continues as new (keeping its history short); 0 means
 	// DefaultUpdatesPerRun. Temporal's own suggestion also triggers it.
 	UpdatesPerRun int `json:"updates_per_run,omitempty"`
 }
+
+// EnvTaskQueue is the task queue of the test-environment activities of
+// workflows on queue: "<queue>-testenv". Workers poll both.
+func EnvTaskQueue(queue string) string { return queue + "-testenv" }
 
 // DefaultUpdatesPerRun is TestEnvInput.UpdatesPerRun's default: a run
 // costs about 15 history events, so a workflow run stays near 1,500
@@ -119,12 +129,17 @@ type envWorkflow struct {
 	updates int
 }
 
+// envQueueKey holds the environment's ActivityTaskQueue in its context, so
+// that every engine activity option set (engineCtx) uses it.
+type envQueueKey struct{}
+
 // TestEnvironmentWorkflow creates a test environment, serves test runs
 // (RunTestsUpdate) until cleanup is signalled, auto_cleanup follows a run,
 // the TTL expires, or the workflow is cancelled, and then removes every
 // Docker object it created. Its timer is durable: a TTL outlives crashes.
 func TestEnvironmentWorkflow(ctx workflow.Context, in TestEnvInput) (testenv.EnvState, error) {
 	w := newEnvWorkflow(ctx, in)
+	ctx = w.withQueue(ctx)
 	if err := w.setup(ctx); err != nil {
 		return w.s, err
 	}
@@ -140,6 +155,15 @@ func TestEnvironmentWorkflow(ctx workflow.Context, in TestEnvInput) (testenv.Env
 		return w.s, workflow.NewContinueAsNewError(ctx, TestEnvironmentWorkflowName, next)
 	}
 	return w.teardown(ctx, expired)
+}
+
+// withQueue puts the environment's activity task queue into ctx for
+// engineCtx; the update handlers get the root context, so each applies it.
+func (w *envWorkflow) withQueue(ctx workflow.Context) workflow.Context {
+	if w.in.ActivityTaskQueue == "" {
+		return ctx
+	}
+	return workflow.WithValue(ctx, envQueueKey{}, w.in.ActivityTaskQueue)
 }
 
 func newEnvWorkflow(ctx workflow.Context, in TestEnvInput) *envWorkflow {
@@ -359,6 +383,7 @@ func (w *envWorkflow) teardown(ctx workflow.Context, expired bool) (testenv.EnvS
 
 // runTests is the RunTestsUpdate handler.
 func (w *envWorkflow) runTests(ctx workflow.Context, req testenv.RunRequest) (testenv.TestRun, error) {
+	ctx = w.withQueue(ctx)
 	plan := w.in.Plan
 	w.updates++
 	w.running = true
@@ -483,6 +508,7 @@ func (w *envWorkflow) convergeAndCheck(ctx workflow.Context, idempotence bool) e
 // asked, by the request or else by the environment's option) and leaves
 // the environment ready, or failed with the error naming what failed.
 func (w *envWorkflow) convergeUpdate(ctx workflow.Context, req testenv.ConvergeRequest) (testenv.ConvergeReport, error) {
+	ctx = w.withQueue(ctx)
 	w.updates++
 	w.running = true
 	defer func() { w.running = false }()
@@ -673,7 +699,9 @@ func dockerCtx(ctx workflow.Context, timeout time.Duration) workflow.Context {
 // exponential backoff up to maxInterval, nonRetryable error types not
 // retried.
 func engineCtx(ctx workflow.Context, timeout, maxInterval time.Duration, nonRetryable ...string) workflow.Context {
+	queue, _ := ctx.Value(envQueueKey{}).(string)
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:           queue,
 		StartToCloseTimeout: timeout,
 		HeartbeatTimeout:    30 * time.Second,
 		WaitForCancellation: true,

@@ -1140,3 +1140,20 @@ func TestTestEnv_ContinuesAsNewAfterManyRuns(t *testing.T) {
 	assert.Greater(t, ps[0].Version, lastBefore.Version, "versions go on across runs")
 	requireSameTime(t, carried.ExpiresAt, final.ExpiresAt, "the TTL is the environment's, not the run's")
 }
+
+// The engine activities run on the environment's own task queue (its own
+// worker slots), so long test runs cannot starve provisioning steps.
+func TestTestEnv_ActivitiesOnTheirOwnQueue(t *testing.T) {
+	in := envInput(t, envRequest(), 0)
+	in.ActivityTaskQueue = workflows.EnvTaskQueue("provisioning")
+	h := newEnvHarness(t, in)
+	h.sendRun(5*time.Minute, "r1", unameRun)
+	h.sendCleanup(10 * time.Minute)
+	h.start()
+	h.envResult()
+	calls := h.dockerCalls()
+	require.NotEmpty(t, calls)
+	for _, c := range calls {
+		assert.Equal(t, "provisioning-testenv", c.info.TaskQueue, c.name)
+	}
+}

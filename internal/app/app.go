@@ -24,7 +24,6 @@ import (
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	sdklog "go.temporal.io/sdk/log"
-	sdkworker "go.temporal.io/sdk/worker"
 
 	"github.com/provisioning/orchestrator/activities"
 	"github.com/provisioning/orchestrator/driver"
@@ -45,7 +44,7 @@ type App struct {
 	temporal *devserver.Server
 	client   client.Client
 	store    storage.Store
-	worker   sdkworker.Worker
+	worker   *worker.Workers
 	http     *http.Server
 	httpAddr string
 	httpErr  chan error
@@ -312,10 +311,12 @@ func (a *App) startWorker() error {
 		Logger:      a.log,
 		Metrics:     a.metrics,
 	}
-	a.worker = worker.New(a.client, acts, worker.Options{
-		TaskQueue:               a.cfg.TaskQueue,
-		MaxConcurrentActivities: a.cfg.MaxConcurrentActivities,
+	ws := worker.New(a.client, acts, worker.Options{
+		TaskQueue:                  a.cfg.TaskQueue,
+		MaxConcurrentActivities:    a.cfg.MaxConcurrentActivities,
+		MaxConcurrentEnvActivities: a.cfg.MaxConcurrentEnvActivities,
 	})
+	a.worker = &ws
 	if err := a.worker.Start(); err != nil {
 		a.worker = nil
 		return fmt.Errorf("start worker on task queue %q: %w", a.cfg.TaskQueue, err)

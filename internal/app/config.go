@@ -69,6 +69,9 @@ type Config struct {
 	Policy workflows.ExecPolicy
 	// MaxConcurrentActivities per worker process; default 32.
 	MaxConcurrentActivities int
+	// MaxConcurrentEnvActivities per worker process for test-environment
+	// activities (their own task queue and slots); default 16.
+	MaxConcurrentEnvActivities int
 
 	LogLevel  slog.Level
 	LogFormat string
@@ -218,6 +221,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.DurationVar(&cfg.Policy.StepTimeout, "step-timeout", workflows.DefaultStepTimeout, "time limit of one Nushell attempt")
 	fs.DurationVar(&cfg.Policy.HeartbeatTimeout, "heartbeat-timeout", workflows.DefaultHeartbeatTimeout, "a step whose worker is silent this long is retried")
 	fs.IntVar(&cfg.MaxConcurrentActivities, "max-concurrent-activities", 32, "Nushell processes one worker runs at once")
+	fs.IntVar(&cfg.MaxConcurrentEnvActivities, "max-concurrent-env-activities", 16, "test-environment activities (Docker calls, test runs, converges) one worker runs at once, on their own task queue <task-queue>-testenv")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	temporalLogLevel := fs.String("temporal-log-level", "warn", "log level of the embedded Temporal server")
 	fs.StringVar(&cfg.LogFormat, "log-format", "auto", "json, text, or auto (text on a terminal, json otherwise)")
@@ -424,6 +428,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxConcurrentActivities < 1 {
 		bad("max-concurrent-activities", "must be at least 1")
+	}
+	if c.MaxConcurrentEnvActivities < 1 {
+		bad("max-concurrent-env-activities", "must be at least 1")
 	}
 	switch c.LogFormat {
 	case "auto", "json", "text":
