@@ -51,7 +51,7 @@ func TestScriptsDoNotSeeTheServicesSecrets(t *testing.T) {
 	for _, line := range strings.Split(out, "\n") {
 		name, _, _ := strings.Cut(line, "=")
 		if strings.HasPrefix(name, "ORCHESTRATOR_") {
-			assert.Contains(t, []string{"ORCHESTRATOR_TASK_ID", "ORCHESTRATOR_STEP", "ORCHESTRATOR_ATTEMPT"}, name, "leaked: %s", line)
+			assert.Contains(t, []string{"ORCHESTRATOR_TASK_ID", "ORCHESTRATOR_STEP", "ORCHESTRATOR_ATTEMPT", "ORCHESTRATOR_RUN_TOKEN"}, name, "leaked: %s", line)
 		}
 	}
 }

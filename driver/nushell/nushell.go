@@ -7,8 +7,11 @@
 package nushell
 
 import (
+	"bytes"
 	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -233,7 +236,10 @@ func (r *Runner) Run(ctx context.Context, args []string, env []string, heartbeat
 	if base == nil {
 		base = SafeEnviron(os.Environ(), nil)
 	}
-	cmd.Env = slices.Concat(base, r.Env, env)
+	// The run token is inherited by every descendant, also those that
+	// leave the session with setsid: stopSession finds them by it.
+	token := newRunToken()
+	cmd.Env = slices.Concat(base, r.Env, env, []string{RunTokenEnv + "=" + token})
 	cmd.Stdout = stdout
 	cmd.Stderr = stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
@@ -268,7 +274,7 @@ wait:
 		}
 	}
 	// Runs on both paths: after a normal exit it only finds stragglers, if any.
-	stopSession(sid, exited, grace)
+	stopSession(run{sid: sid, token: token}, exited, grace)
 	<-exited
 	waitErr := cmd.Wait()
 
@@ -430,7 +436,7 @@ func waitExitedNoReap(pid int) {
 // (giving up on stragglers after another grace, since a process stuck in
 // uninterruptible sleep cannot die until the kernel lets it). It returns at
 // once when nothing is running, the normal case after a clean exit.
-func stopSession(sid int, exited <-chan struct{}, grace time.Duration) {
+func stopSession(sid run, exited <-chan struct{}, grace time.Duration) {
 	if signalSession(sid, exited, syscall.SIGTERM) == 0 {
 		return
 	}
@@ -453,12 +459,12 @@ func stopSession(sid int, exited <-chan struct{}, grace time.Duration) {
 // how many there were. The group kill is atomic for the common case (nu and
 // its foreground externals); the per-process kills reach the processes nu
 // moved to other groups of the session.
-func signalSession(sid int, exited <-chan struct{}, sig syscall.Signal) int {
+func signalSession(sid run, exited <-chan struct{}, sig syscall.Signal) int {
 	members := liveMembers(sid, exited)
 	if len(members) == 0 {
 		return 0
 	}
-	_ = syscall.Kill(-sid, sig)
+	_ = syscall.Kill(-sid.sid, sig)
 	for _, pid := range members {
 		_ = syscall.Kill(pid, sig) // ESRCH means it is gone already: the goal
 	}
@@ -467,7 +473,7 @@ func signalSession(sid int, exited <-chan struct{}, sig syscall.Signal) int {
 
 // liveMembers lists the live processes of session sid. Without a readable
 // /proc it can only know about nu itself (pid sid), through exited.
-func liveMembers(sid int, exited <-chan struct{}) []int {
+func liveMembers(sid run, exited <-chan struct{}) []int {
 	pids, err := sessionMembers(sid)
 	if err == nil {
 		return pids
@@ -476,14 +482,34 @@ func liveMembers(sid int, exited <-chan struct{}) []int {
 	case <-exited:
 		return nil
 	default:
-		return []int{sid}
+		return []int{sid.sid}
 	}
 }
 
-// sessionMembers lists the non-zombie processes whose session id is sid.
-// Zombies are skipped: they are already dead, and orphaned ones may never be
-// reaped where PID 1 is not a real init (as in many containers).
-func sessionMembers(sid int) ([]int, error) {
+// RunTokenEnv is set, to a value unique per run, in the environment of
+// every nu run: the processes a script leaves behind outside its session
+// (setsid, daemonizing) still carry it, so the run's end finds and stops
+// them too. A process that clears its environment is beyond reach (only a
+// cgroup per run would catch it).
+const RunTokenEnv = "ORCHESTRATOR_RUN_TOKEN"
+
+// run identifies a run's processes: its session, and its token.
+type run struct {
+	sid   int
+	token string
+}
+
+func newRunToken() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// sessionMembers lists the non-zombie processes whose session id is
+// sid.sid or whose environment carries sid.token. Zombies are skipped: they
+// are already dead, and orphaned ones may never be reaped where PID 1 is
+// not a real init (as in many containers).
+func sessionMembers(sid run) ([]int, error) {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil, err
@@ -499,11 +525,30 @@ func sessionMembers(sid int) ([]int, error) {
 			continue // exited since ReadDir
 		}
 		state, session, ok := parseProcStat(data)
-		if ok && session == sid && state != 'Z' && state != 'X' {
+		if !ok || state == 'Z' || state == 'X' {
+			continue
+		}
+		if session == sid.sid || sid.token != "" && hasRunToken(e.Name(), sid.token) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids, nil
+}
+
+// hasRunToken reports whether process pid's environment has token as its
+// RunTokenEnv (unreadable environments, other users' processes, are not).
+func hasRunToken(pid, token string) bool {
+	env, err := os.ReadFile("/proc/" + pid + "/environ")
+	if err != nil {
+		return false
+	}
+	want := []byte(RunTokenEnv + "=" + token)
+	for _, kv := range bytes.Split(env, []byte{0}) {
+		if bytes.Equal(kv, want) {
+			return true
+		}
+	}
+	return false
 }
 
 // parseProcStat extracts the state and session fields of /proc/<pid>/stat.

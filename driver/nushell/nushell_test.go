@@ -804,3 +804,32 @@ func TestRunPassesArgumentsVerbatim(t *testing.T) {
 	assert.NoFileExists(t, pwned)
 	assert.Equal(t, []string{"canary"}, filesUnder(t, dir))
 }
+
+// A process that leaves the run's session (setsid) and closes the run's
+// pipes, so nothing ties it to the run but its inherited environment,
+// dies with the run too: a retried step never races a survivor.
+func TestRunStopsProcessesThatLeftTheSession(t *testing.T) {
+	t.Parallel()
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("needs sh")
+	}
+	setsid, err := exec.LookPath("setsid")
+	if err != nil {
+		t.Skip("needs setsid (util-linux)")
+	}
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	r := scriptRunner(t, `def main [sh: string, setsid: string, pidfile: string] {
+    ^$setsid -f $sh -c 'echo $$ > "$1.tmp" && mv "$1.tmp" "$1"; exec sleep 300' sh $pidfile o> /dev/null e> /dev/null
+    while not ($pidfile | path exists) { sleep 10ms }
+    print "finished"
+}`)
+	r.KillGrace = 200 * time.Millisecond
+	res, err := r.Run(testContext(t), []string{sh, setsid, pidFile}, nil, nil, 0)
+	require.NoError(t, err, res.Stderr)
+	data, err := os.ReadFile(pidFile)
+	require.NoError(t, err)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	require.NoError(t, err)
+	requireAllGone(t, []int{pid})
+}
