@@ -101,7 +101,10 @@ func TestKillAndRestartLosesNothing(t *testing.T) {
 		"--port", fmt.Sprint(port), "--temporal-port", fmt.Sprint(tport), "--temporal-ui-port", "-1",
 		"--data-dir", dataDir, "--nu-path", nu,
 		"--provisioning-path", filepath.Join(root, "core", "nulib", "provisioning"),
-		"--heartbeat-timeout", "2s", "--retry-initial-interval", "100ms", "--retry-max-interval", "1s",
+		"--heartbeat-timeout", "5s", "--retry-initial-interval", "100ms", "--retry-max-interval", "1s",
+		// 50 tasks on 2 CPUs next to the rest of the suite: enough attempts
+		// and few enough parallel nu runs that load alone never fails a step.
+		"--max-attempts", "10", "--max-concurrent-activities", "8",
 		"--parallelism", "2", "--log-format", "json",
 	}
 	runLog := filepath.Join(dir, "runs.log")
@@ -143,7 +146,7 @@ func TestKillAndRestartLosesNothing(t *testing.T) {
 	waitHealthy(t, base, second, logPath)
 	for _, id := range ids {
 		task, _ := waitTask(t, base, id, 90*time.Second, terminal)
-		require.Equal(t, storage.StatusCompleted, task.Status, "task %s: %v", id, task.Error)
+		require.Equal(t, storage.StatusCompleted, task.Status, "task %s: %s", id, deref(task.Error))
 		for _, s := range task.Steps {
 			assert.Equal(t, storage.StatusCompleted, s.Status, "%s/%s", id, s.Name)
 			assert.FileExists(t, filepath.Join(stateDir, "production", "servers", s.Name+".json"))
@@ -180,4 +183,11 @@ func TestKillAndRestartLosesNothing(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("orchestrator did not stop within 30s of SIGTERM")
 	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return "<nil>"
+	}
+	return *s
 }
