@@ -67,7 +67,7 @@ func (f *Filesystem) ListAudit(ctx context.Context, af AuditFilter) ([]AuditEntr
 		}
 		all = f.parseAudit(af.TaskID, data, true)
 	} else {
-		if all, err = f.readAllAudit(ctx); err != nil {
+		if all, err = f.readNewestAudit(ctx, af.Limit); err != nil {
 			return nil, err
 		}
 	}
@@ -173,9 +173,11 @@ func (f *Filesystem) parseAudit(id string, data []byte, warn bool) []AuditEntry 
 	return out
 }
 
-// readAllAudit reads every task's audit file, in parallel when there are
-// many.
-func (f *Filesystem) readAllAudit(ctx context.Context) ([]AuditEntry, error) {
+// readNewestAudit reads every task's audit file, in parallel when there are
+// many, and keeps only the newest limit entries: each reader holds at most
+// 2×limit entries besides the file it parses, so the memory of GET /audit
+// does not grow with the number of tasks.
+func (f *Filesystem) readNewestAudit(ctx context.Context, limit int) ([]AuditEntry, error) {
 	ents, err := readDir(f.auditDir)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -190,26 +192,27 @@ func (f *Filesystem) readAllAudit(ctx context.Context) ([]AuditEntry, error) {
 			ids = append(ids, id)
 		}
 	}
-	results := make([][]AuditEntry, len(ids))
-	errs := make([]error, len(ids))
-	read := func(i int) {
-		data, err := f.readAuditFile(ids[i])
-		if err != nil {
-			errs[i] = err
-			return
-		}
-		results[i] = f.parseAudit(ids[i], data, true)
-	}
+	workers := min(runtime.GOMAXPROCS(0), 8, len(ids)/64+1)
+	kept := make([][]AuditEntry, workers)
+	errs := make([]error, workers)
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), 8, len(ids)/64+1) {
+	for w := range workers {
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1)) - 1
 				if i >= len(ids) || ctx.Err() != nil {
 					return
 				}
-				read(i)
+				data, err := f.readAuditFile(ids[i])
+				if err != nil {
+					errs[w] = errors.Join(errs[w], err)
+					continue
+				}
+				kept[w] = append(kept[w], f.parseAudit(ids[i], data, true)...)
+				if len(kept[w]) > 2*limit {
+					kept[w] = NewestAudit(kept[w], limit)
+				}
 			}
 		})
 	}
@@ -221,8 +224,8 @@ func (f *Filesystem) readAllAudit(ctx context.Context) ([]AuditEntry, error) {
 		return nil, err
 	}
 	var out []AuditEntry
-	for _, r := range results {
-		out = append(out, r...)
+	for _, k := range kept {
+		out = append(out, k...)
 	}
 	return out, nil
 }
