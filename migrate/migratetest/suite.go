@@ -526,7 +526,10 @@ func testResumeFromCheckpoint(t *testing.T, src, dst storage.Store) {
 	requireOK(t, rep, err)
 	assert.Equal(t, inCheckpoint, rep.Resumed, "checkpointed tasks skipped without reading the target")
 	assert.Equal(t, len(ids), rep.Copied+rep.Skipped)
-	assert.Equal(t, len(ids)-len(dstIDs), rep.Copied)
+	// The interrupted run may have had one write in flight (Concurrency
+	// 1) that a server-side store (SurrealDB) applies after the listing
+	// above: then the rerun finds it identical and skips it.
+	assert.InDelta(t, len(ids)-len(dstIDs), rep.Copied, 1)
 	assert.Equal(t, len(ids), rep.Verified)
 	_ = copiedBefore
 	AssertIdentical(t, src, dst)
