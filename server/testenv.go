@@ -203,56 +203,36 @@ func (s *Server) getEnv(c echo.Context) error {
 }
 
 func (s *Server) runEnv(c echo.Context) error {
-	st, err := s.env(c)
-	if err != nil {
-		return err
-	}
-	var req testenv.RunRequest
-	if c.Request().ContentLength != 0 {
-		if err := s.decodeJSON(c, &req); err != nil {
-			return err
-		}
-	}
-	switch st.Status {
-	case workflows.EnvCleaning, workflows.EnvCleaned, workflows.EnvError:
-		return conflict(fmt.Sprintf("test environment %s is %s", st.ID, st.Status))
-	case workflows.EnvCreating:
-		return conflict(fmt.Sprintf("test environment %s is still being created", st.ID))
-	}
-	ctx, cancel := context.WithTimeout(actorCtx(c), s.envOpts.RunWait)
-	defer cancel()
-	h, err := s.client.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
-		WorkflowID:   st.ID,
-		UpdateName:   workflows.RunTestsUpdate,
-		Args:         []any{req},
-		WaitForStage: client.WorkflowUpdateStageCompleted,
-	})
-	status, version := envStatus(st)
-	event := storage.AuditEntry{Action: ActionTestRunRequested, Before: status, After: status, Version: version}
-	if err == nil {
-		var run testenv.TestRun
-		if err = h.Get(ctx, &run); err == nil {
-			event.Detail = fmt.Sprintf("run %d: %d of %d tests passed", run.Number, run.Total-run.Failed, run.Total)
-			s.recordEvent(ctx, st.ID, "run", false, event)
-			return ok(c, http.StatusOK, run)
-		}
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		event.Detail = fmt.Sprintf("no result within %s", s.envOpts.RunWait)
-		s.recordEvent(ctx, st.ID, "run", false, event)
-	}
-	return s.updateErr(st.ID, "test run", err)
+	return envUpdate[testenv.RunRequest](s, c, workflows.RunTestsUpdate, ActionTestRunRequested, "run", "test run",
+		func(run testenv.TestRun) string {
+			return fmt.Sprintf("run %d: %d of %d tests passed", run.Number, run.Total-run.Failed, run.Total)
+		})
 }
 
 // convergeEnv converges an environment again (idempotence check when asked)
 // and answers with every install's result: 200 whether it passed or not
 // (passed says which), 409 when the environment cannot converge now.
 func (s *Server) convergeEnv(c echo.Context) error {
+	return envUpdate[testenv.ConvergeRequest](s, c, workflows.ConvergeUpdate, ActionConvergeRequested, "converge", "converge",
+		func(rep testenv.ConvergeReport) string {
+			d := fmt.Sprintf("%d installs, passed %v", len(rep.Converge), rep.Passed)
+			if rep.Idempotence != nil {
+				d += fmt.Sprintf(", idempotent %v", rep.Idempotence.Passed)
+			}
+			return d
+		})
+}
+
+// envUpdate is the shape of the endpoints that send an environment an
+// update and wait for its result: the optional body decoded as Req, 409
+// unless the environment can take it, the wait bounded by RunWait, an audit
+// event (action, under key) with detail of the Res, or of the timeout.
+func envUpdate[Req, Res any](s *Server, c echo.Context, update, action, key, what string, detail func(Res) string) error {
 	st, err := s.env(c)
 	if err != nil {
 		return err
 	}
-	var req testenv.ConvergeRequest
+	var req Req
 	if c.Request().ContentLength != 0 {
 		if err := s.decodeJSON(c, &req); err != nil {
 			return err
@@ -268,28 +248,25 @@ func (s *Server) convergeEnv(c echo.Context) error {
 	defer cancel()
 	h, err := s.client.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
 		WorkflowID:   st.ID,
-		UpdateName:   workflows.ConvergeUpdate,
+		UpdateName:   update,
 		Args:         []any{req},
 		WaitForStage: client.WorkflowUpdateStageCompleted,
 	})
 	status, version := envStatus(st)
-	event := storage.AuditEntry{Action: ActionConvergeRequested, Before: status, After: status, Version: version}
+	event := storage.AuditEntry{Action: action, Before: status, After: status, Version: version}
 	if err == nil {
-		var rep testenv.ConvergeReport
-		if err = h.Get(ctx, &rep); err == nil {
-			event.Detail = fmt.Sprintf("%d installs, passed %v", len(rep.Converge), rep.Passed)
-			if rep.Idempotence != nil {
-				event.Detail += fmt.Sprintf(", idempotent %v", rep.Idempotence.Passed)
-			}
-			s.recordEvent(ctx, st.ID, "converge", false, event)
-			return ok(c, http.StatusOK, rep)
+		var res Res
+		if err = h.Get(ctx, &res); err == nil {
+			event.Detail = detail(res)
+			s.recordEvent(ctx, st.ID, key, false, event)
+			return ok(c, http.StatusOK, res)
 		}
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		event.Detail = fmt.Sprintf("no result within %s", s.envOpts.RunWait)
-		s.recordEvent(ctx, st.ID, "converge", false, event)
+		s.recordEvent(ctx, st.ID, key, false, event)
 	}
-	return s.updateErr(st.ID, "converge", err)
+	return s.updateErr(st.ID, what, err)
 }
 
 func (s *Server) updateErr(id, what string, err error) error {

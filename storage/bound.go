@@ -16,34 +16,17 @@ const MaxResultBytes = 1 << 20
 // tails first (where a script says what happened). t itself is unchanged.
 func Bounded(t Task, limit int) Task {
 	var lens []int
-	total, longest := 0, 0
 	for _, s := range t.Steps {
-		for _, n := range []int{len(s.Output), len(s.Error)} {
-			lens = append(lens, n)
-			total += n
-			longest = max(longest, n)
-		}
+		lens = append(lens, len(s.Output), len(s.Error))
 	}
-	if total <= limit {
+	c := tailbuf.FairCap(lens, limit)
+	if slices.Max(append(lens, 0)) <= c {
 		return t
-	}
-	lo, hi := 0, longest
-	for lo < hi {
-		mid := (lo + hi + 1) / 2
-		sum := 0
-		for _, n := range lens {
-			sum += min(n, mid)
-		}
-		if sum <= limit {
-			lo = mid
-		} else {
-			hi = mid - 1
-		}
 	}
 	t.Steps = slices.Clone(t.Steps)
 	for i := range t.Steps {
-		t.Steps[i].Output = tailbuf.String(t.Steps[i].Output, lo)
-		t.Steps[i].Error = tailbuf.String(t.Steps[i].Error, lo)
+		t.Steps[i].Output = tailbuf.String(t.Steps[i].Output, c)
+		t.Steps[i].Error = tailbuf.String(t.Steps[i].Error, c)
 	}
 	return t
 }

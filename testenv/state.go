@@ -114,34 +114,16 @@ const MaxRunOutputBytes = 512 << 10
 // stay whole and the longest are cut first.
 func (r *TestRun) BoundOutput(limit int) {
 	var lens []int
-	total, longest := 0, 0
 	for _, res := range r.Results {
-		for _, n := range []int{len(res.Stdout), len(res.Stderr)} {
-			lens = append(lens, n)
-			total += n
-			longest = max(longest, n)
-		}
+		lens = append(lens, len(res.Stdout), len(res.Stderr))
 	}
-	if total <= limit {
+	c := tailbuf.FairCap(lens, limit)
+	if slices.Max(append(lens, 0)) <= c {
 		return
 	}
-	// The largest per-stream cap whose total fits.
-	lo, hi := 0, longest
-	for lo < hi {
-		mid := (lo + hi + 1) / 2
-		sum := 0
-		for _, n := range lens {
-			sum += min(n, mid)
-		}
-		if sum <= limit {
-			lo = mid
-		} else {
-			hi = mid - 1
-		}
-	}
 	for i := range r.Results {
-		r.Results[i].Stdout = tailbuf.String(r.Results[i].Stdout, lo)
-		r.Results[i].Stderr = tailbuf.String(r.Results[i].Stderr, lo)
+		r.Results[i].Stdout = tailbuf.String(r.Results[i].Stdout, c)
+		r.Results[i].Stderr = tailbuf.String(r.Results[i].Stderr, c)
 	}
 	r.OutputTrimmed = true
 }

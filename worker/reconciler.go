@@ -62,11 +62,7 @@ type ReconcileReport struct {
 // (Temporal down) is left for the next pass.
 func (r *Reconciler) RunOnce(ctx context.Context) (ReconcileReport, error) {
 	rep := ReconcileReport{Settled: map[string]string{}}
-	grace := r.Grace
-	if grace <= 0 {
-		grace = DefaultReconcileGrace
-	}
-	cutoff := r.now().Add(-grace)
+	cutoff := r.now().Add(-r.grace())
 	var errs []error
 	for _, st := range []storage.TaskStatus{storage.StatusPending, storage.StatusRunning} {
 		for offset := 0; offset < reconcilePerPass; offset += storage.MaxLimit {
@@ -108,7 +104,7 @@ func (r *Reconciler) verdict(ctx context.Context, t storage.Task) (reason string
 	var nf *serviceerror.NotFound
 	if errors.As(err, &nf) {
 		return fmt.Sprintf("no workflow exists for this task although it was %s for over %s (the service stopped between recording it and starting its workflow, or Temporal lost it); marked failed by the reconciler",
-			t.Status, r.graceOr()), storage.StatusFailed, nil
+			t.Status, r.grace()), storage.StatusFailed, nil
 	}
 	if err != nil {
 		return "", "", fmt.Errorf("look up workflow %s: %w", t.ID, err)
@@ -175,7 +171,7 @@ func (r *Reconciler) Run(ctx context.Context, interval time.Duration) {
 	}
 }
 
-func (r *Reconciler) graceOr() time.Duration {
+func (r *Reconciler) grace() time.Duration {
 	if r.Grace > 0 {
 		return r.Grace
 	}

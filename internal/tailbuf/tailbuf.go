@@ -82,3 +82,32 @@ func LastLine(s string) string {
 	}
 	return s
 }
+
+// FairCap is the largest per-text byte cap c such that the texts of the
+// given lengths, each cut to min(len, c), total at most limit: short texts
+// stay whole and the longest are cut first. It returns the longest length
+// when everything fits already.
+func FairCap(lens []int, limit int) int {
+	total, longest := 0, 0
+	for _, n := range lens {
+		total += n
+		longest = max(longest, n)
+	}
+	if total <= limit {
+		return longest
+	}
+	lo, hi := 0, longest
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		sum := 0
+		for _, n := range lens {
+			sum += min(n, mid)
+		}
+		if sum <= limit {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	return lo
+}
