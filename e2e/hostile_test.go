@@ -47,22 +47,31 @@ func TestHostileRequests(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for ctx.Err() == nil && sent.Add(1) <= hostileRequests {
-				method, path, body, header := gen()
-				req, err := http.NewRequestWithContext(ctx, method, h.base+path, bytes.NewReader(body))
-				if err != nil {
-					continue // not even a request Go can send
-				}
-				for i := 0; i+1 < len(header); i += 2 {
-					req.Header.Set(header[i], header[i+1])
-				}
-				resp, err := hc.Do(req)
-				if err != nil {
-					if strings.Contains(err.Error(), "invalid header field") || strings.Contains(err.Error(), "invalid method") {
-						sent.Add(-1) // Go's client refused to send it: not a request
+				// Each slot is one request the server answers: a generated
+				// request Go's client refuses to send is replaced.
+				var method, path string
+				var body []byte
+				var resp *http.Response
+				var err error
+				for ctx.Err() == nil {
+					var header []string
+					method, path, body, header = gen()
+					req, rerr := http.NewRequestWithContext(ctx, method, h.base+path, bytes.NewReader(body))
+					if rerr != nil {
 						continue
 					}
+					for i := 0; i+1 < len(header); i += 2 {
+						req.Header.Set(header[i], header[i+1])
+					}
+					resp, err = hc.Do(req)
+					if err != nil && (strings.Contains(err.Error(), "invalid header field") || strings.Contains(err.Error(), "invalid method")) {
+						continue
+					}
+					break
+				}
+				if err != nil || resp == nil {
 					if ctx.Err() == nil {
-						failures.Store(string(truncate([]byte(method+" "+path), 200)), err.Error())
+						failures.Store(string(truncate([]byte(method+" "+path), 200)), fmt.Sprint(err))
 					}
 					continue
 				}
