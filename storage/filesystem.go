@@ -66,11 +66,16 @@ const (
 // The audit trail lives in {dataDir}/queue.rkvs/audit/{id}.jsonl, appended
 // under the same per-task lock (see filesystem_audit.go). Deleting a task
 // keeps its audit file.
+//
+// Step outputs (StepOutputStore) live in
+// {dataDir}/queue.rkvs/outputs/{id}/ (see filesystem_stepoutput.go);
+// deleting a task removes them.
 type Filesystem struct {
-	dataDir  string
-	dir      string // tasks directory
-	lockDir  string
-	auditDir string
+	dataDir    string
+	dir        string // tasks directory
+	lockDir    string
+	auditDir   string
+	outputsDir string
 
 	// beforeRename, when set (tests only), runs after a Create's or Put's
 	// audit entry is appended and before its task file is renamed into
@@ -111,11 +116,16 @@ func NewFilesystem(dataDir string) (*Filesystem, error) {
 	if err := os.MkdirAll(auditDir, 0o755); err != nil {
 		return nil, unavailable("create audit dir", err)
 	}
+	outputsDir := filepath.Join(dataDir, filepath.FromSlash(OutputsSubdir))
+	if err := os.MkdirAll(outputsDir, 0o755); err != nil {
+		return nil, unavailable("create outputs dir", err)
+	}
 	f := &Filesystem{
-		dataDir:  dataDir,
-		dir:      dir,
-		lockDir:  lockDir,
-		auditDir: auditDir,
+		dataDir:    dataDir,
+		dir:        dir,
+		lockDir:    lockDir,
+		auditDir:   auditDir,
+		outputsDir: outputsDir,
 	}
 	f.cache = make(map[string]*indexCacheEntry)
 	for i := range f.stripes {
@@ -230,7 +240,10 @@ func (f *Filesystem) Get(ctx context.Context, id string) (Task, error) {
 	return t, err
 }
 
-// Delete removes the task's file; a missing task is not an error.
+// Delete removes the task's file and its step outputs; a missing task is
+// not an error (outputs left by an interrupted Delete are removed then).
+// The outputs go first, so a crash in between leaves a task without
+// outputs rather than outputs without a task.
 func (f *Filesystem) Delete(ctx context.Context, id string) error {
 	if err := ValidateID(id); err != nil {
 		return err
@@ -243,6 +256,9 @@ func (f *Filesystem) Delete(ctx context.Context, id string) error {
 		return err
 	}
 	defer unlock()
+	if err := f.deleteOutputsLocked(id); err != nil {
+		return err
+	}
 	if err := os.Remove(f.path(id)); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
@@ -557,17 +573,19 @@ func readDir(dir string) ([]os.DirEntry, error) {
 // removeStaleTemps deletes temp files a crashed writer left long ago.
 // Fresh ones may belong to another process's write in progress.
 func (f *Filesystem) removeStaleTemps() {
-	ents, err := os.ReadDir(f.dir)
-	if err != nil {
-		return
-	}
 	cutoff := time.Now().Add(-staleTempAge)
-	for _, e := range ents {
-		if !strings.HasPrefix(e.Name(), tempPrefix) || !e.Type().IsRegular() {
+	for _, dir := range []string{f.dir, f.outputsDir} {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
 			continue
 		}
-		if fi, err := e.Info(); err == nil && fi.ModTime().Before(cutoff) {
-			_ = os.Remove(filepath.Join(f.dir, e.Name()))
+		for _, e := range ents {
+			if !strings.HasPrefix(e.Name(), tempPrefix) || !e.Type().IsRegular() {
+				continue
+			}
+			if fi, err := e.Info(); err == nil && fi.ModTime().Before(cutoff) {
+				_ = os.Remove(filepath.Join(dir, e.Name()))
+			}
 		}
 	}
 }

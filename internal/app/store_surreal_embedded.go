@@ -60,8 +60,11 @@ func openSurrealEmbedded(ctx context.Context, sc StoreConfig, log *slog.Logger) 
 }
 
 // embeddedSurreal is the SurrealDB store plus the server process it owns.
+// It embeds the concrete store, not storage.Store, so that the optional
+// capabilities callers look for by type assertion (storage.StepOutputStore)
+// stay visible through it.
 type embeddedSurreal struct {
-	storage.Store
+	*surrealdb.Store
 	proc *surrealproc.Process
 
 	closeOnce sync.Once
@@ -75,3 +78,5 @@ func (s *embeddedSurreal) Close() error {
 	})
 	return s.closeErr
 }
+
+var _ storage.StepOutputStore = (*embeddedSurreal)(nil)

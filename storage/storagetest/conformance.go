@@ -57,6 +57,7 @@ func Run(t *testing.T, newStore func(t *testing.T) storage.Store) {
 		{"Ping", testPing},
 	}
 	tests = append(tests, auditTests()...)
+	tests = append(tests, stepOutputTests()...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
 	}

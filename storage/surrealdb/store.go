@@ -37,6 +37,9 @@
 //	              ID), like the filesystem backend's per-task files; time
 //	              has created_at's format, list_key is it inverted (newest
 //	              first); indexes list_key, (task_id, list_key)
+//	step_output:[⟨task id⟩, ⟨step⟩, ⟨attempt⟩] { ... }
+//	              step outputs (see stepoutput.go); Delete removes a
+//	              task's outputs in its transaction
 //
 // Create, Put and Delete are one transaction each (version check, task,
 // keys and audit entry together); concurrent transactions on one task
@@ -128,6 +131,8 @@ DEFINE TABLE IF NOT EXISTS task_key TYPE NORMAL SCHEMALESS;
 DEFINE TABLE IF NOT EXISTS audit TYPE NORMAL SCHEMALESS;
 DEFINE INDEX IF NOT EXISTS audit_list ON TABLE audit FIELDS list_key;
 DEFINE INDEX IF NOT EXISTS audit_task_list ON TABLE audit FIELDS task_id, list_key;
+DEFINE TABLE IF NOT EXISTS step_output TYPE NORMAL SCHEMALESS;
+DEFINE INDEX IF NOT EXISTS step_output_task ON TABLE step_output FIELDS task_id;
 `
 
 // The transactions below read everything they need into variables first
@@ -183,6 +188,7 @@ LET $ow = $cur.workflow_type ?? "";
 IF $stored {
 	DELETE $rid, task_key:['s', $os, $tid], task_key:['w', $ow, $tid], task_key:['sw', $os, $ow, $tid] RETURN NONE
 };
+DELETE step_output WHERE task_id = $tid RETURN NONE;
 COMMIT TRANSACTION;
 `
 
@@ -398,8 +404,8 @@ func (s *Store) List(ctx context.Context, lf storage.ListFilter) ([]storage.Task
 	return out, total, nil
 }
 
-// Delete removes a task; a missing task is not an error. Its audit entries
-// are kept.
+// Delete removes a task and its step outputs in one transaction; a
+// missing task is not an error. Its audit entries are kept.
 func (s *Store) Delete(ctx context.Context, id string) error {
 	if err := storage.ValidateID(id); err != nil {
 		return err
