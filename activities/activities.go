@@ -50,12 +50,18 @@ const (
 // (the history limit is 50 MB, a payload's 2 MB). The tail is kept.
 const MaxReturnedOutput = 8 << 10
 
+// OutputWriteTimeout bounds RunNushell's write of an attempt's full output
+// to the store (storage.StepOutputStore): the write is best effort and
+// must not hold the step's result back for long.
+const OutputWriteTimeout = 5 * time.Second
+
 // Activities is registered on the worker; workflows call its methods through
 // a typed nil pointer. Its fields are the dependencies.
 type Activities struct {
 	// Runner runs `nu <provisioning-path> ...`.
 	Runner *nushell.Runner
-	// Store receives task projections.
+	// Store receives task projections and, when it implements
+	// storage.StepOutputStore, every step attempt's full captured output.
 	Store storage.Store
 	// Docker runs test environments (a *docker.Runtime in production); nil
 	// on workers without an engine (their environment activities fail with
@@ -122,6 +128,14 @@ func (a *Activities) logger() *slog.Logger {
 // timeout so a dead worker is noticed, and a cancelled workflow kills the
 // script's whole process group (cancellation reaches an activity only
 // through heartbeats).
+//
+// After every attempt (success, failure or cancellation) it writes what
+// the runner captured (each stream's last 256 KiB by default) to the store
+// as a storage.StepOutput, if the store implements
+// storage.StepOutputStore; the result that travels through history keeps
+// only the last MaxReturnedOutput bytes of each stream. The write is best
+// effort, bounded by OutputWriteTimeout: a failure is logged and changes
+// nothing about the step's result.
 func (a *Activities) RunNushell(ctx context.Context, step NuStep) (NuStepResult, error) {
 	info := activity.GetInfo(ctx)
 	log := a.logger().With("task_id", step.TaskID, "step", step.Step, "attempt", info.Attempt)
@@ -144,6 +158,11 @@ func (a *Activities) RunNushell(ctx context.Context, step NuStep) (NuStepResult,
 		DurationMS: res.Duration.Milliseconds(),
 		Attempt:    info.Attempt,
 	}
+	errText := ""
+	if err != nil {
+		errText = err.Error()
+	}
+	a.saveOutput(ctx, log, step, int(info.Attempt), res, errText)
 	if err == nil {
 		a.metrics().NushellInvocation(nushell.OutcomeSuccess)
 		log.Info("nushell step completed", "duration_ms", out.DurationMS)
@@ -180,6 +199,34 @@ func (a *Activities) RunNushell(ctx context.Context, step NuStep) (NuStepResult,
 		return out, temporal.NewApplicationErrorWithOptions(err.Error(), ErrTypeNushellExit,
 			temporal.ApplicationErrorOptions{Details: []any{out}})
 	}
+}
+
+// saveOutput writes an attempt's full captured output to the store, if it
+// can keep outputs. Best effort: bounded by OutputWriteTimeout (even when
+// ctx is already cancelled), and a failure is only logged.
+func (a *Activities) saveOutput(ctx context.Context, log *slog.Logger, step NuStep, attempt int, res nushell.Result, errText string) {
+	st, ok := a.Store.(storage.StepOutputStore)
+	if !ok {
+		return
+	}
+	exit := res.ExitCode
+	if errText != "" && exit == 0 {
+		exit = -1 // not started, or killed before an exit status
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), OutputWriteTimeout)
+	defer cancel()
+	start := time.Now()
+	err := st.PutStepOutput(wctx, storage.StepOutput{
+		TaskID: step.TaskID, Step: step.Step, Attempt: attempt, ExitCode: exit,
+		Stdout: res.Stdout, Stderr: res.Stderr,
+		StdoutTruncated: res.StdoutTruncated, StderrTruncated: res.StderrTruncated,
+		DurationMS: res.Duration.Milliseconds(), Error: errText, Time: time.Now(),
+	})
+	if err != nil {
+		log.Warn("could not store the step's full output; the task keeps its tail", "error", err, "took", time.Since(start))
+		return
+	}
+	log.Debug("step output stored", "stdout_bytes", len(res.Stdout), "stderr_bytes", len(res.Stderr), "took", time.Since(start))
 }
 
 // ProjectionActor is the audit actor of the transitions that projections
