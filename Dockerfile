@@ -20,7 +20,7 @@ RUN npm install --prefix /nu --no-audit --no-fund nushell@0.115.1 \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates tini \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/orchestrator --create-home orchestrator
 COPY --from=nu /usr/local/bin/nu /usr/local/bin/nu
@@ -36,5 +36,6 @@ ENV ORCHESTRATOR_HOST=0.0.0.0 \
     ORCHESTRATOR_LOG_FORMAT=json
 VOLUME /var/lib/orchestrator
 EXPOSE 8080
-ENTRYPOINT ["orchestrator"]
+# tini as PID 1 reaps the orphans of provisioning scripts.
+ENTRYPOINT ["/usr/bin/tini", "--", "orchestrator"]
 CMD ["serve", "--host", "0.0.0.0"]

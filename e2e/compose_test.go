@@ -35,6 +35,7 @@ type composeService struct {
 	ContainerName string         `yaml:"container_name"`
 	DependsOn     dependsOn      `yaml:"depends_on"`
 	Volumes       []string       `yaml:"volumes"`
+	Init          bool           `yaml:"init"`
 }
 
 // dependsOn is compose's depends_on in either form: a list of service
@@ -130,11 +131,15 @@ func serviceConfig(t *testing.T, name string, svc composeService, imageEnv map[s
 func TestComposeFileShape(t *testing.T) {
 	f := loadCompose(t)
 	imageEnv, entrypoint := dockerfileEnv(t)
-	assert.Equal(t, `["orchestrator"]`, entrypoint, "Dockerfile ENTRYPOINT")
+	// An init as PID 1 reaps what provisioning scripts orphan.
+	assert.Equal(t, `["/usr/bin/tini", "--", "orchestrator"]`, entrypoint, "Dockerfile ENTRYPOINT")
 	assert.Equal(t, "0.0.0.0", imageEnv[app.EnvName("host")], "the image must listen beyond loopback")
 
 	for _, name := range []string{"postgresql", "temporal", "temporal-ui", "surrealdb", "api", "worker"} {
 		require.Contains(t, f.Services, name, "service %s", name)
+	}
+	for _, name := range []string{"api", "worker"} {
+		assert.True(t, f.Services[name].Init, "%s: init: true, so orphans of scripts are reaped", name)
 	}
 	for name, svc := range f.Services {
 		assert.True(t, svc.Image != "" || svc.Build != nil, "%s: no image or build", name)

@@ -329,6 +329,8 @@ func TestDockerLimitsVisibleInInspect(t *testing.T) {
 	assert.Equal(t, map[string]string{"max-size": "10m", "max-file": "3"}, ins.HostConfig.LogConfig.Config, "node logs rotate")
 	assert.Equal(t, "limited", ins.Config.Hostname)
 	assert.Equal(t, []string{"sleep", "3600"}, []string(ins.Config.Cmd))
+	require.NotNil(t, ins.HostConfig.Init, "nodes run the engine's init")
+	assert.True(t, *ins.HostConfig.Init)
 	assert.Contains(t, []container.RestartPolicyMode{"", container.RestartPolicyDisabled}, ins.HostConfig.RestartPolicy.Name)
 	assert.Equal(t, "limited", ins.Config.Labels[testenv.NodeLabel])
 	assert.Equal(t, "worker", ins.Config.Labels[testenv.RoleLabel])
@@ -701,4 +703,30 @@ func TestDockerRemoveEnvironmentLeavesForeignObjects(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, testenv.RemovedCounts{Containers: 1}, envs[otherEnv])
 	assert.NotContains(t, envs, e.plan.EnvID, "objects without managed-by are not listed")
+}
+
+// What an install orphans inside a node is reaped by the node's init
+// (without it, PID 1 is `sleep` and every orphan stays a zombie).
+func TestNodeInitReapsOrphans(t *testing.T) {
+	t.Parallel()
+	e := newDockerEnv(t, "reaper")
+	ctx := dockerCtx(t)
+	nodes := e.up(t, ctx)
+	exec := func(script string) string {
+		res, err := e.rt.Exec(ctx, nodes[0].ContainerID, []string{"sh", "-c", script}, 20*time.Second)
+		require.NoError(t, err)
+		require.Equal(t, 0, res.ExitCode, res.Stderr)
+		return strings.TrimSpace(res.Stdout)
+	}
+
+	assert.Contains(t, exec(`tr '\0' ' ' < /proc/1/cmdline`), "init", "PID 1 is an init, not the node's command")
+	// The subshell exits at once, so the sleep's parent becomes PID 1.
+	pid := exec(`(sh -c 'echo $$ > /tmp/orphan.pid; exec sleep 0.2' &); while [ ! -s /tmp/orphan.pid ]; do sleep 0.01; done; cat /tmp/orphan.pid`)
+	require.Regexp(t, `^[0-9]+$`, pid)
+	// A zombie keeps its /proc entry until it is reaped.
+	deadline := time.Now().Add(10 * time.Second)
+	for exec(`[ -e /proc/`+pid+` ] && echo present || echo gone`) != "gone" {
+		require.True(t, time.Now().Before(deadline), "orphan %s not reaped: %s", pid, exec(`cat /proc/`+pid+`/stat 2>&1; true`))
+		time.Sleep(50 * time.Millisecond)
+	}
 }

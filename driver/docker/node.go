@@ -62,7 +62,11 @@ func (r *Runtime) CreateNode(ctx context.Context, p testenv.Plan, n testenv.Node
 		Labels:   labels,
 	}
 	pids := int64(DefaultPidsLimit)
+	initProcess := true
 	hostCfg := &container.HostConfig{
+		// The engine's init (tini) as PID 1 reaps what installs and
+		// checks orphan inside the node, and passes signals on.
+		Init:        &initProcess,
 		NetworkMode: container.NetworkMode(netName),
 		Resources: container.Resources{
 			NanoCPUs:  n.NanoCPUs,

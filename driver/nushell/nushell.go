@@ -103,6 +103,11 @@ type Runner struct {
 	// cancelled or leaves processes behind. Default DefaultKillGrace (5s)
 	// when zero or negative.
 	KillGrace time.Duration
+	// Cgroups, when set, puts every run in a cgroup of its own so that the
+	// run's end stops every process it started, even those that left the
+	// session and cleared their environment. Nil tracks runs by session and
+	// RunTokenEnv only. See OpenCgroups.
+	Cgroups *Cgroups
 }
 
 // Result is what a run produced. Run returns it, as far as it got, with
@@ -200,8 +205,10 @@ func IsPermanent(err error) bool {
 // moves externals started with `job spawn` into process groups of their own,
 // so killing nu's group alone would leave them running, while the session is
 // inherited by everything the script starts unless it deliberately daemonizes
-// with setsid. Pdeathsig=SIGKILL takes nu down if the orchestrator itself
-// dies; nu's own children then outlive it (only a cgroup could reach them).
+// with setsid. With r.Cgroups the run also gets a cgroup of its own, which
+// nothing it starts can leave: that list is then the one used. Pdeathsig=
+// SIGKILL takes nu down if the orchestrator itself dies; nu's own children
+// then outlive it until the next OpenCgroups sweeps the dead owner's runs.
 //
 // While nu runs, heartbeat (if non-nil) is called from Run's goroutine every
 // `every` (DefaultHeartbeatInterval, 5s, if zero or negative).
@@ -231,7 +238,6 @@ func (r *Runner) Run(ctx context.Context, args []string, env []string, heartbeat
 
 	stdout := tailbuf.New(r.maxOutputBytes())
 	stderr := tailbuf.New(r.maxOutputBytes())
-	cmd := exec.Command(nuPath, append([]string{scriptPath}, args...)...)
 	base := r.BaseEnv
 	if base == nil {
 		base = SafeEnviron(os.Environ(), nil)
@@ -239,18 +245,48 @@ func (r *Runner) Run(ctx context.Context, args []string, env []string, heartbeat
 	// The run token is inherited by every descendant, also those that
 	// leave the session with setsid: stopSession finds them by it.
 	token := newRunToken()
-	cmd.Env = slices.Concat(base, r.Env, env, []string{RunTokenEnv + "=" + token})
-	cmd.Stdout = stdout
-	cmd.Stderr = stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
-	// A process that escaped the session (setsid) could hold our pipes open
-	// forever; this bounds how long Wait waits for them after nu is gone.
-	cmd.WaitDelay = grace
+	newCmd := func(cg *runCgroup) *exec.Cmd {
+		cmd := exec.Command(nuPath, append([]string{scriptPath}, args...)...)
+		cmd.Env = slices.Concat(base, r.Env, env, []string{RunTokenEnv + "=" + token})
+		cmd.Stdout = stdout
+		cmd.Stderr = stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+		if cg != nil {
+			// clone3 starts nu inside the cgroup: nothing runs outside it
+			// even for an instant.
+			cmd.SysProcAttr.UseCgroupFD = true
+			cmd.SysProcAttr.CgroupFD = int(cg.fd.Fd())
+		}
+		// A process that escaped the session (setsid) could hold our pipes
+		// open forever; this bounds how long Wait waits for them after nu
+		// is gone.
+		cmd.WaitDelay = grace
+		return cmd
+	}
+	var cg *runCgroup
+	if r.Cgroups != nil {
+		// Without its cgroup the run is still tracked by session and
+		// token, so a failure here is no reason to fail the step.
+		cg, _ = r.Cgroups.newRun(token)
+	}
 
 	started := time.Now()
+	cmd := newCmd(cg)
 	exited, startErr := startAndWatch(cmd)
+	if startErr != nil && cg != nil {
+		// The kernel may refuse clone3 into a cgroup (an old kernel, a
+		// seccomp profile): run the way it would without cgroups.
+		_ = cg.remove(0)
+		cg = nil
+		cmd = newCmd(nil)
+		exited, startErr = startAndWatch(cmd)
+	}
 	if startErr != nil {
 		return Result{}, classifyStartError(nuPath, startErr)
+	}
+	if cg != nil {
+		cg.closeFD()
+		defer func() { _ = cg.remove(grace) }()
 	}
 	sid := cmd.Process.Pid
 
@@ -274,7 +310,7 @@ wait:
 		}
 	}
 	// Runs on both paths: after a normal exit it only finds stragglers, if any.
-	stopSession(run{sid: sid, token: token}, exited, grace)
+	stopSession(run{sid: sid, token: token, cg: cg}, exited, grace)
 	<-exited
 	waitErr := cmd.Wait()
 
@@ -465,6 +501,9 @@ func signalSession(sid run, exited <-chan struct{}, sig syscall.Signal) int {
 		return 0
 	}
 	_ = syscall.Kill(-sid.sid, sig)
+	if sig == syscall.SIGKILL && sid.cg != nil {
+		sid.cg.killAll()
+	}
 	for _, pid := range members {
 		_ = syscall.Kill(pid, sig) // ESRCH means it is gone already: the goal
 	}
@@ -489,14 +528,16 @@ func liveMembers(sid run, exited <-chan struct{}) []int {
 // RunTokenEnv is set, to a value unique per run, in the environment of
 // every nu run: the processes a script leaves behind outside its session
 // (setsid, daemonizing) still carry it, so the run's end finds and stops
-// them too. A process that clears its environment is beyond reach (only a
-// cgroup per run would catch it).
+// them too. A process that also clears its environment is beyond this
+// reach; Runner.Cgroups catches it.
 const RunTokenEnv = "ORCHESTRATOR_RUN_TOKEN"
 
-// run identifies a run's processes: its session, and its token.
+// run identifies a run's processes: its session, its token and, when
+// there is one, its cgroup (which alone is complete).
 type run struct {
 	sid   int
 	token string
+	cg    *runCgroup
 }
 
 func newRunToken() string {
@@ -510,6 +551,13 @@ func newRunToken() string {
 // are already dead, and orphaned ones may never be reaped where PID 1 is
 // not a real init (as in many containers).
 func sessionMembers(sid run) ([]int, error) {
+	if sid.cg != nil {
+		// Every descendant is in the cgroup, and only they are: no need
+		// to scan every process of the machine.
+		if pids, err := sid.cg.members(); err == nil {
+			return pids, nil
+		}
+	}
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil, err

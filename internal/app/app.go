@@ -298,12 +298,17 @@ func (a *App) startWorker() error {
 		env = append(env, "PROVISIONING_STATE_DIR="+abs)
 	}
 	env = append(env, a.cfg.ScriptEnv...)
+	cgroups, err := a.stepCgroups()
+	if err != nil {
+		return err
+	}
 	acts := &activities.Activities{
 		Runner: &nushell.Runner{
 			NuPath:     a.cfg.NuPath,
 			ScriptPath: a.cfg.ProvisioningPath,
 			BaseEnv:    nushell.SafeEnviron(os.Environ(), a.cfg.ScriptEnvPass),
 			Env:        env,
+			Cgroups:    cgroups,
 		},
 		Store:       a.store,
 		Docker:      a.engine(),
@@ -517,4 +522,32 @@ func Run(ctx context.Context, args []string, stderr io.Writer) error {
 	defer cancel()
 	a.Stop(sctx)
 	return err
+}
+
+// stepCgroups opens the per-step cgroups --step-cgroup asks for (nil when
+// off or, for "auto", not available here).
+func (a *App) stepCgroups() (*nushell.Cgroups, error) {
+	if os.Getpid() == 1 {
+		// Orphans of scripts are re-parented to PID 1; Go's runtime never
+		// reaps them, so they would pile up as zombies.
+		a.log.Warn("running as PID 1 without an init: orphaned processes of provisioning scripts are not reaped; use `docker run --init` (compose: init: true)")
+	}
+	switch a.cfg.StepCgroup {
+	case "off":
+		return nil, nil
+	case "", "auto":
+		cg, err := nushell.OpenCgroups("")
+		if err != nil {
+			a.log.Warn("provisioning steps run without a cgroup each: a process that leaves the step's session and clears its environment can outlive the step (--step-cgroup)", "reason", err)
+			return nil, nil
+		}
+		a.log.Info("provisioning steps run in a cgroup each", "parent", cg.Parent())
+		return cg, nil
+	default:
+		cg, err := nushell.OpenCgroups(a.cfg.StepCgroup)
+		if err != nil {
+			return nil, fmt.Errorf("--step-cgroup: %w", err)
+		}
+		return cg, nil
+	}
 }

@@ -135,6 +135,13 @@ type Config struct {
 	// provisioning runs inherit besides the safe base (PATH, HOME, locale,
 	// PROVISIONING_*; see nushell.SafeEnviron). Default none.
 	ScriptEnvPass []string
+	// StepCgroup is where every provisioning step gets a cgroup v2 of its
+	// own, so the step's end reaches every process it started: "auto" (the
+	// default) uses a directory in the service's own cgroup and falls back
+	// to session tracking, with a warning, where cgroups are not writable
+	// (most containers); "off" never uses cgroups; anything else is the
+	// parent directory to use, and start-up fails if it is not usable.
+	StepCgroup string
 
 	// ScriptEnv is extra KEY=VALUE environment for every Nushell run, on
 	// top of the safe base. Not a flag: for embedding and tests.
@@ -235,6 +242,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.IntVar(&cfg.TestEnvUpdatesPerRun, "test-env-updates-per-run", workflows.DefaultUpdatesPerRun, "test runs and converges per environment workflow run before it continues as new (bounds its history)")
 	topologies := fs.String("test-topologies", "", "extra topology template file(s) (TOML), comma-separated")
 	scriptEnvPass := fs.String("script-env-pass", "", "names of service environment variables provisioning runs inherit, comma-separated (besides PATH, HOME, locale and PROVISIONING_*; never secrets)")
+	fs.StringVar(&cfg.StepCgroup, "step-cgroup", "auto", `cgroup v2 parent of the per-step cgroups that stop every process a step started: "auto", "off" or a directory`)
 	fs.StringVar(&cfg.Instance, "instance", "", "deployment name labelled on Docker objects; the janitor sweeps only its own (default: derived from the Temporal namespace and its id)")
 	fs.IntVar(&cfg.MetricsPort, "metrics-port", 0, "worker mode: serve /metrics and /health on this port (0 = off)")
 	fs.DurationVar(&cfg.JanitorInterval, "janitor-interval", 5*time.Minute, "sweep for leftover Docker objects this often (0 disables)")
