@@ -2,6 +2,7 @@ package server
 
 import (
 	"encoding/json"
+	"math"
 	"net/http"
 	"reflect"
 	"slices"
@@ -30,15 +31,21 @@ type apiParam struct {
 type apiOp struct {
 	method, path, summary string
 	public                bool
-	query                 []apiParam
-	body                  reflect.Type // nil: no request body
-	bodyOptional          bool
+	// pathParams describes the path parameters other than :id (which
+	// every route that has it shares).
+	pathParams   []apiParam
+	query        []apiParam
+	body         reflect.Type // nil: no request body
+	bodyOptional bool
 	// idempotent: the route takes an Idempotency-Key header.
 	idempotent bool
 	success    []int
 	data       any // reflect.Type or a literal schema (map)
 	raw        map[string]any
-	errors     []int
+	// alt adds media types (besides the JSON envelope) to the success
+	// responses, e.g. text/plain for a raw variant chosen by a parameter.
+	alt    map[string]any
+	errors []int
 }
 
 func typeOf[T any]() reflect.Type { return reflect.TypeFor[T]() }
@@ -98,6 +105,18 @@ func apiOpList() []apiOp {
 			success: []int{http.StatusAccepted}, data: uuidSchema, errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusServiceUnavailable}},
 		{method: http.MethodGet, path: "/tasks/:id/audit", summary: "A task's audit trail", query: []apiParam{auditLimit},
 			success: []int{http.StatusOK}, data: typeOf[[]storage.AuditEntry](), errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusServiceUnavailable}},
+		{method: http.MethodGet, path: StepOutputPath,
+			summary: "A step's full captured output (each stream's last 256 KiB), of its latest stored attempt unless ?attempt= names one; ?stream= answers one stream as text/plain. " +
+				StepAttemptHeader + " names the attempt, " + OutputTruncatedHeader + " whether output was cut",
+			pathParams: []apiParam{{"step", "the step's name (a server, taskserv or cluster name)",
+				map[string]any{"type": "string", "pattern": `^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`}}},
+			query: []apiParam{
+				{"attempt", "this attempt instead of the latest", intRange(1, math.MaxInt32)},
+				{"stream", "only this stream, as text/plain", map[string]any{"type": "string", "enum": []any{"stdout", "stderr"}}},
+			},
+			success: []int{http.StatusOK}, data: typeOf[StepOutputData](),
+			alt:    map[string]any{"text/plain": map[string]any{"schema": map[string]any{"type": "string"}}},
+			errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusServiceUnavailable}},
 		{method: http.MethodGet, path: "/audit", summary: "The audit trail",
 			query:   []apiParam{{"task_id", "only this task's entries", uuidSchema}, auditLimit},
 			success: []int{http.StatusOK}, data: typeOf[[]storage.AuditEntry](), errors: []int{http.StatusBadRequest, http.StatusServiceUnavailable}},
@@ -195,6 +214,9 @@ func (g *schemaGen) operation(o apiOp, auth bool) map[string]any {
 	if strings.Contains(o.path, ":id") {
 		params = append(params, map[string]any{"name": "id", "in": "path", "required": true, "description": "task (or test environment) id", "schema": uuidSchema})
 	}
+	for _, p := range o.pathParams {
+		params = append(params, map[string]any{"name": p.name, "in": "path", "required": true, "description": p.desc, "schema": p.schema})
+	}
 	for _, q := range o.query {
 		params = append(params, map[string]any{"name": q.name, "in": "query", "required": false, "description": q.desc, "schema": q.schema})
 	}
@@ -231,7 +253,11 @@ func (g *schemaGen) operation(o apiOp, auth bool) map[string]any {
 				"data":    data,
 			},
 		}
-		responses[strconv.Itoa(code)] = map[string]any{"description": http.StatusText(code), "content": jsonContent(env)}
+		content := jsonContent(env)
+		for mt, media := range o.alt {
+			content[mt] = media
+		}
+		responses[strconv.Itoa(code)] = map[string]any{"description": http.StatusText(code), "content": content}
 	}
 	errs := slices.Clone(o.errors)
 	if auth && !o.public {

@@ -123,6 +123,7 @@ func New(o Options) *Server {
 	s.e.GET("/tasks/:id", s.getTask)
 	s.e.POST("/tasks/:id/cancel", s.cancelTask)
 	s.e.GET("/tasks/:id/audit", s.taskAudit)
+	s.e.GET(StepOutputPath, s.stepOutput)
 	s.e.GET("/audit", s.listAudit)
 	s.e.POST("/workflows/servers/create", s.createServers)
 	s.e.POST("/workflows/taskserv/create", s.createTaskserv)
