@@ -89,6 +89,10 @@ type Filesystem struct {
 
 	// listIndex is List's index (filesystem_index.go).
 	listIndex
+
+	// auditReads counts audit files read for the newest entries across
+	// tasks (tests/benchmarks).
+	auditReads atomic.Int64
 }
 
 // lockStripe serialises writers of the tasks hashed to it: sem within the

@@ -11,9 +11,11 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Audit trail of the filesystem backend: {dataDir}/queue.rkvs/audit/{id}.jsonl,
@@ -173,10 +175,20 @@ func (f *Filesystem) parseAudit(id string, data []byte, warn bool) []AuditEntry 
 	return out
 }
 
-// readNewestAudit reads every task's audit file, in parallel when there are
-// many, and keeps only the newest limit entries: each reader holds at most
-// 2×limit entries besides the file it parses, so the memory of GET /audit
-// does not grow with the number of tasks.
+// auditMtimeSlack is how much newer than its file's mtime an audit entry
+// may be: mtimes come from the kernel's coarse clock (a tick behind) and
+// projection entries carry the workflow's time, taken on the Temporal
+// server, whose clock may run ahead of this machine's.
+const auditMtimeSlack = 30 * time.Second
+
+// readNewestAudit returns (at least) the newest limit entries of all
+// tasks without reading every audit file: an entry is appended after its
+// time was taken, so no entry of a file is newer than the file's mtime
+// (give or take auditMtimeSlack). Files are read newest mtime first, and
+// reading stops once the limit-th newest entry kept is newer than the
+// next file's mtime plus the slack. The stat of every
+// file (in parallel) is what remains proportional to the number of tasks;
+// memory holds the stats and at most 2×limit entries.
 func (f *Filesystem) readNewestAudit(ctx context.Context, limit int) ([]AuditEntry, error) {
 	ents, err := readDir(f.auditDir)
 	if err != nil {
@@ -185,33 +197,31 @@ func (f *Filesystem) readNewestAudit(ctx context.Context, limit int) ([]AuditEnt
 		}
 		return nil, unavailable("list audit files", err)
 	}
-	var ids []string
+	type auditFile struct {
+		id    string
+		mtime time.Time
+	}
+	files := make([]auditFile, 0, len(ents))
 	for _, e := range ents {
 		id, ok := strings.CutSuffix(e.Name(), auditFileExt)
 		if ok && isCanonicalUUID(id) && e.Type().IsRegular() {
-			ids = append(ids, id)
+			files = append(files, auditFile{id: id})
 		}
 	}
-	workers := min(runtime.GOMAXPROCS(0), 8, len(ids)/64+1)
-	kept := make([][]AuditEntry, workers)
-	errs := make([]error, workers)
+	workers := min(runtime.GOMAXPROCS(0), 8, len(files)/256+1)
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for w := range workers {
+	for range workers {
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1)) - 1
-				if i >= len(ids) || ctx.Err() != nil {
+				if i >= len(files) || ctx.Err() != nil {
 					return
 				}
-				data, err := f.readAuditFile(ids[i])
-				if err != nil {
-					errs[w] = errors.Join(errs[w], err)
-					continue
-				}
-				kept[w] = append(kept[w], f.parseAudit(ids[i], data, true)...)
-				if len(kept[w]) > 2*limit {
-					kept[w] = NewestAudit(kept[w], limit)
+				// A file gone since the listing keeps the zero time: read
+				// last, found empty.
+				if info, err := os.Stat(f.auditPath(files[i].id)); err == nil {
+					files[i].mtime = info.ModTime()
 				}
 			}
 		})
@@ -220,12 +230,25 @@ func (f *Filesystem) readNewestAudit(ctx context.Context, limit int) ([]AuditEnt
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
+	slices.SortFunc(files, func(a, b auditFile) int { return b.mtime.Compare(a.mtime) })
+
+	var kept []AuditEntry
+	for _, file := range files {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if len(kept) >= limit {
+			kept = NewestAudit(kept, limit)
+			if kept[0].Time.After(file.mtime.Add(auditMtimeSlack)) {
+				break
+			}
+		}
+		f.auditReads.Add(1)
+		data, err := f.readAuditFile(file.id)
+		if err != nil {
+			return nil, err
+		}
+		kept = append(kept, f.parseAudit(file.id, data, true)...)
 	}
-	var out []AuditEntry
-	for _, k := range kept {
-		out = append(out, k...)
-	}
-	return out, nil
+	return kept, nil
 }
