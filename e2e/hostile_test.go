@@ -118,6 +118,7 @@ func truncate(b []byte, n int) []byte {
 // hostilePaths are every route, with :id to fill in.
 var hostilePaths = []string{
 	"/health", "/metrics", "/openapi.json", "/tasks", "/tasks/:id", "/tasks/:id/cancel", "/tasks/:id/audit", "/audit",
+	"/tasks/:id/steps/web-01/output", "/tasks/:id/steps/:id/output",
 	"/workflows/servers/create", "/workflows/taskserv/create", "/workflows/cluster/create",
 	"/test/environments/create", "/test/environments", "/test/environments/:id", "/test/environments/:id/run",
 	"/test/environments/:id/converge", "/test/environments/:id/logs", "/test/topologies",
@@ -131,7 +132,10 @@ func hostileRequest(rng *rand.Rand) (method, path string, body []byte, header []
 	}
 	ids := []string{"00000000-0000-4000-8000-000000000000", "not-a-uuid", "%00", "..%2F..%2Fetc%2Fpasswd", strings.Repeat("a", 3000),
 		"8D3C7A10-4B2D-4F6E-8A1C-5D7E9F0A1B99", "%E2%80%AE", "'; DROP TABLE task; --", "task:⟨x⟩"}
-	path = strings.Replace(hostilePaths[rng.IntN(len(hostilePaths))], ":id", ids[rng.IntN(len(ids))], 1)
+	path = hostilePaths[rng.IntN(len(hostilePaths))]
+	for strings.Contains(path, ":id") {
+		path = strings.Replace(path, ":id", ids[rng.IntN(len(ids))], 1)
+	}
 	queries := []string{"", "?limit=-1", "?limit=99999999999999999999", "?offset=%00", "?status=Running%00", "?status=" + strings.Repeat("x", 5000),
 		"?task_id=../../x", "?node=%0a&tail=1e9", "?limit=1&limit=2", "?workflow_type=⟨⟩"}
 	path += queries[rng.IntN(len(queries))]

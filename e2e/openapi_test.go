@@ -115,6 +115,10 @@ func TestOpenAPIMatchesEveryEndpoint(t *testing.T) {
 	c.expect(b, 200, "GET", "/tasks/{id}", "/tasks/"+id, nil)
 	c.expect(b, 200, "GET", "/tasks/{id}/audit", "/tasks/"+id+"/audit?limit=10", nil)
 	c.expect(b, 404, "GET", "/tasks/{id}/audit", "/tasks/00000000-0000-4000-8000-000000000000/audit", nil)
+	// The cancelled attempt's output was stored.
+	c.expect(b, 200, "GET", "/tasks/{id}/steps/{step}/output", "/tasks/"+id+"/steps/web-01/output", nil)
+	c.expect(b, 404, "GET", "/tasks/{id}/steps/{step}/output", "/tasks/"+id+"/steps/web-01/output?attempt=9", nil)
+	c.expect(b, 400, "GET", "/tasks/{id}/steps/{step}/output", "/tasks/"+id+"/steps/-bad/output", nil)
 	c.expect(b, 200, "GET", "/audit", "/audit", nil)
 	c.expect(b, 200, "GET", "/audit", "/audit?task_id="+id+"&limit=5", nil)
 	c.expect(b, 400, "GET", "/audit", "/audit?task_id=nope", nil)
