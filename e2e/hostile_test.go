@@ -118,7 +118,7 @@ func truncate(b []byte, n int) []byte {
 // hostilePaths are every route, with :id to fill in.
 var hostilePaths = []string{
 	"/health", "/metrics", "/openapi.json", "/tasks", "/tasks/:id", "/tasks/:id/cancel", "/tasks/:id/audit", "/audit",
-	"/tasks/:id/steps/web-01/output", "/tasks/:id/steps/:id/output",
+	"/tasks/:id/steps/web-01/output", "/tasks/:id/steps/:id/output", "/queue",
 	"/workflows/servers/create", "/workflows/taskserv/create", "/workflows/cluster/create",
 	"/test/environments/create", "/test/environments", "/test/environments/:id", "/test/environments/:id/run",
 	"/test/environments/:id/converge", "/test/environments/:id/logs", "/test/topologies",

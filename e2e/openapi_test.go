@@ -123,6 +123,8 @@ func TestOpenAPIMatchesEveryEndpoint(t *testing.T) {
 	c.expect(b, 200, "GET", "/audit", "/audit?task_id="+id+"&limit=5", nil)
 	c.expect(b, 400, "GET", "/audit", "/audit?task_id=nope", nil)
 	c.expect(b, 404, "GET", "/test/environments/{id}", "/test/environments/"+id, nil)
+	c.expect(b, 200, "GET", "/queue", "/queue", nil)
+	c.expect(b, 400, "GET", "/queue", "/queue?limit=1", nil)
 
 	// Test environments.
 	e := env.base

@@ -32,7 +32,7 @@ func metricsText(t *testing.T, srv *Server) string {
 // OTHER, unknown paths as "unmatched", so 300 of each add a handful of
 // series, not hundreds.
 func TestMetricLabelsAreBounded(t *testing.T) {
-	f := newFixture(t, Options{Metrics: metrics.New()})
+	f := newFixture(t, Options{Metrics: metrics.New()}).withoutTemporalQueue()
 	before := strings.Count(metricsText(t, f.srv), "\n")
 	for i := range 300 {
 		req := httptest.NewRequest("M"+strings.Repeat("X", i%50)+string(rune('A'+i%26)), "/tasks", nil)

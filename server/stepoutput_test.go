@@ -163,7 +163,7 @@ func TestStepOutputEndpointErrors(t *testing.T) {
 // the metrics under its template, not the request path.
 func TestStepOutputEndpointAuthAndMetrics(t *testing.T) {
 	m := metrics.New()
-	f := newFixture(t, Options{AuthTokens: map[string]string{"ci": "tok"}, Metrics: m})
+	f := newFixture(t, Options{AuthTokens: map[string]string{"ci": "tok"}, Metrics: m}).withoutTemporalQueue()
 	task, _, _ := f.putOutputs()
 	path := "/tasks/" + task.ID + "/steps/web-01/output?stream=stdout"
 	assert.Equal(t, http.StatusUnauthorized, f.raw(path).Code)

@@ -4,6 +4,7 @@
 #   workflow status <task_id>                    # the task record
 #   workflow list [--status Completed] [--limit 20]   # a table, newest first
 #   workflow cancel <task_id>                    # the cancel answer; error if already finished
+#   workflow queue [--full]                      # task queue backlog, pollers, running steps (Temporal)
 #
 # URL: $env.ORCHESTRATOR_URL (default http://localhost:8080). API errors become
 # `error make` with the API's message and field.
@@ -33,4 +34,34 @@ export def "workflow list" [
 export def "workflow cancel" [task_id: string] {
     let data = (api-post $"/tasks/(q $task_id)/cancel")
     if ($data | describe | str starts-with "record") { $data } else { {id: $task_id, result: $data} }
+}
+
+# Task queue depth from Temporal (GET /queue, cached by the service for 2s):
+# a record of observed_at, running_steps (in-flight activities) and queues, a
+# table with one row per task queue and task type: backlog, backlog_age
+# (a duration), the pollers' identities and the backlog per priority key
+# ({p3: 5}). --full: the API's data as it is (rates, poller access times).
+export def "workflow queue" [
+    --full   # the whole API answer instead of the summary
+] {
+    let data = (api-get "/queue")
+    if $full { return $data }
+    let rows = ($data.task_queues | each {|tq|
+        [workflow activity] | each {|tt|
+            let d = ($tq | get $tt)
+            let by_priority = if ($d.by_priority | is-empty) { {} } else {
+                $d.by_priority | each {|p| {key: $"p($p.priority)", value: $p.backlog} } | transpose -r -d
+            }
+            {
+                task_queue: $tq.name
+                kind: $tq.kind
+                task_type: $tt
+                backlog: $d.backlog
+                backlog_age: ($d.backlog_age_seconds * 1sec)
+                pollers: ($d.pollers | get identity)
+                by_priority: $by_priority
+            }
+        }
+    } | flatten)
+    {observed_at: $data.observed_at, running_steps: $data.running_steps.count, queues: $rows}
 }
