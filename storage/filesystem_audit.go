@@ -2,6 +2,7 @@ package storage
 
 import (
 	"bytes"
+	"container/heap"
 	"context"
 	"encoding/json"
 	"errors"
@@ -102,9 +103,13 @@ func (f *Filesystem) appendAuditLocked(e AuditEntry) error {
 	if err != nil {
 		return unavailable("read audit file of "+e.TaskID, err)
 	}
+	newest := e.Time
 	for _, have := range f.parseAudit(e.TaskID, data, false) {
 		if have.ID == e.ID {
 			return nil
+		}
+		if have.Time.After(newest) {
+			newest = have.Time
 		}
 	}
 	if len(data) > 0 && data[len(data)-1] != '\n' {
@@ -114,6 +119,11 @@ func (f *Filesystem) appendAuditLocked(e AuditEntry) error {
 	if _, err := fh.Write(line); err != nil {
 		return unavailable("append audit entry of "+e.TaskID, err)
 	}
+	// The file's mtime is its newest entry's time, so the newest entries
+	// across tasks are found in the files with the newest mtimes (see
+	// readNewestAudit). Best effort: a failure or a crash leaves the write
+	// time, which is no older than the entries but for clock skew.
+	_ = os.Chtimes(path, time.Time{}, newest)
 	if err := fh.Sync(); err != nil {
 		return unavailable("sync audit file of "+e.TaskID, err)
 	}
@@ -176,19 +186,20 @@ func (f *Filesystem) parseAudit(id string, data []byte, warn bool) []AuditEntry 
 }
 
 // auditMtimeSlack is how much newer than its file's mtime an audit entry
-// may be: mtimes come from the kernel's coarse clock (a tick behind) and
-// projection entries carry the workflow's time, taken on the Temporal
-// server, whose clock may run ahead of this machine's.
+// may be: AppendAudit sets a file's mtime to its newest entry's time, but a
+// crash between the write and that, or a file written before it did so,
+// has the write time, and projection entries carry the workflow's time,
+// taken on the Temporal server, whose clock may run ahead of this
+// machine's.
 const auditMtimeSlack = 30 * time.Second
 
 // readNewestAudit returns (at least) the newest limit entries of all
-// tasks without reading every audit file: an entry is appended after its
-// time was taken, so no entry of a file is newer than the file's mtime
-// (give or take auditMtimeSlack). Files are read newest mtime first, and
-// reading stops once the limit-th newest entry kept is newer than the
-// next file's mtime plus the slack. The stat of every
-// file (in parallel) is what remains proportional to the number of tasks;
-// memory holds the stats and at most 2×limit entries.
+// tasks without reading every audit file: no entry of a file is newer than
+// the file's mtime (give or take auditMtimeSlack). Files are read newest
+// mtime first, and reading stops once the limit-th newest entry kept is
+// newer than the next file's mtime plus the slack. The stat of every file
+// (in parallel) is what remains proportional to the number of tasks;
+// memory holds the stats and the limit newest entries.
 func (f *Filesystem) readNewestAudit(ctx context.Context, limit int) ([]AuditEntry, error) {
 	ents, err := readDir(f.auditDir)
 	if err != nil {
@@ -232,23 +243,43 @@ func (f *Filesystem) readNewestAudit(ctx context.Context, limit int) ([]AuditEnt
 	}
 	slices.SortFunc(files, func(a, b auditFile) int { return b.mtime.Compare(a.mtime) })
 
-	var kept []AuditEntry
+	kept := &auditHeap{}
 	for _, file := range files {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		if len(kept) >= limit {
-			kept = NewestAudit(kept, limit)
-			if kept[0].Time.After(file.mtime.Add(auditMtimeSlack)) {
-				break
-			}
+		if kept.Len() >= limit && (*kept)[0].Time.After(file.mtime.Add(auditMtimeSlack)) {
+			break
 		}
 		f.auditReads.Add(1)
 		data, err := f.readAuditFile(file.id)
 		if err != nil {
 			return nil, err
 		}
-		kept = append(kept, f.parseAudit(file.id, data, true)...)
+		for _, e := range f.parseAudit(file.id, data, true) {
+			switch {
+			case kept.Len() < limit:
+				heap.Push(kept, e)
+			case compareAudit(e, (*kept)[0]) > 0:
+				(*kept)[0] = e
+				heap.Fix(kept, 0)
+			}
+		}
 	}
-	return kept, nil
+	return *kept, nil
+}
+
+// auditHeap is a min-heap of entries (oldest at the root), holding the
+// newest entries seen so far.
+type auditHeap []AuditEntry
+
+func (h auditHeap) Len() int           { return len(h) }
+func (h auditHeap) Less(i, j int) bool { return compareAudit(h[i], h[j]) < 0 }
+func (h auditHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *auditHeap) Push(x any)        { *h = append(*h, x.(AuditEntry)) }
+func (h *auditHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return e
 }

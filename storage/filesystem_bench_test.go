@@ -233,7 +233,8 @@ func BenchmarkFilesystemMemory(b *testing.B) {
 }
 
 // seedAudit writes three audit entries per task straight into the audit
-// files (setup only).
+// files (setup only), with the mtime AppendAudit leaves: the newest
+// entry's time.
 func seedAudit(tb testing.TB, f *Filesystem, ids []string) {
 	tb.Helper()
 	base := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -248,6 +249,8 @@ func seedAudit(tb testing.TB, f *Filesystem, ids []string) {
 			buf = append(append(buf, line...), '\n')
 		}
 		require.NoError(tb, os.WriteFile(f.auditPath(id), buf, 0o644))
+		newest := base.Add(time.Duration(3*i+2) * time.Second)
+		require.NoError(tb, os.Chtimes(f.auditPath(id), newest, newest))
 	}
 }
 
