@@ -20,6 +20,7 @@ import (
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
 
 	"github.com/provisioning/orchestrator/metrics"
 	"github.com/provisioning/orchestrator/storage"
@@ -40,6 +41,10 @@ type Options struct {
 	TaskQueue string
 	// Policy is passed to every workflow (parallelism, retries, timeouts).
 	Policy workflows.ExecPolicy
+	// FairnessWeights weigh infras (fairness keys) against each other when
+	// Temporal shares a task queue between them; an infra not listed
+	// weighs 1.
+	FairnessWeights map[string]float32
 	// Logger, default slog.Default().
 	Logger *slog.Logger
 	// MaxBodyBytes, default DefaultMaxBodyBytes.
@@ -62,6 +67,7 @@ type Server struct {
 	store     storage.Store
 	taskQueue string
 	policy    workflows.ExecPolicy
+	weights   map[string]float32
 	log       *slog.Logger
 	maxBody   int64
 	envOpts   TestEnvOptions
@@ -80,6 +86,7 @@ func New(o Options) *Server {
 		store:     o.Store,
 		taskQueue: o.TaskQueue,
 		policy:    o.Policy,
+		weights:   o.FairnessWeights,
 		log:       o.Logger,
 		maxBody:   o.MaxBodyBytes,
 		envOpts:   o.TestEnv,
@@ -121,6 +128,7 @@ func New(o Options) *Server {
 	}
 	s.e.GET("/tasks", s.listTasks)
 	s.e.GET("/tasks/:id", s.getTask)
+	s.e.PATCH("/tasks/:id", s.patchTask)
 	s.e.POST("/tasks/:id/cancel", s.cancelTask)
 	s.e.GET("/tasks/:id/audit", s.taskAudit)
 	s.e.GET(StepOutputPath, s.stepOutput)
@@ -258,9 +266,9 @@ func (s *Server) listTasks(c echo.Context) error {
 	q := c.QueryParams()
 	for k := range q {
 		switch k {
-		case "status", "limit", "offset", "workflow_type":
+		case "status", "limit", "offset", "workflow_type", "priority":
 		default:
-			return fieldErr(k, "unknown query parameter (use status, limit, offset, workflow_type)")
+			return fieldErr(k, "unknown query parameter (use status, limit, offset, workflow_type, priority)")
 		}
 	}
 	if v := q.Get("status"); v != "" {
@@ -271,6 +279,11 @@ func (s *Server) listTasks(c echo.Context) error {
 		f.Status = st
 	}
 	f.WorkflowType = q.Get("workflow_type")
+	if n, ok, err := intParam(c, "priority", storage.MinPriority, storage.MaxPriority); err != nil {
+		return err
+	} else if ok {
+		f.Priority = n
+	}
 	if n, ok, err := intParam(c, "limit", 1, storage.MaxLimit); err != nil {
 		return err
 	} else if ok {
@@ -364,6 +377,8 @@ type CreateServersRequest struct {
 	Servers   []string `json:"servers"`
 	CheckMode bool     `json:"check_mode"`
 	Wait      bool     `json:"wait"`
+	// Priority 1 (most urgent) to 5; default 3.
+	Priority int `json:"priority,omitempty"`
 }
 
 // CreateTaskservRequest is the body of POST /workflows/taskserv/create.
@@ -374,6 +389,8 @@ type CreateTaskservRequest struct {
 	Servers   []string `json:"servers"`
 	CheckMode bool     `json:"check_mode"`
 	Wait      bool     `json:"wait"`
+	// Priority 1 (most urgent) to 5; default 3.
+	Priority int `json:"priority,omitempty"`
 }
 
 // CreateClusterRequest is the body of POST /workflows/cluster/create.
@@ -383,6 +400,8 @@ type CreateClusterRequest struct {
 	Cluster   string `json:"cluster"`
 	CheckMode bool   `json:"check_mode"`
 	Wait      bool   `json:"wait"`
+	// Priority 1 (most urgent) to 5; default 3.
+	Priority int `json:"priority,omitempty"`
 }
 
 // IdempotencyKeyHeader on a create request makes a retry of it safe: the
@@ -431,7 +450,7 @@ func (s *Server) replay(c echo.Context, task storage.Task) (handled bool, err er
 	return true, ok(c, http.StatusOK, existing.ID)
 }
 
-func (s *Server) common(c echo.Context, wfType, infra, settings string, check, wait bool) (workflows.Common, bool, error) {
+func (s *Server) common(c echo.Context, wfType, infra, settings string, check, wait bool, priority int) (workflows.Common, bool, error) {
 	id, keyed, err := s.newTaskID(c, wfType)
 	if err != nil {
 		return workflows.Common{}, false, err
@@ -444,6 +463,9 @@ func (s *Server) common(c echo.Context, wfType, infra, settings string, check, w
 		Wait:      wait,
 		CreatedAt: time.Now().UTC().Truncate(time.Microsecond),
 		Policy:    s.policy,
+		Priority:  priority,
+		// Looked up with the raw name: a bad one fails validation next.
+		FairnessWeight: s.weights[infra],
 	}, keyed, nil
 }
 
@@ -452,7 +474,7 @@ func (s *Server) createServers(c echo.Context) error {
 	if err := s.decodeJSON(c, &req); err != nil {
 		return err
 	}
-	common, keyed, err := s.common(c, workflows.ServerCreateWorkflowName, req.Infra, req.Settings, req.CheckMode, req.Wait)
+	common, keyed, err := s.common(c, workflows.ServerCreateWorkflowName, req.Infra, req.Settings, req.CheckMode, req.Wait, req.Priority)
 	if err != nil {
 		return err
 	}
@@ -468,7 +490,7 @@ func (s *Server) createTaskserv(c echo.Context) error {
 	if err := s.decodeJSON(c, &req); err != nil {
 		return err
 	}
-	common, keyed, err := s.common(c, workflows.TaskservCreateWorkflowName, req.Infra, req.Settings, req.CheckMode, req.Wait)
+	common, keyed, err := s.common(c, workflows.TaskservCreateWorkflowName, req.Infra, req.Settings, req.CheckMode, req.Wait, req.Priority)
 	if err != nil {
 		return err
 	}
@@ -484,7 +506,7 @@ func (s *Server) createCluster(c echo.Context) error {
 	if err := s.decodeJSON(c, &req); err != nil {
 		return err
 	}
-	common, keyed, err := s.common(c, workflows.ClusterCreateWorkflowName, req.Infra, req.Settings, req.CheckMode, req.Wait)
+	common, keyed, err := s.common(c, workflows.ClusterCreateWorkflowName, req.Infra, req.Settings, req.CheckMode, req.Wait, req.Priority)
 	if err != nil {
 		return err
 	}
@@ -515,14 +537,15 @@ func (s *Server) start(c echo.Context, common workflows.Common, keyed bool, spec
 		CreatedAt:    common.CreatedAt,
 		UpdatedAt:    common.CreatedAt,
 		WorkflowType: spec.Workflow,
+		Priority:     common.Priority,
 	})
-	return s.startTask(c, task, keyed, spec.Workflow, input)
+	return s.startTask(c, task, keyed, spec.Workflow, input, common.TemporalPriority())
 }
 
 // startTask stores task (Pending) and starts its workflow with ID = task ID.
 // The store's Create appends the task's create audit entry with the
 // request's actor.
-func (s *Server) startTask(c echo.Context, task storage.Task, keyed bool, wfType string, input any) error {
+func (s *Server) startTask(c echo.Context, task storage.Task, keyed bool, wfType string, input any, prio temporal.Priority) error {
 	ctx := actorCtx(c)
 	if err := s.store.Create(ctx, task); err != nil {
 		if errors.Is(err, storage.ErrExists) {
@@ -542,6 +565,10 @@ func (s *Server) startTask(c echo.Context, task storage.Task, keyed bool, wfType
 		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
 		// Without this the SDK quietly returns the existing run.
 		WorkflowExecutionErrorWhenAlreadyStarted: true,
+		// Inherited by the workflow's activities: Temporal's matching
+		// dispatches lower keys first and shares throughput fairly
+		// between fairness keys.
+		Priority: prio,
 	}, wfType, input)
 	if err == nil {
 		s.log.Info("task started", "task_id", task.ID, "workflow", wfType)

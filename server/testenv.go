@@ -121,7 +121,7 @@ func (s *Server) createEnv(c echo.Context) error {
 			return err
 		}
 	}
-	return s.startTask(c, task, keyed, workflows.TestEnvironmentWorkflowName, in)
+	return s.startTask(c, task, keyed, workflows.TestEnvironmentWorkflowName, in, temporal.Priority{PriorityKey: storage.DefaultPriority})
 }
 
 // admitEnvironment answers 429 when MaxEnvironments environments are

@@ -96,13 +96,13 @@ func (f *Filesystem) List(ctx context.Context, lf ListFilter) ([]Task, int, erro
 		for _, e := range page {
 			t, _, err := f.readFile(e.id)
 			switch {
-			case err == nil && t.Status == e.status && t.WorkflowType == e.wfType && t.CreatedAt.Equal(e.created):
+			case err == nil && t.Status == e.status && t.WorkflowType == e.wfType && t.Priority == e.prio && t.CreatedAt.Equal(e.created):
 				out = append(out, t)
 			case err == nil:
 				// Changed since the index saw it: the next attempt re-reads it.
 				stale = true
 				f.invalidate(e.id)
-				if last && matches(lf, t.Status, t.WorkflowType) {
+				if last && matches(lf, t) {
 					out = append(out, t)
 				}
 			case errors.Is(err, ErrNotFound), errors.Is(err, ErrCorrupt):
@@ -137,6 +137,7 @@ type indexEntry struct {
 	id      string
 	status  TaskStatus
 	wfType  string
+	prio    int
 	created time.Time
 }
 
@@ -284,7 +285,7 @@ func (f *Filesystem) readIndexEntries(ctx context.Context, todo []indexRead) {
 		f.parses.Add(1)
 		r.key, r.err = key, err
 		if err == nil {
-			r.entry = indexEntry{id: t.ID, status: t.Status, wfType: t.WorkflowType, created: t.CreatedAt}
+			r.entry = indexEntry{id: t.ID, status: t.Status, wfType: t.WorkflowType, prio: t.Priority, created: t.CreatedAt}
 		}
 	}
 	workers := min(runtime.GOMAXPROCS(0), 8, len(todo)/64+1)
@@ -338,7 +339,7 @@ func (f *Filesystem) listUncached(ctx context.Context, lf ListFilter, offset, li
 		default:
 			return nil, 0, err
 		}
-		if matches(lf, t.Status, t.WorkflowType) {
+		if matches(lf, t) {
 			matched = append(matched, t)
 		}
 	}
@@ -360,13 +361,14 @@ func compareEntries(a, b indexEntry) int {
 }
 
 // matches applies a ListFilter's selection (not its paging).
-func matches(lf ListFilter, status TaskStatus, wfType string) bool {
-	return (lf.Status == "" || status == lf.Status) && (lf.WorkflowType == "" || wfType == lf.WorkflowType)
+func matches(lf ListFilter, t Task) bool {
+	return (lf.Status == "" || t.Status == lf.Status) && (lf.WorkflowType == "" || t.WorkflowType == lf.WorkflowType) &&
+		(lf.Priority == 0 || t.Priority == lf.Priority)
 }
 
 func selectPage(idx []indexEntry, lf ListFilter, offset, limit int) (page []indexEntry, total int) {
 	for _, e := range idx {
-		if !matches(lf, e.status, e.wfType) {
+		if !matches(lf, Task{Status: e.status, WorkflowType: e.wfType, Priority: e.prio}) {
 			continue
 		}
 		if total >= offset && len(page) < limit {

@@ -82,6 +82,10 @@ type Task struct {
 
 	// WorkflowType is the Temporal workflow type running this task.
 	WorkflowType string `json:"workflow_type"`
+	// Priority is the task's scheduling priority, MinPriority (1, most
+	// urgent) to MaxPriority (5); DefaultPriority (3) when the request set
+	// none (and for records written before priorities existed).
+	Priority int `json:"priority"`
 	// Progress counts finished steps out of all steps.
 	Progress Progress `json:"progress"`
 	// Steps holds per-server (or per-cluster) results.
@@ -111,6 +115,8 @@ type ListFilter struct {
 	// WorkflowType, when non-empty, keeps only tasks of that workflow type
 	// (e.g. test environments).
 	WorkflowType string
+	// Priority, when non-zero, keeps only tasks of that priority.
+	Priority int
 	// Limit is the page size; 0 means DefaultLimit.
 	Limit int
 	// Offset skips that many matching tasks.
@@ -240,6 +246,9 @@ func ValidateID(id string) error {
 // Normalize fills the slices and timestamps a Task must never serialise as
 // null or in a non-UTC zone.
 func Normalize(t Task) Task {
+	if t.Priority == 0 {
+		t.Priority = DefaultPriority
+	}
 	if t.Args == nil {
 		t.Args = []string{}
 	}
@@ -261,6 +270,14 @@ func Normalize(t Task) Task {
 	}
 	return t
 }
+
+// Task priorities: 1 is the most urgent. Temporal's matching dispatches
+// lower keys first.
+const (
+	MinPriority     = 1
+	MaxPriority     = 5
+	DefaultPriority = 3
+)
 
 // DefaultAuditLimit is ListAudit's limit when AuditFilter.Limit is 0.
 const DefaultAuditLimit = 1000

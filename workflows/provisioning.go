@@ -68,6 +68,9 @@ type provisioning struct {
 	// cancelled is set once the workflow is cancelled or a step reports
 	// cancellation: no new step starts.
 	cancelled bool
+	// reprioritized is set once SetPriorityUpdate changed the priority:
+	// steps then carry it explicitly instead of inheriting the start's.
+	reprioritized bool
 }
 
 func newProvisioning(common Common, spec TaskSpec, steps []step, validate func() error) *provisioning {
@@ -84,6 +87,7 @@ func newProvisioning(common Common, spec TaskSpec, steps []step, validate func()
 			Status:       storage.StatusPending,
 			CreatedAt:    common.CreatedAt,
 			WorkflowType: spec.Workflow,
+			Priority:     common.Priority,
 			Progress:     storage.Progress{Total: len(steps)},
 		}),
 	}
@@ -125,10 +129,41 @@ func (w *provisioning) setup(ctx workflow.Context) error {
 	}); err != nil {
 		return err
 	}
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, SetPriorityUpdate, w.setPriority,
+		workflow.UpdateHandlerOptions{Validator: w.validatePriority}); err != nil {
+		return err
+	}
 	for _, s := range w.steps {
 		w.task.Steps = append(w.task.Steps, storage.StepResult{Name: s.name, Status: storage.StatusPending})
 	}
 	return nil
+}
+
+// validatePriority rejects, before anything is recorded in history, a
+// priority out of range and a task that has finished.
+func (w *provisioning) validatePriority(req SetPriorityRequest) error {
+	if req.Priority == 0 {
+		return &FieldError{Field: "priority", Message: "is required"}
+	}
+	if err := ValidatePriority("priority", req.Priority); err != nil {
+		return err
+	}
+	if w.task.Status.Terminal() {
+		return temporal.NewApplicationError(fmt.Sprintf("task %s is %s: its priority can no longer change", w.task.ID, w.task.Status), ErrTypeTaskFinished)
+	}
+	return nil
+}
+
+// setPriority records the new priority (projected, so lists show it) and
+// schedules the steps not started yet with it.
+func (w *provisioning) setPriority(ctx workflow.Context, req SetPriorityRequest) (storage.Task, error) {
+	w.common.Priority = req.Priority
+	w.task.Priority = req.Priority
+	w.reprioritized = true
+	if err := w.projectProgress(ctx); err != nil {
+		return storage.Task{}, err
+	}
+	return storage.Bounded(w.task, storage.MaxResultBytes), nil
 }
 
 // start marks the task Running. A cancel arriving during that projection
@@ -185,7 +220,11 @@ func (w *provisioning) runSteps(ctx workflow.Context) error {
 		next++
 		running++
 		w.task.Steps[i].Status = storage.StatusRunning
-		f := workflow.ExecuteActivity(actx, a.RunNushell, activities.NuStep{
+		sctx := actx
+		if w.reprioritized {
+			sctx = workflow.WithPriority(actx, w.common.TemporalPriority())
+		}
+		f := workflow.ExecuteActivity(sctx, a.RunNushell, activities.NuStep{
 			TaskID: w.common.TaskID, Step: w.steps[i].name, Args: w.steps[i].args,
 		})
 		sel.AddFuture(f, func(f workflow.Future) {
@@ -312,12 +351,21 @@ func (w *provisioning) recordStep(i int, res activities.NuStepResult, err error)
 	return false
 }
 
+// ProjectionRetryBound is how long a projection is retried while the task
+// store is unavailable: long enough for any outage an operator fixes.
+const ProjectionRetryBound = 7 * 24 * time.Hour
+
 // projectionCtx applies the options of every store projection: a short
 // local activity retried until the store is back, because a store outage
 // must not lose a transition.
 func projectionCtx(ctx workflow.Context) workflow.Context {
 	return workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{
 		StartToCloseTimeout: 10 * time.Second,
+		// Without it the SDK takes StartToCloseTimeout as the bound on all
+		// attempts together: a store outage of more than ~6 s failed the
+		// workflow (chaos run: 4 of 4 running tasks lost with SurrealDB
+		// down for 2 minutes).
+		ScheduleToCloseTimeout: ProjectionRetryBound,
 		RetryPolicy: &temporal.RetryPolicy{
 			InitialInterval:        200 * time.Millisecond,
 			BackoffCoefficient:     2,

@@ -8,10 +8,13 @@
 package workflows
 
 import (
+	"cmp"
 	"fmt"
 	"time"
 
+	"github.com/provisioning/orchestrator/storage"
 	"github.com/provisioning/orchestrator/testenv"
+	"go.temporal.io/sdk/temporal"
 )
 
 // DefaultTaskQueue is the task queue the worker polls and the API starts
@@ -42,6 +45,9 @@ const (
 	// ErrTypeIdempotenceFailed: a second converge changed something (or
 	// could not say whether it did).
 	ErrTypeIdempotenceFailed = "IdempotenceFailed"
+	// ErrTypeTaskFinished: an update asked a task that has finished to
+	// change (its priority, say).
+	ErrTypeTaskFinished = "TaskFinished"
 )
 
 // StatusQuery is the query every task workflow answers with its current
@@ -123,6 +129,43 @@ type Common struct {
 	CreatedAt time.Time `json:"created_at"`
 	// Policy bounds parallelism, retries and timeouts.
 	Policy ExecPolicy `json:"policy"`
+	// Priority is the task's scheduling priority, storage.MinPriority (1,
+	// most urgent) to storage.MaxPriority (5); 0 means
+	// storage.DefaultPriority (3). The API starts the workflow with it as
+	// Temporal's priority key, which its steps inherit.
+	Priority int `json:"priority,omitempty"`
+	// FairnessWeight is the weight of the task's infra (its fairness key)
+	// when Temporal shares a queue's throughput between infras; 0 means 1.
+	FairnessWeight float32 `json:"fairness_weight,omitempty"`
+}
+
+// TemporalPriority is the Temporal priority of a task with these fields:
+// the priority as key and the infra as fairness key, so a busy infra
+// cannot starve another.
+func (c Common) TemporalPriority() temporal.Priority {
+	return temporal.Priority{PriorityKey: cmp.Or(c.Priority, storage.DefaultPriority), FairnessKey: c.Infra, FairnessWeight: c.FairnessWeight}
+}
+
+// ValidatePriority accepts 0 (the default) and storage.MinPriority to
+// storage.MaxPriority.
+func ValidatePriority(field string, p int) error {
+	if p != 0 && (p < storage.MinPriority || p > storage.MaxPriority) {
+		return &FieldError{Field: field, Message: fmt.Sprintf("must be %d (most urgent) to %d; default %d", storage.MinPriority, storage.MaxPriority, storage.DefaultPriority)}
+	}
+	return nil
+}
+
+// SetPriorityUpdate is the workflow update (`temporal workflow update
+// execute --name set-priority -w <task id> --input '{"priority": 1}'`, or
+// PATCH /tasks/{id}) that changes an unfinished provisioning task's
+// priority: the steps it starts from then on are scheduled with it. It
+// answers with the task.
+const SetPriorityUpdate = "set-priority"
+
+// SetPriorityRequest is SetPriorityUpdate's input.
+type SetPriorityRequest struct {
+	// Priority, storage.MinPriority to storage.MaxPriority.
+	Priority int `json:"priority"`
 }
 
 // ServerCreateInput starts ServerCreateWorkflow: one Nushell call per server.
@@ -162,6 +205,9 @@ func ValidateName(field, v string) error { return testenv.ValidateName(field, v)
 
 func (c Common) validate() error {
 	if err := ValidateName("infra", c.Infra); err != nil {
+		return err
+	}
+	if err := ValidatePriority("priority", c.Priority); err != nil {
 		return err
 	}
 	return testenv.ValidateSettings("settings", c.Settings)

@@ -772,25 +772,29 @@ func TestClusterCreate_InvalidCluster(t *testing.T) {
 
 func TestProjection_StoreDownIsRetried(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		when func(storage.Task) bool
+		name  string
+		fails int
+		when  func(storage.Task) bool
 	}{
-		{"running projection", func(t storage.Task) bool { return t.Version == 1 }},
-		{"step projection", func(t storage.Task) bool { return t.Version == 2 }},
-		{"completed projection", func(t storage.Task) bool { return t.Status == storage.StatusCompleted }},
+		{"running projection", 2, func(t storage.Task) bool { return t.Version == 1 }},
+		{"step projection", 2, func(t storage.Task) bool { return t.Version == 2 }},
+		{"completed projection", 2, func(t storage.Task) bool { return t.Status == storage.StatusCompleted }},
+		// 20 failures at up to 30 s apart: an outage of about 8 minutes,
+		// far beyond the 10 s of one attempt (which once bounded them all).
+		{"store down for minutes", 20, func(t storage.Task) bool { return t.Version == 2 }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
-			h.store.failPuts(2, tc.when)
+			h.store.failPuts(tc.fails, tc.when)
 			h.mockRun(stepIs("web-01"), time.Second, succeed).Once()
 			h.mockRun(stepIs("web-02"), 2*time.Second, succeed).Once()
 			h.env.ExecuteWorkflow(workflows.ServerCreateWorkflowName, serverInput(taskID1, "web-01", "web-02"))
 			task := h.result()
 
 			attempts, failures := h.store.counts()
-			assert.Equal(t, 2, failures, "the store was down for two writes")
+			assert.Equal(t, tc.fails, failures, "the store was down for that many writes")
 			ps := h.store.projections(taskID1)
-			assert.Equal(t, len(ps)+2, attempts)
+			assert.Equal(t, len(ps)+tc.fails, attempts)
 			// No transition lost: every version from 1 to the last one.
 			assert.Equal(t, []storage.TaskStatus{storage.StatusRunning, storage.StatusRunning, storage.StatusRunning, storage.StatusCompleted}, statuses(ps))
 			requireStrictlyIncreasingVersions(t, ps)
@@ -879,4 +883,46 @@ func TestProjection_SnapshotsAreImmutable(t *testing.T) {
 	assert.Equal(t, map[string]storage.TaskStatus{"web-01": storage.StatusPending, "web-02": storage.StatusPending}, stepStatuses(given[0]),
 		"the Running projection changed after it was handed over")
 	assert.Equal(t, map[string]storage.TaskStatus{"web-01": storage.StatusCompleted, "web-02": storage.StatusRunning}, stepStatuses(given[1]))
+}
+
+// SetPriorityUpdate changes the task's priority (projected before the task
+// ends) and refuses bad values before anything is recorded.
+func TestServerCreate_SetPriority(t *testing.T) {
+	h := newHarness(t)
+	h.mockRun(nil, time.Second, succeed).Times(3)
+	in := serverInput(taskID1, "web-01", "web-02", "web-03")
+	in.Policy.Parallelism = 1
+	in.Priority = 4
+
+	update := func(p int, into *error, done *bool) {
+		h.env.UpdateWorkflow(workflows.SetPriorityUpdate, fmt.Sprintf("prio-%d", p), &testsuite.TestUpdateCallback{
+			OnAccept:   func() {},
+			OnReject:   func(err error) { *into = err; *done = true },
+			OnComplete: func(_ any, err error) { *into = err; *done = true },
+		}, workflows.SetPriorityRequest{Priority: p})
+	}
+	var badErr, zeroErr, okErr error
+	var badDone, zeroDone, okDone bool
+	h.env.RegisterDelayedCallback(func() {
+		update(9, &badErr, &badDone)
+		update(0, &zeroErr, &zeroDone)
+		update(1, &okErr, &okDone)
+	}, 1500*time.Millisecond)
+	h.env.ExecuteWorkflow(workflows.ServerCreateWorkflowName, in)
+	task := h.result()
+
+	require.True(t, badDone && zeroDone && okDone)
+	assert.ErrorContains(t, badErr, "priority")
+	assert.ErrorContains(t, zeroErr, "priority")
+	require.NoError(t, okErr)
+	assert.Equal(t, 1, task.Priority)
+	require.Len(t, h.calls, 3)
+	// The testsuite does not pass activity priorities on to the activity
+	// info; e2e TestPriorityChangeThroughTheAPI reads them from Temporal.
+	// The store saw the change before the task finished.
+	var projected []int
+	for _, p := range h.store.projections(taskID1) {
+		projected = append(projected, p.Priority)
+	}
+	assert.Contains(t, projected[:len(projected)-1], 1)
 }

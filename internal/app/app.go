@@ -386,13 +386,14 @@ func (a *App) startHTTP() error {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	srv := server.New(server.Options{
-		Client:     a.client,
-		Store:      a.store,
-		TaskQueue:  a.cfg.TaskQueue,
-		Policy:     a.cfg.Policy,
-		Logger:     a.log,
-		Metrics:    a.metrics,
-		AuthTokens: tokens,
+		Client:          a.client,
+		Store:           a.store,
+		TaskQueue:       a.cfg.TaskQueue,
+		Policy:          a.cfg.Policy,
+		FairnessWeights: a.cfg.FairnessWeights,
+		Logger:          a.log,
+		Metrics:         a.metrics,
+		AuthTokens:      tokens,
 		TestEnv: server.TestEnvOptions{
 			Templates:         templates,
 			DefaultImage:      a.cfg.TestBaseImage,

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -135,6 +136,9 @@ type Config struct {
 	// provisioning runs inherit besides the safe base (PATH, HOME, locale,
 	// PROVISIONING_*; see nushell.SafeEnviron). Default none.
 	ScriptEnvPass []string
+	// FairnessWeights weigh infras against each other on a shared task
+	// queue (Temporal fairness, key = infra); unlisted infras weigh 1.
+	FairnessWeights map[string]float32
 	// StepCgroup is where every provisioning step gets a cgroup v2 of its
 	// own, so the step's end reaches every process it started: "auto" (the
 	// default) uses a directory in the service's own cgroup and falls back
@@ -242,6 +246,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.IntVar(&cfg.TestEnvUpdatesPerRun, "test-env-updates-per-run", workflows.DefaultUpdatesPerRun, "test runs and converges per environment workflow run before it continues as new (bounds its history)")
 	topologies := fs.String("test-topologies", "", "extra topology template file(s) (TOML), comma-separated")
 	scriptEnvPass := fs.String("script-env-pass", "", "names of service environment variables provisioning runs inherit, comma-separated (besides PATH, HOME, locale and PROVISIONING_*; never secrets)")
+	weights := fs.String("fairness-weights", "", "infra=weight pairs, comma-separated: an infra's share of a busy task queue relative to others (default 1 each)")
 	fs.StringVar(&cfg.StepCgroup, "step-cgroup", "auto", `cgroup v2 parent of the per-step cgroups that stop every process a step started: "auto", "off" or a directory`)
 	fs.StringVar(&cfg.Instance, "instance", "", "deployment name labelled on Docker objects; the janitor sweeps only its own (default: derived from the Temporal namespace and its id)")
 	fs.IntVar(&cfg.MetricsPort, "metrics-port", 0, "worker mode: serve /metrics and /health on this port (0 = off)")
@@ -270,6 +275,9 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 		}
 	}
 	var err error
+	if cfg.FairnessWeights, err = parseWeights(*weights); err != nil {
+		return cfg, err
+	}
 	if cfg.LogLevel, err = parseLevel("log-level", *logLevel); err != nil {
 		return cfg, err
 	}
@@ -509,4 +517,27 @@ func DefaultConfig() Config {
 func isTerminal(f *os.File) bool {
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// parseWeights reads --fairness-weights: infra=weight pairs.
+func parseWeights(v string) (map[string]float32, error) {
+	if strings.TrimSpace(v) == "" {
+		return nil, nil
+	}
+	out := map[string]float32{}
+	for _, pair := range strings.Split(v, ",") {
+		name, w, ok := strings.Cut(strings.TrimSpace(pair), "=")
+		if !ok {
+			return nil, fmt.Errorf("--fairness-weights: %q is not infra=weight", pair)
+		}
+		if err := workflows.ValidateName("infra", name); err != nil {
+			return nil, fmt.Errorf("--fairness-weights: %q: %w", name, err)
+		}
+		f, err := strconv.ParseFloat(w, 32)
+		if err != nil || f <= 0 || f > 1000 {
+			return nil, fmt.Errorf("--fairness-weights: weight of %s must be a number above 0 and at most 1000, not %q", name, w)
+		}
+		out[name] = float32(f)
+	}
+	return out, nil
 }

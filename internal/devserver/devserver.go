@@ -231,6 +231,9 @@ func buildAndStart(o Options, sqlConf *config.SQL, logger slogAdapter) (_ tempor
 		// A single-host dev server has no reason to throttle its only user.
 		dynamicconfig.FrontendRPS.Key():                                 10000,
 		dynamicconfig.FrontendNamespaceReplicationInducingAPIsRPS.Key(): 1000,
+		// Tasks carry their infra as fairness key: one infra's backlog
+		// must not starve another's (priority keys work without this).
+		dynamicconfig.MatchingEnableFairness.Key(): true,
 	}
 	srv, err := temporal.NewServer(
 		temporal.WithConfig(conf),

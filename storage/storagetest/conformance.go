@@ -48,6 +48,7 @@ func Run(t *testing.T, newStore func(t *testing.T) storage.Store) {
 		{"ListOrdering", testListOrdering},
 		{"ListStatusFilter", testListStatusFilter},
 		{"ListWorkflowTypeFilter", testListWorkflowTypeFilter},
+		{"ListPriorityFilter", testListPriorityFilter},
 		{"ListLimitOffsetTotal", testListLimitOffsetTotal},
 		{"ListDefaultLimit", testListDefaultLimit},
 		{"ListReturnsFullTasks", testListReturnsFullTasks},
@@ -713,6 +714,53 @@ func testListWorkflowTypeFilter(t *testing.T, s storage.Store) {
 	assert.Equal(t, 3, total)
 
 	_, total, err = s.List(ctx, storage.ListFilter{WorkflowType: "Nope"})
+	require.NoError(t, err)
+	assert.Zero(t, total)
+}
+
+func testListPriorityFilter(t *testing.T, s storage.Store) {
+	ctx := context.Background()
+	var urgent, normal []string
+	for i := range 6 {
+		task := minimalTask(NewID(), storage.StatusPending, base.Add(time.Duration(i)*time.Minute))
+		task.WorkflowType = "ServerCreate"
+		if i%3 == 0 {
+			task.Priority = 1
+			urgent = append([]string{task.ID}, urgent...)
+		} else {
+			normal = append([]string{task.ID}, normal...)
+		}
+		require.NoError(t, s.Create(ctx, task))
+	}
+	ids := func(ts []storage.Task) []string {
+		var out []string
+		for _, t := range ts {
+			out = append(out, t.ID)
+		}
+		return out
+	}
+	got, total, err := s.List(ctx, storage.ListFilter{Priority: 1})
+	require.NoError(t, err)
+	assert.Equal(t, 2, total)
+	assert.Equal(t, urgent, ids(got))
+	assert.Equal(t, 1, got[0].Priority)
+
+	// No priority given is the default, and is stored as such.
+	got, total, err = s.List(ctx, storage.ListFilter{Priority: storage.DefaultPriority, Status: storage.StatusPending, WorkflowType: "ServerCreate", Limit: 2, Offset: 1})
+	require.NoError(t, err)
+	assert.Equal(t, 4, total)
+	assert.Equal(t, normal[1:3], ids(got))
+	assert.Equal(t, storage.DefaultPriority, got[0].Priority)
+
+	// A changed priority is seen by the filter (the index must not go stale).
+	moved := got[0]
+	moved.Priority = 1
+	moved.Version++
+	require.NoError(t, s.Put(ctx, moved))
+	_, total, err = s.List(ctx, storage.ListFilter{Priority: 1})
+	require.NoError(t, err)
+	assert.Equal(t, 3, total)
+	_, total, err = s.List(ctx, storage.ListFilter{Priority: 5})
 	require.NoError(t, err)
 	assert.Zero(t, total)
 }

@@ -59,6 +59,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -368,8 +369,24 @@ func (s *Store) List(ctx context.Context, lf storage.ListFilter) ([]storage.Task
 		page = "FROM task WITH INDEX task_list ORDER BY list_key"
 		count = "task"
 	}
-	sql := "SELECT doc, status, workflow_type, list_key, id " + page + " LIMIT $limit START $offset;\n" +
-		"SELECT count() AS n FROM " + count + " GROUP ALL;"
+	count = "SELECT count() AS n FROM " + count + " GROUP ALL;"
+	if lf.Priority != 0 {
+		// Priority filters are rare (an operator looking at a level):
+		// a filtered scan in list order rather than key ranges of their
+		// own. Records written before priorities existed
+		// have none: they are DefaultPriority.
+		vars["prio"] = lf.Priority
+		where := "WHERE (priority ?? " + strconv.Itoa(storage.DefaultPriority) + ") = $prio"
+		if lf.Status != "" {
+			where += " AND status = $status"
+		}
+		if lf.WorkflowType != "" {
+			where += " AND workflow_type = $wf"
+		}
+		page = "FROM task " + where + " ORDER BY list_key"
+		count = "SELECT count() AS n FROM task " + where + " GROUP ALL;"
+	}
+	sql := "SELECT doc, status, workflow_type, list_key, id " + page + " LIMIT $limit START $offset;\n" + count
 	res, err := s.query(ctx, "list tasks", sql, vars)
 	if err != nil {
 		return nil, 0, err
@@ -597,6 +614,7 @@ func surrealTaskContent(t storage.Task, doc []byte) map[string]any {
 		"doc":           string(doc),
 		"status":        string(t.Status),
 		"workflow_type": t.WorkflowType,
+		"priority":      t.Priority,
 		"created_at":    surrealTime(t.CreatedAt),
 		"list_key":      surrealListKey(t),
 		"version":       t.Version,
