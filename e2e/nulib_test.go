@@ -97,9 +97,10 @@ func TestNuWorkflowWrappers(t *testing.T) {
 	const mods = "workflows/server_create.nu"
 
 	var task nuTask
-	r := runNuJSON(t, h.base, "server_create_workflow prod web-01 web-02 --settings ./settings.yaml --wait | to json", &task,
+	r := runNuJSON(t, h.base, "server_create_workflow prod web-01 web-02 --settings ./settings.yaml --wait --priority 2 | to json", &task,
 		mods, "workflows/workflow.nu")
 	assert.Equal(t, "Completed", task.Status)
+	assert.Equal(t, 2, h.task(task.ID).Priority, "--priority")
 	assert.Equal(t, 2, task.Progress.Done)
 	assert.Equal(t, 2, task.Progress.Total)
 	assert.Contains(t, r.stderr, "Completed 2/2", "progress goes to stderr")

@@ -78,18 +78,27 @@ func TestSDKInvalidRequestStartsNothing(t *testing.T) {
 	assert.Empty(t, tasks)
 }
 
+// (With a priority set at start and changed while running.)
 func TestSDKCancelSlowTask(t *testing.T) {
 	h := startApp(t, "PROVISIONING_DEMO_DELAY_MS=60000")
 	c := &sdk.Client{Temporal: h.app.Client(), Policy: fastPolicy}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	run, err := c.StartTaskservCreate(ctx, "production", "./settings.yaml", "kubernetes", []string{"web-01"})
+	run, err := c.StartTaskservCreate(ctx, "production", "./settings.yaml", "kubernetes", []string{"web-01"}, sdk.WithPriority(5))
 	require.NoError(t, err)
 	eventually(t, 30*time.Second, "task running", func() bool {
 		st, err := run.Status(ctx)
 		return err == nil && st.Status == storage.StatusRunning
 	})
+	assert.Equal(t, 5, h.task(run.ID()).Priority)
+	desc, err := h.app.Client().DescribeWorkflowExecution(ctx, run.ID(), "")
+	require.NoError(t, err)
+	assert.Equal(t, int32(5), desc.GetWorkflowExecutionInfo().GetPriority().GetPriorityKey(), "started with the priority")
+	assert.Equal(t, "production", desc.GetWorkflowExecutionInfo().GetPriority().GetFairnessKey())
+	changed, err := run.SetPriority(ctx, 2)
+	require.NoError(t, err)
+	assert.Equal(t, 2, changed.Priority)
 	require.NoError(t, run.Cancel(ctx))
 
 	task, err := run.Wait(ctx)
@@ -98,6 +107,8 @@ func TestSDKCancelSlowTask(t *testing.T) {
 	assert.True(t, errors.As(err, &canceled), "want a canceled error, got %v", err)
 	assert.Equal(t, storage.StatusCancelled, task.Status)
 	assert.Equal(t, storage.StatusCancelled, h.task(run.ID()).Status)
+	_, err = run.SetPriority(ctx, 1)
+	assert.Error(t, err, "a finished task's priority cannot change")
 }
 
 func TestSDKTestEnvironmentLifecycle(t *testing.T) {

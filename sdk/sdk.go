@@ -49,6 +49,7 @@ import (
 	"github.com/google/uuid"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
 
 	"github.com/provisioning/orchestrator/storage"
 	"github.com/provisioning/orchestrator/workflows"
@@ -110,7 +111,13 @@ type options struct {
 	wait           bool
 	taskID         string
 	idempotencyKey string
+	priority       int
 }
+
+// WithPriority sets the task's priority, 1 (most urgent) to 5, like the REST
+// requests' priority; default 3. Temporal dispatches the steps of more
+// urgent tasks first when workers are busy.
+func WithPriority(p int) Option { return func(o *options) { o.priority = p } }
 
 // WithCheckMode asks the script for a dry run (--check), like check_mode.
 func WithCheckMode(on bool) Option { return func(o *options) { o.checkMode = on } }
@@ -170,13 +177,15 @@ func (c *Client) common(wfType, infra, settings string, opts []Option) (workflow
 		Wait:      o.wait,
 		CreatedAt: time.Now().UTC().Truncate(time.Microsecond),
 		Policy:    c.Policy,
+		Priority:  o.priority,
 	}, keyed, nil
 }
 
 // startKeyed is start, except that with an idempotency key an existing
 // task of the same workflow type is the result, not an error.
-func (c *Client) startKeyed(ctx context.Context, keyed bool, id, wfType string, input any) error {
-	err := c.start(ctx, id, wfType, input)
+func (c *Client) startKeyed(ctx context.Context, keyed bool, common workflows.Common, wfType string, input any) error {
+	id := common.TaskID
+	err := c.start(ctx, id, wfType, input, common.TemporalPriority())
 	if err == nil || !keyed || !errors.Is(err, ErrAlreadyExists) {
 		return err
 	}
@@ -192,7 +201,7 @@ func (c *Client) startKeyed(ctx context.Context, keyed bool, id, wfType string, 
 
 // start starts a workflow with ID = id under the REST API's policy: an id
 // is never reused, and a running one is never joined.
-func (c *Client) start(ctx context.Context, id, wfType string, input any) error {
+func (c *Client) start(ctx context.Context, id, wfType string, input any, prio temporal.Priority) error {
 	if c.Temporal == nil {
 		return errors.New("sdk: Client.Temporal is nil")
 	}
@@ -204,6 +213,7 @@ func (c *Client) start(ctx context.Context, id, wfType string, input any) error 
 		// Without this the SDK hides the rejection and returns the
 		// existing run, so a duplicate id would silently join it.
 		WorkflowExecutionErrorWhenAlreadyStarted: true,
+		Priority:                                 prio,
 	}, wfType, input)
 	if err != nil {
 		if isAlreadyStarted(err) {
@@ -226,7 +236,7 @@ func (c *Client) StartServerCreate(ctx context.Context, infra, settings string, 
 	if err := in.Validate(); err != nil {
 		return Run{}, err
 	}
-	if err := c.startKeyed(ctx, keyed, in.TaskID, workflows.ServerCreateWorkflowName, in); err != nil {
+	if err := c.startKeyed(ctx, keyed, in.Common, workflows.ServerCreateWorkflowName, in); err != nil {
 		return Run{}, err
 	}
 	return c.Task(in.TaskID), nil
@@ -245,7 +255,7 @@ func (c *Client) StartTaskservCreate(ctx context.Context, infra, settings, tasks
 	if err := in.Validate(); err != nil {
 		return Run{}, err
 	}
-	if err := c.startKeyed(ctx, keyed, in.TaskID, workflows.TaskservCreateWorkflowName, in); err != nil {
+	if err := c.startKeyed(ctx, keyed, in.Common, workflows.TaskservCreateWorkflowName, in); err != nil {
 		return Run{}, err
 	}
 	return c.Task(in.TaskID), nil
@@ -263,7 +273,7 @@ func (c *Client) StartClusterCreate(ctx context.Context, infra, settings, cluste
 	if err := in.Validate(); err != nil {
 		return Run{}, err
 	}
-	if err := c.startKeyed(ctx, keyed, in.TaskID, workflows.ClusterCreateWorkflowName, in); err != nil {
+	if err := c.startKeyed(ctx, keyed, in.Common, workflows.ClusterCreateWorkflowName, in); err != nil {
 		return Run{}, err
 	}
 	return c.Task(in.TaskID), nil
@@ -316,6 +326,26 @@ func (r Run) Status(ctx context.Context) (storage.Task, error) {
 		return task, fmt.Errorf("sdk: status of task %s: %w", r.id, err)
 	}
 	return task, nil
+}
+
+// SetPriority changes an unfinished task's priority (1 to 5), like PATCH
+// /tasks/{id}: the steps it starts from then on are scheduled with it. It
+// returns the task as it is after the change.
+func (r Run) SetPriority(ctx context.Context, priority int) (storage.Task, error) {
+	var t storage.Task
+	h, err := r.c.Temporal.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
+		WorkflowID:   r.id,
+		UpdateName:   workflows.SetPriorityUpdate,
+		Args:         []any{workflows.SetPriorityRequest{Priority: priority}},
+		WaitForStage: client.WorkflowUpdateStageCompleted,
+	})
+	if err == nil {
+		err = h.Get(ctx, &t)
+	}
+	if err != nil {
+		return t, fmt.Errorf("sdk: set priority of task %s: %w", r.id, err)
+	}
+	return t, nil
 }
 
 // Cancel requests cancellation, like POST /tasks/{id}/cancel: running steps

@@ -9,6 +9,7 @@ import (
 	"github.com/google/uuid"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
 
 	"github.com/provisioning/orchestrator/storage"
 	"github.com/provisioning/orchestrator/testenv"
@@ -57,7 +58,7 @@ func (c *Client) StartTestEnvironment(ctx context.Context, req testenv.CreateReq
 	in := workflows.TestEnvInput{EnvID: id, Request: req, Plan: plan, TTL: ttl,
 		CreatedAt:         time.Now().UTC().Truncate(time.Microsecond),
 		ActivityTaskQueue: workflows.EnvTaskQueue(c.taskQueue())}
-	if err := c.start(ctx, id, workflows.TestEnvironmentWorkflowName, in); err != nil {
+	if err := c.start(ctx, id, workflows.TestEnvironmentWorkflowName, in, temporal.Priority{}); err != nil {
 		return EnvRun{}, err
 	}
 	return c.Env(id), nil

@@ -1,7 +1,7 @@
 # create.nu: start provisioning workflows and optionally wait for them.
 #
 #   use nulib/workflows/create.nu *
-#   server_create_workflow <infra> ...servers --settings <path> [--check] [--wait]
+#   server_create_workflow <infra> ...servers --settings <path> [--check] [--wait] [--priority 1..5]
 #   taskserv_create_workflow <taskserv> <infra> ...servers --settings <path> [--check] [--wait]
 #   cluster_create_workflow <cluster> <infra> --settings <path> [--check] [--wait]
 #
@@ -30,7 +30,9 @@ export def wait-task [task_id: string, --interval: duration = 250ms] {
     }
 }
 
-def submit [path: string, body: record, wait: bool] {
+def submit [path: string, body: record, wait: bool, priority?: int] {
+    # Only a given priority is sent: the API's default (3) applies otherwise.
+    let body = if $priority == null { $body } else { $body | insert priority $priority }
     let id = (api-post $path $body)
     if $wait { wait-task $id } else { {task_id: $id} }
 }
@@ -42,11 +44,12 @@ export def server_create_workflow [
     --settings: string     # settings file path (required by the API)
     --check                # check mode: report, change nothing
     --wait                 # wait for the task to finish, showing progress
+    --priority: int        # 1 (most urgent) to 5; default 3
 ] {
     submit /workflows/servers/create {
         infra: $infra, settings: ($settings | default ""), servers: $servers,
         check_mode: $check, wait: $wait
-    } $wait
+    } $wait $priority
 }
 
 # Install a taskserv (POST /workflows/taskserv/create); no servers = one run for the infra.
@@ -57,11 +60,12 @@ export def taskserv_create_workflow [
     --settings: string
     --check
     --wait
+    --priority: int        # 1 (most urgent) to 5; default 3
 ] {
     submit /workflows/taskserv/create {
         infra: $infra, settings: ($settings | default ""), taskserv: $taskserv, servers: $servers,
         check_mode: $check, wait: $wait
-    } $wait
+    } $wait $priority
 }
 
 # Create a cluster (POST /workflows/cluster/create).
@@ -71,9 +75,10 @@ export def cluster_create_workflow [
     --settings: string
     --check
     --wait
+    --priority: int        # 1 (most urgent) to 5; default 3
 ] {
     submit /workflows/cluster/create {
         infra: $infra, settings: ($settings | default ""), cluster: $cluster,
         check_mode: $check, wait: $wait
-    } $wait
+    } $wait $priority
 }
