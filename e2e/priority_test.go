@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -18,45 +20,64 @@ import (
 	"github.com/provisioning/orchestrator/storage"
 )
 
-// backlogSetup is a backlog built while no worker polls: an embedded
-// Temporal (its own worker on another queue), an API process starting
-// workflows on queue "prio", and, once the backlog is there, a worker with
-// one activity slot on that queue. The demo provider logs every run in
-// order to runLog.
+// backlogSetup builds a backlog behind one activity slot: a worker with
+// MaxConcurrentActivities 1 whose slot a "blocker" step holds for 8 s while
+// the tasks under test are submitted, so all their steps wait in Temporal's
+// queue when the slot frees. Its script logs every run, in order, to
+// runLog.
 type backlogSetup struct {
-	t      *testing.T
-	api    *harness
-	cfg    app.Config
-	runLog string
+	t       *testing.T
+	api     *harness
+	runLog  string
+	blocker string
 }
 
-func newBacklogSetup(t *testing.T, mutate func(*app.Config)) *backlogSetup {
-	runLog := filepath.Join(t.TempDir(), "runs.log")
-	temporal, _ := launchApp(t, appConfig(t, withDemoProvider(t)))
-	shared := func(c *app.Config) {
-		c.TemporalAddress = temporal.TemporalAddress()
-		c.TaskQueue = "prio"
-		c.JanitorInterval = 0
-		c.ReconcileInterval = 0
-		if mutate != nil {
-			mutate(c)
+func newBacklogSetup(t *testing.T) *backlogSetup {
+	dir := t.TempDir()
+	runLog := filepath.Join(dir, "runs.log")
+	script := filepath.Join(dir, "provisioning")
+	require.NoError(t, os.WriteFile(script, []byte(`def --wrapped main [...rest] {
+    let name = ($rest | last)
+    sleep (if $name == "blocker" { 8sec } else { 50ms })
+    $"server ($name)\n" | save --append $env.PROVISIONING_DEMO_RUN_LOG
+}
+`), 0o644))
+	a, _ := launchApp(t, appConfig(t, withNu(t, script, "PROVISIONING_DEMO_RUN_LOG="+runLog), func(c *app.Config) {
+		c.MaxConcurrentActivities = 1
+	}))
+	b := &backlogSetup{t: t, api: &harness{t: t, app: a, base: baseURL(a)}, runLog: runLog}
+	b.blocker = b.submit("blocker", "blocker", 0)
+	b.awaitActivity(b.blocker, enumspb.PENDING_ACTIVITY_STATE_STARTED)
+	return b
+}
+
+// awaitActivity waits until task id's workflow has a pending step in state.
+func (b *backlogSetup) awaitActivity(id string, state enumspb.PendingActivityState) {
+	b.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		desc, err := b.api.app.Client().DescribeWorkflowExecution(b.t.Context(), id, "")
+		require.NoError(b.t, err)
+		for _, pa := range desc.GetPendingActivities() {
+			if pa.GetState() == state {
+				return
+			}
 		}
+		require.True(b.t, time.Now().Before(deadline), "task %s: no step %s", id, state)
+		time.Sleep(20 * time.Millisecond)
 	}
-	apiCfg := appConfig(t, withDemoProvider(t, "PROVISIONING_DEMO_DELAY_MS=300", "PROVISIONING_DEMO_RUN_LOG="+runLog), shared, func(c *app.Config) {
-		c.Mode = app.ModeAPI
-	})
-	a, _ := launchApp(t, apiCfg)
-	return &backlogSetup{t: t, api: &harness{t: t, app: a, base: baseURL(a)}, cfg: apiCfg, runLog: runLog}
 }
 
-// drain starts the one-slot worker and waits for every task to complete.
+// drain waits until every task's step is queued while the blocker still
+// holds the slot, then for every task to complete, and returns the servers
+// in the order they ran (the blocker left out).
 func (b *backlogSetup) drain(ids []string) []string {
-	cfg := b.cfg
-	cfg.Mode = app.ModeWorker
-	cfg.Port = 0
-	cfg.MaxConcurrentActivities = 1
-	launchApp(b.t, cfg)
 	for _, id := range ids {
+		b.awaitActivity(id, enumspb.PENDING_ACTIVITY_STATE_SCHEDULED)
+	}
+	require.Equal(b.t, storage.StatusRunning, getTask(b.t, b.api.base, b.blocker).Status,
+		"the blocker ended before the backlog was built: the order below would not test priorities")
+	for _, id := range append([]string{b.blocker}, ids...) {
 		task, _ := waitTask(b.t, b.api.base, id, 120*time.Second, func(t storage.Task) bool { return t.Status.Terminal() })
 		require.Equal(b.t, storage.StatusCompleted, task.Status, task.Error)
 	}
@@ -64,7 +85,7 @@ func (b *backlogSetup) drain(ids []string) []string {
 	require.NoError(b.t, err)
 	var servers []string
 	for line := range strings.Lines(string(data)) {
-		if f := strings.Fields(line); len(f) == 3 && f[0] == "server" {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == "server" && f[1] != "blocker" {
 			servers = append(servers, f[1])
 		}
 	}
@@ -82,7 +103,7 @@ func (b *backlogSetup) submit(infra, server string, priority int) string {
 // With one slot, the backlog runs most urgent first, whatever the order of
 // submission.
 func TestPriorityOrdersTheBacklog(t *testing.T) {
-	b := newBacklogSetup(t, nil)
+	b := newBacklogSetup(t)
 	var ids []string
 	for _, s := range []struct {
 		name string
@@ -176,7 +197,7 @@ func TestPriorityChangeThroughTheAPI(t *testing.T) {
 // With fairness (on in the embedded server), two tasks of infra "b" are not
 // stuck behind twenty of infra "a" submitted before them.
 func TestFairnessBetweenInfras(t *testing.T) {
-	b := newBacklogSetup(t, nil)
+	b := newBacklogSetup(t)
 	var ids []string
 	for i := range 20 {
 		ids = append(ids, b.submit("infra-a", "a-"+string(rune('a'+i)), 0))

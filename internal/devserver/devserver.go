@@ -234,6 +234,12 @@ func buildAndStart(o Options, sqlConf *config.SQL, logger slogAdapter) (_ tempor
 		// Tasks carry their infra as fairness key: one infra's backlog
 		// must not starve another's (priority keys work without this).
 		dynamicconfig.MatchingEnableFairness.Key(): true,
+		// One partition per task queue, as Temporal's own dev server has:
+		// priorities and fairness order tasks within a partition, and a
+		// single host gains nothing from four (the default), whose pollers
+		// would take tasks from whichever partition they happen to poll.
+		dynamicconfig.MatchingNumTaskqueueReadPartitions.Key():  1,
+		dynamicconfig.MatchingNumTaskqueueWritePartitions.Key(): 1,
 	}
 	srv, err := temporal.NewServer(
 		temporal.WithConfig(conf),
