@@ -65,6 +65,10 @@ func TestTemporalCLIQueryAndCancelTask(t *testing.T) {
 	assert.Equal(t, storage.StatusRunning, live.Status)
 	assert.Equal(t, "ServerCreate", live.WorkflowType)
 
+	// Operators see what the task is, not a bare UUID.
+	out = temporalCLI(t, h.app, "workflow", "describe", "--workflow-id", id)
+	assert.Contains(t, string(out), "server create production: web-01, web-02", "static summary")
+
 	temporalCLI(t, h.app, "workflow", "cancel", "--workflow-id", id)
 
 	task, _ := waitTask(t, h.base, id, 30*time.Second, terminal)

@@ -183,9 +183,9 @@ func (c *Client) common(wfType, infra, settings string, opts []Option) (workflow
 
 // startKeyed is start, except that with an idempotency key an existing
 // task of the same workflow type is the result, not an error.
-func (c *Client) startKeyed(ctx context.Context, keyed bool, common workflows.Common, wfType string, input any) error {
+func (c *Client) startKeyed(ctx context.Context, keyed bool, common workflows.Common, wfType string, input interface{ Task() workflows.TaskSpec }) error {
 	id := common.TaskID
-	err := c.start(ctx, id, wfType, input, common.TemporalPriority())
+	err := c.start(ctx, id, wfType, input, common.TemporalPriority(), input.Task().Summary(), common.Details())
 	if err == nil || !keyed || !errors.Is(err, ErrAlreadyExists) {
 		return err
 	}
@@ -201,7 +201,7 @@ func (c *Client) startKeyed(ctx context.Context, keyed bool, common workflows.Co
 
 // start starts a workflow with ID = id under the REST API's policy: an id
 // is never reused, and a running one is never joined.
-func (c *Client) start(ctx context.Context, id, wfType string, input any, prio temporal.Priority) error {
+func (c *Client) start(ctx context.Context, id, wfType string, input any, prio temporal.Priority, summary, details string) error {
 	if c.Temporal == nil {
 		return errors.New("sdk: Client.Temporal is nil")
 	}
@@ -214,6 +214,8 @@ func (c *Client) start(ctx context.Context, id, wfType string, input any, prio t
 		// existing run, so a duplicate id would silently join it.
 		WorkflowExecutionErrorWhenAlreadyStarted: true,
 		Priority:                                 prio,
+		StaticSummary:                            summary,
+		StaticDetails:                            details,
 	}, wfType, input)
 	if err != nil {
 		if isAlreadyStarted(err) {

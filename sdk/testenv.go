@@ -58,7 +58,7 @@ func (c *Client) StartTestEnvironment(ctx context.Context, req testenv.CreateReq
 	in := workflows.TestEnvInput{EnvID: id, Request: req, Plan: plan, TTL: ttl,
 		CreatedAt:         time.Now().UTC().Truncate(time.Microsecond),
 		ActivityTaskQueue: workflows.EnvTaskQueue(c.taskQueue())}
-	if err := c.start(ctx, id, workflows.TestEnvironmentWorkflowName, in, temporal.Priority{}); err != nil {
+	if err := c.start(ctx, id, workflows.TestEnvironmentWorkflowName, in, temporal.Priority{}, "test environment "+id, ""); err != nil {
 		return EnvRun{}, err
 	}
 	return c.Env(id), nil

@@ -147,6 +147,11 @@ func TestCreateEndpointsStartWorkflow(t *testing.T) {
 			assert.Equal(t, enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL, call.opts.WorkflowIDConflictPolicy)
 			assert.True(t, call.opts.WorkflowExecutionErrorWhenAlreadyStarted)
 			assert.Equal(t, tc.workflow, call.workflow)
+			// What operators see in the Web UI and the CLI.
+			assert.True(t, strings.HasPrefix(call.opts.StaticSummary, tc.wantName), call.opts.StaticSummary)
+			assert.Contains(t, call.opts.StaticDetails, "**infra** "+tc.want.Infra)
+			assert.Equal(t, storage.DefaultPriority, call.opts.Priority.PriorityKey)
+			assert.Equal(t, tc.want.Infra, call.opts.Priority.FairnessKey)
 
 			// Its input: the request, the task id, the policy, the time.
 			common := tc.want

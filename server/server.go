@@ -539,13 +539,25 @@ func (s *Server) start(c echo.Context, common workflows.Common, keyed bool, spec
 		WorkflowType: spec.Workflow,
 		Priority:     common.Priority,
 	})
-	return s.startTask(c, task, keyed, spec.Workflow, input, common.TemporalPriority())
+	return s.startTask(c, task, keyed, workflowStart{wfType: spec.Workflow, input: input,
+		prio: common.TemporalPriority(), summary: spec.Summary(), details: common.Details()})
 }
 
 // startTask stores task (Pending) and starts its workflow with ID = task ID.
 // The store's Create appends the task's create audit entry with the
 // request's actor.
-func (s *Server) startTask(c echo.Context, task storage.Task, keyed bool, wfType string, input any, prio temporal.Priority) error {
+// workflowStart is what startTask starts: the workflow type and input,
+// its Temporal priority, and the summary and details operators see in the
+// Web UI and `temporal workflow describe`.
+type workflowStart struct {
+	wfType           string
+	input            any
+	prio             temporal.Priority
+	summary, details string
+}
+
+func (s *Server) startTask(c echo.Context, task storage.Task, keyed bool, w workflowStart) error {
+	wfType, input := w.wfType, w.input
 	ctx := actorCtx(c)
 	if err := s.store.Create(ctx, task); err != nil {
 		if errors.Is(err, storage.ErrExists) {
@@ -568,7 +580,9 @@ func (s *Server) startTask(c echo.Context, task storage.Task, keyed bool, wfType
 		// Inherited by the workflow's activities: Temporal's matching
 		// dispatches lower keys first and shares throughput fairly
 		// between fairness keys.
-		Priority: prio,
+		Priority:      w.prio,
+		StaticSummary: w.summary,
+		StaticDetails: w.details,
 	}, wfType, input)
 	if err == nil {
 		s.log.Info("task started", "task_id", task.ID, "workflow", wfType)

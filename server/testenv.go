@@ -121,7 +121,8 @@ func (s *Server) createEnv(c echo.Context) error {
 			return err
 		}
 	}
-	return s.startTask(c, task, keyed, workflows.TestEnvironmentWorkflowName, in, temporal.Priority{PriorityKey: storage.DefaultPriority})
+	return s.startTask(c, task, keyed, workflowStart{wfType: workflows.TestEnvironmentWorkflowName, input: in,
+		prio: temporal.Priority{PriorityKey: storage.DefaultPriority}, summary: task.Name})
 }
 
 // admitEnvironment answers 429 when MaxEnvironments environments are

@@ -10,6 +10,7 @@ package workflows
 import (
 	"cmp"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/provisioning/orchestrator/storage"
@@ -273,24 +274,49 @@ type TaskSpec struct {
 	Command string
 	// Args are the command's arguments as the task shows them.
 	Args []string
+	// Targets are what the task provisions: servers, or the cluster.
+	Targets []string
+}
+
+// maxSummary bounds a summary: the Web UI shows it on one line.
+const maxSummary = 200
+
+// Summary is the one-line description Temporal's Web UI and CLI show for
+// the task's workflow: "server create production: web-01, web-02".
+func (s TaskSpec) Summary() string {
+	out := s.Name
+	if len(s.Targets) > 0 {
+		out += ": " + strings.Join(s.Targets, ", ")
+	}
+	if r := []rune(out); len(r) > maxSummary {
+		out = string(r[:maxSummary-1]) + "…"
+	}
+	return out
+}
+
+// Details is the workflow's static details (Markdown) for the Web UI: the
+// request's infra, settings, priority and mode.
+func (c Common) Details() string {
+	return fmt.Sprintf("**infra** %s  \n**settings** `%s`  \n**priority** %d  \n**check mode** %t",
+		c.Infra, c.Settings, cmp.Or(c.Priority, storage.DefaultPriority), c.CheckMode)
 }
 
 // Task names a server-create task: "server create <infra>".
 func (in ServerCreateInput) Task() TaskSpec {
 	return TaskSpec{Workflow: ServerCreateWorkflowName, Name: "server create " + in.Infra, Command: "server create",
-		Args: append(in.flags(), in.Servers...)}
+		Args: append(in.flags(), in.Servers...), Targets: in.Servers}
 }
 
 // Task names a taskserv-create task: "taskserv create <taskserv>".
 func (in TaskservCreateInput) Task() TaskSpec {
 	return TaskSpec{Workflow: TaskservCreateWorkflowName, Name: "taskserv create " + in.Taskserv, Command: "taskserv create",
-		Args: append(append([]string{in.Taskserv}, in.flags()...), in.Servers...)}
+		Args: append(append([]string{in.Taskserv}, in.flags()...), in.Servers...), Targets: in.Servers}
 }
 
 // Task names a cluster-create task: "cluster create <cluster>".
 func (in ClusterCreateInput) Task() TaskSpec {
 	return TaskSpec{Workflow: ClusterCreateWorkflowName, Name: "cluster create " + in.Cluster, Command: "cluster create",
-		Args: append([]string{in.Cluster}, in.flags()...)}
+		Args: append([]string{in.Cluster}, in.flags()...), Targets: []string{in.Infra}}
 }
 
 // flags renders the shared flags in the documented argv order.

@@ -251,14 +251,29 @@ func TestTaskSpecs(t *testing.T) {
 	}{
 		{workflows.ServerCreateInput{Common: common, Servers: []string{"web-01", "web-02"}}.Task(),
 			workflows.TaskSpec{Workflow: "ServerCreate", Name: "server create prod", Command: "server create",
-				Args: []string{"--infra", "prod", "--settings", "./s.yaml", "--check", "web-01", "web-02"}}},
+				Args: []string{"--infra", "prod", "--settings", "./s.yaml", "--check", "web-01", "web-02"}, Targets: []string{"web-01", "web-02"}}},
 		{workflows.TaskservCreateInput{Common: common, Taskserv: "kubernetes", Servers: []string{"web-01"}}.Task(),
 			workflows.TaskSpec{Workflow: "TaskservCreate", Name: "taskserv create kubernetes", Command: "taskserv create",
-				Args: []string{"kubernetes", "--infra", "prod", "--settings", "./s.yaml", "--check", "web-01"}}},
+				Args: []string{"kubernetes", "--infra", "prod", "--settings", "./s.yaml", "--check", "web-01"}, Targets: []string{"web-01"}}},
 		{workflows.ClusterCreateInput{Common: common, Cluster: "k8s"}.Task(),
 			workflows.TaskSpec{Workflow: "ClusterCreate", Name: "cluster create k8s", Command: "cluster create",
-				Args: []string{"k8s", "--infra", "prod", "--settings", "./s.yaml", "--check"}}},
+				Args: []string{"k8s", "--infra", "prod", "--settings", "./s.yaml", "--check"}, Targets: []string{"prod"}}},
 	} {
 		assert.Equal(t, tc.want, tc.got)
 	}
+}
+
+func TestTaskSpecSummary(t *testing.T) {
+	in := workflows.ServerCreateInput{Common: workflows.Common{Infra: "production"}, Servers: []string{"web-01", "web-02"}}
+	assert.Equal(t, "server create production: web-01, web-02", in.Task().Summary())
+	cl := workflows.ClusterCreateInput{Common: workflows.Common{Infra: "production"}, Cluster: "buildkit"}
+	assert.Equal(t, "cluster create buildkit: production", cl.Task().Summary())
+	many := make([]string, workflows.MaxServers)
+	for i := range many {
+		many[i] = fmt.Sprintf("server-%03d", i)
+	}
+	long := workflows.ServerCreateInput{Common: workflows.Common{Infra: "production"}, Servers: many}.Task().Summary()
+	assert.Len(t, []rune(long), 200, "one line in the UI")
+	assert.True(t, strings.HasSuffix(long, "…"))
+	assert.Contains(t, in.Details(), "**priority** 3")
 }
