@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -121,8 +122,10 @@ func (s *Server) createEnv(c echo.Context) error {
 			return err
 		}
 	}
+	// The infra (if any) is the fairness key, as for provisioning tasks.
+	prio := temporal.Priority{PriorityKey: cmp.Or(req.Priority, storage.DefaultPriority), FairnessKey: req.Infra, FairnessWeight: s.weights[req.Infra]}
 	return s.startTask(c, task, keyed, workflowStart{wfType: workflows.TestEnvironmentWorkflowName, input: in,
-		prio: temporal.Priority{PriorityKey: storage.DefaultPriority}, summary: task.Name})
+		prio: prio, summary: task.Name})
 }
 
 // admitEnvironment answers 429 when MaxEnvironments environments are

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -142,7 +143,7 @@ func TestCreateEnvironment(t *testing.T) {
 		{
 			name:     "server simulation with ttl and instance",
 			opts:     TestEnvOptions{DefaultImage: "busybox:latest", Instance: "ci-7"},
-			body:     `{"config":{"type":"server_simulation","server_name":"web-01","taskservs":["containerd","etcd"],"base_image":"alpine:3"},"ttl":"30m","auto_cleanup":true}`,
+			body:     `{"config":{"type":"server_simulation","server_name":"web-01","taskservs":["containerd","etcd"],"base_image":"alpine:3"},"ttl":"30m","auto_cleanup":true,"priority":2}`,
 			ttl:      30 * time.Minute,
 			wantName: "test env server_simulation web-01",
 			nodes:    []string{"web-01"},
@@ -173,6 +174,12 @@ func TestCreateEnvironment(t *testing.T) {
 
 			var req testenv.CreateRequest
 			require.NoError(t, json.Unmarshal([]byte(tc.body), &req))
+			// The environment's work runs at its priority (default 3), its
+			// infra the fairness key; the task shows the priority.
+			assert.Equal(t, cmp.Or(req.Priority, storage.DefaultPriority), call.opts.Priority.PriorityKey)
+			assert.Equal(t, req.Infra, call.opts.Priority.FairnessKey)
+			assert.Equal(t, cmp.Or(req.Priority, storage.DefaultPriority), call.pending.Priority)
+			assert.Equal(t, tc.wantName, call.opts.StaticSummary)
 			assert.Equal(t, id, in.EnvID)
 			assert.Equal(t, req, in.Request)
 			assert.Equal(t, tc.ttl, in.TTL)
@@ -245,6 +252,8 @@ func TestCreateEnvironmentRejectsBadRequests(t *testing.T) {
 			http.StatusBadRequest, CodeValidation, "ttl", "ttl: 5s is out of range"},
 		{"bad infra", `{"config":{"type":"single_taskserv","taskserv":"etcd","base_image":"busybox"},"infra":"a b"}`,
 			http.StatusBadRequest, CodeValidation, "infra", "infra: "},
+		{"bad priority", `{"config":{"type":"single_taskserv","taskserv":"etcd","base_image":"busybox"},"priority":9}`,
+			http.StatusBadRequest, CodeValidation, "priority", "priority: must be 1 (most urgent) to 5"},
 		{"nested wrong type", `{"config":{"type":5}}`, http.StatusBadRequest, CodeValidation, "config.type", "config.type: expected string, got JSON number"},
 		{"unknown field", `{"config":{"type":"single_taskserv"},"bogus":true}`, http.StatusBadRequest, CodeValidation, "bogus", "bogus: unknown field"},
 		{"trailing data", `{"config":{}}{}`, http.StatusBadRequest, CodeBadRequest, "", "request body must contain a single JSON object"},

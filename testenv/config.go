@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/distribution/reference"
+	"github.com/provisioning/orchestrator/storage"
 )
 
 // Environment types (EnvConfig.Type), as in the original orchestrator.
@@ -86,6 +87,10 @@ type CreateRequest struct {
 	// TTL optionally bounds the environment's life (a Go duration such as
 	// "30m" or "4h", MinTTL..MaxTTL); empty means the service default.
 	TTL string `json:"ttl"`
+	// Priority of the environment's work (create, converge, runs) on busy
+	// workers: storage.MinPriority (1, most urgent) to storage.MaxPriority
+	// (5); 0 means storage.DefaultPriority (3).
+	Priority int `json:"priority,omitempty"`
 }
 
 // EnvConfig describes the environment; which fields apply depends on Type.
@@ -570,6 +575,9 @@ func (r CreateRequest) Validate(templates *Templates) error {
 		if err := ValidateSettings("settings", r.Settings); err != nil {
 			return err
 		}
+	}
+	if r.Priority != 0 && (r.Priority < storage.MinPriority || r.Priority > storage.MaxPriority) {
+		return &FieldError{"priority", fmt.Sprintf("must be %d (most urgent) to %d; default %d", storage.MinPriority, storage.MaxPriority, storage.DefaultPriority)}
 	}
 	_, err := ParseTTL(r.TTL)
 	return err

@@ -246,6 +246,7 @@ func EnvTask(s EnvState) (storage.Task, error) {
 		CreatedAt:    s.CreatedAt,
 		CompletedAt:  s.FinishedAt,
 		WorkflowType: EnvTaskType,
+		Priority:     s.Request.Priority,
 		Version:      s.Version,
 		UpdatedAt:    s.UpdatedAt,
 		Environment:  env,
