@@ -214,8 +214,9 @@ func TestNuTestEnvironmentWrappers(t *testing.T) {
 			Node string `json:"node"`
 		} `json:"nodes"`
 	}
-	runNuJSON(t, h.base, "test topology load kubernetes_3node | test env cluster kubernetes --auto-start --wait --base-image '"+h.image+"' | to json", &env, mod)
+	runNuJSON(t, h.base, "test topology load kubernetes_3node | test env cluster kubernetes --auto-start --wait --priority 2 --base-image '"+h.image+"' | to json", &env, mod)
 	require.NotEmpty(t, env.ID)
+	assert.Equal(t, 2, getTask(t, h.base, env.ID).Priority, "--priority reaches the environment's task")
 	assert.Equal(t, "ready", env.Status)
 	assert.Equal(t, "cluster_topology", env.Type)
 	assert.Len(t, env.Nodes, 3)

@@ -57,6 +57,12 @@ export def wait-env [id: string, states: list<string>, timeout: duration = 5min]
     }
 }
 
+# The request's priority field: only a given priority is sent, so the API's
+# default (3) applies otherwise.
+def priority-field [priority: any] {
+    if $priority == null { {} } else { {priority: $priority} }
+}
+
 def base-config [base_image: any] {
     if $base_image == null { {} } else { {base_image: $base_image} }
 }
@@ -76,10 +82,12 @@ export def "test quick" [
     --no-idempotence          # skip the second converge
     --timeout: duration = 5min  # bound on create + converge
     --no-fail                 # return the result even when a step failed
+    --priority: int           # 1 (most urgent) to 5; default 3
 ] {
     let config = ({type: single_taskserv, taskserv: $taskserv} | merge (base-config $base_image))
     let body = ({config: $config, infra: ($infra | default ""), auto_start: true, auto_cleanup: false,
-        idempotence: (not $no_idempotence)} | merge (if $settings == null { {} } else { {settings: $settings} }))
+        idempotence: (not $no_idempotence)} | merge (if $settings == null { {} } else { {settings: $settings} })
+        | merge (priority-field $priority))
     let id = (api-post /test/environments/create $body)
     # Whatever happens from here, the environment is removed before returning.
     let outcome = try {
@@ -166,10 +174,11 @@ export def "test env single" [
     --ttl: string             # e.g. 30m, 4h (1m..168h)
     --wait                    # wait until the environment has settled
     --timeout: duration = 5min
+    --priority: int           # 1 (most urgent) to 5; default 3
 ] {
     let config = ({type: single_taskserv, taskserv: $taskserv} | merge (base-config $base_image))
-    create-env {config: $config, infra: ($infra | default ""), auto_start: $auto_start,
-        idempotence: $idempotence, auto_cleanup: $auto_cleanup, ttl: ($ttl | default "")} $wait $timeout
+    create-env ({config: $config, infra: ($infra | default ""), auto_start: $auto_start,
+        idempotence: $idempotence, auto_cleanup: $auto_cleanup, ttl: ($ttl | default "")} | merge (priority-field $priority)) $wait $timeout
 }
 
 # A simulated server with several taskservs (config.type server_simulation).
@@ -184,10 +193,11 @@ export def "test env server" [
     --ttl: string
     --wait
     --timeout: duration = 5min
+    --priority: int           # 1 (most urgent) to 5; default 3
 ] {
     let config = ({type: server_simulation, server_name: $name, taskservs: $taskservs} | merge (base-config $base_image))
-    create-env {config: $config, infra: ($infra | default ""), auto_start: $auto_start,
-        idempotence: $idempotence, auto_cleanup: $auto_cleanup, ttl: ($ttl | default "")} $wait $timeout
+    create-env ({config: $config, infra: ($infra | default ""), auto_start: $auto_start,
+        idempotence: $idempotence, auto_cleanup: $auto_cleanup, ttl: ($ttl | default "")} | merge (priority-field $priority)) $wait $timeout
 }
 
 # A cluster (config.type cluster_topology) from a topology record piped in
@@ -203,6 +213,7 @@ export def "test env cluster" [
     --ttl: string
     --wait
     --timeout: duration = 5min
+    --priority: int           # 1 (most urgent) to 5; default 3
 ]: [nothing -> record, record -> record] {
     let topology = $in
     mut config = ({type: cluster_topology, cluster_type: $type} | merge (base-config $base_image))
@@ -214,8 +225,8 @@ export def "test env cluster" [
     } else {
         fail "test env cluster: pipe a topology in (test topology load <name> | test env cluster ...) or give --template"
     }
-    create-env {config: $config, infra: ($infra | default ""), auto_start: $auto_start,
-        idempotence: $idempotence, auto_cleanup: $auto_cleanup, ttl: ($ttl | default "")} $wait $timeout
+    create-env ({config: $config, infra: ($infra | default ""), auto_start: $auto_start,
+        idempotence: $idempotence, auto_cleanup: $auto_cleanup, ttl: ($ttl | default "")} | merge (priority-field $priority)) $wait $timeout
 }
 
 # All environments (a table).
