@@ -162,6 +162,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 				Logger:       log,
 				LogLevel:     cfg.TemporalLogLevel,
 				LogLevelSet:  true,
+				NoFairness:   cfg.TemporalNoFairness,
 			})
 			picked := cfg.TemporalUIPort == 0 || cfg.TemporalPort == 0
 			if err == nil || !picked || !devserver.PortTaken(err) || attempt == 4 {

@@ -78,6 +78,9 @@ type Config struct {
 	LogFormat string
 	// TemporalLogLevel filters the embedded server's logs; default warn.
 	TemporalLogLevel slog.Level
+	// TemporalNoFairness turns the embedded server's fairness between
+	// infras off (FIFO within a priority); default false (fairness on).
+	TemporalNoFairness bool
 	// ShutdownTimeout bounds graceful shutdown; default 15s.
 	ShutdownTimeout time.Duration
 
@@ -235,6 +238,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.IntVar(&cfg.MaxConcurrentEnvActivities, "max-concurrent-env-activities", 16, "test-environment activities (Docker calls, test runs, converges) one worker runs at once, on their own task queue <task-queue>-testenv")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	temporalLogLevel := fs.String("temporal-log-level", "warn", "log level of the embedded Temporal server")
+	fairness := fs.Bool("temporal-fairness", true, "embedded Temporal: share each priority level of a busy task queue between infras (matching.enableFairness); false is first in, first out")
 	fs.StringVar(&cfg.LogFormat, "log-format", "auto", "json, text, or auto (text on a terminal, json otherwise)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "bound on graceful shutdown")
 	fs.StringVar(&cfg.TestBaseImage, "test-base-image", DefaultTestBaseImage, "image for test-environment nodes that name no base_image")
@@ -284,6 +288,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	if cfg.TemporalLogLevel, err = parseLevel("temporal-log-level", *temporalLogLevel); err != nil {
 		return cfg, err
 	}
+	cfg.TemporalNoFairness = !*fairness
 	return cfg, cfg.Validate()
 }
 

@@ -53,6 +53,10 @@ type Options struct {
 	// LogLevelSet must be true for LogLevel to be used (so that the zero
 	// value means Warn rather than Info).
 	LogLevelSet bool
+	// NoFairness turns off fairness between fairness keys (infras):
+	// within a priority level the backlog is then first in, first out.
+	// Default false (fairness on); baselines and comparisons set it.
+	NoFairness bool
 }
 
 // Server is a running embedded Temporal server.
@@ -233,7 +237,7 @@ func buildAndStart(o Options, sqlConf *config.SQL, logger slogAdapter) (_ tempor
 		dynamicconfig.FrontendNamespaceReplicationInducingAPIsRPS.Key(): 1000,
 		// Tasks carry their infra as fairness key: one infra's backlog
 		// must not starve another's (priority keys work without this).
-		dynamicconfig.MatchingEnableFairness.Key(): true,
+		dynamicconfig.MatchingEnableFairness.Key(): !o.NoFairness,
 		// One partition per task queue, as Temporal's own dev server has:
 		// priorities and fairness order tasks within a partition, and a
 		// single host gains nothing from four (the default), whose pollers
