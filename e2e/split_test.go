@@ -85,7 +85,11 @@ func TestSplitAPIAndTwoWorkers(t *testing.T) {
 	alog := filepath.Join(dir, "api.log")
 	api := startChild(t, []string{"api", "--temporal-address", temporalAddr, "--port", fmt.Sprint(port),
 		"--data-dir", dataDir, "--log-format", "json", "--parallelism", "2",
-		"--heartbeat-timeout", "2s", "--retry-initial-interval", "100ms", "--retry-max-interval", "1s"}, nil, alog)
+		// 5 s: short enough that the killed worker's steps move on quickly,
+		// long enough that a loaded machine's slow heartbeat round trips
+		// (the SDK sends at most one per 80% of the timeout) do not time
+		// steps out: with 2 s every attempt of a step timed out in a CI run.
+		"--heartbeat-timeout", "5s", "--retry-initial-interval", "100ms", "--retry-max-interval", "1s"}, nil, alog)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	waitHealthy(t, base, api, alog)
 
@@ -114,7 +118,7 @@ func TestSplitAPIAndTwoWorkers(t *testing.T) {
 	waitAll := func(ids []string) {
 		for _, id := range ids {
 			task, _ := waitTask(t, base, id, 120*time.Second, terminal)
-			require.Equal(t, storage.StatusCompleted, task.Status, "task %s: %v", id, task.Error)
+			require.Equal(t, storage.StatusCompleted, task.Status, "task %s: %s", id, deref(task.Error))
 			require.Len(t, task.Steps, 2)
 			for _, s := range task.Steps {
 				assert.Equal(t, storage.StatusCompleted, s.Status, "%s/%s", id, s.Name)
