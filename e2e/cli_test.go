@@ -1,0 +1,170 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/provisioning/orchestrator/internal/testsupport"
+	"github.com/provisioning/orchestrator/storage"
+)
+
+// runScript runs the real `nu` on a shipped script (path relative to the
+// repository root) with args as argv, from dir (the repository root if
+// empty), with env added to the test's environment, bounded by timeout.
+func runScript(t *testing.T, dir, script string, env []string, stdin []byte, timeout time.Duration, args ...string) nuResult {
+	t.Helper()
+	root := testsupport.RepoRoot(t)
+	if dir == "" {
+		dir = root
+	}
+	cmd := exec.Command(testsupport.NuPath(t), append([]string{"--no-config-file", filepath.Join(root, script)}, args...)...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	require.NoError(t, cmd.Start())
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(timeout):
+		_ = cmd.Process.Kill()
+		<-done
+		t.Fatalf("%s %q did not finish in %s\nstdout: %s\nstderr: %s", script, args, timeout, out.String(), errb.String())
+	}
+	res := nuResult{stdout: out.String(), stderr: errb.String()}
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
+		res.exitCode = ee.ExitCode()
+	} else {
+		require.NoError(t, err)
+	}
+	t.Logf("%s %q → exit %d\nstderr: %s", script, args, res.exitCode, res.stderr)
+	return res
+}
+
+// provisioning runs the entry script nulib/provisioning against url from a
+// directory other than the repository's (its `use` paths must not depend on
+// the working directory) and decodes its --out json output into v (if not
+// nil) after checking it exited 0.
+func provisioning(t *testing.T, url string, v any, args ...string) nuResult {
+	t.Helper()
+	r := runScript(t, t.TempDir(), "nulib/provisioning", []string{"ORCHESTRATOR_URL=" + url}, nil, 3*time.Minute, args...)
+	if v != nil {
+		require.Equal(t, 0, r.exitCode, "stderr: %s", r.stderr)
+		require.NoError(t, json.Unmarshal([]byte(r.stdout), v), "stdout: %s", r.stdout)
+	}
+	return r
+}
+
+// The entry script dispatches the original's command shapes to the wrappers,
+// against a live service (embedded Temporal, worker, real nu, Docker).
+func TestProvisioningCLI(t *testing.T) {
+	h := startEnvApp(t)
+
+	// help lists the commands; an unknown command is a usage error (2).
+	r := provisioning(t, h.base, nil, "help")
+	require.Equal(t, 0, r.exitCode)
+	for _, c := range []string{"server create", "taskserv create", "cluster create", "workflow list", "workflow status",
+		"workflow queue", "test quick", "test env list"} {
+		assert.Contains(t, r.stdout, c)
+	}
+	r = provisioning(t, h.base, nil, "servr", "create")
+	assert.Equal(t, 2, r.exitCode)
+	assert.Contains(t, r.stderr, "unknown command: servr create")
+
+	// server create --wait: the task runs to the end through the real worker.
+	var task nuTask
+	r = provisioning(t, h.base, &task, "server", "create", "web-01", "web-02", "--infra", "production",
+		"--settings", "./settings.yaml", "--wait", "--priority", "2", "--out", "json")
+	assert.Equal(t, "Completed", task.Status)
+	assert.Equal(t, 2, task.Progress.Total)
+	assert.Contains(t, r.stderr, "Completed 2/2", "progress on stderr")
+	stored := h.task(task.ID)
+	assert.Equal(t, storage.StatusCompleted, stored.Status)
+	assert.Equal(t, 2, stored.Priority)
+	for _, s := range []string{"web-01", "web-02"} {
+		assert.FileExists(t, filepath.Join(filepath.Dir(h.app.Config().DataDir), "provider-state", "production", "servers", s+".json"))
+	}
+
+	var started map[string]string
+	provisioning(t, h.base, &started, "taskserv", "create", "kubernetes", "web-01", "-i", "production", "-s", "./settings.yaml", "-o", "json")
+	require.NotEmpty(t, started["task_id"])
+	waitTask(t, h.base, started["task_id"], time.Minute, terminal)
+	assert.Equal(t, storage.StatusCompleted, h.task(started["task_id"]).Status)
+	var cluster nuTask
+	provisioning(t, h.base, &cluster, "cluster", "create", "k8s", "--infra", "production", "--settings", "./s.yaml", "--check", "--wait", "--out", "json")
+	assert.Equal(t, "Completed", cluster.Status)
+
+	// workflow list / status / queue.
+	var listed []nuTask
+	provisioning(t, h.base, &listed, "workflow", "list", "--status", "Completed", "--out", "json")
+	var ids []string
+	for _, l := range listed {
+		assert.Equal(t, "Completed", l.Status)
+		ids = append(ids, l.ID)
+	}
+	assert.Subset(t, ids, []string{task.ID, started["task_id"], cluster.ID})
+	var one map[string]any
+	provisioning(t, h.base, &one, "workflow", "status", task.ID, "--out", "json")
+	assert.Equal(t, task.ID, one["id"])
+	var queue struct {
+		Queues []struct {
+			TaskQueue string `json:"task_queue"`
+		} `json:"queues"`
+	}
+	provisioning(t, h.base, &queue, "workflow", "queue", "--out", "json")
+	assert.NotEmpty(t, queue.Queues)
+	// The table form (no --out) prints the newest task's row.
+	r = provisioning(t, h.base, nil, "workflow", "list", "--limit", "1")
+	require.Equal(t, 0, r.exitCode, r.stderr)
+	assert.Contains(t, r.stdout, cluster.ID)
+
+	// A 400 keeps the API's field; a missing --infra is named by the CLI.
+	r = provisioning(t, h.base, nil, "server", "create", "bad name", "--infra", "production", "--settings", "./s.yaml")
+	assert.Equal(t, 1, r.exitCode)
+	assert.Contains(t, errorText(r.stderr), "servers[0]")
+	r = provisioning(t, h.base, nil, "server", "create", "web-01", "--settings", "./s.yaml")
+	assert.Equal(t, 1, r.exitCode)
+	assert.Contains(t, errorText(r.stderr), "--infra is required")
+
+	// test quick kubernetes: the Molecule sequence in a real container.
+	var run nuRun
+	provisioning(t, h.base, &run, "test", "quick", "kubernetes", "--base-image", h.image, "--out", "json")
+	assert.True(t, run.Passed)
+	assert.Equal(t, []string{"create:passed", "converge:passed", "idempotence:passed", "verify:passed", "destroy:passed"}, run.stepStatuses())
+	assert.Equal(t, "cleaned", run.EnvStatus)
+
+	// test env list shows that environment (cleaned).
+	var envs []map[string]any
+	provisioning(t, h.base, &envs, "test", "env", "list", "--out", "json")
+	var envIDs []any
+	for _, e := range envs {
+		envIDs = append(envIDs, e["id"])
+	}
+	assert.Contains(t, envIDs, run.EnvID)
+}
+
+// The wrapper module is importable at the original's path too.
+func TestServerCreateModuleAtOriginalPath(t *testing.T) {
+	h := startApp(t)
+	root := testsupport.RepoRoot(t)
+	var task nuTask
+	r := runNu(t, h.base, "use '"+filepath.Join(root, "core", "nulib", "workflows", "server_create.nu")+
+		"' *; server_create_workflow prod web-01 --settings ./s.yaml --wait | to json")
+	require.Equal(t, 0, r.exitCode, r.stderr)
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &task), r.stdout)
+	assert.Equal(t, "Completed", task.Status)
+}
