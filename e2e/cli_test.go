@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -167,4 +171,89 @@ func TestServerCreateModuleAtOriginalPath(t *testing.T) {
 	require.Equal(t, 0, r.exitCode, r.stderr)
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &task), r.stdout)
 	assert.Equal(t, "Completed", task.Status)
+}
+
+// buildOrchestrator builds the real binary (cmd/orchestrator) into a
+// temporary directory, as a user's `go build` would.
+func buildOrchestrator(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "orchestrator")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/orchestrator")
+	cmd.Dir = testsupport.RepoRoot(t)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	return bin
+}
+
+// start-orchestrator.nu --background starts the real binary detached, waits
+// for /health, writes the pid file; --stop leaves no process and no pid file.
+func TestStartOrchestratorScript(t *testing.T) {
+	nu := testsupport.NuPath(t)
+	bin := buildOrchestrator(t)
+	root := testsupport.RepoRoot(t)
+	dataDir := filepath.Join(t.TempDir(), "data")
+	port := freePort(t)
+	const script = "scripts/start-orchestrator.nu"
+	orchFlags := []string{"--data-dir", dataDir, "--port", strconv.Itoa(port), "--temporal-port", "0",
+		"--temporal-ui-port", "-1", "--nu-path", nu, "--provisioning-path", filepath.Join(root, "core", "nulib", "provisioning")}
+	env := []string{"ORCHESTRATOR_BIN=" + bin}
+	pidFile := filepath.Join(dataDir, "orchestrator.pid")
+
+	begin := time.Now()
+	r := runScript(t, "", script, env, nil, 3*time.Minute, append([]string{"--background", "--timeout", "90sec"}, orchFlags...)...)
+	require.Equal(t, 0, r.exitCode, "stderr: %s", r.stderr)
+	t.Logf("start-orchestrator.nu --background: healthy after %s", time.Since(begin).Round(time.Millisecond))
+	pidText, err := os.ReadFile(pidFile)
+	require.NoError(t, err)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(pidText)))
+	require.NoError(t, err)
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped && !processGone(pid) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	assert.False(t, processGone(pid))
+	assert.Contains(t, r.stderr, "healthy at http://127.0.0.1:"+strconv.Itoa(port)+"/health")
+
+	// The script returns only once the service answers; it works for real.
+	base := "http://127.0.0.1:" + strconv.Itoa(port)
+	health := do(t, http.MethodGet, base+"/health", "", nil)
+	assert.Equal(t, http.StatusOK, health.status)
+	var task nuTask
+	provisioning(t, base, &task, "server", "create", "web-01", "--infra", "prod", "--settings", "./s.yaml", "--wait", "--out", "json")
+	assert.Equal(t, "Completed", task.Status)
+	assert.FileExists(t, filepath.Join(dataDir, "orchestrator.log"))
+
+	// A second start refuses: one is running.
+	r = runScript(t, "", script, env, nil, time.Minute, append([]string{"--background"}, orchFlags...)...)
+	assert.Equal(t, 1, r.exitCode)
+	assert.Contains(t, errorText(r.stderr), "already running (pid "+strconv.Itoa(pid))
+
+	begin = time.Now()
+	r = runScript(t, "", script, nil, nil, time.Minute, "--stop", "--data-dir", dataDir)
+	require.Equal(t, 0, r.exitCode, "stderr: %s", r.stderr)
+	stopped = true
+	t.Logf("start-orchestrator.nu --stop: took %s", time.Since(begin).Round(time.Millisecond))
+	assert.True(t, processGone(pid), "the orchestrator still runs")
+	assert.NoFileExists(t, pidFile)
+	assert.Contains(t, string(must(os.ReadFile(filepath.Join(dataDir, "orchestrator.log")))), "shutting down", "a graceful stop (SIGTERM)")
+	// Stopping again is fine.
+	r = runScript(t, "", script, nil, nil, time.Minute, "--stop", "--data-dir", dataDir)
+	assert.Equal(t, 0, r.exitCode, "stderr: %s", r.stderr)
+	assert.Contains(t, r.stderr, "not running")
+
+	// A service that cannot start: exit 1 with the log's tail, no pid file, no process.
+	r = runScript(t, "", script, env, nil, time.Minute, "--background", "--data-dir", dataDir, "--port", strconv.Itoa(port), "--storage-type", "bogus")
+	assert.Equal(t, 1, r.exitCode)
+	assert.Contains(t, errorText(r.stderr), "exited before it became healthy")
+	assert.Contains(t, errorText(r.stderr), `"bogus" is not one of`)
+	assert.NoFileExists(t, pidFile)
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
