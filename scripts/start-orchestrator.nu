@@ -18,7 +18,8 @@
 #                      `go build -o <repo>/bin/orchestrator ./cmd/orchestrator`
 #                      (Go's build cache makes that quick when nothing changed, and
 #                      the binary is never older than the source); without `go`,
-#                      an existing <repo>/bin/orchestrator, then `orchestrator` on PATH.
+#                      an existing <repo>/bin/orchestrator, then `orchestrator` on
+#                      PATH (scripts/orchestrator-bin.nu).
 #   --pid-file <path>  default <data-dir>/orchestrator.pid
 #   --log-file <path>  default <data-dir>/orchestrator.log (--background only)
 #   --timeout <dur>    bound on the wait for /health, and on --stop's wait; default 60sec
@@ -34,7 +35,8 @@
 # {stopped, pid} for --stop. Exit 1 with a message (and the log's last lines)
 # when it is already running, does not become healthy in time, or exits early.
 
-const REPO = path self ..
+use ./orchestrator-bin.nu [find-binary]
+
 const SCRIPT_FLAGS = [--background --stop]
 const SCRIPT_OPTIONS = [--binary --pid-file --log-file --timeout]
 const LOG_TAIL = 30
@@ -94,27 +96,6 @@ def flag-value [pass: list<string>, name: string, default: string] {
     if $seen { return $found }
     let env_name = $"ORCHESTRATOR_($name | str uppercase | str replace --all '-' '_')"
     $env | get -o $env_name | default $default
-}
-
-# The executable to run (see the header).
-def find-binary [given: any] {
-    let given = ($given | default ($env.ORCHESTRATOR_BIN? | default ""))
-    if $given != "" {
-        let p = ($given | path expand)
-        if not ($p | path exists) { fail $"start-orchestrator: --binary ($given): no such file" }
-        return $p
-    }
-    let built = ($REPO | path join bin orchestrator)
-    if (which go | is-not-empty) {
-        print --stderr $"start-orchestrator: go build -o ($built) ./cmd/orchestrator"
-        let r = (do { cd $REPO; ^go build -o $built ./cmd/orchestrator } | complete)
-        if $r.exit_code != 0 { fail $"start-orchestrator: go build failed:\n($r.stderr)" }
-        return $built
-    }
-    if ($built | path exists) { return $built }
-    let on_path = (which orchestrator)
-    if ($on_path | is-not-empty) { return $on_path.0.path }
-    fail "start-orchestrator: no orchestrator binary: pass --binary, set ORCHESTRATOR_BIN, or install Go to build it"
 }
 
 # Whether pid is a live process (a zombie is not: it has exited).
