@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -256,4 +259,238 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// migrateReport mirrors app.ValidateReport as the script prints it (--json).
+type migrateReport struct {
+	From     migrateSide `json:"from"`
+	To       migrateSide `json:"to"`
+	Compared bool        `json:"compared"`
+	ToCopy   int         `json:"to_copy"`
+	InSync   bool        `json:"in_sync"`
+}
+
+type migrateSide struct {
+	Reachable bool     `json:"reachable"`
+	Schema    bool     `json:"schema"`
+	Missing   []string `json:"missing"`
+	Tasks     int      `json:"tasks"`
+	Error     string   `json:"error"`
+}
+
+// ptySession drives a program that reads a terminal (nu's `input`,
+// `input -s` and `input list` refuse a pipe: "I/O error") through
+// util-linux's `script`, which gives it a pseudo-terminal and relays
+// this side's pipes to it.
+type ptySession struct {
+	t     *testing.T
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	mu    sync.Mutex
+	out   bytes.Buffer
+	seen  int // output already matched by expect
+	done  chan error
+}
+
+// startPTY runs argv[0] with argv[1:] on a pseudo-terminal. The command
+// line `script` hands to sh is fixed text: the program and its arguments
+// reach it as environment variables, never spliced into it.
+func startPTY(t *testing.T, env []string, argv ...string) *ptySession {
+	t.Helper()
+	scriptPath, err := exec.LookPath("script")
+	if err != nil {
+		if os.Getenv("ORCHESTRATOR_REQUIRE_NU") != "" {
+			t.Fatalf("util-linux `script` is needed to give nu a terminal: apt-get install -y bsdutils")
+		}
+		t.Skip("util-linux `script` is needed to give nu a terminal: apt-get install -y bsdutils")
+	}
+	require.LessOrEqual(t, len(argv), 4)
+	// A pty made by `script` without a terminal on this side is 0x0: give
+	// it a size so that nu can draw its tables and lists.
+	cmdText := `stty cols 120 rows 40; exec "$PTY_ARG0"`
+	for i := range argv {
+		env = append(env, fmt.Sprintf("PTY_ARG%d=%s", i, argv[i]))
+		if i > 0 {
+			cmdText += fmt.Sprintf(` "$PTY_ARG%d"`, i)
+		}
+	}
+	s := &ptySession{t: t, done: make(chan error, 1)}
+	s.cmd = exec.Command(scriptPath, "-qfec", cmdText, "/dev/null")
+	s.cmd.Env = append(os.Environ(), env...)
+	s.cmd.Dir = testsupport.RepoRoot(t)
+	s.stdin, err = s.cmd.StdinPipe()
+	require.NoError(t, err)
+	s.cmd.Stdout = s
+	s.cmd.Stderr = s
+	require.NoError(t, s.cmd.Start())
+	go func() { s.done <- s.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = s.cmd.Process.Kill()
+	})
+	return s
+}
+
+func (s *ptySession) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.out.Write(p)
+}
+
+func (s *ptySession) output() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.out.String()
+}
+
+// expect waits until text appears in the output after what earlier
+// expects matched.
+func (s *ptySession) expect(text string) {
+	s.t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		s.mu.Lock()
+		i := strings.Index(s.out.String()[s.seen:], text)
+		if i >= 0 {
+			s.seen += i + len(text)
+		}
+		s.mu.Unlock()
+		if i >= 0 {
+			return
+		}
+		select {
+		case err := <-s.done:
+			s.done <- err
+			s.t.Fatalf("exited (%v) before printing %q; output:\n%s", err, text, s.output())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("no %q within 2 minutes; output:\n%s", text, s.output())
+		}
+	}
+}
+
+// answer waits for a prompt and types keys. The short pause lets the
+// prompt's reader switch the terminal to raw mode (there is nothing to
+// observe from outside the pty): keys typed before that would be echoed
+// by the line discipline, a password included.
+func (s *ptySession) answer(prompt, keys string) {
+	s.t.Helper()
+	s.expect(prompt)
+	time.Sleep(150 * time.Millisecond)
+	_, err := io.WriteString(s.stdin, keys)
+	require.NoError(s.t, err)
+}
+
+// wait waits for the exit and returns the exit code.
+func (s *ptySession) wait(timeout time.Duration) int {
+	s.t.Helper()
+	select {
+	case err := <-s.done:
+		_ = s.stdin.Close()
+		if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
+			return ee.ExitCode()
+		}
+		require.NoError(s.t, err)
+		return 0
+	case <-time.After(timeout):
+		s.t.Fatalf("did not exit within %s; output:\n%s", timeout, s.output())
+		return -1
+	}
+}
+
+// migrate-storage.nu between the filesystem data dir of a service that ran
+// tasks and a real SurrealDB server: validate reports the target's missing
+// schema, the interactive mode (answers typed on a pseudo-terminal) shows
+// the dry run, migrates after the confirmation, and validate then reports
+// equal counts.
+func TestMigrateStorageScript(t *testing.T) {
+	nu := testsupport.NuPath(t)
+	h := startApp(t)
+	var ids []string
+	for _, s := range []string{"web-01", "web-02", "db-01"} {
+		ids = append(ids, h.submit("/workflows/servers/create", serverBody(s)))
+	}
+	for _, id := range ids {
+		waitTask(t, h.base, id, time.Minute, terminal)
+	}
+	surreal := testsupport.StartSurreal(t, "")
+	bin := buildOrchestrator(t)
+	const script = "scripts/migrate-storage.nu"
+	env := []string{"ORCHESTRATOR_BIN=" + bin}
+	pwEnv := "ORCHESTRATOR_MIGRATE_TO_SURREALDB_PASSWORD=" + surreal.Pass
+	validate := []string{"validate", "--from", "filesystem:" + h.dataDir, "--to", surreal.URL, "--to-username", surreal.User, "--json"}
+
+	// Before: the source has the tasks; the target answers but has no schema,
+	// and the validation created none.
+	var rep migrateReport
+	for range 2 {
+		r := runScript(t, "", script, append(env, pwEnv), nil, 2*time.Minute, validate...)
+		assert.Equal(t, 1, r.exitCode, "stderr: %s", r.stderr)
+		require.NoError(t, json.Unmarshal([]byte(r.stdout), &rep), r.stdout)
+		assert.True(t, rep.From.Reachable)
+		assert.True(t, rep.From.Schema)
+		assert.True(t, rep.To.Reachable)
+		assert.False(t, rep.To.Schema)
+		assert.Contains(t, rep.To.Missing, "task")
+		assert.False(t, rep.InSync)
+	}
+	// A wrong password: not reachable, said so.
+	r := runScript(t, "", script, append(env, "ORCHESTRATOR_MIGRATE_TO_SURREALDB_PASSWORD=wrong"), nil, 2*time.Minute, validate...)
+	assert.Equal(t, 1, r.exitCode)
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &rep), r.stdout)
+	assert.False(t, rep.To.Reachable)
+	assert.NotEmpty(t, rep.To.Error)
+
+	// Interactive: source filesystem (first in the list), target
+	// surrealdb-server (one down), credentials typed, dry run, confirm.
+	s := startPTY(t, env, nu, "--no-config-file", script, "--interactive")
+	s.answer("source store type", "\r")
+	s.answer("source data directory", h.dataDir+"\r")
+	s.answer("target store type", "\x1b[B\r")
+	s.answer("target SurrealDB URL", surreal.URL+"\r")
+	s.answer("target namespace", "\r")
+	s.answer("target database", "\r")
+	s.answer("target username", surreal.User+"\r")
+	s.answer("target password", surreal.Pass+"\r")
+	s.expect("dry run (nothing written)")
+	s.expect("source tasks:")
+	s.answer("Migrate now?", "y\r")
+	s.expect("== migration ==")
+	s.expect("verification:      OK")
+	s.expect("validation: IN SYNC")
+	code := s.wait(3 * time.Minute)
+	out := s.output()
+	t.Logf("interactive session:\n%s", out)
+	require.Equal(t, 0, code)
+	assert.Contains(t, out, "migrated and validated")
+	assert.NotContains(t, out, surreal.Pass, "the password is neither echoed nor printed")
+
+	// After: in sync, equal counts.
+	r = runScript(t, "", script, append(env, pwEnv), nil, 2*time.Minute, validate...)
+	require.Equal(t, 0, r.exitCode, "stdout: %s\nstderr: %s", r.stdout, r.stderr)
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &rep), r.stdout)
+	assert.True(t, rep.InSync)
+	assert.True(t, rep.To.Schema)
+	assert.GreaterOrEqual(t, rep.From.Tasks, len(ids))
+	assert.Equal(t, rep.From.Tasks, rep.To.Tasks)
+	assert.Zero(t, rep.ToCopy)
+	// The people's form prints the counts too.
+	r = runScript(t, "", script, append(env, pwEnv), nil, 2*time.Minute, validate[:len(validate)-1]...)
+	require.Equal(t, 0, r.exitCode, r.stderr)
+	assert.Contains(t, r.stdout, "validation: IN SYNC")
+	assert.Contains(t, r.stdout, "identical: "+strconv.Itoa(rep.From.Tasks)+" tasks")
+
+	// Declining the confirmation writes nothing.
+	s = startPTY(t, env, nu, "--no-config-file", script, "--interactive")
+	s.answer("source store type", "\r")
+	s.answer("source data directory", h.dataDir+"\r")
+	s.answer("target store type", "\r")
+	target := filepath.Join(t.TempDir(), "other")
+	require.NoError(t, os.MkdirAll(target, 0o755))
+	s.answer("target data directory", target+"\r")
+	s.answer("Migrate now?", "n\r")
+	s.expect("aborted: nothing was written")
+	assert.Equal(t, 0, s.wait(time.Minute))
+	copied, _ := filepath.Glob(filepath.Join(target, "queue.rkvs", "tasks", "*.json"))
+	assert.Empty(t, copied, "no task was copied")
 }
