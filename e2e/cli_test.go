@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -246,6 +247,33 @@ func TestStartOrchestratorScript(t *testing.T) {
 	assert.Equal(t, 0, r.exitCode, "stderr: %s", r.stderr)
 	assert.Contains(t, r.stderr, "not running")
 
+	// Foreground: logs on the terminal, healthy, pid file; a Ctrl-C (SIGINT
+	// to the terminal's process group) stops it and removes the pid file.
+	fg := exec.Command(nu, append([]string{"--no-config-file", filepath.Join(root, script)}, orchFlags...)...)
+	fg.Dir = root
+	fg.Env = append(os.Environ(), env...)
+	fg.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	var fgOut syncBuffer
+	fg.Stdout, fg.Stderr = &fgOut, &fgOut
+	require.NoError(t, fg.Start())
+	fgDone := make(chan error, 1)
+	go func() { fgDone <- fg.Wait() }()
+	t.Cleanup(func() { _ = syscall.Kill(-fg.Process.Pid, syscall.SIGKILL) })
+	eventually(t, 90*time.Second, "foreground start healthy", func() bool { return strings.Contains(fgOut.String(), "healthy at") })
+	pidText, err = os.ReadFile(pidFile)
+	require.NoError(t, err)
+	fgPid, err := strconv.Atoi(strings.TrimSpace(string(pidText)))
+	require.NoError(t, err)
+	assert.Contains(t, fgOut.String(), "embedded temporal started", "the orchestrator's log is on the terminal")
+	require.NoError(t, syscall.Kill(-fg.Process.Pid, syscall.SIGINT))
+	select {
+	case <-fgDone:
+	case <-time.After(time.Minute):
+		t.Fatalf("foreground script still running after Ctrl-C:\n%s", fgOut.String())
+	}
+	assert.True(t, processGone(fgPid))
+	assert.NoFileExists(t, pidFile)
+
 	// A service that cannot start: exit 1 with the log's tail, no pid file, no process.
 	r = runScript(t, "", script, env, nil, time.Minute, "--background", "--data-dir", dataDir, "--port", strconv.Itoa(port), "--storage-type", "bogus")
 	assert.Equal(t, 1, r.exitCode)
@@ -443,6 +471,9 @@ func TestMigrateStorageScript(t *testing.T) {
 
 	// Interactive: source filesystem (first in the list), target
 	// surrealdb-server (one down), credentials typed, dry run, confirm.
+	// Meanwhile no command line of ours may show the password (the test
+	// SurrealDB server's own does: it is started with --pass).
+	stopWatch := watchArgv(t, surreal.Pass, "nu", "orchestrator", "script", "sh")
 	s := startPTY(t, env, nu, "--no-config-file", script, "--interactive")
 	s.answer("source store type", "\r")
 	s.answer("source data directory", h.dataDir+"\r")
@@ -464,6 +495,9 @@ func TestMigrateStorageScript(t *testing.T) {
 	require.Equal(t, 0, code)
 	assert.Contains(t, out, "migrated and validated")
 	assert.NotContains(t, out, surreal.Pass, "the password is neither echoed nor printed")
+	scans, leaks := stopWatch()
+	assert.Empty(t, leaks, "the password in a command line")
+	assert.Positive(t, scans)
 
 	// After: in sync, equal counts.
 	r = runScript(t, "", script, append(env, pwEnv), nil, 2*time.Minute, validate...)
@@ -493,4 +527,63 @@ func TestMigrateStorageScript(t *testing.T) {
 	assert.Equal(t, 0, s.wait(time.Minute))
 	copied, _ := filepath.Glob(filepath.Join(target, "queue.rkvs", "tasks", "*.json"))
 	assert.Empty(t, copied, "no task was copied")
+}
+
+// watchArgv scans every process's command line (as `ps` shows them) until
+// stopped, for secret in those whose program is one of programs; stop
+// returns the number of scans and the command lines that held it.
+func watchArgv(t *testing.T, secret string, programs ...string) (stop func() (int, []string)) {
+	t.Helper()
+	quit := make(chan struct{})
+	type result struct {
+		scans int
+		leaks []string
+	}
+	res := make(chan result, 1)
+	go func() {
+		var r result
+		for {
+			dirs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+			for _, f := range dirs {
+				b, err := os.ReadFile(f)
+				if err != nil || len(b) == 0 {
+					continue
+				}
+				argv := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+				if slices.Contains(programs, filepath.Base(argv[0])) && strings.Contains(string(b), secret) {
+					r.leaks = append(r.leaks, strings.Join(argv, " "))
+				}
+			}
+			r.scans++
+			select {
+			case <-quit:
+				res <- r
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	return func() (int, []string) {
+		close(quit)
+		r := <-res
+		return r.scans, r.leaks
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
