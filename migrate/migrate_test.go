@@ -243,3 +243,73 @@ func writeFilesystemTasks(b *testing.B, dir string, n int) {
 		require.NoError(b, os.WriteFile(filepath.Join(auditDir, t.ID+".jsonl"), lines, 0o644))
 	}
 }
+
+// --validate writes nothing, says which side lacks its schema, and compares
+// counts and records; --output json is the ValidateReport.
+func TestCLIValidate(t *testing.T) {
+	dir := t.TempDir()
+	fromDir, toDir := filepath.Join(dir, "from"), filepath.Join(dir, "to")
+	src, err := storage.NewFilesystem(fromDir)
+	require.NoError(t, err)
+	ids := migratetest.Seed(t, src, 40)
+	require.NoError(t, src.Close())
+	require.NoError(t, os.MkdirAll(toDir, 0o755))
+	sides := []string{"--from", "filesystem", "--from-data-dir", fromDir, "--to", "filesystem", "--to-data-dir", toDir}
+	validate := func() (app.ValidateReport, error) {
+		t.Helper()
+		out, _, err := runMigrateCLI(t, nil, append([]string{"--validate", "--output", "json"}, sides...)...)
+		var rep app.ValidateReport
+		require.NoError(t, json.Unmarshal([]byte(out), &rep), out)
+		return rep, err
+	}
+
+	rep, err := validate()
+	require.ErrorIs(t, err, app.ErrNotInSync)
+	assert.True(t, rep.From.Reachable && rep.From.Schema)
+	assert.True(t, rep.To.Reachable)
+	assert.False(t, rep.To.Schema)
+	assert.Equal(t, []string{"queue.rkvs/tasks"}, rep.To.Missing)
+	assert.False(t, rep.Compared)
+	assert.NoDirExists(t, filepath.Join(toDir, "queue.rkvs"), "a validation creates nothing")
+
+	_, _, err = runMigrateCLI(t, nil, sides...)
+	require.NoError(t, err)
+	rep, err = validate()
+	require.NoError(t, err)
+	assert.True(t, rep.InSync)
+	assert.Equal(t, 40, rep.From.Tasks)
+	assert.Equal(t, 40, rep.To.Tasks)
+	assert.Equal(t, 40, rep.Identical)
+
+	// One task gone from the target: not in sync, one to copy; the text
+	// form says so too.
+	dst, err := storage.NewFilesystem(toDir)
+	require.NoError(t, err)
+	require.NoError(t, dst.Delete(context.Background(), ids[3]))
+	require.NoError(t, dst.Close())
+	rep, err = validate()
+	require.ErrorIs(t, err, app.ErrNotInSync)
+	assert.False(t, rep.InSync)
+	assert.Equal(t, 39, rep.To.Tasks)
+	assert.Equal(t, 1, rep.ToCopy)
+	out, _, err := runMigrateCLI(t, nil, append([]string{"--validate"}, sides...)...)
+	require.Error(t, err)
+	assert.Contains(t, out, "to copy: 1 tasks")
+	assert.Contains(t, out, "validation: NOT IN SYNC")
+
+	// A missing source directory is reported, not refused by flag checks.
+	rep, err = func() (app.ValidateReport, error) {
+		out, _, err := runMigrateCLI(t, nil, "--validate", "--output", "json", "--from", "filesystem", "--from-data-dir",
+			filepath.Join(dir, "nosuch"), "--to", "filesystem", "--to-data-dir", toDir)
+		var rep app.ValidateReport
+		require.NoError(t, json.Unmarshal([]byte(out), &rep), out)
+		return rep, err
+	}()
+	require.ErrorIs(t, err, app.ErrNotInSync)
+	assert.False(t, rep.From.Reachable)
+	assert.Contains(t, rep.From.Error, "does not exist")
+
+	// --checkpoint makes no sense with it.
+	_, _, err = runMigrateCLI(t, nil, append([]string{"--validate", "--checkpoint", filepath.Join(dir, "ck")}, sides...)...)
+	assert.ErrorContains(t, err, "--checkpoint")
+}

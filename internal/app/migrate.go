@@ -36,8 +36,14 @@ type MigrateConfig struct {
 	MaxDeltaPasses int
 	// Checkpoint file that makes a rerun skip work already done.
 	Checkpoint string
-	LogLevel   slog.Level
-	LogFormat  string
+	// ValidateOnly compares the two stores read-only (ValidateStores)
+	// instead of migrating (flag --validate).
+	ValidateOnly bool
+	// Output of the summary on stdout: "text" (default) or "json" (the
+	// Report, or the ValidateReport with Validate).
+	Output    string
+	LogLevel  slog.Level
+	LogFormat string
 	// Throttle pauses after each record of the first pass. Not a flag: set
 	// only by tests (ORCHESTRATOR_MIGRATE_TEST_THROTTLE) to interrupt a
 	// migration midway.
@@ -90,6 +96,8 @@ Flags:
 	fs.IntVar(&cfg.Concurrency, "concurrency", migrate.DefaultConcurrency, "records processed at once (1-256)")
 	fs.IntVar(&cfg.MaxDeltaPasses, "max-delta-passes", migrate.DefaultMaxDeltaPasses, "passes after the first that copy what the service changed meanwhile (1-100)")
 	fs.StringVar(&cfg.Checkpoint, "checkpoint", "", "`file` recording progress so that a rerun skips what is done (optional)")
+	fs.BoolVar(&cfg.ValidateOnly, "validate", false, "write nothing: check both stores are reachable and have their schema, count and compare their tasks; exit non-zero unless they are in sync")
+	fs.StringVar(&cfg.Output, "output", "text", "summary on stdout: text or json")
 	logLevel := fs.String("log-level", "warn", "debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", "auto", "json, text, or auto (text on a terminal, json otherwise)")
 
@@ -151,8 +159,8 @@ func (c MigrateConfig) Validate() error {
 		bad("to", "is the same store as --from (%s): refusing to migrate a store onto itself", storeName(c.From))
 	}
 	// A mistyped source path must not migrate an empty store (opening it
-	// would even create one).
-	if d := c.From.DataDir; d != "" {
+	// would even create one). A validation reports it instead.
+	if d := c.From.DataDir; d != "" && !c.ValidateOnly {
 		var inside string
 		switch c.From.Type {
 		case StorageFilesystem:
@@ -176,6 +184,14 @@ func (c MigrateConfig) Validate() error {
 		if fi, err := os.Stat(filepath.Dir(c.Checkpoint)); err != nil || !fi.IsDir() {
 			bad("checkpoint", "directory %s does not exist", filepath.Dir(c.Checkpoint))
 		}
+	}
+	if c.ValidateOnly && c.Checkpoint != "" {
+		bad("checkpoint", "is not used with --validate (a validation reads both stores in full and writes nothing)")
+	}
+	switch c.Output {
+	case "text", "json":
+	default:
+		bad("output", "%q is not one of text, json", c.Output)
 	}
 	switch c.LogFormat {
 	case "auto", "json", "text":
@@ -261,6 +277,17 @@ func RunMigrate(ctx context.Context, args []string, getenv func(string) string, 
 		return err
 	}
 	log := NewLogger(stderr, cfg.LogFormat, cfg.LogLevel).With("component", "migrate")
+	if cfg.ValidateOnly {
+		rep, err := ValidateStores(ctx, cfg, log)
+		if cfg.Output == "json" {
+			if werr := writeJSON(stdout, rep); werr != nil {
+				return errors.Join(err, werr)
+			}
+		} else {
+			rep.WriteText(stdout)
+		}
+		return err
+	}
 	src, err := OpenStore(ctx, cfg.From, log.With("store", "source"))
 	if err != nil {
 		return fmt.Errorf("--from: %w", err)
@@ -286,6 +313,12 @@ func RunMigrate(ctx context.Context, args []string, getenv func(string) string, 
 	if err != nil && !errors.Is(err, migrate.ErrMismatch) {
 		return fmt.Errorf("migration interrupted (rerun to resume; the copy is idempotent): %w", err)
 	}
-	rep.WriteSummary(stdout)
+	if cfg.Output == "json" {
+		if werr := writeJSON(stdout, rep); werr != nil {
+			return errors.Join(err, werr)
+		}
+	} else {
+		rep.WriteSummary(stdout)
+	}
 	return err
 }

@@ -268,7 +268,7 @@ func (s *Store) dialConn(ctx context.Context) (*surrealConn, error) {
 			return fail(err)
 		}
 	}
-	for attempt := 1; ; attempt++ {
+	for attempt := 1; !s.opts.NoDefine; attempt++ {
 		_, err := surrealclient.Query[cbor.RawMessage](ctx, db, surrealSchema, nil)
 		if err == nil {
 			break

@@ -59,6 +59,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -85,6 +86,11 @@ type Options struct {
 	// 10s. A request without an answer within it counts as a lost
 	// connection (storage.ErrUnavailable).
 	OpTimeout time.Duration
+	// NoDefine leaves the tables alone: connections do not define them, so
+	// a read-only check (`orchestrator migrate --validate`, see
+	// MissingTables) can tell a database without the schema from one with
+	// it. Default false: New and every reconnect define the tables.
+	NoDefine bool
 }
 
 // Defaults of Options.
@@ -435,6 +441,36 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 func (s *Store) Ping(ctx context.Context) error {
 	_, err := s.query(ctx, "ping", `RETURN 1;`, nil)
 	return err
+}
+
+// SchemaTables are the tables the store defines and needs.
+var SchemaTables = []string{"task", "task_key", "audit", "step_output"}
+
+// MissingTables returns the SchemaTables the database does not define
+// (INFO FOR DB), in SchemaTables order: all of them when the namespace or
+// database does not exist. It changes nothing.
+func (s *Store) MissingTables(ctx context.Context) ([]string, error) {
+	res, err := s.query(ctx, "info for db", `INFO FOR DB;`, nil)
+	var se *statementError
+	if errors.As(err, &se) && strings.Contains(strings.ToLower(se.err.Error()), "does not exist") {
+		return slices.Clone(SchemaTables), nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var info struct {
+		Tables map[string]any `json:"tables"`
+	}
+	if err := decodeResult(res, 0, &info); err != nil {
+		return nil, err
+	}
+	var missing []string
+	for _, t := range SchemaTables {
+		if _, ok := info.Tables[t]; !ok {
+			missing = append(missing, t)
+		}
+	}
+	return missing, nil
 }
 
 // IDs returns every stored task id (any order).

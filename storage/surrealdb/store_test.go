@@ -561,3 +561,24 @@ func TestSurrealAuditModel(t *testing.T) {
 		}
 	}
 }
+
+// NoDefine leaves a fresh database without tables, and MissingTables tells;
+// a normal connection defines them.
+func TestSurrealMissingTables(t *testing.T) {
+	srv := testsupport.StartSurreal(t, "mem://")
+	ctx := context.Background()
+	const db = "fresh"
+	ro := openSurreal(t, srv, surrealdb.Options{Database: db, NoDefine: true})
+	for range 2 { // checking changes nothing
+		missing, err := ro.MissingTables(ctx)
+		require.NoError(t, err)
+		assert.Equal(t, surrealdb.SchemaTables, missing)
+	}
+	rw := openSurreal(t, srv, surrealdb.Options{Database: db})
+	missing, err := rw.MissingTables(ctx)
+	require.NoError(t, err)
+	assert.Empty(t, missing)
+	missing, err = ro.MissingTables(ctx)
+	require.NoError(t, err)
+	assert.Empty(t, missing, "the read-only connection sees them now")
+}
