@@ -109,7 +109,7 @@ func apiOpList() []apiOp {
 			success: []int{http.StatusAccepted}, data: uuidSchema, errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusServiceUnavailable}},
 		{method: http.MethodPost, path: "/tasks/:id/retry",
 			summary: "Retry a Failed or Cancelled provisioning task: a new task (same workflow type, infra, settings, options; priority unless the body overrides it) runs only the steps that did not complete, with the old id in its dependencies; data is the new task id. 409 names why a task cannot be retried (running, completed, a test environment)",
-			body: typeOf[RetryTaskRequest](), bodyOptional: true, idempotent: true,
+			body:    typeOf[RetryTaskRequest](), bodyOptional: true, idempotent: true,
 			success: []int{http.StatusOK}, data: uuidSchema,
 			errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusRequestEntityTooLarge, http.StatusUnsupportedMediaType, http.StatusServiceUnavailable}},
 		{method: http.MethodGet, path: "/tasks/:id/audit", summary: "A task's audit trail", query: []apiParam{auditLimit},

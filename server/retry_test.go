@@ -120,8 +120,8 @@ func TestRetryStartsOnlyWhatDidNotComplete(t *testing.T) {
 			assert.Equal(t, storage.StatusPending, call.pending.Status)
 			assert.Equal(t, tc.prio, call.pending.Priority)
 
-			assert.Equal(t, old.ID, auditActions(f.audit("/tasks/"+newID+"/audit"))[ActionRetryOf])
-			assert.Equal(t, newID, auditActions(f.audit("/tasks/"+old.ID+"/audit"))[ActionRetriedAs])
+			assert.Equal(t, old.ID, auditActions(f.audit("/tasks/" + newID + "/audit"))[ActionRetryOf])
+			assert.Equal(t, newID, auditActions(f.audit("/tasks/" + old.ID + "/audit"))[ActionRetriedAs])
 			assert.Equal(t, old, mustGet(t, f.store, old.ID), "the old task is not changed")
 		})
 	}
@@ -207,7 +207,7 @@ func TestRetryIdempotencyKey(t *testing.T) {
 	assert.Equal(t, "true", again.header.Get(IdempotentReplayedHeader))
 	assert.Len(t, f.tasks(), 2, "no third task")
 	n := 0
-	for _, e := range f.audit("/tasks/"+old.ID+"/audit") {
+	for _, e := range f.audit("/tasks/" + old.ID + "/audit") {
 		if e.Action == ActionRetriedAs {
 			n++
 		}
