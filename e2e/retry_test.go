@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -14,8 +15,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/provisioning/orchestrator/internal/testsupport"
+	"github.com/provisioning/orchestrator/sdk"
 	"github.com/provisioning/orchestrator/server"
 	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/workflows"
 )
 
 // runLogLines reads the demo provider's run log (PROVISIONING_DEMO_RUN_LOG):
@@ -147,4 +150,40 @@ func TestServersEmptyCreatesEveryServerTheSettingsDefine(t *testing.T) {
 	require.NotNil(t, failed.Error)
 	assert.Contains(t, *failed.Error, "settings file ./no-such-settings.yaml not found")
 	assert.Len(t, runLogLines(t, runLog), 3, "nothing more was created")
+}
+
+// sdk.Client.Retry does what POST /tasks/{id}/retry does, from the task's
+// history and status query: only the failed server, the old id as
+// dependency; a completed task is a *workflows.NotRetryableError.
+func TestSDKRetryRunsOnlyTheFailedServer(t *testing.T) {
+	runLog := filepath.Join(t.TempDir(), "runs.log")
+	h := startApp(t, "PROVISIONING_DEMO_FAIL=db-01:3", "PROVISIONING_DEMO_RUN_LOG="+runLog)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := &sdk.Client{Temporal: h.app.Client(), Policy: fastPolicy}
+
+	run, err := c.StartServerCreate(ctx, "lab", "./s.yaml", []string{"web-01", "db-01"}, sdk.WithCheckMode(false))
+	require.NoError(t, err)
+	old, err := run.Wait(ctx)
+	require.Error(t, err)
+	require.Equal(t, storage.StatusFailed, old.Status)
+
+	again, err := c.Retry(ctx, run.ID(), sdk.WithPriority(1))
+	require.NoError(t, err)
+	task, err := again.Wait(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, storage.StatusCompleted, task.Status)
+	assert.Equal(t, []string{run.ID()}, task.Dependencies)
+	require.Len(t, task.Steps, 1)
+	assert.Equal(t, "db-01", task.Steps[0].Name)
+	assert.Equal(t, 1, task.Priority)
+	assert.Equal(t, []string{run.ID()}, h.task(again.ID()).Dependencies, "the task API shows it too")
+	lines := runLogLines(t, runLog)
+	require.Len(t, lines, 2, "%v", lines)
+	assert.Equal(t, "server db-01 changed", lines[1])
+
+	_, err = c.Retry(ctx, again.ID())
+	var nr *workflows.NotRetryableError
+	require.ErrorAs(t, err, &nr)
+	assert.Contains(t, err.Error(), "it completed")
 }
