@@ -9,8 +9,9 @@ import (
 	"go.temporal.io/sdk/temporal"
 )
 
-// ErrTypeServerListOutput: `server list` exited 0 but did not print a JSON
-// array of names; never retried (the same script prints the same thing).
+// ErrTypeServerListOutput is ListServers' error when `server list` exited 0
+// but did not print a JSON array of names; never retried (the same script
+// prints the same thing).
 const ErrTypeServerListOutput = "ServerListOutput"
 
 // maxShownOutput bounds how much of an unparsable `server list` output an

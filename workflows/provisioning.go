@@ -52,8 +52,9 @@ const ListServersChange = "server-create-list-servers"
 // output) under; it cannot clash with a server's name, which has no spaces.
 const ListServersStep = "list servers"
 
-// ErrTypeServerListFailed: the servers the settings define could not be
-// listed, or the list cannot be created (empty, too long, a bad name).
+// ErrTypeServerListFailed is the error type of a server create without
+// servers whose servers could not be listed, or whose list cannot be
+// created (empty, too long, a bad name).
 const ErrTypeServerListFailed = "ServerListFailed"
 
 func serverSteps(in ServerCreateInput, servers []string) []step {
@@ -213,8 +214,10 @@ func (w *provisioning) expandSteps(ctx workflow.Context) (done bool, task storag
 	if err != nil {
 		var canceled *temporal.CanceledError
 		if errors.As(err, &canceled) || ctx.Err() != nil {
+			// Not a failure: the run goes on to conclude, which ends it
+			// Cancelled.
 			w.cancelled = true
-			return false, storage.Task{}, nil
+			return false, storage.Task{}, nil //nolint:nilerr // cancellation is not this task's error
 		}
 		task, err = w.finish(ctx, storage.StatusFailed, "", err.Error(),
 			temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeServerListFailed, nil))
