@@ -227,8 +227,10 @@ func (c *Client) start(ctx context.Context, id, wfType string, input any, prio t
 }
 
 // StartServerCreate starts a ServerCreate workflow creating servers of infra
-// from the settings file, like POST /workflows/servers/create. An invalid
-// request is a *workflows.FieldError and starts nothing.
+// from the settings file, like POST /workflows/servers/create. No servers
+// (nil or empty) means every server the settings define: the workflow asks
+// the provisioning script (`server list`) first. An invalid request is a
+// *workflows.FieldError and starts nothing.
 func (c *Client) StartServerCreate(ctx context.Context, infra, settings string, servers []string, opts ...Option) (Run, error) {
 	common, keyed, err := c.common(workflows.ServerCreateWorkflowName, infra, settings, opts)
 	if err != nil {
