@@ -51,7 +51,10 @@ func NewInput(wfType string) ProvisioningInput {
 // it completed, or it is not a provisioning task. The REST API answers it
 // with 409.
 type NotRetryableError struct {
+	// TaskID is the task that cannot be retried.
 	TaskID string
+	// Reason says why, for a person: "it completed; there is nothing to
+	// retry".
 	Reason string
 }
 
