@@ -73,7 +73,7 @@ func TestRetryRunsOnlyTheFailedServer(t *testing.T) {
 	require.Equal(t, []string{"server web-01 changed", "server web-03 changed"}, before)
 
 	var retried nuTask
-	r := runNuJSON(t, h.base, "workflow retry "+id+" --wait | to json", &retried, "workflows/workflow.nu")
+	r := runNuJSON(t, h.base, "workflow retry "+id+" --wait --priority 1 | to json", &retried, "workflows/workflow.nu")
 	assert.Equal(t, "Completed", retried.Status, r.stderr)
 	require.NotEqual(t, id, retried.ID)
 
@@ -83,7 +83,7 @@ func TestRetryRunsOnlyTheFailedServer(t *testing.T) {
 	require.Len(t, task.Steps, 1, "only the failed server")
 	assert.Equal(t, "web-02", task.Steps[0].Name)
 	assert.Equal(t, storage.Progress{Done: 1, Total: 1}, task.Progress)
-	assert.Equal(t, 2, task.Priority, "the old task's priority")
+	assert.Equal(t, 1, task.Priority, "--priority overrides the old task's (2)")
 	assert.Equal(t, old.Name, task.Name)
 	assert.Equal(t, []string{"--infra", "lab", "--settings", "./s.yaml", "--wait", "web-02"}, task.Args, "same infra, settings, options")
 
