@@ -95,8 +95,16 @@ func TestRetryRunsOnlyTheFailedServer(t *testing.T) {
 	assert.Equal(t, id, h.auditActions(retried.ID)[server.ActionRetryOf])
 	assert.Equal(t, storage.StatusFailed, h.task(id).Status, "the old task stays as it ended")
 
+	// Retrying the same task again answers the same retry and runs nothing.
+	resp := h.postJSON("/tasks/"+id+"/retry", map[string]any{})
+	require.Equal(t, http.StatusOK, resp.status, "%s", resp.raw)
+	var againID string
+	require.NoError(t, json.Unmarshal(resp.env.Data, &againID))
+	assert.Equal(t, retried.ID, againID)
+	assert.Equal(t, "true", resp.header.Get(server.IdempotentReplayedHeader))
+
 	// A completed task has nothing to retry.
-	resp := h.postJSON("/tasks/"+retried.ID+"/retry", map[string]any{})
+	resp = h.postJSON("/tasks/"+retried.ID+"/retry", map[string]any{})
 	require.Equal(t, http.StatusConflict, resp.status, "%s", resp.raw)
 	assert.Contains(t, resp.env.Error.Message, "task "+retried.ID+" cannot be retried: it completed; there is nothing to retry")
 	nr := runNu(t, h.base, "workflow retry "+retried.ID, "workflows/workflow.nu")
@@ -181,6 +189,11 @@ func TestSDKRetryRunsOnlyTheFailedServer(t *testing.T) {
 	lines := runLogLines(t, runLog)
 	require.Len(t, lines, 2, "%v", lines)
 	assert.Equal(t, "server db-01 changed", lines[1])
+
+	same, err := c.Retry(ctx, run.ID())
+	require.NoError(t, err)
+	assert.Equal(t, again.ID(), same.ID(), "one retry per task: the same one again")
+	assert.Len(t, runLogLines(t, runLog), 2, "nothing ran again")
 
 	_, err = c.Retry(ctx, again.ID())
 	var nr *workflows.NotRetryableError

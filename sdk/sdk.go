@@ -291,7 +291,9 @@ func (c *Client) StartClusterCreate(ctx context.Context, infra, settings, cluste
 // outcome with the status query, so the history must still exist and a
 // worker must be running. WithPriority overrides the task's priority,
 // WithTaskID and WithIdempotencyKey name the new task as on the starts
-// (a key is scoped apart from theirs); WithCheckMode and WithWait are
+// (a key is scoped apart from theirs); without either the new task's id is
+// workflows.DefaultRetryID, the REST API's, so retrying the same task again
+// returns the same retry; WithCheckMode and WithWait are
 // ignored: a retry keeps the original's. A task that cannot be retried
 // (still running, completed, a test environment) is a
 // *workflows.NotRetryableError. The REST API also records the retry in
@@ -326,6 +328,14 @@ func (c *Client) Retry(ctx context.Context, id string, opts ...Option) (Run, err
 	fresh, keyed, err := c.common(retryScope+old.WorkflowType, "", "", opts)
 	if err != nil {
 		return Run{}, err
+	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.taskID == "" && o.idempotencyKey == "" {
+		// The REST API's default: one retry per task.
+		fresh.TaskID, keyed = workflows.DefaultRetryID(old), true
 	}
 	common := in.Fields()
 	common.TaskID, common.CreatedAt, common.Policy = fresh.TaskID, fresh.CreatedAt, c.Policy

@@ -108,7 +108,7 @@ func apiOpList() []apiOp {
 		{method: http.MethodPost, path: "/tasks/:id/cancel", summary: "Request a task's cancellation; data is the task id",
 			success: []int{http.StatusAccepted}, data: uuidSchema, errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusServiceUnavailable}},
 		{method: http.MethodPost, path: "/tasks/:id/retry",
-			summary: "Retry a Failed or Cancelled provisioning task: a new task (same workflow type, infra, settings, options; priority unless the body overrides it) runs only the steps that did not complete, with the old id in its dependencies; data is the new task id. 409 names why a task cannot be retried (running, completed, a test environment)",
+			summary: "Retry a Failed or Cancelled provisioning task: a new task (same workflow type, infra, settings, options; priority unless the body overrides it) runs only the steps that did not complete, with the old id in its dependencies; data is the new task id. Without an Idempotency-Key a task has one retry: asking again answers the same one (Idempotent-Replayed). 409 names why a task cannot be retried (running, completed, a test environment)",
 			body:    typeOf[RetryTaskRequest](), bodyOptional: true, idempotent: true,
 			success: []int{http.StatusOK}, data: uuidSchema,
 			errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusRequestEntityTooLarge, http.StatusUnsupportedMediaType, http.StatusServiceUnavailable}},

@@ -40,7 +40,9 @@ const retryScope = "retry:"
 // its dependencies and the retry in both audit trails. The original
 // request comes from the task's Temporal history (its start event's input,
 // exactly as it was sent) or, once retention has removed the history,
-// from the task record.
+// from the task record. Without an Idempotency-Key the new task's id is
+// workflows.DefaultRetryID: retrying the same task again answers the same
+// retry (200, Idempotent-Replayed) and starts nothing.
 func (s *Server) retryTask(c echo.Context) error {
 	id, err := s.taskID(c)
 	if err != nil {
@@ -79,6 +81,10 @@ func (s *Server) retryTask(c echo.Context) error {
 	newID, keyed, err := s.newTaskID(c, retryScope+old.WorkflowType)
 	if err != nil {
 		return err
+	}
+	if !keyed {
+		// One retry per task unless the client names another with a key.
+		newID, keyed = workflows.DefaultRetryID(old), true
 	}
 	common.TaskID = newID
 	common.CreatedAt = time.Now().UTC().Truncate(time.Microsecond)

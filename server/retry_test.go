@@ -123,6 +123,14 @@ func TestRetryStartsOnlyWhatDidNotComplete(t *testing.T) {
 			assert.Equal(t, old.ID, auditActions(f.audit("/tasks/" + newID + "/audit"))[ActionRetryOf])
 			assert.Equal(t, newID, auditActions(f.audit("/tasks/" + old.ID + "/audit"))[ActionRetriedAs])
 			assert.Equal(t, old, mustGet(t, f.store, old.ID), "the old task is not changed")
+			assert.Equal(t, workflows.DefaultRetryID(old), newID, "without a key: one retry per task")
+
+			// The same retry again (a double click): the same task, nothing started.
+			f.expectHistory(old.ID, workflows.ServerCreateWorkflowName, orig, tc.history)
+			again := f.ok(http.StatusOK, http.MethodPost, "/tasks/"+old.ID+"/retry", tc.body, nil)
+			assert.Equal(t, newID, taskIDOf(t, again.data))
+			assert.Equal(t, "true", again.header.Get(IdempotentReplayedHeader))
+			assert.Len(t, f.tasks(), 2)
 		})
 	}
 }

@@ -139,6 +139,16 @@ func retryFields(in ProvisioningInput, finished storage.Task) ProvisioningInput 
 	return in
 }
 
+// DefaultRetryID is the id of finished's retry when the caller names none
+// (no Idempotency-Key, no sdk.WithTaskID or WithIdempotencyKey): derived
+// from finished's id, so a retry sent twice (a double click, a CI job run
+// again, REST and SDK alike) names the same new task instead of running
+// the same servers twice. To retry again after that retry ended, retry the
+// retry, or give a key.
+func DefaultRetryID(finished storage.Task) string {
+	return storage.IdempotentID("retry\x00"+finished.WorkflowType, finished.ID)
+}
+
 // InputFromTask rebuilds the input a provisioning task was started with
 // from its record, for when Temporal no longer has the task's history
 // (retention): the workflow type plus the args the workflow projected
