@@ -137,6 +137,13 @@ func (a *Activities) logger() *slog.Logger {
 // effort, bounded by OutputWriteTimeout: a failure is logged and changes
 // nothing about the step's result.
 func (a *Activities) RunNushell(ctx context.Context, step NuStep) (NuStepResult, error) {
+	out, _, err := a.runNushell(ctx, step)
+	return out, err
+}
+
+// runNushell is RunNushell, also returning everything the runner captured
+// (stdout unbounded by MaxReturnedOutput) for callers that parse it.
+func (a *Activities) runNushell(ctx context.Context, step NuStep) (NuStepResult, nushell.Result, error) {
 	info := activity.GetInfo(ctx)
 	log := a.logger().With("task_id", step.TaskID, "step", step.Step, "attempt", info.Attempt)
 	every := info.HeartbeatTimeout / 3
@@ -166,12 +173,12 @@ func (a *Activities) RunNushell(ctx context.Context, step NuStep) (NuStepResult,
 	if err == nil {
 		a.metrics().NushellInvocation(nushell.OutcomeSuccess)
 		log.Info("nushell step completed", "duration_ms", out.DurationMS)
-		return out, nil
+		return out, res, nil
 	}
 	if ctx.Err() != nil {
 		a.metrics().NushellInvocation(nushell.OutcomeCancelled)
 		log.Warn("nushell step cancelled; process group killed", "error", err)
-		return out, ctx.Err()
+		return out, res, ctx.Err()
 	}
 	a.metrics().NushellInvocation(nushell.OutcomeFailure)
 	log.Warn("nushell step failed", "error", err, "exit_code", out.ExitCode)
@@ -181,22 +188,22 @@ func (a *Activities) RunNushell(ctx context.Context, step NuStep) (NuStepResult,
 	case errors.As(err, &startErr) && startErr.Flag == "":
 		// Flag is empty when the argv/env itself was rejected (NUL bytes).
 		out.ExitCode = -1
-		return out, temporal.NewApplicationErrorWithOptions(err.Error(), ErrTypeInvalidArgs,
+		return out, res, temporal.NewApplicationErrorWithOptions(err.Error(), ErrTypeInvalidArgs,
 			temporal.ApplicationErrorOptions{NonRetryable: true, Details: []any{out}})
 	case errors.As(err, &startErr):
 		out.ExitCode = -1
-		return out, temporal.NewApplicationErrorWithOptions(err.Error(), ErrTypeNushellStart,
+		return out, res, temporal.NewApplicationErrorWithOptions(err.Error(), ErrTypeNushellStart,
 			temporal.ApplicationErrorOptions{NonRetryable: true, Details: []any{out}})
 	case errors.As(err, &exitErr):
 		typ := ErrTypeNushellExit
 		if exitErr.Permanent {
 			typ = ErrTypeNushellPermanent
 		}
-		return out, temporal.NewApplicationErrorWithOptions(err.Error(), typ,
+		return out, res, temporal.NewApplicationErrorWithOptions(err.Error(), typ,
 			temporal.ApplicationErrorOptions{NonRetryable: exitErr.Permanent, Details: []any{out}})
 	default:
 		out.ExitCode = -1
-		return out, temporal.NewApplicationErrorWithOptions(err.Error(), ErrTypeNushellExit,
+		return out, res, temporal.NewApplicationErrorWithOptions(err.Error(), ErrTypeNushellExit,
 			temporal.ApplicationErrorOptions{Details: []any{out}})
 	}
 }

@@ -35,7 +35,7 @@ func TestBadInputIsRejectedAndStartsNothing(t *testing.T) {
 		{"settings with shell", "/workflows/servers/create", "application/json", `{"infra":"p","settings":"$(reboot)","servers":["a"]}`, 400, "settings"},
 		{"settings as flag", "/workflows/servers/create", "application/json", `{"infra":"p","settings":"--help","servers":["a"]}`, 400, "settings"},
 		{"missing servers", "/workflows/servers/create", "application/json", `{"infra":"p","settings":"s"}`, 400, "servers"},
-		{"empty servers", "/workflows/servers/create", "application/json", `{"infra":"p","settings":"s","servers":[]}`, 400, "servers"},
+		{"null servers", "/workflows/servers/create", "application/json", `{"infra":"p","settings":"s","servers":null}`, 400, "servers"},
 		{"shell injection", "/workflows/servers/create", "application/json", `{"infra":"p","settings":"s","servers":["web-01; rm -rf /"]}`, 400, "servers[0]"},
 		{"path traversal", "/workflows/servers/create", "application/json", `{"infra":"p","settings":"s","servers":["ok","../x"]}`, 400, "servers[1]"},
 		{"duplicate server", "/workflows/servers/create", "application/json", `{"infra":"p","settings":"s","servers":["a","a"]}`, 400, "servers[1]"},

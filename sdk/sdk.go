@@ -227,8 +227,10 @@ func (c *Client) start(ctx context.Context, id, wfType string, input any, prio t
 }
 
 // StartServerCreate starts a ServerCreate workflow creating servers of infra
-// from the settings file, like POST /workflows/servers/create. An invalid
-// request is a *workflows.FieldError and starts nothing.
+// from the settings file, like POST /workflows/servers/create. No servers
+// (nil or empty) means every server the settings define: the workflow asks
+// the provisioning script (`server list`) first. An invalid request is a
+// *workflows.FieldError and starts nothing.
 func (c *Client) StartServerCreate(ctx context.Context, infra, settings string, servers []string, opts ...Option) (Run, error) {
 	common, keyed, err := c.common(workflows.ServerCreateWorkflowName, infra, settings, opts)
 	if err != nil {
@@ -280,6 +282,77 @@ func (c *Client) StartClusterCreate(ctx context.Context, infra, settings, cluste
 	}
 	return c.Task(in.TaskID), nil
 }
+
+// Retry starts a new task that runs again what the Failed or Cancelled task
+// id did not complete, like POST /tasks/{id}/retry (workflows.Retry): the
+// same workflow type, infra, settings and options, only the servers whose
+// steps did not complete, and id in the new task's dependencies. The
+// original request is read from the task's Temporal history and the steps'
+// outcome with the status query, so the history must still exist and a
+// worker must be running. WithPriority overrides the task's priority,
+// WithTaskID and WithIdempotencyKey name the new task as on the starts
+// (a key is scoped apart from theirs); without either the new task's id is
+// workflows.DefaultRetryID, the REST API's, so retrying the same task again
+// returns the same retry; WithCheckMode and WithWait are
+// ignored: a retry keeps the original's. A task that cannot be retried
+// (still running, completed, a test environment) is a
+// *workflows.NotRetryableError. The REST API also records the retry in
+// both tasks' audit trails; the SDK does not (it has no store).
+func (c *Client) Retry(ctx context.Context, id string, opts ...Option) (Run, error) {
+	if c.Temporal == nil {
+		return Run{}, errors.New("sdk: Client.Temporal is nil")
+	}
+	old, err := c.Task(id).Status(ctx)
+	if err != nil {
+		return Run{}, err
+	}
+	if err := workflows.CheckRetryable(old); err != nil {
+		return Run{}, err
+	}
+	it := c.Temporal.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	if !it.HasNext() {
+		return Run{}, fmt.Errorf("sdk: retry %s: its history is empty", id)
+	}
+	first, err := it.Next()
+	if err != nil {
+		return Run{}, fmt.Errorf("sdk: retry %s: read its history: %w", id, err)
+	}
+	orig, err := workflows.DecodeStartInput(id, old.WorkflowType, first)
+	if err != nil {
+		return Run{}, err
+	}
+	in, err := workflows.Retry(orig, old)
+	if err != nil {
+		return Run{}, err
+	}
+	fresh, keyed, err := c.common(retryScope+old.WorkflowType, "", "", opts)
+	if err != nil {
+		return Run{}, err
+	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.taskID == "" && o.idempotencyKey == "" {
+		// The REST API's default: one retry per task.
+		fresh.TaskID, keyed = workflows.DefaultRetryID(old), true
+	}
+	common := in.Fields()
+	common.TaskID, common.CreatedAt, common.Policy = fresh.TaskID, fresh.CreatedAt, c.Policy
+	if fresh.Priority != 0 {
+		common.Priority = fresh.Priority
+	}
+	if err := in.Validate(); err != nil {
+		return Run{}, err
+	}
+	if err := c.startKeyed(ctx, keyed, *common, old.WorkflowType, in); err != nil {
+		return Run{}, err
+	}
+	return c.Task(common.TaskID), nil
+}
+
+// retryScope scopes a retry's idempotency key apart from the starts'.
+const retryScope = "retry:"
 
 // Task returns a handle on an existing provisioning task (however it was
 // started, REST included) by its id.

@@ -130,6 +130,7 @@ func New(o Options) *Server {
 	s.e.GET("/tasks/:id", s.getTask)
 	s.e.PATCH("/tasks/:id", s.patchTask)
 	s.e.POST("/tasks/:id/cancel", s.cancelTask)
+	s.e.POST("/tasks/:id/retry", s.retryTask)
 	s.e.GET("/tasks/:id/audit", s.taskAudit)
 	s.e.GET(StepOutputPath, s.stepOutput)
 	s.e.GET("/audit", s.listAudit)
@@ -372,8 +373,12 @@ func (s *Server) storeErr(err error) error {
 
 // CreateServersRequest is the body of POST /workflows/servers/create.
 type CreateServersRequest struct {
-	Infra     string   `json:"infra"`
-	Settings  string   `json:"settings"`
+	Infra    string `json:"infra"`
+	Settings string `json:"settings"`
+	// Servers to create; required. [] means every server the settings
+	// define: the task asks the provisioning script (`server list`) and
+	// creates each one. Absent (or null) is refused, so that a client that
+	// forgot the field does not create a whole infra.
 	Servers   []string `json:"servers"`
 	CheckMode bool     `json:"check_mode"`
 	Wait      bool     `json:"wait"`
@@ -441,7 +446,8 @@ func (s *Server) replay(c echo.Context, task storage.Task) (handled bool, err er
 	if err != nil {
 		return true, s.storeErr(err)
 	}
-	if existing.WorkflowType != task.WorkflowType || existing.Name != task.Name || existing.Command != task.Command {
+	if existing.WorkflowType != task.WorkflowType || existing.Name != task.Name || existing.Command != task.Command ||
+		!slices.Equal(existing.Dependencies, task.Dependencies) {
 		return true, &APIError{Status: http.StatusUnprocessableEntity, Body: ErrorBody{Code: CodeKeyReused, Field: IdempotencyKeyHeader,
 			Message: fmt.Sprintf("this Idempotency-Key was already used for another request (task %s: %s); use a new key for a new request", existing.ID, existing.Name)}}
 	}
@@ -481,6 +487,9 @@ func (s *Server) createServers(c echo.Context) error {
 	in := workflows.ServerCreateInput{Common: common, Servers: req.Servers}
 	if err := in.Validate(); err != nil {
 		return validationErr(err)
+	}
+	if req.Servers == nil {
+		return fieldErr("servers", "is required: name the servers, or send [] for every server the settings define")
 	}
 	return s.start(c, in.Common, keyed, in.Task(), in)
 }
@@ -538,6 +547,7 @@ func (s *Server) start(c echo.Context, common workflows.Common, keyed bool, spec
 		UpdatedAt:    common.CreatedAt,
 		WorkflowType: spec.Workflow,
 		Priority:     common.Priority,
+		Dependencies: slices.Clone(common.Dependencies),
 	})
 	return s.startTask(c, task, keyed, workflowStart{wfType: spec.Workflow, input: input,
 		prio: common.TemporalPriority(), summary: spec.Summary(), details: common.Details()})

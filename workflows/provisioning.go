@@ -25,12 +25,70 @@ const maxTaskOutput = 256 << 10
 
 // ServerCreateWorkflow creates each server with one Nushell call, up to
 // Policy.Parallelism at a time, each retried on its own.
+//
+// Without servers it creates every server the settings define: it asks
+// the provisioning script (`server list`, the ListServers activity, stored
+// as step ListServersStep) once the task is Running, then runs one step per
+// name. A list that is empty, too long or has a bad name fails the task.
 func ServerCreateWorkflow(ctx workflow.Context, in ServerCreateInput) (storage.Task, error) {
-	steps := make([]step, len(in.Servers))
-	for i, s := range in.Servers {
+	w := newProvisioning(in.Common, in.Task(), serverSteps(in, in.Servers), in.Validate)
+	if len(in.Servers) == 0 {
+		// Before ListServersChange an empty list failed validation in the
+		// workflow; histories of such runs must replay that way.
+		if workflow.GetVersion(ctx, ListServersChange, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+			w.validate = in.validateRequired
+		} else {
+			w.expand = func(ctx workflow.Context) ([]step, error) { return listServers(ctx, w, in) }
+		}
+	}
+	return w.run(ctx)
+}
+
+// ListServersChange is the workflow.GetVersion change id of `servers: []`
+// meaning every server the settings define.
+const ListServersChange = "server-create-list-servers"
+
+// ListServersStep is the step name `server list` runs (and stores its
+// output) under; it cannot clash with a server's name, which has no spaces.
+const ListServersStep = "list servers"
+
+// ErrTypeServerListFailed is the error type of a server create without
+// servers whose servers could not be listed, or whose list cannot be
+// created (empty, too long, a bad name).
+const ErrTypeServerListFailed = "ServerListFailed"
+
+func serverSteps(in ServerCreateInput, servers []string) []step {
+	steps := make([]step, len(servers))
+	for i, s := range servers {
 		steps[i] = step{name: s, args: in.ServerArgs(s)}
 	}
-	return newProvisioning(in.Common, in.Task(), steps, in.Validate).run(ctx)
+	return steps
+}
+
+// listServers asks the provisioning script for the servers the settings
+// define, with the steps' retries and timeouts, and checks the list.
+func listServers(ctx workflow.Context, w *provisioning, in ServerCreateInput) ([]step, error) {
+	var servers []string
+	err := workflow.ExecuteActivity(w.stepCtx(ctx), a.ListServers, activities.NuStep{
+		TaskID: in.TaskID, Step: ListServersStep, Args: in.ServerListArgs(),
+	}).Get(ctx, &servers)
+	if err != nil {
+		var canceled *temporal.CanceledError
+		if errors.As(err, &canceled) {
+			return nil, err
+		}
+		why := err.Error()
+		var appErr *temporal.ApplicationError
+		var details activities.NuStepResult
+		if errors.As(err, &appErr) && appErr.HasDetails() && appErr.Details(&details) == nil && strings.TrimSpace(details.Stderr) != "" {
+			why = tailbuf.LastLine(details.Stderr)
+		}
+		return nil, fmt.Errorf("could not list the servers the settings define (`server list --infra %s --settings %s`): %s", in.Infra, in.Settings, why)
+	}
+	if err := ValidateListed(servers); err != nil {
+		return nil, fmt.Errorf("cannot create the servers `server list` named: %w", err)
+	}
+	return serverSteps(in, servers), nil
 }
 
 // TaskservCreateWorkflow installs a taskserv on each server (one Nushell
@@ -71,6 +129,9 @@ type provisioning struct {
 	// reprioritized is set once SetPriorityUpdate changed the priority:
 	// steps then carry it explicitly instead of inheriting the start's.
 	reprioritized bool
+	// expand, when set, finds the steps once the task is Running (a server
+	// create without servers lists them); steps is empty until then.
+	expand func(ctx workflow.Context) ([]step, error)
 }
 
 func newProvisioning(common Common, spec TaskSpec, steps []step, validate func() error) *provisioning {
@@ -88,6 +149,7 @@ func newProvisioning(common Common, spec TaskSpec, steps []step, validate func()
 			CreatedAt:    common.CreatedAt,
 			WorkflowType: spec.Workflow,
 			Priority:     common.Priority,
+			Dependencies: slices.Clone(common.Dependencies),
 			Progress:     storage.Progress{Total: len(steps)},
 		}),
 	}
@@ -110,6 +172,11 @@ func (w *provisioning) run(ctx workflow.Context) (storage.Task, error) {
 	}
 	if err := w.start(ctx); err != nil {
 		return w.task, err
+	}
+	if w.expand != nil && !w.cancelled && ctx.Err() == nil {
+		if done, task, err := w.expandSteps(ctx); done {
+			return task, err
+		}
 	}
 	if err := w.runSteps(ctx); err != nil {
 		return w.task, err
@@ -137,6 +204,35 @@ func (w *provisioning) setup(ctx workflow.Context) error {
 		w.task.Steps = append(w.task.Steps, storage.StepResult{Name: s.name, Status: storage.StatusPending})
 	}
 	return nil
+}
+
+// expandSteps runs expand and lists the steps it found as Pending. When it
+// fails the task ends Failed (done is set, with the workflow's result);
+// when it was cancelled the run goes on to end Cancelled.
+func (w *provisioning) expandSteps(ctx workflow.Context) (done bool, task storage.Task, err error) {
+	steps, err := w.expand(ctx)
+	if err != nil {
+		var canceled *temporal.CanceledError
+		if errors.As(err, &canceled) || ctx.Err() != nil {
+			// Not a failure: the run goes on to conclude, which ends it
+			// Cancelled.
+			w.cancelled = true
+			return false, storage.Task{}, nil //nolint:nilerr // cancellation is not this task's error
+		}
+		task, err = w.finish(ctx, storage.StatusFailed, "", err.Error(),
+			temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeServerListFailed, nil))
+		return true, task, err
+	}
+	w.steps = steps
+	for _, s := range steps {
+		w.task.Steps = append(w.task.Steps, storage.StepResult{Name: s.name, Status: storage.StatusPending})
+	}
+	w.task.Progress.Total = len(steps)
+	// The list is news to whoever watches the task: project it.
+	if err := w.projectProgress(ctx); err != nil {
+		return true, w.task, err
+	}
+	return false, storage.Task{}, nil
 }
 
 // validatePriority rejects, before anything is recorded in history, a

@@ -7,7 +7,9 @@
 //
 //	go test -tags recordhistory -run TestRecordHistories -count=1 ./workflows/
 //
-// and commit the changed testdata/*.json together with the workflow change
+// (RECORD_ONLY=<file>[,<file>] writes only those histories, so that adding
+// one leaves the others as they were recorded) and commit the changed
+// testdata/*.json together with the workflow change
 // that made re-recording necessary (only ever for deliberate, versioned
 // changes: a replay failure on old histories means running workflows would
 // break).
@@ -18,6 +20,8 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -44,6 +48,7 @@ const (
 	replayRetryTaskID  = "7d0f4b4e-5a51-4d0c-8a8e-2b7f3c9d0a01"
 	replayCancelTaskID = "7d0f4b4e-5a51-4d0c-8a8e-2b7f3c9d0a02"
 	replayFailedTaskID = "7d0f4b4e-5a51-4d0c-8a8e-2b7f3c9d0a03"
+	replayListTaskID   = "7d0f4b4e-5a51-4d0c-8a8e-2b7f3c9d0a04"
 )
 
 func TestRecordHistories(t *testing.T) {
@@ -112,6 +117,11 @@ func TestRecordHistories(t *testing.T) {
 		worker.Register(r, nil)
 		r.RegisterActivityWithOptions(runNushell, activity.RegisterOptions{Name: "RunNushell"})
 		r.RegisterActivityWithOptions(projectTask, activity.RegisterOptions{Name: "ProjectTask"})
+		// Stands in for activities.Activities.ListServers: the settings
+		// define two servers.
+		r.RegisterActivityWithOptions(func(context.Context, activities.NuStep) ([]string, error) {
+			return []string{"web-01", "web-02"}, nil
+		}, activity.RegisterOptions{Name: "ListServers"})
 	})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -173,6 +183,17 @@ func TestRecordHistories(t *testing.T) {
 		require.Equal(t, storage.StatusFailed, last.Status)
 		writeHistory(t, ctx, c, run, replayFailedFile)
 	}
+
+	// 4. No servers: every server the settings define (listed, then created).
+	{
+		in := serverInput(replayListTaskID)
+		run := start(workflows.ServerCreateWorkflowName, in.TaskID, in)
+		var task storage.Task
+		require.NoError(t, run.Get(ctx, &task))
+		require.Equal(t, storage.StatusCompleted, task.Status)
+		require.Len(t, task.Steps, 2)
+		writeHistory(t, ctx, c, run, replayListFile)
+	}
 }
 
 // writeHistory writes the run's full history in the JSON format of
@@ -180,6 +201,10 @@ func TestRecordHistories(t *testing.T) {
 // WorkflowReplayer.ReplayWorkflowHistoryFromJSONFile reads.
 func writeHistory(t *testing.T, ctx context.Context, c client.Client, run client.WorkflowRun, name string) {
 	t.Helper()
+	if only := os.Getenv("RECORD_ONLY"); only != "" && !slices.Contains(strings.Split(only, ","), name) {
+		t.Logf("kept %s (RECORD_ONLY=%s)", name, only)
+		return
+	}
 	hist := &historypb.History{}
 	it := c.GetWorkflowHistory(ctx, run.GetID(), run.GetRunID(), false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 	for it.HasNext() {

@@ -26,6 +26,7 @@ const (
 	replayRetryFile  = "server_create_retry.json"
 	replayCancelFile = "server_create_cancelled.json"
 	replayFailedFile = "taskserv_create_failed.json"
+	replayListFile   = "server_create_list_servers.json"
 )
 
 func newReplayer() sdkworker.WorkflowReplayer {
@@ -67,6 +68,8 @@ func TestReplayHistories_Content(t *testing.T) {
 		{replayRetryFile, workflows.ServerCreateWorkflowName, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, 2},
 		{replayCancelFile, workflows.ServerCreateWorkflowName, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED, 2},
 		{replayFailedFile, workflows.TaskservCreateWorkflowName, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED, 1},
+		// ListServers, then one RunNushell per listed server.
+		{replayListFile, workflows.ServerCreateWorkflowName, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, 3},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			hist := loadHistory(t, tc.file)

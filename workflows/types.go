@@ -138,6 +138,10 @@ type Common struct {
 	// FairnessWeight is the weight of the task's infra (its fairness key)
 	// when Temporal shares a queue's throughput between infras; 0 means 1.
 	FairnessWeight float32 `json:"fairness_weight,omitempty"`
+	// Dependencies are the ids of tasks this one follows from, shown as the
+	// task's dependencies: a retry holds the task it retries (see Retry).
+	// Empty by default.
+	Dependencies []string `json:"dependencies,omitempty"`
 }
 
 // TemporalPriority is the Temporal priority of a task with these fields:
@@ -172,7 +176,9 @@ type SetPriorityRequest struct {
 // ServerCreateInput starts ServerCreateWorkflow: one Nushell call per server.
 type ServerCreateInput struct {
 	Common
-	// Servers to create; at least one.
+	// Servers to create. Empty (or absent) means every server the settings
+	// define: the workflow first asks the provisioning script
+	// (ServerListArgs) and then creates each server it names.
 	Servers []string `json:"servers"`
 }
 
@@ -235,12 +241,35 @@ func validateServers(servers []string, required bool) error {
 	return nil
 }
 
-// Validate reports the first invalid field as a *FieldError.
+// Validate reports the first invalid field as a *FieldError. No servers is
+// valid: it means every server the settings define.
 func (in ServerCreateInput) Validate() error {
 	if err := in.validate(); err != nil {
 		return err
 	}
+	return validateServers(in.Servers, false)
+}
+
+// validateRequired is Validate as it was before `servers: []` meant every
+// server: at least one server. Workflows started then replay with it.
+func (in ServerCreateInput) validateRequired() error {
+	if err := in.validate(); err != nil {
+		return err
+	}
 	return validateServers(in.Servers, true)
+}
+
+// ValidateListed checks the names `server list` printed: at least one, at
+// most MaxServers, each a valid name and none twice. The error names the
+// offending entry of the list.
+func ValidateListed(servers []string) error {
+	if len(servers) == 0 {
+		return &FieldError{Field: "servers", Message: "the settings define no servers (`server list` printed an empty list)"}
+	}
+	if len(servers) > MaxServers {
+		return &FieldError{Field: "servers", Message: fmt.Sprintf("the settings define %d servers; a task creates at most %d (name them in batches)", len(servers), MaxServers)}
+	}
+	return validateServers(servers, true)
 }
 
 // Validate reports the first invalid field as a *FieldError.
@@ -335,6 +364,13 @@ func (c Common) flags() []string {
 // `server create --infra I --settings S [--check] [--wait] <server>`.
 func (in ServerCreateInput) ServerArgs(server string) []string {
 	return append(append([]string{"server", "create"}, in.flags()...), server)
+}
+
+// ServerListArgs is the argv that asks the provisioning script which servers
+// the settings define: `server list --infra I --settings S`. The script
+// prints them as a JSON array of names.
+func (in ServerCreateInput) ServerListArgs() []string {
+	return []string{"server", "list", "--infra", in.Infra, "--settings", in.Settings}
 }
 
 // TaskservArgs is the argv for one server (or all, when server is ""):

@@ -76,7 +76,9 @@ func TestServerCreateInput_Validate(t *testing.T) {
 		{"settings with a newline", func(in *workflows.ServerCreateInput) { in.Settings = "s.yaml\n--check" }, "settings"},
 		{"settings longer than PATH_MAX", func(in *workflows.ServerCreateInput) { in.Settings = "/" + strings.Repeat("a", 4096) }, "settings"},
 
-		{"no servers", func(in *workflows.ServerCreateInput) { in.Servers = nil }, "servers"},
+		// No servers means every server the settings define (the workflow lists them).
+		{"no servers", func(in *workflows.ServerCreateInput) { in.Servers = nil }, ""},
+		{"empty servers", func(in *workflows.ServerCreateInput) { in.Servers = []string{} }, ""},
 		{"too many servers", func(in *workflows.ServerCreateInput) { in.Servers = tooMany }, "servers"},
 		{"empty server", func(in *workflows.ServerCreateInput) { in.Servers = []string{"web-01", ""} }, "servers[1]"},
 		{"server with shell metacharacters", func(in *workflows.ServerCreateInput) { in.Servers = []string{"web-01; rm -rf /"} }, "servers[0]"},

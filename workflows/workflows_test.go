@@ -587,8 +587,9 @@ func TestServerCreate_InvalidInput(t *testing.T) {
 		{"empty infra", func(in *workflows.ServerCreateInput) { in.Infra = "" }, "infra"},
 		{"shell metacharacters in a server", func(in *workflows.ServerCreateInput) { in.Servers = []string{"web-01; rm -rf /"} }, "servers[0]"},
 		{"flag-like settings", func(in *workflows.ServerCreateInput) { in.Settings = "-rf" }, "settings"},
-		{"no servers", func(in *workflows.ServerCreateInput) { in.Servers = nil }, "servers"},
 		{"missing settings", func(in *workflows.ServerCreateInput) { in.Settings = "" }, "settings"},
+		// No servers (every server the settings define) still checks the rest first.
+		{"no servers, bad infra", func(in *workflows.ServerCreateInput) { in.Servers, in.Infra = nil, "../x" }, "infra"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)

@@ -33,7 +33,7 @@ func run() int {
 	namespace := flag.String("namespace", sdk.DefaultNamespace, "Temporal namespace")
 	taskQueue := flag.String("task-queue", workflows.DefaultTaskQueue, "task queue the orchestrator's workers poll")
 	infra := flag.String("infra", "", "infrastructure name")
-	servers := flag.String("servers", "", "comma-separated server names")
+	servers := flag.String("servers", "", "comma-separated server names; empty: every server the settings define")
 	settings := flag.String("settings", "", "path of the infra's settings file")
 	check := flag.Bool("check", false, "dry run (--check)")
 	timeout := flag.Duration("timeout", time.Hour, "give up (and cancel the task) after this long")

@@ -2,6 +2,7 @@
 #
 #   use nulib/workflows/create.nu *
 #   server_create_workflow <infra> ...servers --settings <path> [--check] [--wait] [--priority 1..5]
+#     (no servers: every server the settings file defines, see `provisioning server list`)
 #   taskserv_create_workflow <taskserv> <infra> ...servers --settings <path> [--check] [--wait]
 #   cluster_create_workflow <cluster> <infra> --settings <path> [--check] [--wait]
 #
@@ -40,7 +41,7 @@ def submit [path: string, body: record, wait: bool, priority?: int] {
 # Create servers in an infra (POST /workflows/servers/create).
 export def server_create_workflow [
     infra: string          # infrastructure name
-    ...servers: string     # servers to create
+    ...servers: string     # servers to create; none: every server the settings define
     --settings: string     # settings file path (required by the API)
     --check                # check mode: report, change nothing
     --wait                 # wait for the task to finish, showing progress

@@ -4,12 +4,14 @@
 #   workflow status <task_id>                    # the task record
 #   workflow list [--status Completed] [--limit 20]   # a table, newest first
 #   workflow cancel <task_id>                    # the cancel answer; error if already finished
+#   workflow retry <task_id> [--wait] [--priority 1..5]   # rerun what a Failed/Cancelled task did not complete
 #   workflow queue [--full]                      # task queue backlog, pollers, running steps (Temporal)
 #
 # URL: $env.ORCHESTRATOR_URL (default http://localhost:8080). API errors become
 # `error make` with the API's message and field.
 
 use ../api.nu *
+use ./create.nu [wait-task]
 
 # One task (GET /tasks/{id}).
 export def "workflow status" [task_id: string] {
@@ -34,6 +36,22 @@ export def "workflow list" [
 export def "workflow cancel" [task_id: string] {
     let data = (api-post $"/tasks/(q $task_id)/cancel")
     if ($data | describe | str starts-with "record") { $data } else { {id: $task_id, result: $data} }
+}
+
+# Retry a Failed or Cancelled task (POST /tasks/{id}/retry): a new task runs
+# only the steps (servers) that did not complete, with the same infra,
+# settings and options; its `dependencies` hold the old task's id. A running
+# or completed task gives an error saying why. Without --wait: {task_id,
+# retry_of}. With --wait: the new task's final record (a Failed one is
+# returned, not raised; check its `status`).
+export def "workflow retry" [
+    task_id: string
+    --wait             # wait for the new task to finish, showing progress
+    --priority: int    # 1 (most urgent) to 5; default: the old task's
+] {
+    let body = if $priority == null { null } else { {priority: $priority} }
+    let id = (api-post $"/tasks/(q $task_id)/retry" $body)
+    if $wait { wait-task $id } else { {task_id: $id, retry_of: $task_id} }
 }
 
 # Task queue depth from Temporal (GET /queue, cached by the service for 2s):
