@@ -1,0 +1,174 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/provisioning/orchestrator/internal/app"
+	"github.com/provisioning/orchestrator/internal/searchattr"
+	"github.com/provisioning/orchestrator/internal/testsupport"
+	"github.com/provisioning/orchestrator/sdk"
+	"github.com/provisioning/orchestrator/storage"
+)
+
+// gatedApp runs an orchestrator whose provisioning script holds each step
+// until the test creates the file named after its server in gates, so the
+// test decides when a step ends (no sleeps). mutate adjusts the config.
+type gatedApp struct {
+	*harness
+	gates string
+}
+
+func startGatedApp(t *testing.T, mutate func(*app.Config)) gatedApp {
+	t.Helper()
+	dir := t.TempDir()
+	gates := filepath.Join(dir, "gates")
+	require.NoError(t, os.MkdirAll(gates, 0o755))
+	script := filepath.Join(dir, "provisioning")
+	// The server is the last argument of `server create ... <server>`.
+	require.NoError(t, os.WriteFile(script, []byte(`def --wrapped main [...rest] {
+    let name = ($rest | last)
+    let gate = ($env.TEST_GATES | path join $name)
+    print $"waiting for ($gate)"
+    loop { if ($gate | path exists) { break }; sleep 20ms }
+    print $"created ($name)"
+}
+`), 0o644))
+	opts := []func(*app.Config){withNu(t, script, "TEST_GATES="+gates)}
+	if mutate != nil {
+		opts = append(opts, mutate)
+	}
+	cfg := appConfig(t, opts...)
+	a, _ := launchApp(t, cfg)
+	return gatedApp{harness: &harness{t: t, app: a, base: baseURL(a), dataDir: cfg.DataDir}, gates: gates}
+}
+
+// open lets the steps of servers finish.
+func (g gatedApp) open(servers ...string) {
+	g.t.Helper()
+	for _, s := range servers {
+		require.NoError(g.t, os.WriteFile(filepath.Join(g.gates, s), nil, 0o644))
+	}
+}
+
+// listIDs runs `temporal workflow list --query query` and returns the
+// workflow ids it lists, sorted.
+func listIDs(t *testing.T, a *app.App, query string) []string {
+	t.Helper()
+	out := temporalCLI(t, a, "workflow", "list", "--query", query, "--output", "jsonl")
+	var ids []string
+	for line := range bytes.Lines(out) {
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		var wf struct {
+			Execution struct {
+				WorkflowID string `json:"workflowId"`
+			} `json:"execution"`
+		}
+		require.NoError(t, json.Unmarshal(line, &wf), "temporal workflow list line: %s", line)
+		ids = append(ids, wf.Execution.WorkflowID)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// awaitList waits until `temporal workflow list --query query` lists
+// exactly want: visibility is updated asynchronously after a start or an
+// upsert.
+func awaitList(t *testing.T, a *app.App, query string, want ...string) {
+	t.Helper()
+	want = slices.Sorted(slices.Values(want))
+	var got []string
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if got = listIDs(t, a, query); slices.Equal(got, want) {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("temporal workflow list --query %q: got %v, want %v", query, got, want)
+}
+
+// currentDetails reads a workflow's current details through the CLI, from
+// the metadata query the Web UI uses too.
+func currentDetails(t *testing.T, a *app.App, id string) string {
+	t.Helper()
+	out := temporalCLI(t, a, "workflow", "query", "--type", "__temporal_workflow_metadata", "--workflow-id", id, "--output", "json")
+	var md struct {
+		CurrentDetails string `json:"currentDetails"`
+	}
+	queryResult(t, out, &md)
+	return md.CurrentDetails
+}
+
+// awaitDetails waits until id's current details are want.
+func awaitDetails(t *testing.T, a *app.App, id, want string) {
+	t.Helper()
+	var got string
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if got = currentDetails(t, a, id); got == want {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("current details of %s: got %q, want %q", id, got, want)
+}
+
+// TestSearchAttributesAndCurrentDetailsThroughTemporalCLI: operators find
+// tasks with `temporal workflow list --query` by infra, priority and
+// workflow type, whether the REST API or the SDK started them; a priority
+// change through PATCH /tasks/{id} is searchable; and a running task's
+// current details say how far it is.
+func TestSearchAttributesAndCurrentDetailsThroughTemporalCLI(t *testing.T) {
+	testsupport.TemporalCLI(t) // skip (or fail in CI) before starting anything
+	g := startGatedApp(t, nil)
+	require.Equal(t, searchattr.All, g.app.SearchAttributes(), "the embedded server defines every attribute")
+
+	prodUrgent := g.submit("/workflows/servers/create", map[string]any{"infra": "production", "settings": "./s.yaml", "servers": []string{"p1"}, "priority": 1})
+	prodNormal := g.submit("/workflows/servers/create", map[string]any{"infra": "production", "settings": "./s.yaml", "servers": []string{"p2", "p3"}})
+	staging := g.submit("/workflows/taskserv/create", map[string]any{"infra": "staging", "settings": "./s.yaml", "taskserv": "kubernetes", "servers": []string{"s1"}, "priority": 5})
+	c := &sdk.Client{Temporal: g.app.Client(), Namespace: app.DefaultNamespace, Policy: fastPolicy}
+	run, err := c.StartServerCreate(t.Context(), "sdk-lab", "./s.yaml", []string{"l1"}, sdk.WithPriority(1))
+	require.NoError(t, err)
+
+	awaitList(t, g.app, `Infra="production"`, prodUrgent, prodNormal)
+	awaitList(t, g.app, `Infra="staging"`, staging)
+	awaitList(t, g.app, `Infra="sdk-lab"`, run.ID())
+	awaitList(t, g.app, `Priority=1`, prodUrgent, run.ID())
+	awaitList(t, g.app, `Priority=5`, staging)
+	awaitList(t, g.app, `Infra="production" AND WorkflowType="ServerCreate" AND Priority=3`, prodNormal)
+	awaitList(t, g.app, `WorkflowType="TaskservCreate"`, staging)
+
+	// Current details while the steps run.
+	awaitDetails(t, g.app, prodNormal, "0/2 done · running p2, p3 · priority 3")
+
+	// An operator makes the task urgent: search and details follow.
+	r, err := send(http.DefaultClient, http.MethodPatch, g.base+"/tasks/"+prodNormal, map[string]any{"priority": 1})
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, r.status, "%s", r.raw)
+	awaitList(t, g.app, `Priority=1`, prodUrgent, prodNormal, run.ID())
+	awaitList(t, g.app, `Priority=3`)
+	awaitDetails(t, g.app, prodNormal, "0/2 done · running p2, p3 · priority 1")
+
+	g.open("p2")
+	awaitDetails(t, g.app, prodNormal, "1/2 done · running p3 · priority 1")
+	g.open("p1", "p3", "s1", "l1")
+	for _, id := range []string{prodUrgent, prodNormal, staging, run.ID()} {
+		task, _ := waitTask(t, g.base, id, 60*time.Second, terminal)
+		require.Equal(t, storage.StatusCompleted, task.Status, "%s: %v", id, task.Error)
+	}
+	assert.Equal(t, "Completed · 2/2 done", currentDetails(t, g.app, prodNormal))
+	// Finished tasks keep their attributes: search covers history too.
+	awaitList(t, g.app, `Infra="production" AND ExecutionStatus="Completed"`, prodUrgent, prodNormal)
+}
