@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -43,7 +45,12 @@ func startGatedApp(t *testing.T, mutate func(*app.Config)) gatedApp {
     print $"created ($name)"
 }
 `), 0o644))
-	opts := []func(*app.Config){withNu(t, script, "TEST_GATES="+gates)}
+	opts := []func(*app.Config){withNu(t, script, "TEST_GATES="+gates), func(c *app.Config) {
+		// fastPolicy's 2 s heartbeat timeout retries steps whose heartbeat
+		// is late on a loaded machine (seen with Chromium running here):
+		// the gated steps must run once, as the details say.
+		c.Policy.HeartbeatTimeout = 30 * time.Second
+	}}
 	if mutate != nil {
 		opts = append(opts, mutate)
 	}
@@ -171,4 +178,59 @@ func TestSearchAttributesAndCurrentDetailsThroughTemporalCLI(t *testing.T) {
 	assert.Equal(t, "Completed · 2/2 done", currentDetails(t, g.app, prodNormal))
 	// Finished tasks keep their attributes: search covers history too.
 	awaitList(t, g.app, `Infra="production" AND ExecutionStatus="Completed"`, prodUrgent, prodNormal)
+}
+
+// TestWebUIShowsTaskSummaryInBrowser: the embedded Temporal Web UI, loaded
+// in headless Chromium, lists a task with its Infra and Priority when
+// searched by infra (and not another infra's task), and the task's page
+// shows its summary and current details. Screenshots go to
+// $ORCHESTRATOR_SCREENSHOT_DIR when set (docs/webui-workflow.png is one),
+// else to a temporary directory.
+func TestWebUIShowsTaskSummaryInBrowser(t *testing.T) {
+	b := testsupport.HeadlessBrowser(t)
+	g := startGatedApp(t, func(c *app.Config) { c.TemporalUIPort = 0 })
+	require.NotEmpty(t, g.app.TemporalUIAddress(), "the embedded UI runs")
+
+	prod := g.submit("/workflows/servers/create", map[string]any{"infra": "production", "settings": "./settings.yaml", "servers": []string{"web-01", "web-02"}, "priority": 2})
+	staging := g.submit("/workflows/servers/create", map[string]any{"infra": "staging", "settings": "./settings.yaml", "servers": []string{"stage-01"}})
+	t.Cleanup(func() {
+		g.open("web-01", "web-02", "stage-01")
+		for _, id := range []string{prod, staging} {
+			waitTask(t, g.base, id, 60*time.Second, terminal)
+		}
+	})
+	const summary = "server create production: web-01, web-02"
+	const details = "0/2 done · running web-01, web-02 · priority 2"
+	awaitDetails(t, g.app, prod, details)
+	awaitList(t, g.app, `Infra="production"`, prod)
+
+	out := os.Getenv("ORCHESTRATOR_SCREENSHOT_DIR")
+	if out == "" {
+		out = t.TempDir()
+	}
+	script := filepath.Join(testsupport.RepoRoot(t), "e2e", "testdata", "browser", "ui_check.mjs")
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, b.Node, script)
+	cmd.Dir = testsupport.RepoRoot(t)
+	cmd.Env = append(os.Environ(),
+		"UI_URL=http://"+g.app.TemporalUIAddress(),
+		"UI_NAMESPACE="+app.DefaultNamespace,
+		"WORKFLOW_ID="+prod,
+		`LIST_QUERY=Infra="production"`,
+		"EXPECT_ROW=production\n2",
+		"ABSENT_LIST="+staging,
+		"EXPECT_PAGE="+summary+"\n"+details,
+		"OUT_DIR="+out,
+		"CHROMIUM="+b.Chromium,
+	)
+	began := time.Now()
+	res, err := cmd.CombinedOutput()
+	t.Logf("ui_check.mjs (%s):\n%s", time.Since(began).Round(time.Millisecond), res)
+	require.NoError(t, err, "the browser check failed; screenshots in %s", out)
+	for _, name := range []string{"workflows.png", "workflow.png"} {
+		png, err := os.ReadFile(filepath.Join(out, name))
+		require.NoError(t, err)
+		require.True(t, bytes.HasPrefix(png, []byte("\x89PNG\r\n\x1a\n")), "%s is a PNG", name)
+	}
 }
