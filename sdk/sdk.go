@@ -34,7 +34,10 @@
 //     result testenv.TestRun) runs tests in a ready environment:
 //     temporal workflow update execute --name run-tests -w <env id> --input '{}';
 //   - cancellation ends a task as Cancelled (and kills its processes):
-//     temporal workflow cancel -w <task id>.
+//     temporal workflow cancel -w <task id>;
+//   - search attributes Infra (Keyword) and Priority (Int), when the
+//     namespace defines them (the embedded server does):
+//     temporal workflow list --query 'Infra="production" AND Priority=1'.
 //
 // Do not terminate or reset a task workflow while it runs: terminate skips
 // its cleanup, and the task API keeps showing its last projected state.
