@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/provisioning/orchestrator/internal/app"
+	"github.com/provisioning/orchestrator/internal/devserver"
 	"github.com/provisioning/orchestrator/internal/searchattr"
 	"github.com/provisioning/orchestrator/internal/testsupport"
 	"github.com/provisioning/orchestrator/sdk"
@@ -233,4 +236,72 @@ func TestWebUIShowsTaskSummaryInBrowser(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, bytes.HasPrefix(png, []byte("\x89PNG\r\n\x1a\n")), "%s is a PNG", name)
 	}
+}
+
+// lockedBuffer collects an app's log lines from several goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestStartsWithoutSearchAttributesOnAClusterLackingThem: against a
+// Temporal whose namespace lacks Infra and Priority (not the embedded
+// server: another cluster), the service starts, warns once naming the
+// command that registers them, and tasks run without them: REST and SDK
+// starts succeed, and a priority change does not upsert an attribute
+// Temporal would reject (the task still completes).
+func TestStartsWithoutSearchAttributesOnAClusterLackingThem(t *testing.T) {
+	fport, err := devserver.FreePort("127.0.0.1")
+	require.NoError(t, err)
+	bare, err := devserver.Start(devserver.Options{DataDir: t.TempDir(), FrontendPort: fport, UIPort: -1,
+		Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	t.Cleanup(bare.Stop)
+
+	cfg := appConfig(t, withDemoProvider(t, "PROVISIONING_DEMO_DELAY_MS=300"), func(c *app.Config) {
+		c.TemporalAddress = bare.Address()
+		c.Policy.Parallelism = 1
+	})
+	var logs lockedBuffer
+	a, err := app.Start(t.Context(), cfg, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	require.NoError(t, err, "starting must not fail for want of search attributes")
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		a.Stop(ctx)
+	})
+	assert.Equal(t, searchattr.Set{}, a.SearchAttributes())
+	assert.Contains(t, logs.String(), "Temporal search attributes missing")
+	assert.Contains(t, logs.String(), "temporal operator search-attribute create --address "+bare.Address()+
+		" --namespace default --name Infra --type Keyword --name Priority --type Int")
+
+	h := &harness{t: t, app: a, base: baseURL(a)}
+	id := h.submit("/workflows/servers/create", map[string]any{"infra": "production", "settings": "./s.yaml", "servers": []string{"n1", "n2", "n3"}})
+	r, err := send(http.DefaultClient, http.MethodPatch, h.base+"/tasks/"+id, map[string]any{"priority": 1})
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, r.status, "%s", r.raw)
+	c := &sdk.Client{Temporal: a.Client(), Namespace: app.DefaultNamespace, Policy: fastPolicy}
+	run, err := c.StartServerCreate(t.Context(), "lab", "./s.yaml", []string{"n4"})
+	require.NoError(t, err)
+
+	for _, tid := range []string{id, run.ID()} {
+		task, _ := waitTask(t, h.base, tid, 90*time.Second, terminal)
+		require.Equal(t, storage.StatusCompleted, task.Status, "%s: %v", tid, task.Error)
+		desc, err := a.Client().DescribeWorkflowExecution(t.Context(), tid, "")
+		require.NoError(t, err)
+		assert.NotContains(t, desc.GetWorkflowExecutionInfo().GetSearchAttributes().GetIndexedFields(), searchattr.InfraName)
+	}
+	assert.Equal(t, 1, getTask(t, h.base, id).Priority)
 }
