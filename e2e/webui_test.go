@@ -16,6 +16,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	enumspb "go.temporal.io/api/enums/v1"
+	historypb "go.temporal.io/api/history/v1"
+	sdkworker "go.temporal.io/sdk/worker"
 
 	"github.com/provisioning/orchestrator/internal/app"
 	"github.com/provisioning/orchestrator/internal/devserver"
@@ -23,6 +26,7 @@ import (
 	"github.com/provisioning/orchestrator/internal/testsupport"
 	"github.com/provisioning/orchestrator/sdk"
 	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/worker"
 )
 
 // gatedApp runs an orchestrator whose provisioning script holds each step
@@ -181,6 +185,26 @@ func TestSearchAttributesAndCurrentDetailsThroughTemporalCLI(t *testing.T) {
 	assert.Equal(t, "Completed · 2/2 done", currentDetails(t, g.app, prodNormal))
 	// Finished tasks keep their attributes: search covers history too.
 	awaitList(t, g.app, `Infra="production" AND ExecutionStatus="Completed"`, prodUrgent, prodNormal)
+
+	// The history of the reprioritized task (version marker, upsert)
+	// replays against the workflow code: it is deterministic.
+	hist := g.app.Client().GetWorkflowHistory(t.Context(), prodNormal, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	var events []*historypb.HistoryEvent
+	upserts := 0
+	for hist.HasNext() {
+		ev, err := hist.Next()
+		require.NoError(t, err)
+		events = append(events, ev)
+		// GetVersion upserts TemporalChangeVersion itself; count ours.
+		attrs := ev.GetUpsertWorkflowSearchAttributesEventAttributes().GetSearchAttributes().GetIndexedFields()
+		if _, ok := attrs[searchattr.PriorityName]; ok {
+			upserts++
+		}
+	}
+	assert.Equal(t, 1, upserts, "one upsert of Priority: the priority change")
+	replayer := sdkworker.NewWorkflowReplayer()
+	worker.RegisterWorkflows(replayer)
+	require.NoError(t, replayer.ReplayWorkflowHistory(nil, &historypb.History{Events: events}))
 }
 
 // TestWebUIShowsTaskSummaryInBrowser: the embedded Temporal Web UI, loaded
