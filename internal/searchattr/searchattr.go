@@ -1,6 +1,6 @@
 // Package searchattr defines the custom Temporal search attributes every
-// orchestrator workflow carries (Infra, Priority), registers them on the
-// embedded server and detects whether another cluster has them, so that
+// orchestrator workflow carries (Infra, Priority; Types is what the embedded
+// server registers) and detects whether a cluster has them, so that
 // `temporal workflow list --query 'Infra="production"'` and the Web UI's
 // search find tasks by what they are about.
 //
