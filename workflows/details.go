@@ -88,7 +88,7 @@ func envDetails(s testenv.EnvState) string {
 	parts := []string{s.Status}
 	switch s.Status {
 	case EnvCreating:
-		parts = append(parts, fmt.Sprintf("%d nodes", len(s.Nodes)))
+		parts = append(parts, count(len(s.Nodes), "node"))
 	case EnvConverging:
 		done := 0
 		for _, r := range s.Converge {
@@ -107,7 +107,7 @@ func envDetails(s testenv.EnvState) string {
 		}
 	}
 	if s.Status != EnvCreating && s.Status != EnvError && s.Status != EnvCleaned {
-		parts = append(parts, fmt.Sprintf("%d nodes", len(s.Nodes)))
+		parts = append(parts, count(len(s.Nodes), "node"))
 		if r := s.LastRun; r != nil {
 			verdict := "passed"
 			if !r.Passed {
@@ -120,6 +120,14 @@ func envDetails(s testenv.EnvState) string {
 		parts = append(parts, "expires "+s.ExpiresAt.UTC().Format(time.DateTime)+" UTC")
 	}
 	return strings.Join(parts, " · ")
+}
+
+// count is "1 node", "3 nodes".
+func count(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 // firstLine is s's first line, cut to max runes.

@@ -23,6 +23,7 @@ func TestEnvDetails(t *testing.T) {
 		{testenv.EnvState{Status: EnvConverging, Nodes: nodes, ExpiresAt: exp, Converge: []testenv.TaskservResult{
 			{Status: "completed"}, {Status: "running"}, {Status: "pending"}}}, "converging · 1/3 taskservs installed · 3 nodes · expires 2026-12-02 18:05:00 UTC"},
 		{testenv.EnvState{Status: EnvReady, Nodes: nodes, ExpiresAt: exp}, "ready · 3 nodes · expires 2026-12-02 18:05:00 UTC"},
+		{testenv.EnvState{Status: EnvReady, Nodes: nodes[:1], ExpiresAt: exp}, "ready · 1 node · expires 2026-12-02 18:05:00 UTC"},
 		{testenv.EnvState{Status: EnvFailed, Nodes: nodes, ExpiresAt: exp, LastRun: &testenv.TestRun{Number: 2, Total: 5, Failed: 1}},
 			"failed · 3 nodes · run 2 failed (1 of 5 tests) · expires 2026-12-02 18:05:00 UTC"},
 		{testenv.EnvState{Status: EnvPassed, Nodes: nodes, ExpiresAt: exp, LastRun: &testenv.TestRun{Number: 1, Total: 5, Passed: true}},
