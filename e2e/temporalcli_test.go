@@ -93,6 +93,9 @@ func TestTemporalCLISignalCleanupEnvironment(t *testing.T) {
 	require.Equal(t, workflows.EnvReady, st.Status, st.Error)
 	c, _ := h.objects(id)
 	require.Equal(t, 1, c, "the environment's container exists before the signal")
+	// Operators find it by infra and see its phase.
+	awaitList(t, h.app, `Infra="prod-stack" AND WorkflowType="TestEnvironment"`, id)
+	assert.Regexp(t, `^ready · 1 node · expires \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$`, currentDetails(t, h.app, id))
 
 	temporalCLI(t, h.app, "workflow", "signal", "--name", workflows.CleanupSignal, "--workflow-id", id)
 

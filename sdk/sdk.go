@@ -34,23 +34,31 @@
 //     result testenv.TestRun) runs tests in a ready environment:
 //     temporal workflow update execute --name run-tests -w <env id> --input '{}';
 //   - cancellation ends a task as Cancelled (and kills its processes):
-//     temporal workflow cancel -w <task id>.
+//     temporal workflow cancel -w <task id>;
+//   - search attributes Infra (Keyword) and Priority (Int), when the
+//     namespace defines them (the embedded server does):
+//     temporal workflow list --query 'Infra="production" AND Priority=1'.
 //
 // Do not terminate or reset a task workflow while it runs: terminate skips
 // its cleanup, and the task API keeps showing its last projected state.
 package sdk
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
 	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/provisioning/orchestrator/internal/searchattr"
 	"github.com/provisioning/orchestrator/storage"
 	"github.com/provisioning/orchestrator/workflows"
 )
@@ -77,6 +85,14 @@ type Client struct {
 	// Instance, when set, labels test-environment Docker objects like the
 	// service's --instance, so that instance's janitor owns them.
 	Instance string
+	// Namespace is Temporal's namespace of the connection, asked once which
+	// search attributes (Infra, Priority) it defines before the first start;
+	// empty means DefaultNamespace. Dial sets it.
+	Namespace string
+
+	// attrsMu guards attrs, the search attributes detected (nil: not yet).
+	attrsMu sync.Mutex
+	attrs   *searchattr.Set
 }
 
 // Dial connects to the Temporal frontend at hostPort (empty means
@@ -93,7 +109,7 @@ func Dial(ctx context.Context, hostPort, namespace string) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sdk: dial temporal %s (namespace %s): %w", hostPort, namespace, err)
 	}
-	return &Client{Temporal: c}, nil
+	return &Client{Temporal: c, Namespace: namespace}, nil
 }
 
 // Close closes the Temporal connection.
@@ -185,7 +201,7 @@ func (c *Client) common(wfType, infra, settings string, opts []Option) (workflow
 // task of the same workflow type is the result, not an error.
 func (c *Client) startKeyed(ctx context.Context, keyed bool, common workflows.Common, wfType string, input interface{ Task() workflows.TaskSpec }) error {
 	id := common.TaskID
-	err := c.start(ctx, id, wfType, input, common.TemporalPriority(), input.Task().Summary(), common.Details())
+	err := c.start(ctx, id, wfType, input, common.Infra, common.TemporalPriority(), input.Task().Summary(), common.Details())
 	if err == nil || !keyed || !errors.Is(err, ErrAlreadyExists) {
 		return err
 	}
@@ -200,11 +216,58 @@ func (c *Client) startKeyed(ctx context.Context, keyed bool, common workflows.Co
 }
 
 // start starts a workflow with ID = id under the REST API's policy: an id
-// is never reused, and a running one is never joined.
-func (c *Client) start(ctx context.Context, id, wfType string, input any, prio temporal.Priority, summary, details string) error {
+// is never reused, and a running one is never joined. It carries the
+// search attributes of infra and prio.PriorityKey the namespace defines.
+func (c *Client) start(ctx context.Context, id, wfType string, input any, infra string, prio temporal.Priority, summary, details string) error {
 	if c.Temporal == nil {
 		return errors.New("sdk: Client.Temporal is nil")
 	}
+	attrs := c.searchAttributes(ctx)
+	err := c.execute(ctx, id, wfType, input, prio, summary, details, attrs.Start(infra, prio.PriorityKey))
+	if err != nil && attrs != (searchattr.Set{}) && undefinedSearchAttribute(err) {
+		// Detected on another namespace than the connection's (Namespace
+		// not set to it): start without them, from now on.
+		c.attrsMu.Lock()
+		c.attrs = &searchattr.Set{}
+		c.attrsMu.Unlock()
+		err = c.execute(ctx, id, wfType, input, prio, summary, details, temporal.SearchAttributes{})
+	}
+	if err != nil {
+		if isAlreadyStarted(err) {
+			return fmt.Errorf("%w: %s", ErrAlreadyExists, id)
+		}
+		return fmt.Errorf("sdk: start %s %s: %w", wfType, id, err)
+	}
+	return nil
+}
+
+// searchAttributes asks the namespace once which of the orchestrator's
+// search attributes it defines; a failed question is asked again at the
+// next start, and meanwhile tasks start without them.
+func (c *Client) searchAttributes(ctx context.Context) searchattr.Set {
+	c.attrsMu.Lock()
+	defer c.attrsMu.Unlock()
+	if c.attrs != nil {
+		return *c.attrs
+	}
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	set, _, err := searchattr.Detect(dctx, c.Temporal, cmp.Or(c.Namespace, DefaultNamespace))
+	if err != nil {
+		return searchattr.Set{}
+	}
+	c.attrs = &set
+	return set
+}
+
+// undefinedSearchAttribute reports Temporal's rejection of a start naming
+// a search attribute the namespace does not define.
+func undefinedSearchAttribute(err error) bool {
+	var ia *serviceerror.InvalidArgument
+	return errors.As(err, &ia) && strings.Contains(strings.ToLower(ia.Message), "search attribute")
+}
+
+func (c *Client) execute(ctx context.Context, id, wfType string, input any, prio temporal.Priority, summary, details string, attrs temporal.SearchAttributes) error {
 	_, err := c.Temporal.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID:                       id,
 		TaskQueue:                c.taskQueue(),
@@ -216,14 +279,9 @@ func (c *Client) start(ctx context.Context, id, wfType string, input any, prio t
 		Priority:                                 prio,
 		StaticSummary:                            summary,
 		StaticDetails:                            details,
+		TypedSearchAttributes:                    attrs,
 	}, wfType, input)
-	if err != nil {
-		if isAlreadyStarted(err) {
-			return fmt.Errorf("%w: %s", ErrAlreadyExists, id)
-		}
-		return fmt.Errorf("sdk: start %s %s: %w", wfType, id, err)
-	}
-	return nil
+	return err
 }
 
 // StartServerCreate starts a ServerCreate workflow creating servers of infra

@@ -1,6 +1,7 @@
 package sdk
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -58,7 +59,9 @@ func (c *Client) StartTestEnvironment(ctx context.Context, req testenv.CreateReq
 	in := workflows.TestEnvInput{EnvID: id, Request: req, Plan: plan, TTL: ttl,
 		CreatedAt:         time.Now().UTC().Truncate(time.Microsecond),
 		ActivityTaskQueue: workflows.EnvTaskQueue(c.taskQueue())}
-	if err := c.start(ctx, id, workflows.TestEnvironmentWorkflowName, in, temporal.Priority{}, "test environment "+id, ""); err != nil {
+	// As the REST API: the environment's priority, its infra as fairness key.
+	prio := temporal.Priority{PriorityKey: cmp.Or(req.Priority, storage.DefaultPriority), FairnessKey: req.Infra}
+	if err := c.start(ctx, id, workflows.TestEnvironmentWorkflowName, in, cmp.Or(req.Infra, testenv.DefaultInfra), prio, "test environment "+id, ""); err != nil {
 		return EnvRun{}, err
 	}
 	return c.Env(id), nil

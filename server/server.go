@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/provisioning/orchestrator/internal/searchattr"
 	"github.com/provisioning/orchestrator/metrics"
 	"github.com/provisioning/orchestrator/storage"
 	"github.com/provisioning/orchestrator/testenv"
@@ -58,6 +60,10 @@ type Options struct {
 	// endpoint but /health and /metrics requires one of them and the
 	// token's name is the audit actor.
 	AuthTokens map[string]string
+	// SearchAttributes are the custom search attributes (Infra, Priority)
+	// the namespace defines: workflows start with those only, since
+	// Temporal rejects a start naming an undefined one. Default none.
+	SearchAttributes searchattr.Set
 }
 
 // Server is the REST façade; it implements http.Handler.
@@ -76,6 +82,7 @@ type Server struct {
 	metrics  *metrics.Metrics
 	tokens   []namedToken
 	routes   map[string]bool
+	attrs    searchattr.Set
 }
 
 // New builds the router.
@@ -91,6 +98,7 @@ func New(o Options) *Server {
 		maxBody:   o.MaxBodyBytes,
 		envOpts:   o.TestEnv,
 		metrics:   o.Metrics,
+		attrs:     o.SearchAttributes,
 	}
 	for _, name := range slices.Sorted(maps.Keys(o.AuthTokens)) {
 		s.tokens = append(s.tokens, namedToken{name: name, token: o.AuthTokens[name]})
@@ -550,20 +558,23 @@ func (s *Server) start(c echo.Context, common workflows.Common, keyed bool, spec
 		Dependencies: slices.Clone(common.Dependencies),
 	})
 	return s.startTask(c, task, keyed, workflowStart{wfType: spec.Workflow, input: input,
-		prio: common.TemporalPriority(), summary: spec.Summary(), details: common.Details()})
+		prio: common.TemporalPriority(), summary: spec.Summary(), details: common.Details(),
+		attrs: s.attrs.Start(common.Infra, cmp.Or(common.Priority, storage.DefaultPriority))})
 }
 
 // startTask stores task (Pending) and starts its workflow with ID = task ID.
 // The store's Create appends the task's create audit entry with the
 // request's actor.
 // workflowStart is what startTask starts: the workflow type and input,
-// its Temporal priority, and the summary and details operators see in the
-// Web UI and `temporal workflow describe`.
+// its Temporal priority, the summary and details operators see in the
+// Web UI and `temporal workflow describe`, and the search attributes they
+// find it by.
 type workflowStart struct {
 	wfType           string
 	input            any
 	prio             temporal.Priority
 	summary, details string
+	attrs            temporal.SearchAttributes
 }
 
 func (s *Server) startTask(c echo.Context, task storage.Task, keyed bool, w workflowStart) error {
@@ -593,6 +604,9 @@ func (s *Server) startTask(c echo.Context, task storage.Task, keyed bool, w work
 		Priority:      w.prio,
 		StaticSummary: w.summary,
 		StaticDetails: w.details,
+		// Infra and priority, for `temporal workflow list --query` and
+		// the Web UI's search.
+		TypedSearchAttributes: w.attrs,
 	}, wfType, input)
 	if err == nil {
 		s.log.Info("task started", "task_id", task.ID, "workflow", wfType)

@@ -125,7 +125,7 @@ func (s *Server) createEnv(c echo.Context) error {
 	// The infra (if any) is the fairness key, as for provisioning tasks.
 	prio := temporal.Priority{PriorityKey: cmp.Or(req.Priority, storage.DefaultPriority), FairnessKey: req.Infra, FairnessWeight: s.weights[req.Infra]}
 	return s.startTask(c, task, keyed, workflowStart{wfType: workflows.TestEnvironmentWorkflowName, input: in,
-		prio: prio, summary: task.Name})
+		prio: prio, summary: task.Name, attrs: s.attrs.Start(cmp.Or(req.Infra, testenv.DefaultInfra), prio.PriorityKey)})
 }
 
 // admitEnvironment answers 429 when MaxEnvironments environments are

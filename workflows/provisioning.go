@@ -203,6 +203,7 @@ func (w *provisioning) setup(ctx workflow.Context) error {
 	for _, s := range w.steps {
 		w.task.Steps = append(w.task.Steps, storage.StepResult{Name: s.name, Status: storage.StatusPending})
 	}
+	w.showDetails(ctx)
 	return nil
 }
 
@@ -256,6 +257,9 @@ func (w *provisioning) setPriority(ctx workflow.Context, req SetPriorityRequest)
 	w.common.Priority = req.Priority
 	w.task.Priority = req.Priority
 	w.reprioritized = true
+	if err := w.upsertPriority(ctx); err != nil {
+		return storage.Task{}, err
+	}
 	if err := w.projectProgress(ctx); err != nil {
 		return storage.Task{}, err
 	}
@@ -274,6 +278,7 @@ func (w *provisioning) start(ctx workflow.Context) error {
 // projectProgress projects a transition while the workflow runs; an error
 // caused by cancellation marks the run cancelled instead of failing it.
 func (w *provisioning) projectProgress(ctx workflow.Context) error {
+	w.showDetails(ctx)
 	if err := projectTask(ctx, &w.task); err != nil {
 		if ctx.Err() == nil {
 			return err
@@ -336,6 +341,7 @@ func (w *provisioning) runSteps(ctx workflow.Context) error {
 		for !w.cancelled && ctx.Err() == nil && running < w.policy.Parallelism && next < len(w.steps) {
 			startNext()
 		}
+		w.showDetails(ctx)
 		if running == 0 {
 			break
 		}
@@ -392,6 +398,7 @@ func (w *provisioning) finish(ctx workflow.Context, status storage.TaskStatus, o
 		e := tailbuf.String(errText, maxTaskOutput)
 		w.task.Error = &e
 	}
+	w.showDetails(ctx)
 	dctx, _ := workflow.NewDisconnectedContext(ctx)
 	if err := projectTask(dctx, &w.task); err != nil {
 		return storage.Bounded(w.task, storage.MaxResultBytes), err

@@ -715,7 +715,11 @@ func engineCtx(ctx workflow.Context, timeout, maxInterval time.Duration, nonRetr
 	})
 }
 
+// project writes the state's next version to the task store and shows its
+// phase as the workflow's current details in the Web UI; every status
+// change passes here.
 func (w *envWorkflow) project(ctx workflow.Context) error {
+	workflow.SetCurrentDetails(ctx, envDetails(w.s))
 	w.version++
 	w.s.UpdatedAt = workflow.Now(ctx)
 	w.s.Version = w.version

@@ -30,6 +30,7 @@ import (
 	"github.com/provisioning/orchestrator/driver/docker"
 	"github.com/provisioning/orchestrator/driver/nushell"
 	"github.com/provisioning/orchestrator/internal/devserver"
+	"github.com/provisioning/orchestrator/internal/searchattr"
 	"github.com/provisioning/orchestrator/metrics"
 	"github.com/provisioning/orchestrator/server"
 	"github.com/provisioning/orchestrator/storage"
@@ -56,6 +57,9 @@ type App struct {
 	reconciler *worker.Reconciler
 	bg         sync.WaitGroup
 	metrics    *metrics.Metrics
+	// searchAttrs are the custom search attributes the namespace has
+	// (detected once at start-up); workflows start with those only.
+	searchAttrs searchattr.Set
 }
 
 // Metrics is the app's metrics registry (served at /metrics by the API).
@@ -163,6 +167,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 				LogLevel:     cfg.TemporalLogLevel,
 				LogLevelSet:  true,
 				NoFairness:   cfg.TemporalNoFairness,
+				// Infra and Priority: `temporal workflow list --query
+				// 'Infra="production"'` and the Web UI's search.
+				SearchAttributes: searchattr.Types(),
 			})
 			picked := cfg.TemporalUIPort == 0 || cfg.TemporalPort == 0
 			if err == nil || !picked || !devserver.PortTaken(err) || attempt == 4 {
@@ -228,6 +235,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		}
 	}
 	if cfg.Mode == ModeServe || cfg.Mode == ModeAPI {
+		a.searchAttrs = a.detectSearchAttributes(ctx)
 		if err := a.startHTTP(); err != nil {
 			return nil, err
 		}
@@ -267,6 +275,30 @@ func deriveInstance(ctx context.Context, c client.Client, namespace string) (str
 		name = "ns"
 	}
 	return name + "-" + id, nil
+}
+
+// SearchAttributes are the custom search attributes workflows start with
+// (none outside serve and api modes).
+func (a *App) SearchAttributes() searchattr.Set { return a.searchAttrs }
+
+// detectSearchAttributes asks the namespace once which custom search
+// attributes it defines. The embedded server has them all; another cluster
+// may not, and a start naming an undefined attribute is rejected, so then
+// tasks start without the missing ones and the warning says how to
+// register them.
+func (a *App) detectSearchAttributes(ctx context.Context) searchattr.Set {
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	set, missing, err := searchattr.Detect(dctx, a.client, a.cfg.TemporalNamespace)
+	if len(missing) > 0 {
+		args := []any{"missing", missing, "namespace", a.cfg.TemporalNamespace,
+			"register_with", searchattr.CreateCommand(a.TemporalAddress(), a.cfg.TemporalNamespace, missing)}
+		if err != nil {
+			args = append(args, "error", err)
+		}
+		a.log.Warn("Temporal search attributes missing: tasks start without them, so `temporal workflow list --query` and the Web UI cannot search by them; register them and restart", args...)
+	}
+	return set
 }
 
 // background runs fn on its own goroutine until Stop.
@@ -387,14 +419,15 @@ func (a *App) startHTTP() error {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	srv := server.New(server.Options{
-		Client:          a.client,
-		Store:           a.store,
-		TaskQueue:       a.cfg.TaskQueue,
-		Policy:          a.cfg.Policy,
-		FairnessWeights: a.cfg.FairnessWeights,
-		Logger:          a.log,
-		Metrics:         a.metrics,
-		AuthTokens:      tokens,
+		Client:           a.client,
+		Store:            a.store,
+		TaskQueue:        a.cfg.TaskQueue,
+		Policy:           a.cfg.Policy,
+		FairnessWeights:  a.cfg.FairnessWeights,
+		Logger:           a.log,
+		Metrics:          a.metrics,
+		AuthTokens:       tokens,
+		SearchAttributes: a.searchAttrs,
 		TestEnv: server.TestEnvOptions{
 			Templates:         templates,
 			DefaultImage:      a.cfg.TestBaseImage,

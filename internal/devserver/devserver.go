@@ -5,6 +5,7 @@
 package devserver
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +21,7 @@ import (
 	uiserver "github.com/temporalio/ui-server/v2/server"
 	uiconfig "github.com/temporalio/ui-server/v2/server/config"
 	uiserveroptions "github.com/temporalio/ui-server/v2/server/server_options"
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/server/common/authorization"
 	"go.temporal.io/server/common/cluster"
 	"go.temporal.io/server/common/config"
@@ -57,6 +59,12 @@ type Options struct {
 	// within a priority level the backlog is then first in, first out.
 	// Default false (fairness on); baselines and comparisons set it.
 	NoFairness bool
+	// SearchAttributes are custom search attributes every namespace gets:
+	// a new database has them from its creation, an existing one (made by
+	// an older version) gets those it lacks added through the operator API
+	// at start-up, so restarts on the same SQLite file are no-ops. Default
+	// none.
+	SearchAttributes map[string]enumspb.IndexedValueType
 }
 
 // Server is a running embedded Temporal server.
@@ -130,7 +138,7 @@ func Start(o Options) (*Server, error) {
 	}
 
 	dbPath := filepath.Join(o.DataDir, "temporal.db")
-	sqlConf, err := prepareSQLite(dbPath, o.Namespaces)
+	sqlConf, err := prepareSQLite(dbPath, o.Namespaces, o.SearchAttributes)
 	if err != nil {
 		return nil, err
 	}
@@ -163,6 +171,15 @@ func Start(o Options) (*Server, error) {
 				o.Logger.Error("temporal web UI stopped", "error", err)
 			}
 		}()
+	}
+	if len(o.SearchAttributes) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), searchAttributeTimeout)
+		err := ensureSearchAttributes(ctx, s.address, o.Namespaces, o.SearchAttributes, o.Logger)
+		cancel()
+		if err != nil {
+			s.Stop()
+			return nil, err
+		}
 	}
 	ok = true
 	return s, nil
@@ -279,7 +296,7 @@ func (s *Server) Stop() {
 	_ = s.lock.Close()
 }
 
-func prepareSQLite(dbPath string, namespaces []string) (*config.SQL, error) {
+func prepareSQLite(dbPath string, namespaces []string, searchAttributes map[string]enumspb.IndexedValueType) (*config.SQL, error) {
 	conf := &config.SQL{
 		PluginName:   sqliteplugin.PluginName,
 		DatabaseName: dbPath,
@@ -303,7 +320,7 @@ func prepareSQLite(dbPath string, namespaces []string) (*config.SQL, error) {
 	}
 	nsConfs := make([]*sqliteschema.NamespaceConfig, 0, len(namespaces))
 	for _, ns := range namespaces {
-		c, err := sqliteschema.NewNamespaceConfig(clusterName, ns, false, nil)
+		c, err := sqliteschema.NewNamespaceConfig(clusterName, ns, false, searchAttributes)
 		if err != nil {
 			return nil, fmt.Errorf("devserver: namespace %q: %w", ns, err)
 		}
