@@ -86,7 +86,7 @@ func TestProvisioningCLI(t *testing.T) {
 	r := provisioning(t, h.base, nil, "help")
 	require.Equal(t, 0, r.exitCode)
 	for _, c := range []string{"server create", "taskserv create", "cluster create", "workflow list", "workflow status",
-		"workflow queue", "test quick", "test env list"} {
+		"workflow queue", "workflow retry", "test quick", "test env list"} {
 		assert.Contains(t, r.stdout, c)
 	}
 	r = provisioning(t, h.base, nil, "servr", "create")
@@ -139,6 +139,12 @@ func TestProvisioningCLI(t *testing.T) {
 	r = provisioning(t, h.base, nil, "workflow", "list", "--limit", "1")
 	require.Equal(t, 0, r.exitCode, r.stderr)
 	assert.Contains(t, r.stdout, cluster.ID)
+
+	// workflow retry reaches POST /tasks/{id}/retry: a completed task has
+	// nothing to retry (409, one message, exit 1).
+	r = provisioning(t, h.base, nil, "workflow", "retry", task.ID, "--priority", "1")
+	assert.Equal(t, 1, r.exitCode)
+	assert.Contains(t, errorText(r.stderr), "nothing to retry [HTTP 409")
 
 	// A 400 keeps the API's field; a missing --infra is named by the CLI.
 	r = provisioning(t, h.base, nil, "server", "create", "bad name", "--infra", "production", "--settings", "./s.yaml")
