@@ -530,9 +530,12 @@ func validationErr(err error) error {
 // request leaves nothing behind.
 func (s *Server) start(c echo.Context, common workflows.Common, keyed bool, spec workflows.TaskSpec, input any) error {
 	task := storage.Normalize(storage.Task{
-		ID:           common.TaskID,
-		Name:         spec.Name,
-		Command:      spec.Command,
+		ID:      common.TaskID,
+		Name:    spec.Name,
+		Command: spec.Command,
+		// The arguments the workflow's projections show too; they name
+		// the infra that GET /events filters on from the first event.
+		Args:         spec.Args,
 		Status:       storage.StatusPending,
 		CreatedAt:    common.CreatedAt,
 		UpdatedAt:    common.CreatedAt,
@@ -569,6 +572,11 @@ func (s *Server) startTask(c echo.Context, task storage.Task, keyed bool, w work
 			return conflict(fmt.Sprintf("task %s already exists", task.ID))
 		}
 		return s.storeErr(err)
+	}
+	// The Pending transition opens the task's live event stream. Best
+	// effort: the workflow's own transitions follow either way.
+	if err := storage.AppendTransition(ctx, s.store, task); err != nil {
+		s.log.Warn("could not record the task's Pending event", "task_id", task.ID, "error", err)
 	}
 	_, err := s.client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID:                       task.ID,

@@ -354,3 +354,14 @@ func lastLines(s string, max int) string {
 	}
 	return s
 }
+
+// AppendTransition appends the events of the stored snapshot t
+// (TransitionEvents) to s's stream of t, if s keeps events (EventStore);
+// it returns nil for stores that do not.
+func AppendTransition(ctx context.Context, s Store, t Task) error {
+	es, ok := s.(EventStore)
+	if !ok {
+		return nil
+	}
+	return es.AppendEvents(ctx, t.ID, TransitionEvents(Normalize(t)))
+}
