@@ -75,7 +75,7 @@ func newLiveOutput(store storage.EventStore, step NuStep, attempt int, log *slog
 	l := &liveOutput{
 		store: store, taskID: step.TaskID, step: step.Step, attempt: attempt, log: log,
 		partial: map[string][]byte{},
-		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+		wake:    make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	go l.run()
 	return l

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -58,6 +59,12 @@ type Options struct {
 	// endpoint but /health and /metrics requires one of them and the
 	// token's name is the audit actor.
 	AuthTokens map[string]string
+	// EventPollInterval is how often event streams read the store
+	// (default DefaultEventPollInterval, 150 ms).
+	EventPollInterval time.Duration
+	// EventKeepAlive is the silence after which an event stream writes a
+	// keep-alive comment (default DefaultEventKeepAlive, 15 s).
+	EventKeepAlive time.Duration
 }
 
 // Server is the REST façade; it implements http.Handler.
@@ -76,6 +83,12 @@ type Server struct {
 	metrics  *metrics.Metrics
 	tokens   []namedToken
 	routes   map[string]bool
+
+	eventPoll      time.Duration
+	eventKeepAlive time.Duration
+	// streamsDone is closed by StopStreams.
+	streamsDone chan struct{}
+	streamsOnce sync.Once
 }
 
 // New builds the router.
@@ -91,6 +104,10 @@ func New(o Options) *Server {
 		maxBody:   o.MaxBodyBytes,
 		envOpts:   o.TestEnv,
 		metrics:   o.Metrics,
+
+		eventPoll:      cmp.Or(o.EventPollInterval, DefaultEventPollInterval),
+		eventKeepAlive: cmp.Or(o.EventKeepAlive, DefaultEventKeepAlive),
+		streamsDone:    make(chan struct{}),
 	}
 	for _, name := range slices.Sorted(maps.Keys(o.AuthTokens)) {
 		s.tokens = append(s.tokens, namedToken{name: name, token: o.AuthTokens[name]})
@@ -132,6 +149,8 @@ func New(o Options) *Server {
 	s.e.POST("/tasks/:id/cancel", s.cancelTask)
 	s.e.GET("/tasks/:id/audit", s.taskAudit)
 	s.e.GET(StepOutputPath, s.stepOutput)
+	s.e.GET(TaskEventsPath, s.taskEvents)
+	s.e.GET(EventsPath, s.allEvents)
 	s.e.GET("/audit", s.listAudit)
 	s.e.POST("/workflows/servers/create", s.createServers)
 	s.e.POST("/workflows/taskserv/create", s.createTaskserv)

@@ -48,6 +48,21 @@ var _ EventStore = (*Filesystem)(nil)
 type eventCache struct {
 	mu    sync.Mutex
 	tasks map[string]*eventFileState
+	// changed is closed (and replaced) by every append of this process.
+	changed chan struct{}
+}
+
+// EventsChanged returns a channel that is closed at the next append of
+// events by this process (to any task): readers in the same process (the
+// API's event streams in serve mode) wake at once instead of at their
+// next poll. Appends by other processes are seen by polling.
+func (f *Filesystem) EventsChanged() <-chan struct{} {
+	f.events.mu.Lock()
+	defer f.events.mu.Unlock()
+	if f.events.changed == nil {
+		f.events.changed = make(chan struct{})
+	}
+	return f.events.changed
 }
 
 // eventFileState is what the file of one task held up to off.
@@ -128,6 +143,10 @@ func (f *Filesystem) AppendEvents(ctx context.Context, taskID string, events []E
 	tally.Keys = st.tally.Keys
 	st.tally = tally
 	st.off += int64(buf.Len())
+	if f.events.changed != nil {
+		close(f.events.changed)
+		f.events.changed = nil
+	}
 	return nil
 }
 

@@ -410,6 +410,9 @@ func (a *App) startHTTP() error {
 	if err := a.listen("port", a.cfg.Port, srv); err != nil {
 		return err
 	}
+	// Event streams last as long as their tasks: end them when the
+	// server shuts down instead of waiting out the drain.
+	a.http.RegisterOnShutdown(srv.StopStreams)
 	a.log.Info("REST API listening", "address", "http://"+a.httpAddr)
 	return nil
 }
