@@ -192,7 +192,8 @@ func (s *Server) taskEvents(c echo.Context) error {
 		return nil
 	}
 	resumed := after > 0
-	var sentVersion int64
+	// The API's Pending event has version 0: start below it.
+	sentVersion := int64(-1)
 	var terminalSeen time.Time // when the record was first seen terminal
 	lastCheck := time.Now()
 	for {
