@@ -154,13 +154,16 @@ func (a *Activities) RunNushell(ctx context.Context, step NuStep) (NuStepResult,
 	var tapOut, tapErr io.Writer
 	var lo *liveOutput
 	if live {
-		appendLive(events, step.TaskID, []storage.Event{{Key: storage.StepStartedEventKey(step.Step, int(info.Attempt)),
-			Type: storage.EventStepStarted, Step: step.Step, Attempt: int(info.Attempt)}}, log)
+		// Events are stored by lo's goroutine, in order, best effort:
+		// the step never waits for the store (but LiveDrainTimeout at
+		// its end).
 		lo = newLiveOutput(events, step, int(info.Attempt), log)
+		lo.event(storage.Event{Key: storage.StepStartedEventKey(step.Step, int(info.Attempt)),
+			Type: storage.EventStepStarted, Step: step.Step, Attempt: int(info.Attempt)})
 		tapOut, tapErr = lo.writer("stdout"), lo.writer("stderr")
 	}
 	res, err := a.Runner.RunTapped(ctx, step.Args, env, func() { activity.RecordHeartbeat(ctx, step.Step) }, every, tapOut, tapErr)
-	if lo != nil {
+	if lo != nil && (err == nil || ctx.Err() != nil) {
 		lo.finish()
 	}
 	out := NuStepResult{
@@ -206,12 +209,12 @@ func (a *Activities) RunNushell(ctx context.Context, step NuStep) (NuStepResult,
 	default:
 		out.ExitCode = -1
 	}
-	if live {
+	if lo != nil {
 		retrying := willRetry(info, typ, permanent)
 		code := out.ExitCode
-		appendLive(events, step.TaskID, []storage.Event{{Key: storage.StepAttemptFailedEventKey(step.Step, int(info.Attempt)),
+		lo.finish(storage.Event{Key: storage.StepAttemptFailedEventKey(step.Step, int(info.Attempt)),
 			Type: storage.EventStepAttemptFailed, Step: step.Step, Attempt: int(info.Attempt), ExitCode: &code,
-			Error: tailbuf.LastLine(errText), Retrying: &retrying}}, log)
+			Error: tailbuf.LastLine(errText), Retrying: &retrying})
 	}
 	return out, temporal.NewApplicationErrorWithOptions(err.Error(), typ,
 		temporal.ApplicationErrorOptions{NonRetryable: permanent, Details: []any{out}})

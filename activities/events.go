@@ -25,9 +25,14 @@ const (
 	// attempt's output lines to the store: a line printed after a quiet
 	// spell is flushed at once, a burst is batched.
 	LiveFlushInterval = 200 * time.Millisecond
-	// LiveFlushTimeout bounds one flush (and the step event writes): a
-	// slow or unavailable store loses live events, never step time.
+	// LiveFlushTimeout bounds one flush: a slow or unavailable store
+	// loses live events, never step time.
 	LiveFlushTimeout = 2 * time.Second
+	// LiveDrainTimeout bounds how long a finished attempt waits for its
+	// last events to be stored before it returns its result (they are
+	// stored before the workflow's next projection unless the store is
+	// that slow).
+	LiveDrainTimeout = time.Second
 	// LiveMaxLinesPerEvent caps the lines of one output event.
 	LiveMaxLinesPerEvent = 200
 	// LiveMaxLines and LiveMaxBytes cap the output lines streamed per
@@ -67,8 +72,11 @@ type liveOutput struct {
 	done chan struct{}
 }
 
+// pendingLine is a queued output line, or (ev set) a step event, kept in
+// the order they happened.
 type pendingLine struct {
 	stream, text string
+	ev           *storage.Event
 }
 
 func newLiveOutput(store storage.EventStore, step NuStep, attempt int, log *slog.Logger) *liveOutput {
@@ -141,13 +149,15 @@ func (l *liveOutput) queueLocked(stream string) bool {
 	return true
 }
 
-// run flushes whenever lines are queued, at most every LiveFlushInterval.
+// run flushes whenever something is queued, at most every
+// LiveFlushInterval, and once more when stopped.
 func (l *liveOutput) run() {
 	defer close(l.done)
 	for {
 		select {
 		case <-l.wake:
 		case <-l.stop:
+			l.flush()
 			return
 		}
 		l.flush()
@@ -156,24 +166,45 @@ func (l *liveOutput) run() {
 		case <-t.C:
 		case <-l.stop:
 			t.Stop()
+			l.flush()
 			return
 		}
 	}
 }
 
-// finish queues the unterminated last lines, flushes what is left and
-// stops the flusher. Call it once, after the run ended.
-func (l *liveOutput) finish() {
-	close(l.stop)
-	<-l.done
+// event queues a step event behind the output queued so far.
+func (l *liveOutput) event(ev storage.Event) {
+	l.mu.Lock()
+	l.pending = append(l.pending, pendingLine{ev: &ev})
+	l.mu.Unlock()
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+// finish queues the unterminated last lines and then final (the attempt's
+// outcome), and stops the flusher, waiting at most LiveDrainTimeout for
+// it to store them. Call it once, after the run ended.
+func (l *liveOutput) finish(final ...storage.Event) {
 	l.mu.Lock()
 	for _, stream := range slices.Sorted(maps.Keys(l.partial)) {
 		if len(l.partial[stream]) > 0 {
 			l.queueLocked(stream)
 		}
 	}
+	for _, ev := range final {
+		l.pending = append(l.pending, pendingLine{ev: &ev})
+	}
 	l.mu.Unlock()
-	l.flush()
+	close(l.stop)
+	t := time.NewTimer(LiveDrainTimeout)
+	defer t.Stop()
+	select {
+	case <-l.done:
+	case <-t.C:
+		l.log.Debug("live events still being stored; the step's result does not wait for them")
+	}
 }
 
 // flush appends the queued lines (and the truncation notice, once) as
@@ -184,10 +215,15 @@ func (l *liveOutput) flush() {
 	l.pending = nil
 	var evs []storage.Event
 	for len(pending) > 0 {
+		if ev := pending[0].ev; ev != nil {
+			evs = append(evs, *ev)
+			pending = pending[1:]
+			continue
+		}
 		// One event per run of lines of the same stream, at most
 		// LiveMaxLinesPerEvent lines each.
 		n := 1
-		for n < len(pending) && n < LiveMaxLinesPerEvent && pending[n].stream == pending[0].stream {
+		for n < len(pending) && n < LiveMaxLinesPerEvent && pending[n].ev == nil && pending[n].stream == pending[0].stream {
 			n++
 		}
 		lines := make([]string, n)
@@ -201,7 +237,13 @@ func (l *liveOutput) flush() {
 	}
 	if l.truncated && !l.noticed {
 		l.noticed = true
-		evs = append(evs, storage.Event{Key: storage.OutputTruncatedEventKey(l.step, l.attempt), Type: storage.EventOutputTruncated,
+		// The notice goes before any step event of this batch (the
+		// attempt's end): it is about output printed before that.
+		at := len(evs)
+		for at > 0 && evs[at-1].Type != storage.EventOutput {
+			at--
+		}
+		evs = slices.Insert(evs, at, storage.Event{Key: storage.OutputTruncatedEventKey(l.step, l.attempt), Type: storage.EventOutputTruncated,
 			Step: l.step, Attempt: l.attempt,
 			Message: fmt.Sprintf("output truncated after %d lines / %d bytes; full output at GET /tasks/%s/steps/%s/output?attempt=%d",
 				l.lines, l.bytes, l.taskID, l.step, l.attempt)})
