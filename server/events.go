@@ -74,7 +74,8 @@ type sseStream struct {
 	lastSent time.Time
 }
 
-func (s *Server) openStream(c echo.Context) (*sseStream, error) {
+// openStream answers 200 with the SSE headers; false: the client is gone.
+func (s *Server) openStream(c echo.Context) (*sseStream, bool) {
 	h := c.Response().Header()
 	h.Set(echo.HeaderContentType, "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
@@ -83,41 +84,37 @@ func (s *Server) openStream(c echo.Context) (*sseStream, error) {
 	st := &sseStream{c: c, rc: http.NewResponseController(c.Response())}
 	c.Response().WriteHeader(http.StatusOK)
 	// The retry hint makes EventSource clients reconnect quickly.
-	if err := st.write("retry: 1000\n\n"); err != nil {
-		return nil, err
-	}
-	return st, st.flush()
+	return st, st.write("retry: 1000\n\n") && st.flush()
 }
 
-func (st *sseStream) write(frame string) error {
+// write sends frame; false means the client is gone (the stream ends; the
+// response has started, so there is no error to answer).
+func (st *sseStream) write(frame string) bool {
 	// Each write gets its own deadline: a stream lasts as long as its
 	// task, longer than the server's WriteTimeout.
 	_ = st.rc.SetWriteDeadline(time.Now().Add(eventWriteTimeout))
 	_, err := st.c.Response().Write([]byte(frame))
 	st.lastSent = time.Now()
-	return err
+	return err == nil
 }
 
-func (st *sseStream) flush() error { return st.rc.Flush() }
+func (st *sseStream) flush() bool { return st.rc.Flush() == nil }
 
 // event writes one event frame; data is JSON, which holds no newline.
-func (st *sseStream) event(id, typ string, e storage.Event) error {
+func (st *sseStream) event(id, typ string, e storage.Event) bool {
 	data, err := json.Marshal(e)
 	if err != nil {
-		return err
+		return true // cannot happen for an Event; skip it
 	}
 	return st.write("id: " + id + "\nevent: " + typ + "\ndata: " + string(data) + "\n\n")
 }
 
 // keepAlive writes a comment when the stream was silent for keepAliveEvery.
-func (s *Server) keepAlive(st *sseStream) error {
+func (s *Server) keepAlive(st *sseStream) bool {
 	if time.Since(st.lastSent) < s.eventKeepAlive {
-		return nil
+		return true
 	}
-	if err := st.write(": keep-alive\n\n"); err != nil {
-		return err
-	}
-	return st.flush()
+	return st.write(": keep-alive\n\n") && st.flush()
 }
 
 // wait blocks for the next poll, an append in this process, the client's
@@ -187,8 +184,8 @@ func (s *Server) taskEvents(c echo.Context) error {
 		}
 		return s.storeErr(err)
 	}
-	st, err := s.openStream(c)
-	if err != nil {
+	st, ok := s.openStream(c)
+	if !ok {
 		return nil
 	}
 	resumed := after > 0
@@ -211,16 +208,16 @@ func (s *Server) taskEvents(c echo.Context) error {
 				}
 				sentVersion = e.Version
 			}
-			if err := st.event(strconv.FormatInt(e.Seq, 10), e.Type, e); err != nil {
+			if !st.event(strconv.FormatInt(e.Seq, 10), e.Type, e) {
 				return nil
 			}
 			if e.Type == storage.EventTransition && e.Status.Terminal() {
-				_ = st.flush()
+				st.flush()
 				return nil
 			}
 		}
 		if len(evs) > 0 {
-			if err := st.flush(); err != nil {
+			if !st.flush() {
 				return nil
 			}
 		}
@@ -246,13 +243,13 @@ func (s *Server) taskEvents(c echo.Context) error {
 				evs := storage.TransitionEvents(task)
 				tr := evs[len(evs)-1]
 				tr.TaskID, tr.Time = task.ID, task.UpdatedAt
-				if err := st.event(strconv.FormatInt(after, 10), tr.Type, tr); err == nil {
-					_ = st.flush()
+				if st.event(strconv.FormatInt(after, 10), tr.Type, tr) {
+					st.flush()
 				}
 			}
 			return nil
 		}
-		if err := s.keepAlive(st); err != nil {
+		if !s.keepAlive(st) {
 			return nil
 		}
 		if !s.wait(ctx) {
@@ -327,8 +324,8 @@ func (s *Server) allEvents(c echo.Context) error {
 		return err
 	}
 	ctx := c.Request().Context()
-	st, err := s.openStream(c)
-	if err != nil {
+	st, ok := s.openStream(c)
+	if !ok {
 		return nil
 	}
 	type key struct {
@@ -380,13 +377,13 @@ func (s *Server) allEvents(c echo.Context) error {
 				}
 			}
 			id := globalCursor{time: e.Time, task: e.TaskID, seq: e.Seq}.String()
-			if err := st.event(id, e.Type, e); err != nil {
+			if !st.event(id, e.Type, e) {
 				return nil
 			}
 			wrote = true
 		}
 		if wrote {
-			if err := st.flush(); err != nil {
+			if !st.flush() {
 				return nil
 			}
 		}
@@ -404,7 +401,7 @@ func (s *Server) allEvents(c echo.Context) error {
 		if full {
 			continue
 		}
-		if err := s.keepAlive(st); err != nil {
+		if !s.keepAlive(st) {
 			return nil
 		}
 		if !s.wait(ctx) {
