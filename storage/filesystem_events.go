@@ -143,10 +143,12 @@ func (f *Filesystem) AppendEvents(ctx context.Context, taskID string, events []E
 	tally.Keys = st.tally.Keys
 	st.tally = tally
 	st.off += int64(buf.Len())
+	f.events.mu.Lock()
 	if f.events.changed != nil {
 		close(f.events.changed)
 		f.events.changed = nil
 	}
+	f.events.mu.Unlock()
 	return nil
 }
 
