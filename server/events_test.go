@@ -179,3 +179,25 @@ func TestStopStreamsEndsThem(t *testing.T) {
 	assert.ErrorIs(t, err, io.EOF)
 	assert.Equal(t, "1", s.LastEventID())
 }
+
+// The streams take the same bearer auth as every other endpoint.
+func TestEventStreamsNeedTheToken(t *testing.T) {
+	f := newFixture(t, Options{AuthTokens: map[string]string{"ci": "tok"}, EventPollInterval: 20 * time.Millisecond})
+	hs := httptest.NewServer(f.srv)
+	t.Cleanup(hs.Close)
+	task := storeTask(t, f, "production")
+	for _, path := range []string{"/tasks/" + task.ID + "/events", "/events"} {
+		res, err := http.Get(hs.URL + path)
+		require.NoError(t, err)
+		_ = res.Body.Close()
+		assert.Equal(t, http.StatusUnauthorized, res.StatusCode, path)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	s, err := sdk.WatchTask(ctx, hs.URL, task.ID, sdk.WatchOptions{Token: "tok"})
+	require.NoError(t, err)
+	defer s.Close()
+	assert.Equal(t, storage.StatusPending, next(t, s).Status)
+	_, err = sdk.WatchTask(ctx, hs.URL, task.ID, sdk.WatchOptions{Token: "wrong"})
+	require.ErrorContains(t, err, "HTTP 401")
+}
