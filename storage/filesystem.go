@@ -141,7 +141,7 @@ func NewFilesystem(dataDir string) (*Filesystem, error) {
 		auditDir:   auditDir,
 		outputsDir: outputsDir,
 		eventsDir:  eventsDir,
-		events:     eventCache{tasks: map[string]*eventFileState{}},
+		events:     eventCache{tasks: map[string]*eventFileState{}, readers: map[string]*eventIndex{}},
 	}
 	f.cache = make(map[string]*indexCacheEntry)
 	for i := range f.stripes {

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -50,6 +51,8 @@ type eventCache struct {
 	tasks map[string]*eventFileState
 	// changed is closed (and replaced) by every append of this process.
 	changed chan struct{}
+	// readers indexes event files for ListEvents and ListRecentEvents.
+	readers map[string]*eventIndex
 }
 
 // EventsChanged returns a channel that is closed at the next append of
@@ -208,31 +211,123 @@ func (f *Filesystem) eventState(id string, fh *os.File) (*eventFileState, error)
 func (f *Filesystem) dropEventState(id string) {
 	f.events.mu.Lock()
 	delete(f.events.tasks, id)
+	delete(f.events.readers, id)
 	f.events.mu.Unlock()
 }
 
-// readEvents parses the complete lines of id's event file (nil if none).
-func (f *Filesystem) readEvents(id string) ([]Event, error) {
-	data, err := os.ReadFile(f.eventsPath(id))
+// eventIndex is what readers know of one event file: where each stored
+// line starts and its event's seq and time, up to size bytes. Files only
+// grow (appends), so a read parses only what was appended since; a file
+// replaced (another inode) or shorter is indexed again.
+type eventIndex struct {
+	ino   uint64
+	size  int64
+	lines []eventLine
+}
+
+type eventLine struct {
+	off  int64
+	seq  int64
+	time int64 // unix ns
+}
+
+// maxEventIndexes bounds the readers' index cache (a few KiB per task);
+// past it the cache starts over.
+const maxEventIndexes = 1024
+
+// eventLines returns the open event file of id (nil if none), its index
+// brought up to date, and the size the index covers (the end of its last
+// line). The caller closes the file.
+func (f *Filesystem) eventLines(id string) (*os.File, []eventLine, int64, error) {
+	fh, err := os.Open(f.eventsPath(id))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil
+			return nil, nil, 0, nil
 		}
+		return nil, nil, 0, unavailable("read events of "+id, err)
+	}
+	fi, err := fh.Stat()
+	if err != nil {
+		fh.Close()
+		return nil, nil, 0, unavailable("stat events of "+id, err)
+	}
+	f.events.mu.Lock()
+	idx := f.events.readers[id]
+	f.events.mu.Unlock()
+	if idx == nil || idx.ino != inodeOf(fi) || idx.size > fi.Size() {
+		idx = &eventIndex{ino: inodeOf(fi)}
+	}
+	if fi.Size() > idx.size {
+		data := make([]byte, fi.Size()-idx.size)
+		n, err := fh.ReadAt(data, idx.size)
+		if err != nil && !errors.Is(err, io.EOF) {
+			fh.Close()
+			return nil, nil, 0, unavailable("read events of "+id, err)
+		}
+		data = data[:n]
+		// Complete lines only: an append in progress is read next time.
+		data = data[:bytes.LastIndexByte(data, '\n')+1]
+		// A new slice, so readers holding the old one are not disturbed.
+		lines := slices.Clip(idx.lines)
+		off := idx.size
+		for len(data) > 0 {
+			i := bytes.IndexByte(data, '\n')
+			if e, err := DecodeEvent(id, data[:i]); err == nil {
+				lines = append(lines, eventLine{off: off, seq: e.Seq, time: e.Time.UnixNano()})
+			}
+			off += int64(i + 1)
+			data = data[i+1:]
+		}
+		idx = &eventIndex{ino: idx.ino, size: off, lines: lines}
+		f.events.mu.Lock()
+		if len(f.events.readers) >= maxEventIndexes {
+			clear(f.events.readers)
+		}
+		f.events.readers[id] = idx
+		f.events.mu.Unlock()
+	}
+	return fh, idx.lines, idx.size, nil
+}
+
+// readLines decodes the events of lines (consecutive, in file order) from
+// fh.
+func readLines(id string, fh *os.File, lines []eventLine, end int64) ([]Event, error) {
+	if len(lines) == 0 {
+		return nil, nil
+	}
+	data := make([]byte, end-lines[0].off)
+	n, err := fh.ReadAt(data, lines[0].off)
+	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, unavailable("read events of "+id, err)
 	}
-	data = data[:bytes.LastIndexByte(data, '\n')+1]
-	var out []Event
-	for len(data) > 0 {
-		i := bytes.IndexByte(data, '\n')
-		if e, err := DecodeEvent(id, data[:i]); err == nil {
+	data = data[:n]
+	out := make([]Event, 0, len(lines))
+	for _, l := range lines {
+		start := l.off - lines[0].off
+		if start >= int64(len(data)) {
+			break
+		}
+		line := data[start:]
+		if i := bytes.IndexByte(line, '\n'); i >= 0 {
+			line = line[:i]
+		}
+		if e, err := DecodeEvent(id, line); err == nil {
 			out = append(out, e)
 		}
-		data = data[i+1:]
 	}
 	return out, nil
 }
 
-// ListEvents returns the task's events after afterSeq. See EventStore.
+// endOf is where the line after lines[i] starts (or the indexed size).
+func endOf(lines []eventLine, i int, size int64) int64 {
+	if i+1 < len(lines) {
+		return lines[i+1].off
+	}
+	return size
+}
+
+// ListEvents returns the task's events after afterSeq, reading only their
+// lines. See EventStore.
 func (f *Filesystem) ListEvents(ctx context.Context, taskID string, afterSeq int64, limit int) ([]Event, error) {
 	if err := ValidateID(taskID); err != nil {
 		return nil, err
@@ -240,29 +335,27 @@ func (f *Filesystem) ListEvents(ctx context.Context, taskID string, afterSeq int
 	if err := f.usable(ctx); err != nil {
 		return nil, err
 	}
-	all, err := f.readEvents(taskID)
+	fh, all, size, err := f.eventLines(taskID)
+	if err != nil || fh == nil {
+		return []Event{}, err
+	}
+	defer fh.Close()
+	// Lines are in seq order.
+	i, _ := slices.BinarySearchFunc(all, afterSeq+1, func(l eventLine, seq int64) int { return cmp.Compare(l.seq, seq) })
+	n := min(len(all)-i, EventLimit(limit))
+	if n <= 0 {
+		return []Event{}, nil
+	}
+	out, err := readLines(taskID, fh, all[i:i+n], endOf(all, i+n-1, size))
 	if err != nil {
 		return nil, err
 	}
-	// Lines are in Seq order: find the first after afterSeq.
-	i, _ := slices.BinarySearchFunc(all, afterSeq+1, func(e Event, seq int64) int {
-		switch {
-		case e.Seq < seq:
-			return -1
-		case e.Seq > seq:
-			return 1
-		}
-		return 0
-	})
-	all = all[i:]
-	if limit = EventLimit(limit); len(all) > limit {
-		all = all[:limit]
-	}
-	return append(make([]Event, 0, len(all)), all...), nil
+	return out, nil
 }
 
 // ListRecentEvents returns every task's events appended since since. It
-// reads only the files modified since then. See EventStore.
+// reads only the files modified since then, and in them only the lines
+// appended since. See EventStore.
 func (f *Filesystem) ListRecentEvents(ctx context.Context, since time.Time, limit int) ([]Event, error) {
 	if err := f.usable(ctx); err != nil {
 		return nil, err
@@ -283,7 +376,24 @@ func (f *Filesystem) ListRecentEvents(ctx context.Context, since time.Time, limi
 		if err != nil || fi.ModTime().Before(since.Add(-time.Second)) {
 			continue
 		}
-		evs, err := f.readEvents(id)
+		fh, lines, size, err := f.eventLines(id)
+		if err != nil {
+			return nil, err
+		}
+		if fh == nil {
+			continue
+		}
+		// Times grow along the file (appends hold the task's lock); a
+		// clock stepping back only makes this read more than needed.
+		i := len(lines)
+		for i > 0 && lines[i-1].time >= since.UnixNano() {
+			i--
+		}
+		var evs []Event
+		if i < len(lines) {
+			evs, err = readLines(id, fh, lines[i:], size)
+		}
+		fh.Close()
 		if err != nil {
 			return nil, err
 		}
