@@ -114,12 +114,14 @@ func TestTaskEventsStreamInOrderAndEnd(t *testing.T) {
 		ids = append(ids, ev.ID)
 	}
 	assert.Equal(t, []string{"5", "6"}, ids)
+	start := time.Now()
 	res, err := http.Get(base + "/tasks/" + task.ID + "/events?last_event_id=6")
 	require.NoError(t, err)
 	body, _ := io.ReadAll(res.Body)
 	res.Body.Close()
 	assert.Equal(t, "text/event-stream", res.Header.Get("Content-Type"))
 	assert.NotContains(t, string(body), "data:", "resumed after the last event: nothing more, and the stream ends")
+	assert.Less(t, time.Since(start), terminalGrace, "at once: the terminal transition was the client's last event")
 }
 
 func TestTaskEventsErrorsBeforeStreaming(t *testing.T) {
