@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/provisioning/orchestrator/activities"
+	"github.com/provisioning/orchestrator/internal/app"
 	"github.com/provisioning/orchestrator/internal/testsupport"
 	"github.com/provisioning/orchestrator/sdk"
 	"github.com/provisioning/orchestrator/storage"
@@ -238,4 +239,31 @@ func slicesContains(lines []string, want string) bool {
 		}
 	}
 	return false
+}
+
+// The same stream on the SurrealDB backend (serve mode): a retried step's
+// events in order, ids 1..n, ending with Completed.
+func TestLiveEventsSurreal(t *testing.T) {
+	srv := testsupport.StartSurreal(t, "mem://")
+	dir := t.TempDir()
+	script := filepath.Join(dir, "provisioning")
+	require.NoError(t, os.WriteFile(script, []byte(eventsScript), 0o644))
+	cfg := appConfig(t, withNu(t, script), func(c *app.Config) {
+		c.StorageType = app.StorageSurrealServer
+		c.Store.SurrealURL, c.Store.SurrealUsername, c.Store.SurrealPassword = srv.URL, srv.User, srv.Pass
+	})
+	a, _ := launchApp(t, cfg)
+	h := &harness{t: t, app: a, base: baseURL(a)}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	id := h.submit("/workflows/servers/create", map[string]any{"infra": "lab", "settings": "./s.yaml", "servers": []string{"flaky-03"}})
+	evs := readAll(t, ctx, h.base, id, "")
+	got := summary(evs)
+	got = slices.DeleteFunc(got, func(s string) bool { return s == "output:simulated failure" })
+	assert.Equal(t, []string{"transition:Pending", "transition:Running", "step_started:flaky-03:1", "output:flaky-03 attempt 1",
+		"step_attempt_failed:flaky-03:1", "step_started:flaky-03:2", "output:flaky-03 attempt 2",
+		"step_finished:flaky-03:Completed", "transition:Running", "transition:Completed"}, got)
+	for i, e := range evs {
+		assert.Equal(t, strconv.Itoa(i+1), e.ID)
+	}
 }
