@@ -96,18 +96,25 @@ func TestNuWorkflowWatch(t *testing.T) {
 	assert.Contains(t, r.stderr, "Running 0/2")
 	assert.Contains(t, r.stderr, "Completed 2/2")
 	assert.Equal(t, before+1, eventStreams(t, h.base), "--wait used the event stream")
+	// Process-wide (other tests of this binary may drop some): present.
+	assert.Contains(t, metricsText(t, h.base), "\norchestrator_live_events_dropped_total ", "dropped live events are counted")
 }
 
-// eventStreams is how many GET /tasks/{id}/events answered 200 (the
-// service's request counter).
-func eventStreams(t *testing.T, base string) int {
+func metricsText(t *testing.T, base string) string {
 	t.Helper()
 	res, err := http.Get(base + "/metrics")
 	require.NoError(t, err)
 	body, err := io.ReadAll(res.Body)
 	require.NoError(t, err)
 	require.NoError(t, res.Body.Close())
-	for _, l := range strings.Split(string(body), "\n") {
+	return string(body)
+}
+
+// eventStreams is how many GET /tasks/{id}/events answered 200 (the
+// service's request counter).
+func eventStreams(t *testing.T, base string) int {
+	t.Helper()
+	for _, l := range strings.Split(metricsText(t, base), "\n") {
 		if strings.HasPrefix(l, "orchestrator_http_requests_total{") && strings.Contains(l, `route="/tasks/:id/events",status="200"`) {
 			n, err := strconv.Atoi(l[strings.LastIndexByte(l, ' ')+1:])
 			require.NoError(t, err, l)
