@@ -44,7 +44,8 @@ type WatchOptions struct {
 
 // WatchTask opens the live event stream of a task on the REST API at
 // baseURL (e.g. "http://127.0.0.1:8080"). The stream ends (Next returns
-// io.EOF) after the task's terminal transition. An unknown task or a bad
+// io.EOF) after the task's terminal transition (at once when resumed
+// after it: the API answers 204). An unknown task or a bad
 // request is an error naming the API's answer.
 func WatchTask(ctx context.Context, baseURL, taskID string, o WatchOptions) (*EventStream, error) {
 	return watch(ctx, strings.TrimSuffix(baseURL, "/")+"/tasks/"+url.PathEscape(taskID)+"/events", o)
@@ -87,6 +88,11 @@ func watch(ctx context.Context, u string, o WatchOptions) (*EventStream, error) 
 	res, err := c.Do(req)
 	if err != nil {
 		return nil, err
+	}
+	if res.StatusCode == http.StatusNoContent {
+		// Resumed after the end (the task's terminal transition).
+		_ = res.Body.Close()
+		return &EventStream{body: io.NopCloser(strings.NewReader("")), r: bufio.NewReader(strings.NewReader("")), last: o.LastEventID}, nil
 	}
 	if res.StatusCode != http.StatusOK || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/event-stream") {
 		defer res.Body.Close()

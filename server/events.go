@@ -184,19 +184,20 @@ func (s *Server) taskEvents(c echo.Context) error {
 		}
 		return s.storeErr(err)
 	}
+	if after > 0 {
+		// Resumed right after the terminal transition (an EventSource
+		// reconnecting once the stream ended): nothing will follow. 204
+		// tells an EventSource to stop reconnecting.
+		if last, err := es.ListEvents(ctx, id, after-1, 1); err == nil && len(last) == 1 &&
+			last[0].Type == storage.EventTransition && last[0].Status.Terminal() {
+			return c.NoContent(http.StatusNoContent)
+		}
+	}
 	st, ok := s.openStream(c)
 	if !ok {
 		return nil
 	}
 	resumed := after > 0
-	if resumed {
-		// Resumed right after the terminal transition (a client that
-		// reconnects at the end): nothing follows, end at once.
-		if last, err := es.ListEvents(ctx, id, after-1, 1); err == nil && len(last) == 1 &&
-			last[0].Type == storage.EventTransition && last[0].Status.Terminal() {
-			return nil
-		}
-	}
 	// The API's Pending event has version 0: start below it.
 	sentVersion := int64(-1)
 	var terminalSeen time.Time // when the record was first seen terminal

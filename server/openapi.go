@@ -127,9 +127,10 @@ func apiOpList() []apiOp {
 		{method: http.MethodGet, path: TaskEventsPath,
 			summary: "A task's live events as Server-Sent Events, oldest first: every transition (in version order), step started/finished/attempt failed, " +
 				"and the running steps' output lines (a bounded tail per attempt). The id of each event is its seq; resume with the " + LastEventIDHeader +
-				" header or ?last_event_id=. The server ends the stream after the task's terminal transition. 404 before streaming for an unknown task",
+				" header or ?last_event_id=. The server ends the stream after the task's terminal transition; resuming after that transition answers 204 " +
+				"(which stops an EventSource from reconnecting). 404 before streaming for an unknown task",
 			query:   []apiParam{{"last_event_id", "resume after this event id (the " + LastEventIDHeader + " header wins)", intRange(0, 0)}},
-			success: []int{http.StatusOK}, data: typeOf[storage.Event](), sse: true,
+			success: []int{http.StatusOK, http.StatusNoContent}, data: typeOf[storage.Event](), sse: true,
 			errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusServiceUnavailable}},
 		{method: http.MethodGet, path: EventsPath,
 			summary: "Every task's live events from now on, as Server-Sent Events (ids are <unix ns>-<task id>-<seq>; resume with " + LastEventIDHeader +
@@ -260,6 +261,10 @@ func (g *schemaGen) operation(o apiOp, auth bool) map[string]any {
 	}
 	responses := map[string]any{}
 	for _, code := range o.success {
+		if code == http.StatusNoContent {
+			responses[strconv.Itoa(code)] = map[string]any{"description": http.StatusText(code)}
+			continue
+		}
 		if o.sse {
 			responses[strconv.Itoa(code)] = map[string]any{"description": http.StatusText(code), "content": map[string]any{
 				"text/event-stream": map[string]any{
