@@ -247,8 +247,9 @@ func (s *Server) taskEvents(c echo.Context) error {
 		}
 		if !terminalSeen.IsZero() && time.Since(terminalSeen) >= terminalGrace {
 			if !resumed && task.Version > sentVersion {
-				// Never sent: say how it ended (without an id, so a
-				// client's resume point stays a stored event).
+				// Never sent: say how it ended, under the last stored
+				// event's id, so a client's resume point stays a stored
+				// event.
 				evs := storage.TransitionEvents(task)
 				tr := evs[len(evs)-1]
 				tr.TaskID, tr.Time = task.ID, task.UpdatedAt
