@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"time"
 
@@ -156,7 +157,22 @@ func (a *Activities) runNushell(ctx context.Context, step NuStep) (NuStepResult,
 		fmt.Sprintf("ORCHESTRATOR_ATTEMPT=%d", info.Attempt),
 	}
 	log.Info("nushell step starting", "args", step.Args)
-	res, err := a.Runner.Run(ctx, step.Args, env, func() { activity.RecordHeartbeat(ctx, step.Step) }, every)
+	events, live := a.Store.(storage.EventStore)
+	var tapOut, tapErr io.Writer
+	var lo *liveOutput
+	if live {
+		// Events are stored by lo's goroutine, in order, best effort:
+		// the step never waits for the store (but LiveDrainTimeout at
+		// its end).
+		lo = newLiveOutput(events, step, int(info.Attempt), log)
+		lo.event(storage.Event{Key: storage.StepStartedEventKey(step.Step, int(info.Attempt)),
+			Type: storage.EventStepStarted, Step: step.Step, Attempt: int(info.Attempt)})
+		tapOut, tapErr = lo.writer("stdout"), lo.writer("stderr")
+	}
+	res, err := a.Runner.RunTapped(ctx, step.Args, env, func() { activity.RecordHeartbeat(ctx, step.Step) }, every, tapOut, tapErr)
+	if lo != nil && (err == nil || ctx.Err() != nil) {
+		lo.finish()
+	}
 	out := NuStepResult{
 		ExitCode:   res.ExitCode,
 		Stdout:     tailbuf.String(res.Stdout, MaxReturnedOutput),
@@ -182,30 +198,33 @@ func (a *Activities) runNushell(ctx context.Context, step NuStep) (NuStepResult,
 	}
 	a.metrics().NushellInvocation(nushell.OutcomeFailure)
 	log.Warn("nushell step failed", "error", err, "exit_code", out.ExitCode)
+	typ, permanent := ErrTypeNushellExit, false
 	var startErr *nushell.StartError
 	var exitErr *nushell.ExitError
 	switch {
 	case errors.As(err, &startErr) && startErr.Flag == "":
 		// Flag is empty when the argv/env itself was rejected (NUL bytes).
 		out.ExitCode = -1
-		return out, res, temporal.NewApplicationErrorWithOptions(err.Error(), ErrTypeInvalidArgs,
-			temporal.ApplicationErrorOptions{NonRetryable: true, Details: []any{out}})
+		typ, permanent = ErrTypeInvalidArgs, true
 	case errors.As(err, &startErr):
 		out.ExitCode = -1
-		return out, res, temporal.NewApplicationErrorWithOptions(err.Error(), ErrTypeNushellStart,
-			temporal.ApplicationErrorOptions{NonRetryable: true, Details: []any{out}})
+		typ, permanent = ErrTypeNushellStart, true
 	case errors.As(err, &exitErr):
-		typ := ErrTypeNushellExit
 		if exitErr.Permanent {
-			typ = ErrTypeNushellPermanent
+			typ, permanent = ErrTypeNushellPermanent, true
 		}
-		return out, res, temporal.NewApplicationErrorWithOptions(err.Error(), typ,
-			temporal.ApplicationErrorOptions{NonRetryable: exitErr.Permanent, Details: []any{out}})
 	default:
 		out.ExitCode = -1
-		return out, res, temporal.NewApplicationErrorWithOptions(err.Error(), ErrTypeNushellExit,
-			temporal.ApplicationErrorOptions{Details: []any{out}})
 	}
+	if lo != nil {
+		retrying := willRetry(info, typ, permanent)
+		code := out.ExitCode
+		lo.finish(storage.Event{Key: storage.StepAttemptFailedEventKey(step.Step, int(info.Attempt)),
+			Type: storage.EventStepAttemptFailed, Step: step.Step, Attempt: int(info.Attempt), ExitCode: &code,
+			Error: tailbuf.LastLine(errText), Retrying: &retrying})
+	}
+	return out, res, temporal.NewApplicationErrorWithOptions(err.Error(), typ,
+		temporal.ApplicationErrorOptions{NonRetryable: permanent, Details: []any{out}})
 }
 
 // saveOutput writes an attempt's full captured output to the store, if it
@@ -254,6 +273,13 @@ func (a *Activities) ProjectTask(ctx context.Context, t storage.Task) error {
 	if err := a.Store.Put(ctx, t); err != nil {
 		a.logger().Warn("task projection failed", "task_id", t.ID, "status", t.Status, "error", err)
 		return fmt.Errorf("project task %s (%s): %w", t.ID, t.Status, err)
+	}
+	// The transition's live events (and those of the steps it shows
+	// finished) go to the same store; a failure is retried with the
+	// projection, so a watcher never misses a transition.
+	if err := storage.AppendTransition(ctx, a.Store, t); err != nil {
+		a.logger().Warn("task projection's events failed", "task_id", t.ID, "status", t.Status, "error", err)
+		return fmt.Errorf("project task %s (%s) events: %w", t.ID, t.Status, err)
 	}
 	a.metrics().ObserveTask(t)
 	a.logger().Debug("task projected", "task_id", t.ID, "status", t.Status, "version", t.Version, "took", time.Since(start))

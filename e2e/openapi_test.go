@@ -129,6 +129,12 @@ func TestOpenAPIMatchesEveryEndpoint(t *testing.T) {
 	c.expect(b, 200, "GET", "/tasks/{id}/steps/{step}/output", "/tasks/"+id+"/steps/web-01/output", nil)
 	c.expect(b, 404, "GET", "/tasks/{id}/steps/{step}/output", "/tasks/"+id+"/steps/web-01/output?attempt=9", nil)
 	c.expect(b, 400, "GET", "/tasks/{id}/steps/{step}/output", "/tasks/"+id+"/steps/-bad/output", nil)
+	// The finished task's event stream: every event, then the server ends it.
+	c.expect(b, 200, "GET", "/tasks/{id}/events", "/tasks/"+id+"/events", nil)
+	c.expect(b, 200, "GET", "/tasks/{id}/events", "/tasks/"+id+"/events?last_event_id=2", nil)
+	c.expect(b, 400, "GET", "/tasks/{id}/events", "/tasks/"+id+"/events?last_event_id=x", nil)
+	c.expect(b, 404, "GET", "/tasks/{id}/events", "/tasks/00000000-0000-4000-8000-000000000000/events", nil)
+	c.expect(b, 400, "GET", "/events", "/events?infra=a%20b", nil)
 	c.expect(b, 200, "GET", "/audit", "/audit", nil)
 	c.expect(b, 200, "GET", "/audit", "/audit?task_id="+id+"&limit=5", nil)
 	c.expect(b, 400, "GET", "/audit", "/audit?task_id=nope", nil)

@@ -75,3 +75,17 @@ export def q [value: any] { $value | into string | url encode --all | str replac
 
 # Task states that never change again.
 export const TERMINAL_TASK_STATES = [Completed Failed Cancelled]
+
+# A task's live events (GET /tasks/{id}/events, Server-Sent Events), as a
+# stream of records read while the server sends them: {type, seq, status,
+# progress, step, attempt, lines, ...}. The stream ends after the task's
+# terminal transition. Check the task exists first (api-get): this call
+# cannot show the API's error envelope. --after resumes after that seq.
+export def task-events [task_id: string, --after: int] {
+    let base = (orchestrator-url)
+    let query = if $after == null { "" } else { $"?last_event_id=($after)" }
+    http get --raw --headers {Accept: "text/event-stream"} $"($base)/tasks/(q $task_id)/events($query)"
+    | lines
+    | where {|l| $l | str starts-with "data: " }
+    | each {|l| $l | str substring 6.. | from json }
+}

@@ -44,7 +44,10 @@ type apiOp struct {
 	raw        map[string]any
 	// alt adds media types (besides the JSON envelope) to the success
 	// responses, e.g. text/plain for a raw variant chosen by a parameter.
-	alt    map[string]any
+	alt map[string]any
+	// sse: the success response is a text/event-stream whose events'
+	// data is JSON of type data (documented as x-event-data).
+	sse    bool
 	errors []int
 }
 
@@ -126,6 +129,24 @@ func apiOpList() []apiOp {
 			success: []int{http.StatusOK}, data: typeOf[StepOutputData](),
 			alt:    map[string]any{"text/plain": map[string]any{"schema": map[string]any{"type": "string"}}},
 			errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusServiceUnavailable}},
+		{method: http.MethodGet, path: TaskEventsPath,
+			summary: "A task's live events as Server-Sent Events, oldest first: every transition (in version order), step started/finished/attempt failed, " +
+				"and the running steps' output lines (a bounded tail per attempt). The id of each event is its seq; resume with the " + LastEventIDHeader +
+				" header or ?last_event_id=. The server ends the stream after the task's terminal transition; resuming after that transition answers 204 " +
+				"(which stops an EventSource from reconnecting). 404 before streaming for an unknown task",
+			query:   []apiParam{{"last_event_id", "resume after this event id (the " + LastEventIDHeader + " header wins)", intRange(0, 0)}},
+			success: []int{http.StatusOK, http.StatusNoContent}, data: typeOf[storage.Event](), sse: true,
+			errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusServiceUnavailable}},
+		{method: http.MethodGet, path: EventsPath,
+			summary: "Every task's live events from now on, as Server-Sent Events (ids are <unix ns>-<task id>-<seq>; resume with " + LastEventIDHeader +
+				" or ?last_event_id=); the stream does not end by itself",
+			query: []apiParam{
+				{"infra", "only tasks of this infra", map[string]any{"type": "string"}},
+				{"workflow_type", "only tasks of this Temporal workflow type", map[string]any{"type": "string"}},
+				{"last_event_id", "resume after this event id (the " + LastEventIDHeader + " header wins)", map[string]any{"type": "string"}},
+			},
+			success: []int{http.StatusOK}, data: typeOf[storage.Event](), sse: true,
+			errors: []int{http.StatusBadRequest, http.StatusServiceUnavailable}},
 		{method: http.MethodGet, path: "/audit", summary: "The audit trail",
 			query:   []apiParam{{"task_id", "only this task's entries", uuidSchema}, auditLimit},
 			success: []int{http.StatusOK}, data: typeOf[[]storage.AuditEntry](), errors: []int{http.StatusBadRequest, http.StatusServiceUnavailable}},
@@ -245,6 +266,18 @@ func (g *schemaGen) operation(o apiOp, auth bool) map[string]any {
 	}
 	responses := map[string]any{}
 	for _, code := range o.success {
+		if code == http.StatusNoContent {
+			responses[strconv.Itoa(code)] = map[string]any{"description": http.StatusText(code)}
+			continue
+		}
+		if o.sse {
+			responses[strconv.Itoa(code)] = map[string]any{"description": http.StatusText(code), "content": map[string]any{
+				"text/event-stream": map[string]any{
+					"schema":       map[string]any{"type": "string", "description": "Server-Sent Events: `id:`, `event:` (the event's type) and `data:` (one JSON event, x-event-data) per event; `: keep-alive` comments when idle"},
+					"x-event-data": g.schema(o.data.(reflect.Type)),
+				}}}
+			continue
+		}
 		if o.raw != nil {
 			responses[strconv.Itoa(code)] = map[string]any{"description": http.StatusText(code), "content": o.raw}
 			continue

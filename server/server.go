@@ -64,6 +64,12 @@ type Options struct {
 	// the namespace defines: workflows start with those only, since
 	// Temporal rejects a start naming an undefined one. Default none.
 	SearchAttributes searchattr.Set
+	// EventPollInterval is how often event streams read the store
+	// (default DefaultEventPollInterval, 150 ms).
+	EventPollInterval time.Duration
+	// EventKeepAlive is the silence after which an event stream writes a
+	// keep-alive comment (default DefaultEventKeepAlive, 15 s).
+	EventKeepAlive time.Duration
 }
 
 // Server is the REST façade; it implements http.Handler.
@@ -83,6 +89,12 @@ type Server struct {
 	tokens   []namedToken
 	routes   map[string]bool
 	attrs    searchattr.Set
+
+	eventPoll      time.Duration
+	eventKeepAlive time.Duration
+	// streamsDone is closed by StopStreams.
+	streamsDone chan struct{}
+	streamsOnce sync.Once
 }
 
 // New builds the router.
@@ -99,6 +111,10 @@ func New(o Options) *Server {
 		envOpts:   o.TestEnv,
 		metrics:   o.Metrics,
 		attrs:     o.SearchAttributes,
+
+		eventPoll:      cmp.Or(o.EventPollInterval, DefaultEventPollInterval),
+		eventKeepAlive: cmp.Or(o.EventKeepAlive, DefaultEventKeepAlive),
+		streamsDone:    make(chan struct{}),
 	}
 	for _, name := range slices.Sorted(maps.Keys(o.AuthTokens)) {
 		s.tokens = append(s.tokens, namedToken{name: name, token: o.AuthTokens[name]})
@@ -141,6 +157,8 @@ func New(o Options) *Server {
 	s.e.POST("/tasks/:id/retry", s.retryTask)
 	s.e.GET("/tasks/:id/audit", s.taskAudit)
 	s.e.GET(StepOutputPath, s.stepOutput)
+	s.e.GET(TaskEventsPath, s.taskEvents)
+	s.e.GET(EventsPath, s.allEvents)
 	s.e.GET("/audit", s.listAudit)
 	s.e.POST("/workflows/servers/create", s.createServers)
 	s.e.POST("/workflows/taskserv/create", s.createTaskserv)
@@ -547,9 +565,12 @@ func validationErr(err error) error {
 // request leaves nothing behind.
 func (s *Server) start(c echo.Context, common workflows.Common, keyed bool, spec workflows.TaskSpec, input any) error {
 	task := storage.Normalize(storage.Task{
-		ID:           common.TaskID,
-		Name:         spec.Name,
-		Command:      spec.Command,
+		ID:      common.TaskID,
+		Name:    spec.Name,
+		Command: spec.Command,
+		// The arguments the workflow's projections show too; they name
+		// the infra that GET /events filters on from the first event.
+		Args:         spec.Args,
 		Status:       storage.StatusPending,
 		CreatedAt:    common.CreatedAt,
 		UpdatedAt:    common.CreatedAt,
@@ -590,6 +611,11 @@ func (s *Server) startTask(c echo.Context, task storage.Task, keyed bool, w work
 			return conflict(fmt.Sprintf("task %s already exists", task.ID))
 		}
 		return s.storeErr(err)
+	}
+	// The Pending transition opens the task's live event stream. Best
+	// effort: the workflow's own transitions follow either way.
+	if err := storage.AppendTransition(ctx, s.store, task); err != nil {
+		s.log.Warn("could not record the task's Pending event", "task_id", task.ID, "error", err)
 	}
 	_, err := s.client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID:                       task.ID,

@@ -68,14 +68,20 @@ const (
 // keeps its audit file.
 //
 // Step outputs (StepOutputStore) live in
-// {dataDir}/queue.rkvs/outputs/{id}/ (see filesystem_stepoutput.go);
-// deleting a task removes them.
+// {dataDir}/queue.rkvs/outputs/{id}/ (see filesystem_stepoutput.go) and
+// event streams (EventStore) in {dataDir}/queue.rkvs/events/{id}.jsonl
+// (see filesystem_events.go); deleting a task removes both.
 type Filesystem struct {
 	dataDir    string
 	dir        string // tasks directory
 	lockDir    string
 	auditDir   string
 	outputsDir string
+	eventsDir  string
+
+	// events caches what appenders know about event files
+	// (filesystem_events.go).
+	events eventCache
 
 	// beforeRename, when set (tests only), runs after a Create's or Put's
 	// audit entry is appended and before its task file is renamed into
@@ -124,12 +130,18 @@ func NewFilesystem(dataDir string) (*Filesystem, error) {
 	if err := os.MkdirAll(outputsDir, 0o755); err != nil {
 		return nil, unavailable("create outputs dir", err)
 	}
+	eventsDir := filepath.Join(dataDir, filepath.FromSlash(EventsSubdir))
+	if err := os.MkdirAll(eventsDir, 0o755); err != nil {
+		return nil, unavailable("create events dir", err)
+	}
 	f := &Filesystem{
 		dataDir:    dataDir,
 		dir:        dir,
 		lockDir:    lockDir,
 		auditDir:   auditDir,
 		outputsDir: outputsDir,
+		eventsDir:  eventsDir,
+		events:     eventCache{tasks: map[string]*eventFileState{}, readers: map[string]*eventIndex{}},
 	}
 	f.cache = make(map[string]*indexCacheEntry)
 	for i := range f.stripes {
@@ -244,7 +256,7 @@ func (f *Filesystem) Get(ctx context.Context, id string) (Task, error) {
 	return t, err
 }
 
-// Delete removes the task's file and its step outputs; a missing task is
+// Delete removes the task's file, its step outputs and its events; a missing task is
 // not an error (outputs left by an interrupted Delete are removed then).
 // The outputs go first, so a crash in between leaves a task without
 // outputs rather than outputs without a task.
@@ -261,6 +273,9 @@ func (f *Filesystem) Delete(ctx context.Context, id string) error {
 	}
 	defer unlock()
 	if err := f.deleteOutputsLocked(id); err != nil {
+		return err
+	}
+	if err := f.deleteEventsLocked(id); err != nil {
 		return err
 	}
 	if err := os.Remove(f.path(id)); err != nil {

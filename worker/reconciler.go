@@ -142,7 +142,7 @@ func (r *Reconciler) settle(ctx context.Context, t storage.Task, status storage.
 			if err != nil {
 				return err
 			}
-			return r.Store.Put(ctx, et)
+			return r.put(ctx, et)
 		}
 	}
 	t.Status = status
@@ -152,7 +152,16 @@ func (r *Reconciler) settle(ctx context.Context, t storage.Task, status storage.
 	t.CompletedAt = &now
 	t.UpdatedAt = now
 	t.Version++
-	return r.Store.Put(ctx, t)
+	return r.put(ctx, t)
+}
+
+// put stores t and appends its transition to the task's live event
+// stream, so watchers see the settled status (and their stream ends).
+func (r *Reconciler) put(ctx context.Context, t storage.Task) error {
+	if err := r.Store.Put(ctx, t); err != nil {
+		return err
+	}
+	return storage.AppendTransition(ctx, r.Store, t)
 }
 
 // Run reconciles every interval until ctx ends.

@@ -14,6 +14,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -224,6 +225,16 @@ func IsPermanent(err error) bool {
 // when cancelled (not permanent); a plain error when the fork itself failed
 // (EAGAIN and the like, worth retrying). Use IsPermanent to classify.
 func (r *Runner) Run(ctx context.Context, args []string, env []string, heartbeat func(), every time.Duration) (Result, error) {
+	return r.RunTapped(ctx, args, env, heartbeat, every, nil, nil)
+}
+
+// RunTapped is Run that also hands every chunk of the process's stdout and
+// stderr, as it arrives, to stdoutTap and stderrTap (either may be nil).
+// The taps see the whole streams in order; they must return quickly (they
+// are called from the goroutines copying the pipes, so a slow tap slows
+// the script's writes) and their errors are ignored: what Run captures and
+// returns is the same with or without taps.
+func (r *Runner) RunTapped(ctx context.Context, args []string, env []string, heartbeat func(), every time.Duration, stdoutTap, stderrTap io.Writer) (Result, error) {
 	nuPath, scriptPath, err := r.prepare(args, env)
 	if err != nil {
 		return Result{}, err
@@ -248,8 +259,8 @@ func (r *Runner) Run(ctx context.Context, args []string, env []string, heartbeat
 	newCmd := func(cg *runCgroup) *exec.Cmd {
 		cmd := exec.Command(nuPath, append([]string{scriptPath}, args...)...)
 		cmd.Env = slices.Concat(base, r.Env, env, []string{RunTokenEnv + "=" + token})
-		cmd.Stdout = stdout
-		cmd.Stderr = stderr
+		cmd.Stdout = tee(stdout, stdoutTap)
+		cmd.Stderr = tee(stderr, stderrTap)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
 		if cg != nil {
 			// clone3 starts nu inside the cgroup: nothing runs outside it
@@ -383,6 +394,26 @@ func checkReadableFile(path string) error {
 		return errors.New("is a directory")
 	}
 	return nil
+}
+
+// teeWriter writes to its buffer and, ignoring any error, to its tap.
+type teeWriter struct {
+	buf io.Writer
+	tap io.Writer
+}
+
+func (t teeWriter) Write(p []byte) (int, error) {
+	n, err := t.buf.Write(p)
+	_, _ = t.tap.Write(p)
+	return n, err
+}
+
+// tee is buf, or buf and tap when tap is set.
+func tee(buf, tap io.Writer) io.Writer {
+	if tap == nil {
+		return buf
+	}
+	return teeWriter{buf: buf, tap: tap}
 }
 
 // classifyStartError keeps permanent only what retrying cannot fix; a failed

@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	sdklog "go.temporal.io/sdk/log"
@@ -349,6 +350,15 @@ func (a *App) startWorker() error {
 		Logger:      a.log,
 		Metrics:     a.metrics,
 	}
+	// Live events the worker could not store (the store was down or too
+	// slow): dropped so that steps never wait, counted here.
+	dropped := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: metrics.Namespace, Name: "live_events_dropped_total",
+		Help: "Live task events (step output batches, step events) dropped because the store failed or was too slow.",
+	}, func() float64 { return float64(activities.LiveEventsDropped.Load()) })
+	if err := a.metrics.Registry().Register(dropped); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
 	ws := worker.New(a.client, acts, worker.Options{
 		TaskQueue:                  a.cfg.TaskQueue,
 		MaxConcurrentActivities:    a.cfg.MaxConcurrentActivities,
@@ -444,6 +454,9 @@ func (a *App) startHTTP() error {
 	if err := a.listen("port", a.cfg.Port, srv); err != nil {
 		return err
 	}
+	// Event streams last as long as their tasks: end them when the
+	// server shuts down instead of waiting out the drain.
+	a.http.RegisterOnShutdown(srv.StopStreams)
 	a.log.Info("REST API listening", "address", "http://"+a.httpAddr)
 	return nil
 }

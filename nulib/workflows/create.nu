@@ -6,15 +6,45 @@
 #   taskserv_create_workflow <taskserv> <infra> ...servers --settings <path> [--check] [--wait]
 #   cluster_create_workflow <cluster> <infra> --settings <path> [--check] [--wait]
 #
-# Without --wait: returns {task_id}. With --wait: polls GET /tasks/{id} until the
-# task is Completed, Failed or Cancelled, printing progress (done/total, status)
-# to stderr, and returns the final task record (a Failed task is returned, not
-# raised; check its `status`).
+# Without --wait: returns {task_id}. With --wait: follows the task's live
+# event stream (GET /tasks/{id}/events) until it is Completed, Failed or
+# Cancelled, printing progress (status done/total) to stderr on every
+# transition, and returns the final task record (a Failed task is returned,
+# not raised; check its `status`). If the stream is unavailable it polls
+# GET /tasks/{id} every 250 ms instead.
 
 use ../api.nu *
 
-# Poll a task until it is terminal; progress lines go to stderr.
+# Wait until a task is terminal; progress lines go to stderr.
 export def wait-task [task_id: string, --interval: duration = 250ms] {
+    let task = (api-get $"/tasks/(q $task_id)")
+    if $task.status in $TERMINAL_TASK_STATES {
+        return $task
+    }
+    let streamed = try {
+        mut last = ""
+        for ev in (task-events $task_id) {
+            if $ev.type == "transition" {
+                let line = $"task ($task_id): ($ev.status) ($ev.progress?.done? | default 0)/($ev.progress?.total? | default 0)"
+                if $line != $last {
+                    print --stderr $line
+                    $last = $line
+                }
+            }
+        }
+        true
+    } catch { false }
+    if $streamed {
+        let task = (api-get $"/tasks/(q $task_id)")
+        if $task.status in $TERMINAL_TASK_STATES {
+            return $task
+        }
+    }
+    poll-task $task_id --interval $interval
+}
+
+# Poll a task until it is terminal (for servers without event streams).
+def poll-task [task_id: string, --interval: duration = 250ms] {
     mut last = ""
     loop {
         let task = (api-get $"/tasks/(q $task_id)")

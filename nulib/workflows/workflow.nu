@@ -6,6 +6,7 @@
 #   workflow cancel <task_id>                    # the cancel answer; error if already finished
 #   workflow retry <task_id> [--wait] [--priority 1..5]   # rerun what a Failed/Cancelled task did not complete
 #   workflow queue [--full]                      # task queue backlog, pollers, running steps (Temporal)
+#   workflow watch <task_id>                     # live: progress bar, step events, output lines; ends with the final status
 #
 # URL: $env.ORCHESTRATOR_URL (default http://localhost:8080). API errors become
 # `error make` with the API's message and field.
@@ -82,4 +83,54 @@ export def "workflow queue" [
         }
     } | flatten)
     {observed_at: $data.observed_at, running_steps: $data.running_steps.count, queues: $rows}
+}
+
+# A progress bar: [########............] done/total.
+def progress-bar [done: int, total: int] {
+    let width = 20
+    let n = if $total > 0 { [($done * $width // $total) $width] | math min } else { 0 }
+    let full = ("" | fill --character "#" --width $n)
+    let rest = ("" | fill --character "." --width ($width - $n))
+    $"[($full)($rest)] ($done)/($total)"
+}
+
+# Follow a task live (GET /tasks/{id}/events, Server-Sent Events): a
+# progress bar on every transition, the steps starting, failing an attempt
+# (and whether it is retried) and finishing, and the running steps' output
+# lines as they are printed (`<step> | <line>`; a bounded tail, see the
+# output_truncated notice). Ends when the task ends, printing its final
+# status, and returns nothing; an unknown task is an error. --from resumes
+# after that event id.
+export def "workflow watch" [
+    task_id: string
+    --from: int      # resume after this event id (seq)
+] {
+    let task = (api-get $"/tasks/(q $task_id)")
+    print $"task ($task_id): ($task.name) [($task.status)]"
+    mut final = ""
+    # The stream goes straight into `for`: bound to a variable first, nu
+    # would collect it (and print nothing until the task ended).
+    for ev in (task-events $task_id --after ($from | default 0)) {
+        match $ev.type {
+            "transition" => {
+                let p = ($ev.progress? | default {done: 0, total: 0})
+                print $"(progress-bar $p.done $p.total) ($ev.status)"
+                if $ev.status in $TERMINAL_TASK_STATES { $final = $ev.status }
+            }
+            "step_started" => { print $"($ev.step): attempt ($ev.attempt) started" }
+            "step_attempt_failed" => {
+                let next = if ($ev.retrying? | default false) { "retrying" } else { "not retried" }
+                print $"($ev.step): attempt ($ev.attempt) failed \(exit ($ev.exit_code? | default '?')\), ($next): ($ev.error? | default '')"
+            }
+            "step_finished" => { print $"($ev.step): ($ev.status) after ($ev.attempt) attempt\(s\)" }
+            "output" => { for line in ($ev.lines? | default []) { print $"($ev.step) | ($line)" } }
+            "output_truncated" => { print $"($ev.step): ($ev.message)" }
+            _ => {}
+        }
+    }
+    if $final == "" {
+        # Resumed past the end, or the stream was cut: say where it stands.
+        $final = (api-get $"/tasks/(q $task_id)").status
+    }
+    print $"task ($task_id): ($final)"
 }

@@ -59,6 +59,7 @@ func Run(t *testing.T, newStore func(t *testing.T) storage.Store) {
 	}
 	tests = append(tests, auditTests()...)
 	tests = append(tests, stepOutputTests()...)
+	tests = append(tests, eventTests()...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
 	}

@@ -140,6 +140,12 @@ DEFINE INDEX IF NOT EXISTS audit_list ON TABLE audit FIELDS list_key;
 DEFINE INDEX IF NOT EXISTS audit_task_list ON TABLE audit FIELDS task_id, list_key;
 DEFINE TABLE IF NOT EXISTS step_output TYPE NORMAL SCHEMALESS;
 DEFINE INDEX IF NOT EXISTS step_output_task ON TABLE step_output FIELDS task_id;
+DEFINE TABLE IF NOT EXISTS task_event TYPE NORMAL SCHEMALESS;
+DEFINE INDEX IF NOT EXISTS task_event_task ON TABLE task_event FIELDS task_id;
+DEFINE INDEX IF NOT EXISTS task_event_time ON TABLE task_event FIELDS time;
+DEFINE TABLE IF NOT EXISTS task_event_key TYPE NORMAL SCHEMALESS;
+DEFINE INDEX IF NOT EXISTS task_event_key_task ON TABLE task_event_key FIELDS task_id;
+DEFINE TABLE IF NOT EXISTS task_event_head TYPE NORMAL SCHEMALESS;
 `
 
 // The transactions below read everything they need into variables first
@@ -196,6 +202,9 @@ IF $stored {
 	DELETE $rid, task_key:['s', $os, $tid], task_key:['w', $ow, $tid], task_key:['sw', $os, $ow, $tid] RETURN NONE
 };
 DELETE step_output WHERE task_id = $tid RETURN NONE;
+DELETE task_event WHERE task_id = $tid RETURN NONE;
+DELETE task_event_key WHERE task_id = $tid RETURN NONE;
+DELETE $hid RETURN NONE;
 COMMIT TRANSACTION;
 `
 
@@ -427,13 +436,13 @@ func (s *Store) List(ctx context.Context, lf storage.ListFilter) ([]storage.Task
 	return out, total, nil
 }
 
-// Delete removes a task and its step outputs in one transaction; a
+// Delete removes a task, its step outputs and its events in one transaction; a
 // missing task is not an error. Its audit entries are kept.
 func (s *Store) Delete(ctx context.Context, id string) error {
 	if err := storage.ValidateID(id); err != nil {
 		return err
 	}
-	_, err := s.query(ctx, "delete task "+id, surrealDeleteSQL, map[string]any{"rid": taskRecordID(id), "tid": id})
+	_, err := s.query(ctx, "delete task "+id, surrealDeleteSQL, map[string]any{"rid": taskRecordID(id), "tid": id, "hid": eventHeadID(id)})
 	return err
 }
 

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -46,6 +47,12 @@ func ValidateResponse(doc map[string]any, pathTemplate, method string, status in
 		return fmt.Errorf("%s %s: status %d is not documented", method, pathTemplate, status)
 	}
 	content, _ := resp["content"].(map[string]any)
+	if status == http.StatusNoContent && content == nil {
+		if len(body) > 0 {
+			return fmt.Errorf("%s %s 204: a body of %d bytes", method, pathTemplate, len(body))
+		}
+		return nil
+	}
 	mt, _, _ := strings.Cut(contentType, ";")
 	media, _ := content[strings.TrimSpace(mt)].(map[string]any)
 	if media == nil {
