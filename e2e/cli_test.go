@@ -86,7 +86,7 @@ func TestProvisioningCLI(t *testing.T) {
 	r := provisioning(t, h.base, nil, "help")
 	require.Equal(t, 0, r.exitCode)
 	for _, c := range []string{"server create", "taskserv create", "cluster create", "workflow list", "workflow status",
-		"workflow queue", "workflow retry", "test quick", "test env list"} {
+		"workflow queue", "workflow retry", "workflow watch", "test quick", "test env list"} {
 		assert.Contains(t, r.stdout, c)
 	}
 	r = provisioning(t, h.base, nil, "servr", "create")
@@ -139,6 +139,12 @@ func TestProvisioningCLI(t *testing.T) {
 	r = provisioning(t, h.base, nil, "workflow", "list", "--limit", "1")
 	require.Equal(t, 0, r.exitCode, r.stderr)
 	assert.Contains(t, r.stdout, cluster.ID)
+
+	// workflow watch replays a finished task's events and its end.
+	r = provisioning(t, h.base, nil, "workflow", "watch", task.ID)
+	require.Equal(t, 0, r.exitCode, r.stderr)
+	assert.Contains(t, r.stdout, "web-01: Completed after 1 attempt(s)")
+	assert.Contains(t, r.stdout, "task "+task.ID+": Completed")
 
 	// workflow retry reaches POST /tasks/{id}/retry: a completed task has
 	// nothing to retry (409, one message, exit 1).
