@@ -103,7 +103,9 @@ func (w *batch) setup(ctx workflow.Context) error {
 			decision = storage.DecisionRejected
 		}
 		if err := workflow.SetUpdateHandlerWithOptions(ctx, name,
-			func(ctx workflow.Context, req ApprovalRequest) (storage.Task, error) { return w.decide(ctx, decision, req) },
+			func(ctx workflow.Context, req ApprovalRequest) (storage.Task, error) {
+				return w.decide(ctx, decision, req)
+			},
 			workflow.UpdateHandlerOptions{Validator: w.validateDecision}); err != nil {
 			return err
 		}
