@@ -398,3 +398,37 @@ func TestBatchSurvivesKill9(t *testing.T) {
 	}
 	assert.Empty(t, task.Batch.Compensations)
 }
+
+// TestBatchCancelRollsBack: POST /tasks/{id}/cancel of a running batch
+// cancels its running operations, starts nothing new and undoes what
+// completed.
+func TestBatchCancelRollsBack(t *testing.T) {
+	runLog := filepath.Join(t.TempDir(), "runs.log")
+	h := startApp(t, "PROVISIONING_DEMO_DELAY_MS=1500", "PROVISIONING_DEMO_RUN_LOG="+runLog)
+	id := h.submit(workflowsBatchPath, sixOpBatch(nil))
+	waitTask(t, h.base, id, 60*time.Second, func(task storage.Task) bool {
+		return task.Status.Terminal() || (task.Batch != nil && batchOp(t, task, "k8s-web").Status == storage.StatusRunning)
+	})
+	r := h.postJSON("/tasks/"+id+"/cancel", nil)
+	require.Equal(t, http.StatusAccepted, r.status, "%s", r.raw)
+	task, _ := waitTask(t, h.base, id, 60*time.Second, terminal)
+	require.Equal(t, storage.StatusCancelled, task.Status, deref(task.Error))
+	assert.Contains(t, deref(task.Error), "batch cancelled")
+	for _, o := range task.Batch.Operations {
+		child := getTask(t, h.base, o.TaskID)
+		switch o.ID {
+		case "web", "db":
+			assert.Equal(t, storage.StatusCompleted, child.Status, o.ID)
+			assert.True(t, o.RolledBack, o.ID)
+		default:
+			assert.Equal(t, storage.StatusCancelled, child.Status, o.ID)
+		}
+	}
+	for _, f := range []string{"servers/web-01.json", "servers/db-01.json"} {
+		assert.NoFileExists(t, filepath.Join(h.stateDir, "production", f), "rolled back")
+	}
+	assert.NoFileExists(t, filepath.Join(h.stateDir, "production", "clusters", "buildkit.json"))
+	for _, l := range runLogLines(t, runLog) {
+		assert.NotContains(t, l, "cluster", "the cluster never started")
+	}
+}
