@@ -99,6 +99,7 @@ func TestBatchRunsTheDAGInDependencyOrder(t *testing.T) {
 		assert.Equal(t, storage.StatusCompleted, o.Status, o.ID)
 		child := getTask(t, h.base, o.TaskID)
 		assert.Equal(t, storage.StatusCompleted, child.Status, o.ID)
+		assert.Equal(t, id, child.Parent, o.ID)
 		want := []string{}
 		for _, d := range o.DependsOn {
 			want = append(want, batchOp(t, task, d).TaskID)

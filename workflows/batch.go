@@ -291,7 +291,7 @@ func (w *batch) childRecord(i int, plan bool, status storage.TaskStatus, errText
 	t := storage.Normalize(storage.Task{
 		ID: id, Name: spec.Name, Command: spec.Command, Args: spec.Args, Status: status,
 		CreatedAt: w.task.CreatedAt, UpdatedAt: w.task.CreatedAt, WorkflowType: spec.Workflow, Priority: w.in.Priority,
-		Dependencies: w.depIDs(i, plan),
+		Dependencies: w.depIDs(i, plan), Parent: w.in.TaskID,
 	})
 	if status.Terminal() {
 		t.Version = 1

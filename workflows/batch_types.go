@@ -382,6 +382,7 @@ func (in BatchInput) operationCommon(op Operation, taskID string, plan bool, dep
 	c.CheckMode = c.CheckMode || op.CheckMode || plan
 	c.Wait = c.Wait || op.Wait
 	c.Dependencies = deps
+	c.Parent = in.TaskID
 	return c
 }
 
