@@ -109,10 +109,8 @@ func (s *Server) decide(c echo.Context, update string) error {
 		return err
 	}
 	var req DecisionRequest
-	if c.Request().ContentLength != 0 {
-		if err := s.decodeJSON(c, &req); err != nil {
-			return err
-		}
+	if err := s.decodeOptionalJSON(c, &req); err != nil {
+		return err
 	}
 	if len(req.Comment) > 4096 {
 		return fieldErr("comment", "at most 4096 bytes")
