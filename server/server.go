@@ -165,6 +165,7 @@ func New(o Options) *Server {
 	s.e.POST("/workflows/cluster/create", s.createCluster)
 	s.routeTestEnv()
 	s.routeQueue()
+	s.routeSchedules()
 	s.e.GET(OpenAPIPath, s.openAPI)
 	s.routes = map[string]bool{}
 	for _, r := range s.e.Routes() {

@@ -1,0 +1,195 @@
+package workflows
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/provisioning/orchestrator/storage"
+)
+
+// ScheduledRunWorkflowName is the workflow a schedule (POST /schedules)
+// starts at each of its times: it runs the schedule's action as a normal
+// task (a child workflow whose ID is the task id) and waits for it, so the
+// schedule's overlap policy applies to the task.
+const ScheduledRunWorkflowName = "ScheduledRun"
+
+// Schedule action types: which create request a schedule repeats.
+const (
+	ScheduleActionServer   = "server"
+	ScheduleActionTaskserv = "taskserv"
+	ScheduleActionCluster  = "cluster"
+)
+
+// ScheduleAction is the work a schedule repeats: the body of a create
+// request (POST /workflows/{servers,taskserv,cluster}/create) plus its
+// type. A nightly drift check is a server action with check_mode set.
+type ScheduleAction struct {
+	// Type is one of ScheduleActionServer, ScheduleActionTaskserv,
+	// ScheduleActionCluster.
+	Type      string `json:"type"`
+	Infra     string `json:"infra"`
+	Settings  string `json:"settings"`
+	CheckMode bool   `json:"check_mode,omitempty"`
+	Wait      bool   `json:"wait,omitempty"`
+	// Priority 1 (most urgent) to 5; default 3.
+	Priority int `json:"priority,omitempty"`
+	// Servers: for a server action required ([] means every server the
+	// settings define, as in the create request); for a taskserv action
+	// optional (empty means the script's default).
+	Servers []string `json:"servers"`
+	// Taskserv names the taskserv of a taskserv action.
+	Taskserv string `json:"taskserv,omitempty"`
+	// Cluster names the cluster of a cluster action.
+	Cluster string `json:"cluster,omitempty"`
+}
+
+// ScheduledRunInput starts ScheduledRunWorkflow.
+type ScheduledRunInput struct {
+	// ScheduleID is the schedule's id as the API names it (not the
+	// Temporal schedule id); the run's task name shows it.
+	ScheduleID string `json:"schedule_id"`
+	// Action is what each run does.
+	Action ScheduleAction `json:"action"`
+	// Policy bounds the runs' steps, as for any task.
+	Policy ExecPolicy `json:"policy"`
+	// FairnessWeight of the action's infra when Temporal shares a queue.
+	FairnessWeight float32 `json:"fairness_weight,omitempty"`
+}
+
+// ScheduledRunStatus is what ScheduledRunWorkflow's status query answers:
+// the task the run is (or will be) and its status as the run last saw it.
+type ScheduledRunStatus struct {
+	ScheduleID string             `json:"schedule_id"`
+	TaskID     string             `json:"task_id"`
+	Status     storage.TaskStatus `json:"status"`
+}
+
+// scheduledRunNamespace is the UUIDv5 namespace of scheduled runs' task ids.
+var scheduledRunNamespace = uuid.MustParse("5b0e3c1e-8f7a-4f5e-9d4b-2a6c1f0e9b31")
+
+// ScheduledTaskID is the task id of the run of a schedule whose workflow
+// ID is workflowID: a UUIDv5 of it. Temporal names each scheduled
+// workflow uniquely (the schedule's action id plus the action's time), and
+// the function is pure, so the id is the same on replay and the API can
+// name the task of any run it sees in the schedule's recent actions.
+func ScheduledTaskID(workflowID string) string {
+	return uuid.NewSHA1(scheduledRunNamespace, []byte(workflowID)).String()
+}
+
+// scheduledName is name with the suffix a scheduled run's task name carries:
+// "server create production (schedule nightly)".
+func scheduledName(name, schedule string) string {
+	if schedule == "" {
+		return name
+	}
+	return name + " (schedule " + schedule + ")"
+}
+
+// Validate reports the first invalid field as a *FieldError whose field
+// is prefixed "action.".
+func (a ScheduleAction) Validate() error {
+	switch a.Type {
+	case ScheduleActionServer:
+		if a.Servers == nil {
+			return &FieldError{Field: "action.servers", Message: "is required: name the servers, or send [] for every server the settings define"}
+		}
+	case ScheduleActionTaskserv, ScheduleActionCluster:
+	case "":
+		return &FieldError{Field: "action.type", Message: "is required: server, taskserv or cluster"}
+	default:
+		return &FieldError{Field: "action.type", Message: fmt.Sprintf("%q is not one of server, taskserv, cluster", a.Type)}
+	}
+	if a.Type != ScheduleActionTaskserv && a.Taskserv != "" {
+		return &FieldError{Field: "action.taskserv", Message: "only a taskserv action names a taskserv"}
+	}
+	if a.Type != ScheduleActionCluster && a.Cluster != "" {
+		return &FieldError{Field: "action.cluster", Message: "only a cluster action names a cluster"}
+	}
+	if a.Type == ScheduleActionCluster && a.Servers != nil {
+		return &FieldError{Field: "action.servers", Message: "a cluster action names no servers"}
+	}
+	// A placeholder id: validation does not look at it.
+	_, input, _, _ := ScheduledRunInput{Action: a}.Child("00000000-0000-0000-0000-000000000000", time.Time{})
+	if v, ok := input.(interface{ Validate() error }); ok {
+		if err := v.Validate(); err != nil {
+			var fe *FieldError
+			if errors.As(err, &fe) {
+				return &FieldError{Field: "action." + fe.Field, Message: fe.Message}
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// Child is the task a run of the schedule is: the workflow type and input
+// of its create request with the given task id and creation time, the
+// shared fields, and the task's spec (its name shows the schedule).
+func (in ScheduledRunInput) Child(taskID string, createdAt time.Time) (wfType string, input any, common Common, spec TaskSpec) {
+	a := in.Action
+	common = Common{
+		TaskID: taskID, Infra: a.Infra, Settings: a.Settings, CheckMode: a.CheckMode, Wait: a.Wait,
+		CreatedAt: createdAt, Policy: in.Policy, Priority: a.Priority, FairnessWeight: in.FairnessWeight,
+		Schedule: in.ScheduleID,
+	}
+	switch a.Type {
+	case ScheduleActionTaskserv:
+		ci := TaskservCreateInput{Common: common, Taskserv: a.Taskserv, Servers: a.Servers}
+		return TaskservCreateWorkflowName, ci, common, ci.Task()
+	case ScheduleActionCluster:
+		ci := ClusterCreateInput{Common: common, Cluster: a.Cluster}
+		return ClusterCreateWorkflowName, ci, common, ci.Task()
+	default:
+		ci := ServerCreateInput{Common: common, Servers: a.Servers}
+		return ServerCreateWorkflowName, ci, common, ci.Task()
+	}
+}
+
+// ScheduledRunWorkflow is one run of a schedule. It derives the run's
+// task id from its own workflow ID (ScheduledTaskID), starts the action's
+// create workflow as a child with that id (the child projects the task, so
+// GET /tasks/{id} shows it like any other) and waits for it. Cancelling or
+// terminating the run (overlap policies cancel_other, terminate_other)
+// asks the task to cancel. The result is the task's final snapshot.
+func ScheduledRunWorkflow(ctx workflow.Context, in ScheduledRunInput) (storage.Task, error) {
+	st := ScheduledRunStatus{
+		ScheduleID: in.ScheduleID,
+		TaskID:     ScheduledTaskID(workflow.GetInfo(ctx).WorkflowExecution.ID),
+		Status:     storage.StatusPending,
+	}
+	if err := workflow.SetQueryHandler(ctx, StatusQuery, func() (ScheduledRunStatus, error) { return st, nil }); err != nil {
+		return storage.Task{}, err
+	}
+	if err := in.Action.Validate(); err != nil {
+		st.Status = storage.StatusFailed
+		return storage.Task{}, temporal.NewNonRetryableApplicationError("invalid schedule action: "+err.Error(), ErrTypeInvalidInput, nil)
+	}
+	wfType, input, common, spec := in.Child(st.TaskID, workflow.Now(ctx).UTC().Truncate(time.Microsecond))
+	cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
+		WorkflowID:            st.TaskID,
+		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+		// The task ends Cancelled (and says so) rather than vanishing
+		// when the run is cancelled or terminated.
+		ParentClosePolicy:   enumspb.PARENT_CLOSE_POLICY_REQUEST_CANCEL,
+		WaitForCancellation: true,
+		Priority:            common.TemporalPriority(),
+		StaticSummary:       spec.Summary(),
+		StaticDetails:       common.Details(),
+	})
+	st.Status = storage.StatusRunning
+	var task storage.Task
+	err := workflow.ExecuteChildWorkflow(cctx, wfType, input).Get(ctx, &task)
+	switch {
+	case task.Status != "":
+		st.Status = task.Status
+	case err != nil:
+		st.Status = storage.StatusFailed
+	}
+	return task, err
+}
