@@ -83,32 +83,17 @@ func overlapName(p enumspb.ScheduleOverlapPolicy) string {
 }
 
 // CreateScheduleRequest is the body of POST /schedules.
-type CreateScheduleRequest struct {
-	// ID names the schedule ([A-Za-z0-9][A-Za-z0-9._-]{0,62}). Required.
-	ID string `json:"id"`
-	// Cron expressions (UTC), e.g. "0 2 * * *". Exactly one of Cron and
-	// Interval is required.
-	Cron []string `json:"cron,omitempty"`
-	// Interval between runs as a Go duration ("2s", "1h"); at least
-	// MinScheduleInterval.
-	Interval string `json:"interval,omitempty"`
-	// Overlap: what happens when a run is due while the previous one still
-	// runs: skip (default), buffer_one, buffer_all, cancel_other,
-	// terminate_other, allow_all.
-	Overlap string `json:"overlap,omitempty"`
-	// Paused creates the schedule paused; default false.
-	Paused bool `json:"paused,omitempty"`
-	// Note is a free text shown with the schedule (why it is paused, say).
-	Note string `json:"note,omitempty"`
-	// Action is what each run does. Required.
-	Action *workflows.ScheduleAction `json:"action"`
-}
+type CreateScheduleRequest = workflows.ScheduleRequest
 
 // ScheduleNoteRequest is the optional body of POST /schedules/{id}/pause
 // and /unpause.
-type ScheduleNoteRequest struct {
-	Note string `json:"note,omitempty"`
-}
+type ScheduleNoteRequest = workflows.ScheduleNoteRequest
+
+// ScheduleView is a schedule as the API shows it.
+type ScheduleView = workflows.ScheduleView
+
+// ScheduleRun is one recent run of a schedule.
+type ScheduleRun = workflows.ScheduleRun
 
 // scheduleMemo is what the API keeps in the Temporal schedule's memo: the
 // request as sent (Temporal turns cron expressions into calendars, and the
@@ -122,48 +107,6 @@ type scheduleMemo struct {
 
 // scheduleMemoKey is the memo field scheduleMemo is stored under.
 const scheduleMemoKey = "orchestrator_schedule"
-
-// ScheduleRun is one recent run of a schedule.
-type ScheduleRun struct {
-	// TaskID is the run's task: GET /tasks/{task_id}.
-	TaskID string `json:"task_id"`
-	// Status is the task's status in the store ("" until the run's task
-	// has been recorded).
-	Status storage.TaskStatus `json:"status,omitempty"`
-	// ScheduledAt is when the run was due; StartedAt when it was started.
-	ScheduledAt time.Time `json:"scheduled_at"`
-	StartedAt   time.Time `json:"started_at"`
-}
-
-// ScheduleView is a schedule as the API shows it.
-type ScheduleView struct {
-	ID string `json:"id"`
-	// TemporalID is the Temporal schedule id (`temporal schedule describe
-	// -s <it>`).
-	TemporalID string `json:"temporal_id"`
-	// AuditID is the id the schedule's changes are audited under: GET
-	// /audit?task_id=<audit_id>.
-	AuditID  string                    `json:"audit_id"`
-	Cron     []string                  `json:"cron,omitempty"`
-	Interval string                    `json:"interval,omitempty"`
-	Overlap  string                    `json:"overlap"`
-	Paused   bool                      `json:"paused"`
-	Note     string                    `json:"note"`
-	Action   *workflows.ScheduleAction `json:"action,omitempty"`
-	// NextRuns are the next times the schedule is due (none while paused).
-	NextRuns []time.Time `json:"next_runs"`
-	// RecentRuns are the latest runs, oldest first (Temporal keeps 10; a
-	// list shows 5).
-	RecentRuns []ScheduleRun `json:"recent_runs"`
-	// RunningTasks are the tasks of the runs still running (GET
-	// /schedules/{id} only).
-	RunningTasks []string `json:"running_tasks,omitempty"`
-	// Runs counts the runs taken and SkippedOverlap those skipped by the
-	// overlap policy (GET /schedules/{id} only).
-	Runs           int       `json:"runs"`
-	SkippedOverlap int       `json:"skipped_overlap"`
-	CreatedAt      time.Time `json:"created_at,omitzero"`
-}
 
 // scheduleAuditNamespace is the UUIDv5 namespace of schedules' audit ids.
 var scheduleAuditNamespace = uuid.MustParse("9e7c2a4d-3b1f-4c6e-8a5d-7f0b1e2c3d4a")
@@ -212,7 +155,7 @@ func (s *Server) routeSchedules() {
 
 // validate checks the request and returns the Temporal spec and overlap
 // policy it asks for.
-func (r *CreateScheduleRequest) validate() (client.ScheduleSpec, enumspb.ScheduleOverlapPolicy, error) {
+func validateSchedule(r *CreateScheduleRequest) (client.ScheduleSpec, enumspb.ScheduleOverlapPolicy, error) {
 	var spec client.ScheduleSpec
 	if err := workflows.ValidateName("id", r.ID); err != nil {
 		return spec, 0, err
@@ -265,7 +208,7 @@ func (s *Server) createSchedule(c echo.Context) error {
 	if err := s.decodeJSON(c, &req); err != nil {
 		return err
 	}
-	spec, overlap, err := req.validate()
+	spec, overlap, err := validateSchedule(&req)
 	if err != nil {
 		return validationErr(err)
 	}

@@ -49,6 +49,78 @@ type ScheduleAction struct {
 	Cluster string `json:"cluster,omitempty"`
 }
 
+// ScheduleRequest is the body of POST /schedules (the REST API; the Go
+// SDK's API.CreateSchedule sends it).
+type ScheduleRequest struct {
+	// ID names the schedule ([A-Za-z0-9][A-Za-z0-9._-]{0,62}). Required.
+	ID string `json:"id"`
+	// Cron expressions (UTC), e.g. "0 2 * * *". Exactly one of Cron and
+	// Interval is required.
+	Cron []string `json:"cron,omitempty"`
+	// Interval between runs as a Go duration ("2s", "1h"); at least
+	// 1s (the API's MinScheduleInterval).
+	Interval string `json:"interval,omitempty"`
+	// Overlap: what happens when a run is due while the previous one still
+	// runs: skip (default), buffer_one, buffer_all, cancel_other,
+	// terminate_other, allow_all.
+	Overlap string `json:"overlap,omitempty"`
+	// Paused creates the schedule paused; default false.
+	Paused bool `json:"paused,omitempty"`
+	// Note is a free text shown with the schedule (why it is paused, say).
+	Note string `json:"note,omitempty"`
+	// Action is what each run does. Required.
+	Action *ScheduleAction `json:"action"`
+}
+
+// ScheduleNoteRequest is the optional body of POST /schedules/{id}/pause
+// and /unpause.
+type ScheduleNoteRequest struct {
+	Note string `json:"note,omitempty"`
+}
+
+// ScheduleRun is one recent run of a schedule.
+type ScheduleRun struct {
+	// TaskID is the run's task: GET /tasks/{task_id}.
+	TaskID string `json:"task_id"`
+	// Status is the task's status in the store ("" until the run's task
+	// has been recorded).
+	Status storage.TaskStatus `json:"status,omitempty"`
+	// ScheduledAt is when the run was due; StartedAt when it was started.
+	ScheduledAt time.Time `json:"scheduled_at"`
+	StartedAt   time.Time `json:"started_at"`
+}
+
+// ScheduleView is a schedule as the API shows it.
+type ScheduleView struct {
+	ID string `json:"id"`
+	// TemporalID is the Temporal schedule id (`temporal schedule describe
+	// -s <it>`).
+	TemporalID string `json:"temporal_id"`
+	// AuditID is the id the schedule's changes are audited under: GET
+	// /audit?task_id=<audit_id>.
+	AuditID  string          `json:"audit_id"`
+	Cron     []string        `json:"cron,omitempty"`
+	Interval string          `json:"interval,omitempty"`
+	Overlap  string          `json:"overlap"`
+	Paused   bool            `json:"paused"`
+	Note     string          `json:"note"`
+	Action   *ScheduleAction `json:"action,omitempty"`
+	// NextRuns are the next times the schedule is due (listed while paused
+	// too: they are when runs would be taken).
+	NextRuns []time.Time `json:"next_runs"`
+	// RecentRuns are the latest runs, oldest first (Temporal keeps 10; a
+	// list shows 5).
+	RecentRuns []ScheduleRun `json:"recent_runs"`
+	// RunningTasks are the tasks of the runs still running (GET
+	// /schedules/{id} only).
+	RunningTasks []string `json:"running_tasks,omitempty"`
+	// Runs counts the runs taken and SkippedOverlap those skipped by the
+	// overlap policy (GET /schedules/{id} only).
+	Runs           int       `json:"runs"`
+	SkippedOverlap int       `json:"skipped_overlap"`
+	CreatedAt      time.Time `json:"created_at,omitzero"`
+}
+
 // ScheduledRunInput starts ScheduledRunWorkflow.
 type ScheduledRunInput struct {
 	// ScheduleID is the schedule's id as the API names it (not the
