@@ -246,3 +246,49 @@ func TestScheduleSDK(t *testing.T) {
 	require.True(t, errors.As(err, &apiErr), "%v", err)
 	assert.Equal(t, "action.infra", apiErr.Field)
 }
+
+// TestNuScheduleCommands: the Nushell `schedule ...` commands, through the
+// module and the provisioning entry script, against the real service.
+func TestNuScheduleCommands(t *testing.T) {
+	h := startApp(t)
+	const mod = "workflows/schedule.nu"
+	var v server.ScheduleView
+	provisioning(t, h.base, &v, "schedule", "create", "nu-drift", "web-01", "--every", "2s", "--taskserv", "etcd",
+		"--infra", "production", "--settings", "./settings.yaml", "--check", "--note", "from nu", "--out", "json")
+	assert.Equal(t, "nu-drift", v.ID)
+	assert.Equal(t, "2s", v.Interval)
+	require.NotNil(t, v.Action)
+	assert.Equal(t, workflows.ScheduleAction{Type: "taskserv", Infra: "production", Settings: "./settings.yaml", CheckMode: true,
+		Servers: []string{"web-01"}, Taskserv: "etcd"}, *v.Action)
+
+	eventually(t, 60*time.Second, "a completed run", func() bool {
+		runNuJSON(t, h.base, "schedule show nu-drift | to json", &v, mod)
+		return h.completedRuns(v) >= 1
+	})
+	assert.Equal(t, "taskserv create etcd (schedule nu-drift)", h.task(v.RecentRuns[0].TaskID).Name)
+
+	var list []server.ScheduleView
+	eventually(t, 30*time.Second, "the schedule in `schedule list`", func() bool {
+		runNuJSON(t, h.base, "schedule list | to json", &list, mod)
+		return len(list) == 1 && list[0].ID == "nu-drift"
+	})
+	provisioning(t, h.base, &v, "schedule", "pause", "nu-drift", "--note", "enough", "--out", "json")
+	assert.True(t, v.Paused)
+	assert.Equal(t, "enough", v.Note)
+	runNuJSON(t, h.base, "schedule unpause nu-drift | to json", &v, mod)
+	assert.False(t, v.Paused)
+
+	var deleted map[string]any
+	provisioning(t, h.base, &deleted, "schedule", "delete", "nu-drift", "--out", "json")
+	assert.Equal(t, map[string]any{"id": "nu-drift", "deleted": true}, deleted)
+	r := provisioning(t, h.base, nil, "schedule", "show", "nu-drift")
+	assert.Equal(t, 1, r.exitCode)
+	assert.Contains(t, r.stderr, "schedule nu-drift not found")
+
+	// Bad input: the API's message naming the field, nothing created.
+	r = runNu(t, h.base, "schedule create bad --every 100ms --infra production --settings ./s.yaml --all-servers", mod)
+	assert.NotEqual(t, 0, r.exitCode)
+	assert.Contains(t, errorText(r.stderr), "interval: must be at least 1s")
+	r = runNu(t, h.base, "schedule show bad", mod)
+	assert.Contains(t, errorText(r.stderr), "HTTP 404")
+}
