@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/provisioning/orchestrator/internal/searchattr"
 	"github.com/provisioning/orchestrator/sdk"
 	"github.com/provisioning/orchestrator/server"
 	"github.com/provisioning/orchestrator/storage"
@@ -95,6 +96,12 @@ func TestScheduleRunsTasksAndPauseStopsIt(t *testing.T) {
 	require.Len(t, run.Steps, 1)
 	assert.Equal(t, "web-01", run.Steps[0].Name)
 	assert.NotEqual(t, v.RecentRuns[0].TaskID, v.RecentRuns[1].TaskID, "every run is its own task")
+	// The run's task is its workflow, findable by infra and priority.
+	d, err := h.app.Client().DescribeWorkflowExecution(t.Context(), run.ID, "")
+	require.NoError(t, err)
+	assert.Equal(t, workflows.ServerCreateWorkflowName, d.GetWorkflowExecutionInfo().GetType().GetName())
+	assert.Contains(t, d.GetWorkflowExecutionInfo().GetSearchAttributes().GetIndexedFields(), searchattr.InfraName)
+	assert.Contains(t, d.GetWorkflowExecutionInfo().GetSearchAttributes().GetIndexedFields(), searchattr.PriorityName)
 
 	// Pause: once the run in flight (if any) is done, no run starts.
 	r = h.postJSON("/schedules/drift/pause", map[string]any{"note": "maintenance"})
@@ -114,6 +121,7 @@ func TestScheduleRunsTasksAndPauseStopsIt(t *testing.T) {
 	v, _ = h.schedule("drift")
 	assert.Equal(t, runs, v.Runs, "no run while paused")
 	assert.Len(t, h.scheduledTasks("drift"), tasks, "no task while paused")
+	t.Logf("paused after %d runs (%d tasks); 6 s later: %d runs, %d tasks", runs, tasks, v.Runs, len(h.scheduledTasks("drift")))
 
 	// Trigger now: one more run while paused.
 	r = h.postJSON("/schedules/drift/trigger", nil)

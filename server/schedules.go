@@ -212,7 +212,8 @@ func (s *Server) createSchedule(c echo.Context) error {
 	if err != nil {
 		return validationErr(err)
 	}
-	in := workflows.ScheduledRunInput{ScheduleID: req.ID, Action: *req.Action, Policy: s.policy, FairnessWeight: s.weights[req.Action.Infra]}
+	in := workflows.ScheduledRunInput{ScheduleID: req.ID, Action: *req.Action, Policy: s.policy, FairnessWeight: s.weights[req.Action.Infra],
+		SearchAttributes: s.attrs}
 	_, _, common, task := in.Child("", time.Time{})
 	tid := TemporalSchedulePrefix + req.ID
 	memo := scheduleMemo{Cron: req.Cron, Interval: req.Interval, Overlap: cmp.Or(req.Overlap, DefaultOverlap), Action: *req.Action}
@@ -232,6 +233,8 @@ func (s *Server) createSchedule(c echo.Context) error {
 			TaskQueue:     s.taskQueue,
 			Priority:      common.TemporalPriority(),
 			StaticSummary: "schedule " + req.ID + ": " + task.Summary(),
+			// The run is findable by the infra and priority of its task.
+			TypedSearchAttributes: s.attrs.Start(req.Action.Infra, cmp.Or(req.Action.Priority, storage.DefaultPriority)),
 		},
 	})
 	if err != nil {

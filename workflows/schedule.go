@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
+	"github.com/provisioning/orchestrator/internal/searchattr"
 	"github.com/provisioning/orchestrator/storage"
 )
 
@@ -132,6 +134,11 @@ type ScheduledRunInput struct {
 	Policy ExecPolicy `json:"policy"`
 	// FairnessWeight of the action's infra when Temporal shares a queue.
 	FairnessWeight float32 `json:"fairness_weight,omitempty"`
+	// SearchAttributes are the custom search attributes (Infra, Priority)
+	// the namespace defines: each run's task starts with those, so
+	// `temporal workflow list --query 'Infra="production"'` finds it.
+	// Default none.
+	SearchAttributes searchattr.Set `json:"search_attributes,omitzero"`
 }
 
 // ScheduledRunStatus is what ScheduledRunWorkflow's status query answers:
@@ -224,18 +231,21 @@ func (in ScheduledRunInput) Child(taskID string, createdAt time.Time) (wfType st
 }
 
 // ScheduledRunWorkflow is one run of a schedule. It derives the run's
-// task id from its own workflow ID (ScheduledTaskID), starts the action's
+// task id from its own workflow ID (ScheduledTaskID, recorded with
+// workflow.SideEffect), starts the action's
 // create workflow as a child with that id (the child projects the task, so
 // GET /tasks/{id} shows it like any other) and waits for it. Cancelling or
 // terminating the run (overlap policies cancel_other, terminate_other)
 // asks the task to cancel. The result is the task's final snapshot.
 func ScheduledRunWorkflow(ctx workflow.Context, in ScheduledRunInput) (storage.Task, error) {
-	st := ScheduledRunStatus{
-		ScheduleID: in.ScheduleID,
-		TaskID:     ScheduledTaskID(workflow.GetInfo(ctx).WorkflowExecution.ID),
-		Status:     storage.StatusPending,
-	}
+	st := ScheduledRunStatus{ScheduleID: in.ScheduleID, Status: storage.StatusPending}
 	if err := workflow.SetQueryHandler(ctx, StatusQuery, func() (ScheduledRunStatus, error) { return st, nil }); err != nil {
+		return storage.Task{}, err
+	}
+	// Recorded in history: a replay (also by tools that replay a history
+	// under another workflow ID) names the same task.
+	wfID := workflow.GetInfo(ctx).WorkflowExecution.ID
+	if err := workflow.SideEffect(ctx, func(workflow.Context) any { return ScheduledTaskID(wfID) }).Get(&st.TaskID); err != nil {
 		return storage.Task{}, err
 	}
 	if err := in.Action.Validate(); err != nil {
@@ -248,11 +258,12 @@ func ScheduledRunWorkflow(ctx workflow.Context, in ScheduledRunInput) (storage.T
 		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
 		// The task ends Cancelled (and says so) rather than vanishing
 		// when the run is cancelled or terminated.
-		ParentClosePolicy:   enumspb.PARENT_CLOSE_POLICY_REQUEST_CANCEL,
-		WaitForCancellation: true,
-		Priority:            common.TemporalPriority(),
-		StaticSummary:       spec.Summary(),
-		StaticDetails:       common.Details(),
+		ParentClosePolicy:     enumspb.PARENT_CLOSE_POLICY_REQUEST_CANCEL,
+		WaitForCancellation:   true,
+		Priority:              common.TemporalPriority(),
+		StaticSummary:         spec.Summary(),
+		StaticDetails:         common.Details(),
+		TypedSearchAttributes: in.SearchAttributes.Start(common.Infra, cmp.Or(common.Priority, storage.DefaultPriority)),
 	})
 	st.Status = storage.StatusRunning
 	var task storage.Task
