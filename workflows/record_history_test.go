@@ -194,6 +194,20 @@ func TestRecordHistories(t *testing.T) {
 		require.Len(t, task.Steps, 2)
 		writeHistory(t, ctx, c, run, replayListFile)
 	}
+
+	// 5. A schedule's run: ScheduledRun starts the drift check (server
+	// create in check mode) as its child task and waits for it.
+	{
+		in := workflows.ScheduledRunInput{ScheduleID: "nightly", Action: workflows.ScheduleAction{
+			Type: workflows.ScheduleActionServer, Infra: "production", Settings: "./settings.yaml", CheckMode: true,
+			Servers: []string{"web-01"}}}
+		run := start(workflows.ScheduledRunWorkflowName, replayScheduledWorkflowID, in)
+		var task storage.Task
+		require.NoError(t, run.Get(ctx, &task))
+		require.Equal(t, storage.StatusCompleted, task.Status)
+		require.Equal(t, workflows.ScheduledTaskID(replayScheduledWorkflowID), task.ID)
+		writeHistory(t, ctx, c, run, replayScheduledFile)
+	}
 }
 
 // writeHistory writes the run's full history in the JSON format of
