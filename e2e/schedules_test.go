@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -173,23 +174,27 @@ func TestScheduleBadInput(t *testing.T) {
 		body  map[string]any
 		field string
 	}{
-		"no id":            {map[string]any{"interval": "1h", "action": action(nil)}, "id"},
-		"bad id":           {map[string]any{"id": "../x", "interval": "1h", "action": action(nil)}, "id"},
-		"no when":          {map[string]any{"id": "bad1", "action": action(nil)}, "interval"},
-		"both":             {map[string]any{"id": "bad1", "interval": "1h", "cron": []string{"0 2 * * *"}, "action": action(nil)}, "interval"},
-		"short interval":   {map[string]any{"id": "bad1", "interval": "500ms", "action": action(nil)}, "interval"},
-		"bad interval":     {map[string]any{"id": "bad1", "interval": "soon", "action": action(nil)}, "interval"},
-		"bad cron":         {map[string]any{"id": "bad1", "cron": []string{"every day at noon please"}, "action": action(nil)}, "cron"},
-		"empty cron entry": {map[string]any{"id": "bad1", "cron": []string{""}, "action": action(nil)}, "cron[0]"},
-		"bad overlap":      {map[string]any{"id": "bad1", "interval": "1h", "overlap": "sometimes", "action": action(nil)}, "overlap"},
-		"no action":        {map[string]any{"id": "bad1", "interval": "1h"}, "action"},
-		"bad type":         {map[string]any{"id": "bad1", "interval": "1h", "action": action(func(a map[string]any) { a["type"] = "rm" })}, "action.type"},
-		"no taskserv":      {map[string]any{"id": "bad1", "interval": "1h", "action": action(func(a map[string]any) { delete(a, "taskserv") })}, "action.taskserv"},
-		"bad taskserv":     {map[string]any{"id": "bad1", "interval": "1h", "action": action(func(a map[string]any) { a["taskserv"] = "$(rm -rf /)" })}, "action.taskserv"},
-		"bad infra":        {map[string]any{"id": "bad1", "interval": "1h", "action": action(func(a map[string]any) { a["infra"] = "../etc" })}, "action.infra"},
-		"bad priority":     {map[string]any{"id": "bad1", "interval": "1h", "action": action(func(a map[string]any) { a["priority"] = 7 })}, "action.priority"},
-		"server no list":   {map[string]any{"id": "bad1", "interval": "1h", "action": map[string]any{"type": "server", "infra": "p", "settings": "./s.yaml"}}, "action.servers"},
-		"unknown field":    {map[string]any{"id": "bad1", "interval": "1h", "every": "1h", "action": action(nil)}, "every"},
+		"no id":             {map[string]any{"interval": "1h", "action": action(nil)}, "id"},
+		"bad id":            {map[string]any{"id": "../x", "interval": "1h", "action": action(nil)}, "id"},
+		"no when":           {map[string]any{"id": "bad1", "action": action(nil)}, "interval"},
+		"both":              {map[string]any{"id": "bad1", "interval": "1h", "cron": []string{"0 2 * * *"}, "action": action(nil)}, "interval"},
+		"short interval":    {map[string]any{"id": "bad1", "interval": "500ms", "action": action(nil)}, "interval"},
+		"bad interval":      {map[string]any{"id": "bad1", "interval": "soon", "action": action(nil)}, "interval"},
+		"bad cron":          {map[string]any{"id": "bad1", "cron": []string{"every day at noon please"}, "action": action(nil)}, "cron"},
+		"empty cron entry":  {map[string]any{"id": "bad1", "cron": []string{""}, "action": action(nil)}, "cron[0]"},
+		"bad overlap":       {map[string]any{"id": "bad1", "interval": "1h", "overlap": "sometimes", "action": action(nil)}, "overlap"},
+		"no action":         {map[string]any{"id": "bad1", "interval": "1h"}, "action"},
+		"bad type":          {map[string]any{"id": "bad1", "interval": "1h", "action": action(func(a map[string]any) { a["type"] = "rm" })}, "action.type"},
+		"no taskserv":       {map[string]any{"id": "bad1", "interval": "1h", "action": action(func(a map[string]any) { delete(a, "taskserv") })}, "action.taskserv"},
+		"bad taskserv":      {map[string]any{"id": "bad1", "interval": "1h", "action": action(func(a map[string]any) { a["taskserv"] = "$(rm -rf /)" })}, "action.taskserv"},
+		"bad infra":         {map[string]any{"id": "bad1", "interval": "1h", "action": action(func(a map[string]any) { a["infra"] = "../etc" })}, "action.infra"},
+		"bad priority":      {map[string]any{"id": "bad1", "interval": "1h", "action": action(func(a map[string]any) { a["priority"] = 7 })}, "action.priority"},
+		"server no list":    {map[string]any{"id": "bad1", "interval": "1h", "action": map[string]any{"type": "server", "infra": "p", "settings": "./s.yaml"}}, "action.servers"},
+		"unknown field":     {map[string]any{"id": "bad1", "interval": "1h", "every": "1h", "action": action(nil)}, "every"},
+		"batch without dag": {map[string]any{"id": "bad1", "interval": "1h", "action": map[string]any{"type": "batch", "infra": "p", "settings": "./s.yaml"}}, "action.batch"},
+		"batch cycle": {map[string]any{"id": "bad1", "interval": "1h", "action": map[string]any{"type": "batch", "infra": "p", "settings": "./s.yaml",
+			"batch": map[string]any{"operations": []any{map[string]any{"id": "a", "type": "server", "servers": []string{"a"}, "depends_on": []string{"a"}}}}}}, "action.batch.operations[0].depends_on[0]"},
+		"dag on a taskserv": {map[string]any{"id": "bad1", "interval": "1h", "action": action(func(a map[string]any) { a["batch"] = map[string]any{"operations": []any{}} })}, "action.batch"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			r := h.postJSON("/schedules", tc.body)
@@ -299,4 +304,35 @@ func TestNuScheduleCommands(t *testing.T) {
 	assert.Contains(t, errorText(r.stderr), "interval: must be at least 1s")
 	r = runNu(t, h.base, "schedule show bad", mod)
 	assert.Contains(t, errorText(r.stderr), "HTTP 404")
+}
+
+// TestScheduleRunsABatch: a nightly drift check of a whole infra is a
+// scheduled batch in plan mode; each run is a batch task whose operations
+// are tasks, and nothing changes in the provider.
+func TestScheduleRunsABatch(t *testing.T) {
+	h := startApp(t, "PROVISIONING_DEMO_DELAY_MS=100")
+	r := h.postJSON("/schedules", map[string]any{"id": "drift-all", "cron": []string{"0 2 * * *"}, "paused": true,
+		"action": map[string]any{"type": "batch", "infra": "production", "settings": "./settings.yaml", "batch": map[string]any{
+			"mode": "plan", "operations": []any{
+				map[string]any{"id": "web", "type": "server", "servers": []string{"web-01"}},
+				map[string]any{"id": "k8s", "type": "taskserv", "taskserv": "kubernetes", "servers": []string{"web-01"}, "depends_on": []string{"web"}},
+			}}}})
+	require.Equal(t, http.StatusCreated, r.status, "%s", r.raw)
+	require.Equal(t, http.StatusAccepted, h.postJSON("/schedules/drift-all/trigger", nil).status)
+	var v server.ScheduleView
+	eventually(t, 60*time.Second, "the triggered batch run to complete", func() bool {
+		v, _ = h.schedule("drift-all")
+		return h.completedRuns(v) == 1
+	})
+	task := h.task(v.RecentRuns[0].TaskID)
+	assert.Equal(t, workflows.BatchWorkflowName, task.WorkflowType)
+	assert.Equal(t, "batch production (schedule drift-all)", task.Name)
+	require.NotNil(t, task.Batch)
+	assert.Equal(t, workflows.BatchModePlan, task.Batch.Mode)
+	for _, o := range task.Batch.Operations {
+		assert.Equal(t, storage.StatusCompleted, o.Status, o.ID)
+		assert.Contains(t, o.Plan, "check mode, nothing written", o.ID)
+		assert.Equal(t, task.ID, h.task(o.TaskID).Parent)
+	}
+	assert.NoDirExists(t, filepath.Join(h.stateDir, "production"), "a plan changes nothing")
 }

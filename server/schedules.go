@@ -195,7 +195,7 @@ func validateSchedule(r *CreateScheduleRequest) (client.ScheduleSpec, enumspb.Sc
 		return spec, 0, &workflows.FieldError{Field: "note", Message: fmt.Sprintf("at most %d bytes", MaxScheduleNote)}
 	}
 	if r.Action == nil {
-		return spec, 0, &workflows.FieldError{Field: "action", Message: "is required: {type: server|taskserv|cluster, infra, settings, ...}"}
+		return spec, 0, &workflows.FieldError{Field: "action", Message: "is required: {type: server|taskserv|cluster|batch, infra, settings, ...}"}
 	}
 	if err := r.Action.Validate(); err != nil {
 		return spec, 0, err

@@ -26,7 +26,26 @@ const (
 	ScheduleActionServer   = "server"
 	ScheduleActionTaskserv = "taskserv"
 	ScheduleActionCluster  = "cluster"
+	// ScheduleActionBatch repeats a batch (POST /workflows/batch): a
+	// nightly drift check of a whole infra is a batch in mode plan.
+	ScheduleActionBatch = "batch"
 )
+
+// ScheduleBatch is a batch action's DAG and options: the batch request's
+// fields but the shared ones (infra, settings, check_mode, wait,
+// priority), which are the action's.
+type ScheduleBatch struct {
+	// Name is the batch's display name; default "batch <infra>".
+	Name string `json:"name,omitempty"`
+	// Operations form the DAG (see Operation). Required.
+	Operations []Operation `json:"operations"`
+	// Parallelism, FailFast and Mode as in a batch request.
+	Parallelism int    `json:"parallelism,omitempty"`
+	FailFast    bool   `json:"fail_fast,omitempty"`
+	Mode        string `json:"mode,omitempty"`
+	// Rollback: default true, as in a batch request.
+	Rollback *bool `json:"rollback,omitempty"`
+}
 
 // ScheduleAction is the work a schedule repeats: the body of a create
 // request (POST /workflows/{servers,taskserv,cluster}/create) plus its
@@ -49,6 +68,8 @@ type ScheduleAction struct {
 	Taskserv string `json:"taskserv,omitempty"`
 	// Cluster names the cluster of a cluster action.
 	Cluster string `json:"cluster,omitempty"`
+	// Batch is a batch action's DAG (required for it, refused otherwise).
+	Batch *ScheduleBatch `json:"batch,omitempty"`
 }
 
 // ScheduleRequest is the body of POST /schedules (the REST API; the Go
@@ -179,10 +200,20 @@ func (a ScheduleAction) Validate() error {
 			return &FieldError{Field: "action.servers", Message: "is required: name the servers, or send [] for every server the settings define"}
 		}
 	case ScheduleActionTaskserv, ScheduleActionCluster:
+	case ScheduleActionBatch:
+		if a.Batch == nil {
+			return &FieldError{Field: "action.batch", Message: "is required for a batch action: {operations: [...], ...}"}
+		}
+		if a.Servers != nil {
+			return &FieldError{Field: "action.servers", Message: "a batch action names its servers in its operations"}
+		}
 	case "":
-		return &FieldError{Field: "action.type", Message: "is required: server, taskserv or cluster"}
+		return &FieldError{Field: "action.type", Message: "is required: server, taskserv, cluster or batch"}
 	default:
-		return &FieldError{Field: "action.type", Message: fmt.Sprintf("%q is not one of server, taskserv, cluster", a.Type)}
+		return &FieldError{Field: "action.type", Message: fmt.Sprintf("%q is not one of server, taskserv, cluster, batch", a.Type)}
+	}
+	if a.Type != ScheduleActionBatch && a.Batch != nil {
+		return &FieldError{Field: "action.batch", Message: "only a batch action has a batch"}
 	}
 	if a.Type != ScheduleActionTaskserv && a.Taskserv != "" {
 		return &FieldError{Field: "action.taskserv", Message: "only a taskserv action names a taskserv"}
@@ -199,7 +230,12 @@ func (a ScheduleAction) Validate() error {
 		if err := v.Validate(); err != nil {
 			var fe *FieldError
 			if errors.As(err, &fe) {
-				return &FieldError{Field: "action." + fe.Field, Message: fe.Message}
+				prefix := "action."
+				if a.Type == ScheduleActionBatch && fe.Field != "priority" {
+					// The batch's own fields live under action.batch.
+					prefix = "action.batch."
+				}
+				return &FieldError{Field: prefix + fe.Field, Message: fe.Message}
 			}
 			return err
 		}
@@ -218,6 +254,14 @@ func (in ScheduledRunInput) Child(taskID string, createdAt time.Time) (wfType st
 		Schedule: in.ScheduleID,
 	}
 	switch a.Type {
+	case ScheduleActionBatch:
+		b := a.Batch
+		if b == nil {
+			b = &ScheduleBatch{}
+		}
+		bi := BatchInput{Common: common, Name: b.Name, Operations: b.Operations, Parallelism: b.Parallelism,
+			FailFast: b.FailFast, NoRollback: b.Rollback != nil && !*b.Rollback, Mode: b.Mode}
+		return BatchWorkflowName, bi, common, bi.Task()
 	case ScheduleActionTaskserv:
 		ci := TaskservCreateInput{Common: common, Taskserv: a.Taskserv, Servers: a.Servers}
 		return TaskservCreateWorkflowName, ci, common, ci.Task()
