@@ -250,6 +250,12 @@ func TestBatchApprovalRESTAndTemporalCLI(t *testing.T) {
 	assert.Equal(t, "ops", task.Batch.Approval.Approver)
 	assert.Equal(t, storage.DecisionApproved, task.Batch.Approval.Decision)
 	assert.FileExists(t, filepath.Join(h.stateDir, "production", "clusters", "buildkit.json"))
+	// Operators find the operations' workflows by infra too.
+	var taskservs []string
+	for _, op := range []string{"k8s-web", "k8s-db", "pg"} {
+		taskservs = append(taskservs, workflows.OperationTaskID(id, op, true), workflows.OperationTaskID(id, op, false))
+	}
+	awaitList(t, h.app, `Infra="production" AND WorkflowType="TaskservCreate"`, taskservs...)
 	r, err = send(http.DefaultClient, http.MethodGet, h.base+"/tasks/"+id+"/audit", nil, auth...)
 	require.NoError(t, err)
 	var audit []storage.AuditEntry

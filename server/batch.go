@@ -86,7 +86,7 @@ func (s *Server) createBatch(c echo.Context) error {
 	in := workflows.BatchInput{
 		Common: common, Name: req.Name, Operations: req.Operations, Parallelism: req.Parallelism,
 		FailFast: req.FailFast, NoRollback: req.Rollback != nil && !*req.Rollback, Mode: req.Mode,
-		RequireApproval: req.RequireApproval, ApprovalTimeout: timeout,
+		RequireApproval: req.RequireApproval, ApprovalTimeout: timeout, SearchAttributes: s.attrs,
 	}
 	if err := in.Validate(); err != nil {
 		return validationErr(err)

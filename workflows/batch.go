@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -312,13 +313,17 @@ func (w *batch) depIDs(i int, plan bool) []string {
 // cancelled with the batch (and waited for, so a cancelled batch rolls
 // back only once its operations stopped), and asked to cancel if the batch
 // is terminated.
-func (w *batch) childCtx(ctx workflow.Context, id string, spec TaskSpec) workflow.Context {
+func (w *batch) childCtx(ctx workflow.Context, id string, spec TaskSpec, c Common) workflow.Context {
 	return workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
 		WorkflowID:            id,
 		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
 		ParentClosePolicy:     enumspb.PARENT_CLOSE_POLICY_REQUEST_CANCEL,
 		WaitForCancellation:   true,
+		// The operation's own infra is its fairness key.
+		Priority:              c.TemporalPriority(),
 		StaticSummary:         "batch " + w.in.TaskID + ": " + spec.Summary(),
+		StaticDetails:         c.Details(),
+		TypedSearchAttributes: w.in.SearchAttributes.Start(c.Infra, cmp.Or(c.Priority, storage.DefaultPriority)),
 	})
 }
 
@@ -348,8 +353,9 @@ func (w *batch) runPhase(ctx workflow.Context, plan bool) {
 	start := func(i int) {
 		op := w.in.Operations[i]
 		id := OperationTaskID(w.in.TaskID, op.ID, plan)
-		wfType, spec, input := w.in.childInput(op, w.in.operationCommon(op, id, plan, w.depIDs(i, plan)))
-		cctx, cancel := workflow.WithCancel(w.childCtx(ctx, id, spec))
+		common := w.in.operationCommon(op, id, plan, w.depIDs(i, plan))
+		wfType, spec, input := w.in.childInput(op, common)
+		cctx, cancel := workflow.WithCancel(w.childCtx(ctx, id, spec, common))
 		cancels[i] = cancel
 		running++
 		w.setOp(ctx, i, plan, storage.StatusRunning, "")

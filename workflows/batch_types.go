@@ -9,6 +9,8 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/provisioning/orchestrator/internal/searchattr"
+
 	"github.com/provisioning/orchestrator/storage"
 )
 
@@ -134,6 +136,11 @@ type BatchInput struct {
 	RequireApproval bool `json:"require_approval,omitempty"`
 	// ApprovalTimeout bounds the wait; default DefaultApprovalTimeout.
 	ApprovalTimeout time.Duration `json:"approval_timeout,omitempty"`
+	// SearchAttributes are the custom search attributes (Infra, Priority)
+	// the namespace defines: each operation's workflow starts with them,
+	// so `temporal workflow list --query 'Infra="production"'` finds it.
+	// Default none.
+	SearchAttributes searchattr.Set `json:"search_attributes,omitzero"`
 }
 
 // Task names a batch task: "batch <name>" (or "batch <infra>").

@@ -260,7 +260,7 @@ func (in ScheduledRunInput) Child(taskID string, createdAt time.Time) (wfType st
 			b = &ScheduleBatch{}
 		}
 		bi := BatchInput{Common: common, Name: b.Name, Operations: b.Operations, Parallelism: b.Parallelism,
-			FailFast: b.FailFast, NoRollback: b.Rollback != nil && !*b.Rollback, Mode: b.Mode}
+			FailFast: b.FailFast, NoRollback: b.Rollback != nil && !*b.Rollback, Mode: b.Mode, SearchAttributes: in.SearchAttributes}
 		return BatchWorkflowName, bi, common, bi.Task()
 	case ScheduleActionTaskserv:
 		ci := TaskservCreateInput{Common: common, Taskserv: a.Taskserv, Servers: a.Servers}
