@@ -80,8 +80,14 @@ func TestNuBatchPlanThenSubmit(t *testing.T) {
 	require.NotEmpty(t, h.stateDir)
 	file := exampleBatch(t)
 
+	r := provisioning(t, h.base, nil, "help")
+	require.Equal(t, 0, r.exitCode)
+	for _, c := range []string{"batch submit", "batch plan", "batch status", "task approve", "task reject"} {
+		assert.Contains(t, r.stdout, c)
+	}
+
 	var plan nuBatch
-	r := provisioning(t, h.base, &plan, "batch", "plan", file, "--out", "json")
+	r = provisioning(t, h.base, &plan, "batch", "plan", file, "--out", "json")
 	assert.Contains(t, r.stderr, "batch "+plan.ID+" submitted (plan)")
 	assert.Equal(t, "Completed", plan.Status)
 	assert.Equal(t, workflows.BatchModePlan, plan.Mode)
@@ -185,6 +191,42 @@ func TestNuBatchApproveRejectAndBadFiles(t *testing.T) {
 	r = provisioning(t, h.base, nil, "task", "reject", waiting.ID)
 	assert.NotEqual(t, 0, r.exitCode)
 	assert.Contains(t, errorText(r.stderr), "not_awaiting_approval")
+
+	// --require-approval --wait: shows the plan, then follows the batch
+	// through someone else's approval to its end.
+	type nuRes struct {
+		b nuBatch
+		r nuResult
+	}
+	ended := make(chan nuRes, 1)
+	go func() {
+		r := runScript(t, t.TempDir(), "nulib/provisioning", []string{"ORCHESTRATOR_URL=" + h.base}, nil, 3*time.Minute,
+			"batch", "submit", file, "--require-approval", "--wait", "--out", "json")
+		var b nuBatch
+		_ = json.Unmarshal([]byte(r.stdout), &b)
+		ended <- nuRes{b, r}
+	}()
+	var awaiting string
+	eventually(t, time.Minute, "a batch awaiting approval", func() bool {
+		for _, tk := range listTasks(t, h) {
+			if tk.Batch != nil && tk.Batch.Phase == storage.PhaseAwaitingApproval {
+				awaiting = tk.ID
+				return true
+			}
+		}
+		return false
+	})
+	h.postJSON("/tasks/"+awaiting+"/approve", map[string]string{"comment": "from REST"})
+	got := <-ended
+	require.Equal(t, 0, got.r.exitCode, "stderr: %s", got.r.stderr)
+	assert.Equal(t, awaiting, got.b.ID)
+	assert.Equal(t, "Completed", got.b.Status)
+	require.NotNil(t, got.b.Approval)
+	assert.Equal(t, storage.DecisionApproved, got.b.Approval.Decision)
+	assert.Len(t, got.b.Plans, len(exampleOps), "the plan is shown too")
+	for _, o := range got.b.Operations {
+		assert.Equal(t, "Completed", o.Status, o.ID)
+	}
 
 	var second nuBatch
 	provisioning(t, h.base, &second, "batch", "submit", file, "--require-approval", "--out", "json")

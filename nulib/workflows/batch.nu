@@ -123,8 +123,9 @@ export def "batch plans" [task: record] {
     }
 }
 
-# Wait until a batch waits for approval (or ended); progress on stderr.
-def wait-approval-phase [id: string, --interval: duration = 250ms] {
+# Wait until a batch with require_approval has its plan (it awaits the
+# decision, or was decided already) or has ended; progress on stderr.
+def wait-plan [id: string, --interval: duration = 250ms] {
     mut last = ""
     loop {
         let task = (api-get $"/tasks/(q $id)")
@@ -134,7 +135,7 @@ def wait-approval-phase [id: string, --interval: duration = 250ms] {
             print --stderr $line
             $last = $line
         }
-        if $phase == "awaiting_approval" or $task.status in $TERMINAL_TASK_STATES {
+        if $task.batch?.approval? != null or $task.status in $TERMINAL_TASK_STATES {
             return $task
         }
         sleep $interval
@@ -160,20 +161,20 @@ export def "batch submit" [
     let id = (api-post "/workflows/batch" $body)
     print --stderr $"batch ($id) submitted"
     let approving = ($body.require_approval? | default false) == true
-    if $approving {
-        let task = (wait-approval-phase $id)
-        let summary = (batch summary $task | insert plans (batch plans $task))
-        if not $wait or $task.status in $TERMINAL_TASK_STATES {
-            if $task.batch?.phase? == "awaiting_approval" {
-                print --stderr $"batch ($id): awaiting approval until ($task.batch.approval.deadline): `task approve ($id)` or `task reject ($id)`"
-            }
-            return $summary
-        }
+    if not $approving {
+        return (if $wait { batch summary (wait-task $id) } else { {task_id: $id} })
     }
-    if not $wait {
-        return {task_id: $id}
+    let task = (wait-plan $id)
+    let plans = (batch plans $task)
+    if $task.batch?.phase? == "awaiting_approval" {
+        print --stderr $"batch ($id): awaiting approval until ($task.batch.approval.deadline): `task approve ($id)` or `task reject ($id)`"
     }
-    batch summary (wait-task $id)
+    if not $wait or $task.status in $TERMINAL_TASK_STATES {
+        return (batch summary $task | insert plans $plans)
+    }
+    # Following on: the plan goes to stderr now, for whoever decides.
+    print --stderr ($plans | select id type status plan | table --expand)
+    batch summary (wait-task $id) | insert plans $plans
 }
 
 # Plan a batch file: submit it with mode plan (every operation runs with
