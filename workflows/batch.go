@@ -391,6 +391,12 @@ func (w *batch) runPhase(ctx workflow.Context, plan bool) {
 			return
 		}
 		sel.Select(ctx)
+		// Operations that ended together are recorded together: one
+		// projection (a write of the whole batch, which holds up the
+		// workflow task and so the next starts) instead of one each.
+		for sel.HasPending() {
+			sel.Select(ctx)
+		}
 	}
 }
 
