@@ -18,8 +18,10 @@ import (
 
 	"github.com/provisioning/orchestrator/activities"
 	"github.com/provisioning/orchestrator/internal/app"
+	"github.com/provisioning/orchestrator/sdk"
 	"github.com/provisioning/orchestrator/storage"
 	"github.com/provisioning/orchestrator/webhook"
+	"github.com/provisioning/orchestrator/workflows"
 )
 
 // hookRequest is one request the receiver got.
@@ -155,6 +157,33 @@ func TestWebhookDeliveredOncePerStatusChange(t *testing.T) {
 		}
 	}
 	assert.Equal(t, []string{activities.ActionWebhookDelivered + " Running", activities.ActionWebhookDelivered + " Completed"}, outcomes)
+
+	// The Nushell wrapper sends --webhook as the request's webhook.
+	var viaNu nuTask
+	r := runNuJSON(t, h.base, "cluster_create_workflow k8s lab --settings ./s.yaml --wait --webhook '"+rcv.srv.URL+"/nu' | to json",
+		&viaNu, "workflows/create.nu")
+	require.Equal(t, "Completed", viaNu.Status, r.stderr)
+	h.waitWorkflow(viaNu.ID)
+	got = rcv.delivered(viaNu.ID)
+	require.Len(t, got, 2)
+	assert.Equal(t, []storage.TaskStatus{storage.StatusRunning, storage.StatusCompleted}, []storage.TaskStatus{got[0].Status, got[1].Status})
+	assert.Len(t, rcv.requests(), 7, "no retries once the receiver answers")
+
+	// So does the Go SDK's WithWebhook (a bad URL is refused before any
+	// start).
+	c := &sdk.Client{Temporal: h.app.Client(), Policy: fastPolicy}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := c.StartClusterCreate(ctx, "lab", "./s.yaml", "k8s", sdk.WithWebhook("file:///etc/passwd"))
+	var fe *workflows.FieldError
+	require.ErrorAs(t, err, &fe)
+	assert.Equal(t, "webhook.url", fe.Field)
+	run, err := c.StartClusterCreate(ctx, "lab", "./s.yaml", "k8s", sdk.WithWebhook(rcv.srv.URL+"/sdk"))
+	require.NoError(t, err)
+	h.waitWorkflow(run.ID())
+	got = rcv.delivered(run.ID())
+	require.Len(t, got, 2)
+	assert.Equal(t, []storage.TaskStatus{storage.StatusRunning, storage.StatusCompleted}, []storage.TaskStatus{got[0].Status, got[1].Status})
 }
 
 // Without a webhook secret the service refuses a webhook (400 naming it)
