@@ -132,7 +132,7 @@ func ValidateURL(raw string) error {
 	u, err := url.Parse(raw)
 	switch {
 	case err != nil:
-		return fmt.Errorf("is not a URL: %v", errors.Unwrap(err))
+		return fmt.Errorf("is not a URL: %w", errors.Unwrap(err))
 	case u.Scheme != "http" && u.Scheme != "https":
 		return errors.New("must be an absolute http:// or https:// URL")
 	case u.Host == "" || u.Hostname() == "":

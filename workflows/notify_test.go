@@ -30,12 +30,10 @@ type hookAttempt struct {
 }
 
 // hookRecorder mocks DeliverWebhook with answer (nil delivers) and
-// records every attempt; started counts attempts that began, mocked or
-// not.
+// records every attempt.
 type hookRecorder struct {
 	mu       sync.Mutex
 	attempts []hookAttempt
-	started  int
 }
 
 func (r *hookRecorder) all() []hookAttempt {
