@@ -27,6 +27,7 @@ const (
 	replayCancelFile = "server_create_cancelled.json"
 	replayFailedFile = "taskserv_create_failed.json"
 	replayListFile   = "server_create_list_servers.json"
+	replayHookFile   = "server_create_webhook.json"
 )
 
 func newReplayer() sdkworker.WorkflowReplayer {
@@ -70,6 +71,8 @@ func TestReplayHistories_Content(t *testing.T) {
 		{replayFailedFile, workflows.TaskservCreateWorkflowName, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED, 1},
 		// ListServers, then one RunNushell per listed server.
 		{replayListFile, workflows.ServerCreateWorkflowName, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, 3},
+		// One RunNushell, two DeliverWebhook (Running, Completed).
+		{replayHookFile, workflows.ServerCreateWorkflowName, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, 3},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			hist := loadHistory(t, tc.file)
@@ -93,6 +96,23 @@ func TestReplayHistories_Content(t *testing.T) {
 			}
 		}
 		assert.ElementsMatch(t, []int32{1, 2}, attempts, "web-01 succeeded first time, web-02 on its second attempt")
+	})
+	t.Run("webhook deliveries are recorded", func(t *testing.T) {
+		hist := loadHistory(t, replayHookFile)
+		var types []string
+		var attempts []int32
+		for _, ev := range hist.Events {
+			if a := ev.GetActivityTaskScheduledEventAttributes(); a != nil {
+				types = append(types, a.GetActivityType().GetName())
+			}
+			if a := ev.GetActivityTaskStartedEventAttributes(); a != nil {
+				attempts = append(attempts, a.GetAttempt())
+			}
+		}
+		// The step starts first; Running's delivery goes out beside it
+		// (the same workflow task), Completed's after it.
+		assert.Equal(t, []string{"RunNushell", "DeliverWebhook", "DeliverWebhook"}, types)
+		assert.Contains(t, attempts, int32(2), "the first delivery was retried")
 	})
 	t.Run("cancel is recorded", func(t *testing.T) {
 		hist := loadHistory(t, replayCancelFile)
