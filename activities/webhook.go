@@ -82,6 +82,10 @@ func (a *Activities) DeliverWebhook(ctx context.Context, d WebhookDelivery) (Web
 		return WebhookResult{}, ctx.Err()
 	}
 	var we *webhook.Error
+	if errors.As(err, &we) && we.Body != "" {
+		// Only the log has what the receiver said.
+		log.Info("webhook receiver's answer", "http_status", we.Status, "body", we.Body)
+	}
 	if errors.As(err, &we) && !we.Retryable {
 		return fail(ErrTypeWebhookRejected, true, err.Error())
 	}

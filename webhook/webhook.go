@@ -168,11 +168,15 @@ var Client = &http.Client{
 }
 
 // Error is a failed attempt: the receiver's status (0 when there was no
-// answer), whether a later attempt may succeed, and why.
+// answer), whether a later attempt may succeed, and why. Body is the start
+// of the receiver's answer, kept apart from Msg: it is for the worker's
+// log, not for anything a requester reads back (a URL pointing inside the
+// network must not turn into a way to read what answers there).
 type Error struct {
 	Status    int
 	Retryable bool
 	Msg       string
+	Body      string
 }
 
 func (e *Error) Error() string { return e.Msg }
@@ -207,6 +211,11 @@ func Deliver(ctx context.Context, client *http.Client, rawURL string, secret []b
 	res, err := client.Do(req)
 	if err != nil {
 		// Connection refused, DNS, timeout: the receiver may be back later.
+		// The message leaves the URL out (its query may hold a token).
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return 0, &Error{Retryable: true, Msg: "no answer: " + err.Error()}
 	}
 	defer res.Body.Close()
@@ -214,12 +223,10 @@ func Deliver(ctx context.Context, client *http.Client, rawURL string, secret []b
 	if res.StatusCode >= 200 && res.StatusCode < 300 {
 		return res.StatusCode, nil
 	}
-	msg := fmt.Sprintf("receiver answered %s", res.Status)
-	if s := strings.TrimSpace(strings.ToValidUTF8(string(snippet), "")); s != "" {
-		msg += ": " + s
-	}
+	msg := fmt.Sprintf("receiver answered %d", res.StatusCode)
 	if res.StatusCode >= 300 && res.StatusCode < 400 {
 		msg += " (redirects are not followed: configure the final URL)"
 	}
-	return res.StatusCode, &Error{Status: res.StatusCode, Retryable: Retryable(res.StatusCode), Msg: msg}
+	return res.StatusCode, &Error{Status: res.StatusCode, Retryable: Retryable(res.StatusCode), Msg: msg,
+		Body: strings.TrimSpace(strings.ToValidUTF8(string(snippet), ""))}
 }
