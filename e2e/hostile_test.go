@@ -119,7 +119,8 @@ func truncate(b []byte, n int) []byte {
 var hostilePaths = []string{
 	"/health", "/metrics", "/openapi.json", "/tasks", "/tasks/:id", "/tasks/:id/cancel", "/tasks/:id/audit", "/audit",
 	"/tasks/:id/steps/web-01/output", "/tasks/:id/steps/:id/output", "/queue",
-	"/workflows/servers/create", "/workflows/taskserv/create", "/workflows/cluster/create",
+	"/workflows/servers/create", "/workflows/taskserv/create", "/workflows/cluster/create", "/workflows/batch",
+	"/tasks/:id/approve", "/tasks/:id/reject", "/tasks/:id/retry",
 	"/test/environments/create", "/test/environments", "/test/environments/:id", "/test/environments/:id/run",
 	"/test/environments/:id/converge", "/test/environments/:id/logs", "/test/topologies",
 }
@@ -178,6 +179,9 @@ func hostileBody(rng *rand.Rand) []byte {
 	case 7:
 		return []byte(`{"infra":["p"],"settings":{"a":1},"servers":"web-01","cluster":7,"taskserv":null,"unknown":1}`)
 	case 8:
+		if rng.IntN(2) == 0 {
+			return []byte(`{"infra":"p","settings":"s","operations":[{"id":"a","type":"server","depends_on":["a"]}]}`)
+		}
 		return []byte(`{"config":{"type":"single_taskserv","taskserv":"etcd","resources":{"memory_mb":-1}},"idempotence":"yes"}`)
 	default:
 		return bytes.Repeat([]byte(`{"a":"`+strings.Repeat("\\u0000", 10)+`"},`), rng.IntN(5000))

@@ -142,6 +142,33 @@ func TestOpenAPIMatchesEveryEndpoint(t *testing.T) {
 	c.expect(b, 200, "GET", "/queue", "/queue", nil)
 	c.expect(b, 400, "GET", "/queue", "/queue?limit=1", nil)
 
+	// Batches (on the app whose provider is quick): plan, wait for a
+	// decision, approve; reject another.
+	bb := env.base
+	batchBody := func(infra string) map[string]any {
+		return map[string]any{"infra": infra, "settings": "s.yaml", "require_approval": true, "operations": []any{
+			map[string]any{"id": "web", "type": "server", "servers": []string{"web-01"}},
+			map[string]any{"id": "redis", "type": "taskserv", "taskserv": "redis", "servers": []string{"web-01"}, "depends_on": []string{"web"}},
+		}}
+	}
+	c.expect(bb, 400, "POST", "/workflows/batch", "/workflows/batch", map[string]any{"infra": "x", "operations": []any{}})
+	batchIDs := []string{
+		c.str(c.expect(bb, 200, "POST", "/workflows/batch", "/workflows/batch", batchBody("batch-a"))),
+		c.str(c.expect(bb, 200, "POST", "/workflows/batch", "/workflows/batch", batchBody("batch-b"))),
+	}
+	for _, bid := range batchIDs {
+		waitTask(t, bb, bid, 60*time.Second, func(tk storage.Task) bool {
+			return tk.Status.Terminal() || (tk.Batch != nil && tk.Batch.Phase == storage.PhaseAwaitingApproval)
+		})
+	}
+	c.expect(b, 409, "POST", "/tasks/{id}/approve", "/tasks/"+id+"/approve", nil)
+	c.expect(b, 404, "POST", "/tasks/{id}/approve", "/tasks/00000000-0000-4000-8000-000000000000/approve", nil)
+	c.expect(bb, 400, "POST", "/tasks/{id}/approve", "/tasks/"+batchIDs[0]+"/approve", map[string]any{"comment": 5})
+	c.expect(bb, 200, "POST", "/tasks/{id}/approve", "/tasks/"+batchIDs[0]+"/approve", map[string]any{"comment": "ok"})
+	c.expect(bb, 409, "POST", "/tasks/{id}/reject", "/tasks/"+batchIDs[0]+"/reject", nil)
+	c.expect(bb, 200, "POST", "/tasks/{id}/reject", "/tasks/"+batchIDs[1]+"/reject", nil)
+	c.expect(b, 404, "POST", "/tasks/{id}/reject", "/tasks/00000000-0000-4000-8000-000000000000/reject", nil)
+
 	// Test environments.
 	e := env.base
 	c.expect(e, 200, "GET", "/test/topologies", "/test/topologies", nil)

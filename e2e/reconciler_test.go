@@ -11,6 +11,7 @@ import (
 
 	"github.com/provisioning/orchestrator/storage"
 	"github.com/provisioning/orchestrator/worker"
+	"github.com/provisioning/orchestrator/workflows"
 )
 
 // Tasks no workflow will ever move are settled by the reconciler: a
@@ -38,6 +39,18 @@ func TestReconcilerSettlesStuckTasks(t *testing.T) {
 	}
 	require.NoError(t, h.app.Client().TerminateWorkflow(ctx, terminated, "", "operator says stop"))
 
+	// 4. A batch (its plan a quick check) awaiting approval: its apply
+	// tasks are Pending without workflows, and must stay so. 5. A Pending
+	// operation whose batch is gone.
+	batch := h.submit("/workflows/batch", map[string]any{"infra": "lab", "settings": "./s.yaml", "require_approval": true,
+		"operations": []map[string]any{{"id": "web", "type": "server", "servers": []string{"b-01"}, "check_mode": true}}})
+	waitTask(t, h.base, batch, 30*time.Second, func(t storage.Task) bool { return t.Status == storage.StatusRunning })
+	applyOp := workflows.OperationTaskID(batch, "web", false)
+	require.Equal(t, storage.StatusPending, h.task(applyOp).Status)
+	orphanOp := uuid.NewString()
+	require.NoError(t, h.app.Store().Create(ctx, storage.Task{ID: orphanOp, Name: "server create lab", Command: "server create",
+		Status: storage.StatusPending, CreatedAt: old, UpdatedAt: old, Version: 1, WorkflowType: "ServerCreate", Parent: uuid.NewString()}))
+
 	// Everything is "old" from the reconciler's point of view.
 	rec.Now = func() time.Time { return time.Now().Add(time.Hour) }
 	rep, err := rec.RunOnce(ctx)
@@ -45,6 +58,9 @@ func TestReconcilerSettlesStuckTasks(t *testing.T) {
 	assert.Contains(t, rep.Settled, orphan)
 	assert.Contains(t, rep.Settled, terminated)
 	assert.NotContains(t, rep.Settled, running)
+	assert.NotContains(t, rep.Settled, applyOp, "a running batch's waiting operation")
+	assert.Contains(t, rep.Settled[orphanOp], "its batch ")
+	assert.Equal(t, storage.StatusPending, h.task(applyOp).Status)
 
 	got := h.task(orphan)
 	assert.Equal(t, storage.StatusFailed, got.Status)
@@ -65,4 +81,5 @@ func TestReconcilerSettlesStuckTasks(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, rep.Settled)
 	h.postJSON("/tasks/"+running+"/cancel", nil)
+	h.postJSON("/tasks/"+batch+"/cancel", nil)
 }

@@ -89,3 +89,12 @@ func intParam(c echo.Context, name string, lo, hi int) (n int, ok bool, err erro
 	}
 	return n, true, nil
 }
+
+// decodeOptionalJSON is decodeJSON for endpoints whose body may be left
+// out: without one, v keeps its zero value.
+func (s *Server) decodeOptionalJSON(c echo.Context, v any) error {
+	if c.Request().ContentLength == 0 {
+		return nil
+	}
+	return s.decodeJSON(c, v)
+}

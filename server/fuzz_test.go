@@ -17,7 +17,8 @@ import (
 // fuzzPaths are the endpoints that take a body; the fuzzer sends each
 // body to each of them.
 var fuzzPaths = []string{
-	"/workflows/servers/create", "/workflows/taskserv/create", "/workflows/cluster/create",
+	"/workflows/servers/create", "/workflows/taskserv/create", "/workflows/cluster/create", BatchPath,
+	"/tasks/8d3c7a10-4b2d-4f6e-8a1c-5d7e9f0a1b99/approve",
 	"/test/environments/create",
 	"/test/environments/8d3c7a10-4b2d-4f6e-8a1c-5d7e9f0a1b99/run",
 	"/test/environments/8d3c7a10-4b2d-4f6e-8a1c-5d7e9f0a1b99/converge",
@@ -34,6 +35,8 @@ func FuzzRequestBodies(f *testing.F) {
 		`{"infra":"p","settings":"s","servers":["a\u0000b"]}`, `{"servers":[` + strings.Repeat(`"a",`, 5000) + `"a"]}`,
 		strings.Repeat(`[`, 10000), `{"infra":1e999999}`, `{"config":{"type":"cluster_topology","topology":{"nodes":[{"name":"-"}]}}}`,
 		`{"tests":[{"name":"x","command":[]}]}`, `{"idempotence":"yes"}`, "\xff\xfe\x00",
+		`{"infra":"p","settings":"s","operations":[{"id":"a","type":"server","depends_on":["b"]},{"id":"b","type":"cluster","cluster":"c","depends_on":["a"]}]}`,
+		`{"infra":"p","settings":"s","approval_timeout":"-1h","operations":[{"id":"a","type":"server"}]}`, `{"comment":7}`,
 	} {
 		f.Add([]byte(s))
 	}

@@ -156,6 +156,21 @@ func apiOpList() []apiOp {
 			success: []int{http.StatusOK}, data: uuidSchema, errors: body},
 		{method: http.MethodPost, path: "/workflows/cluster/create", summary: "Create a cluster; data is the task id", body: typeOf[CreateClusterRequest](),
 			success: []int{http.StatusOK}, data: uuidSchema, errors: body},
+		{method: http.MethodPost, path: BatchPath,
+			summary: "Submit a batch: a DAG of server/taskserv/cluster operations (depends_on), each run as its own task (child workflow) once its dependencies completed, " +
+				"at most parallelism at a time; a failure stops what depends on it (fail_fast: everything) and rolls completed operations back by the provider's delete verbs, last first " +
+				"(rollback: false keeps them); mode plan runs every operation with --check; require_approval plans, waits for /approve or /reject, then applies. data is the batch's task id; " +
+				"GET /tasks/{id} shows each operation's status and task id under batch",
+			body: typeOf[CreateBatchRequest](), idempotent: true,
+			success: []int{http.StatusOK}, data: uuidSchema, errors: append(slices.Clone(body), http.StatusUnprocessableEntity)},
+		{method: http.MethodPost, path: "/tasks/:id/approve",
+			summary: "Approve a batch that awaits approval (require_approval): it applies its plan. The caller's token name is recorded as the approver in the audit trail; data is the batch task. 409 " + CodeNotAwaitingApproval + " when it is not waiting",
+			body:    typeOf[DecisionRequest](), bodyOptional: true, success: []int{http.StatusOK}, data: typeOf[storage.Task](),
+			errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusRequestEntityTooLarge, http.StatusUnsupportedMediaType, http.StatusServiceUnavailable}},
+		{method: http.MethodPost, path: "/tasks/:id/reject",
+			summary: "Reject a batch's plan: nothing is applied and the batch ends Cancelled. The caller's token name is recorded as the approver; data is the batch task. 409 " + CodeNotAwaitingApproval + " when it is not waiting",
+			body:    typeOf[DecisionRequest](), bodyOptional: true, success: []int{http.StatusOK}, data: typeOf[storage.Task](),
+			errors: []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusRequestEntityTooLarge, http.StatusUnsupportedMediaType, http.StatusServiceUnavailable}},
 		{method: http.MethodPost, path: "/test/environments/create", summary: "Create a test environment; data is its id", body: typeOf[testenv.CreateRequest](),
 			success: []int{http.StatusOK}, data: uuidSchema, errors: append(slices.Clone(body), http.StatusTooManyRequests)},
 		{method: http.MethodGet, path: "/test/environments", summary: "List test environments (without request and runs)",

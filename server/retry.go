@@ -49,10 +49,8 @@ func (s *Server) retryTask(c echo.Context) error {
 		return err
 	}
 	var req RetryTaskRequest
-	if c.Request().ContentLength != 0 {
-		if err := s.decodeJSON(c, &req); err != nil {
-			return err
-		}
+	if err := s.decodeOptionalJSON(c, &req); err != nil {
+		return err
 	}
 	if err := workflows.ValidatePriority("priority", req.Priority); err != nil {
 		return validationErr(err)

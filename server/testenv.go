@@ -237,10 +237,8 @@ func envUpdate[Req, Res any](s *Server, c echo.Context, update, action, key, wha
 		return err
 	}
 	var req Req
-	if c.Request().ContentLength != 0 {
-		if err := s.decodeJSON(c, &req); err != nil {
-			return err
-		}
+	if err := s.decodeOptionalJSON(c, &req); err != nil {
+		return err
 	}
 	switch st.Status {
 	case workflows.EnvCleaning, workflows.EnvCleaned, workflows.EnvError:

@@ -99,6 +99,12 @@ type Task struct {
 	// Environment holds a test environment's full state (JSON) for tasks
 	// of workflow type TestEnvironment; absent for other tasks.
 	Environment json.RawMessage `json:"environment,omitempty"`
+	// Batch holds a batch's operations, approval and rollback for tasks of
+	// workflow type Batch; absent for other tasks.
+	Batch *Batch `json:"batch,omitempty"`
+	// Parent is the id of the batch this task is an operation of; absent
+	// for tasks submitted on their own.
+	Parent string `json:"parent,omitempty"`
 }
 
 // Progress counts a task's finished steps.

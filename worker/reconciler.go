@@ -102,6 +102,20 @@ func (r *Reconciler) RunOnce(ctx context.Context) (ReconcileReport, error) {
 func (r *Reconciler) verdict(ctx context.Context, t storage.Task) (reason string, status storage.TaskStatus, err error) {
 	desc, err := r.Client.DescribeWorkflowExecution(ctx, t.ID, "")
 	var nf *serviceerror.NotFound
+	if errors.As(err, &nf) && t.Parent != "" && t.Status == storage.StatusPending {
+		// A batch records its operations before it starts them (some wait
+		// for dependencies or an approval for hours): theirs is the batch's
+		// fate while it runs.
+		pdesc, perr := r.Client.DescribeWorkflowExecution(ctx, t.Parent, "")
+		if perr == nil && pdesc.GetWorkflowExecutionInfo().GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+			return "", "", nil
+		}
+		if perr != nil && !errors.As(perr, &nf) {
+			return "", "", fmt.Errorf("look up batch %s of task %s: %w", t.Parent, t.ID, perr)
+		}
+		return fmt.Sprintf("its batch %s ended without starting it or recording why; marked failed by the reconciler", t.Parent),
+			storage.StatusFailed, nil
+	}
 	if errors.As(err, &nf) {
 		return fmt.Sprintf("no workflow exists for this task although it was %s for over %s (the service stopped between recording it and starting its workflow, or Temporal lost it); marked failed by the reconciler",
 			t.Status, r.grace()), storage.StatusFailed, nil

@@ -28,6 +28,7 @@ func RegisterWorkflows(r sdkworker.WorkflowRegistry) {
 	r.RegisterWorkflowWithOptions(workflows.TaskservCreateWorkflow, workflow.RegisterOptions{Name: workflows.TaskservCreateWorkflowName})
 	r.RegisterWorkflowWithOptions(workflows.ClusterCreateWorkflow, workflow.RegisterOptions{Name: workflows.ClusterCreateWorkflowName})
 	r.RegisterWorkflowWithOptions(workflows.TestEnvironmentWorkflow, workflow.RegisterOptions{Name: workflows.TestEnvironmentWorkflowName})
+	r.RegisterWorkflowWithOptions(workflows.BatchWorkflow, workflow.RegisterOptions{Name: workflows.BatchWorkflowName})
 }
 
 // Options configures New.

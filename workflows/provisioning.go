@@ -153,6 +153,7 @@ func newProvisioning(common Common, spec TaskSpec, steps []step, validate func()
 			WorkflowType: spec.Workflow,
 			Priority:     common.Priority,
 			Dependencies: slices.Clone(common.Dependencies),
+			Parent:       common.Parent,
 			Progress:     storage.Progress{Total: len(steps)},
 		}),
 	}

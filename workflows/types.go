@@ -143,6 +143,9 @@ type Common struct {
 	// task's dependencies: a retry holds the task it retries (see Retry).
 	// Empty by default.
 	Dependencies []string `json:"dependencies,omitempty"`
+	// Parent is the batch (task id) that started this task as one of its
+	// operations; empty for tasks submitted on their own.
+	Parent string `json:"parent,omitempty"`
 	// Webhook, when set, receives a signed POST on every status change of
 	// the task (see package webhook and notifier); nil (the default)
 	// sends nothing.

@@ -267,7 +267,7 @@ func TestDemoScriptRejectsBadInvocations(t *testing.T) {
 	}{
 		{"no arguments", nil, "missing subcommand"},
 		{"unknown subcommand", []string{"volume", "create", "--infra", "p", "--settings", "s", "v"}, "unknown subcommand 'volume'"},
-		{"unknown action", []string{"server", "delete", "--infra", "p", "--settings", "s", "web-01"}, "unknown action 'delete'"},
+		{"unknown action", []string{"server", "destroy", "--infra", "p", "--settings", "s", "web-01"}, "unknown action 'destroy'"},
 		{"missing --infra", []string{"server", "create", "--settings", "s", "web-01"}, "missing required flag --infra"},
 		{"missing --settings", []string{"server", "create", "--infra", "p", "web-01"}, "missing required flag --settings"},
 		{"flag without value", []string{"server", "create", "web-01", "--settings", "s", "--infra"}, "--infra needs a value"},
@@ -832,4 +832,66 @@ func TestRunStopsProcessesThatLeftTheSession(t *testing.T) {
 	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
 	require.NoError(t, err)
 	requireAllGone(t, []int{pid})
+}
+
+func TestDemoScriptDeleteVerbs(t *testing.T) {
+	t.Parallel()
+	state := t.TempDir()
+	runLog := filepath.Join(t.TempDir(), "runs.log")
+	r := demoRunner(t)
+	env := demoEnv(state, "PROVISIONING_DEMO_RUN_LOG="+runLog, "PROVISIONING_DEMO_FAIL_DELETE=web-01:1")
+	flags := []string{"--infra", "p", "--settings", "s"}
+	run := func(args ...string) (Result, error) {
+		return r.Run(testContext(t), append(args, flags...), env, nil, 0)
+	}
+	for _, args := range [][]string{
+		{"server", "create", "web-01"}, {"taskserv", "create", "redis", "web-01"}, {"cluster", "create", "c1"},
+	} {
+		res, err := run(args...)
+		require.NoError(t, err, "%v: %s", args, res.Stderr)
+	}
+	server := filepath.Join(state, "p", "servers", "web-01.json")
+	taskserv := filepath.Join(state, "p", "taskservs", "web-01", "redis.json")
+	cluster := filepath.Join(state, "p", "clusters", "c1.json")
+	created := readJSON(t, server)
+	startedAt, err := time.Parse(time.RFC3339Nano, created["started_at"].(string))
+	require.NoError(t, err)
+	updatedAt, err := time.Parse(time.RFC3339Nano, created["updated_at"].(string))
+	require.NoError(t, err)
+	assert.False(t, updatedAt.Before(startedAt), "a create ends after it starts")
+
+	// --check removes nothing.
+	res, err := run("taskserv", "delete", "redis", "web-01", "--check")
+	require.NoError(t, err, res.Stderr)
+	assert.Contains(t, res.Stdout, "would remove "+taskserv)
+	assert.FileExists(t, taskserv)
+
+	res, err = run("taskserv", "delete", "redis", "web-01")
+	require.NoError(t, err, res.Stderr)
+	assert.Contains(t, res.Stdout, "taskserv redis on server web-01 deleted")
+	assert.NoFileExists(t, taskserv)
+	// Deleting what is gone succeeds: a retried compensation is harmless.
+	res, err = run("taskserv", "delete", "redis", "web-01")
+	require.NoError(t, err, res.Stderr)
+	assert.Contains(t, res.Stdout, "does not exist; nothing to delete")
+
+	// Delete failures are injected separately from create failures.
+	_, err = run("server", "delete", "web-01")
+	assert.Equal(t, 1, requireExitError(t, err).Code)
+	assert.FileExists(t, server)
+	res, err = run("server", "delete", "web-01")
+	require.NoError(t, err, res.Stderr)
+	assert.NoFileExists(t, server)
+
+	res, err = run("cluster", "delete", "c1")
+	require.NoError(t, err, res.Stderr)
+	assert.NoFileExists(t, cluster)
+
+	_, err = run("cluster", "delete", "c1", "extra")
+	assert.Equal(t, 2, requireExitError(t, err).Code)
+
+	log, err := os.ReadFile(runLog)
+	require.NoError(t, err)
+	assert.Equal(t, "server web-01 changed\ntaskserv redis on web-01 changed\ncluster c1 changed\n"+
+		"taskserv redis on web-01 deleted\ntaskserv redis on web-01 absent\nserver web-01 deleted\ncluster c1 deleted\n", string(log))
 }
