@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -512,6 +513,13 @@ func (s *Server) checkWebhook(hook *workflows.Webhook) error {
 	if hook != nil && !s.webhooks {
 		return fieldErr("webhook", "webhooks are not enabled on this service: start it with "+WebhookSecretFlag+
 			" (ORCHESTRATOR_WEBHOOK_SECRET_FILE), a file holding the key that signs deliveries")
+	}
+	if hook != nil && workflows.ValidateWebhook("webhook", hook) == nil {
+		// The rules passed (validation reports their errors); what they
+		// cannot see, such as a bad %-escape, net/url can.
+		if _, err := url.Parse(hook.URL); err != nil {
+			return fieldErr("webhook.url", "is not a URL: "+errors.Unwrap(err).Error())
+		}
 	}
 	return nil
 }

@@ -39,6 +39,7 @@ func TestCreateWithWebhook(t *testing.T) {
 				"ftp://x/":              "http",
 				"https://u:p@x.example": "user:password",
 				"":                      "required",
+				"https://x.example/%zz": "not a URL",
 			} {
 				e := on.fail(http.StatusBadRequest, http.MethodPost, path, fmt.Sprintf(tmpl, bad))
 				assert.Equal(t, "webhook.url", e.Field, bad)

@@ -117,8 +117,14 @@ func Verify(secret []byte, timestampHeader, signatureHeader string, body []byte,
 
 // ValidateURL checks a webhook URL: absolute http or https with a host, at
 // most MaxURLBytes, without user:password (credentials would be stored in
-// workflow history; the signature authenticates the service instead) and
-// without a fragment. The message says what is wrong, for a 400.
+// workflow history; the signature authenticates the service instead),
+// without a fragment, whitespace or control characters, and with an ASCII
+// host (punycode for international names). The message says what is
+// wrong, for a 400.
+//
+// It is plain string code, not net/url: workflows validate their input
+// with it, and net/url's IPv6 parsing is not deterministic code as
+// workflowcheck sees it. Deliver parses the URL for real.
 func ValidateURL(raw string) error {
 	if raw == "" {
 		return errors.New("is required: an http:// or https:// URL")
@@ -126,25 +132,58 @@ func ValidateURL(raw string) error {
 	if len(raw) > MaxURLBytes {
 		return fmt.Errorf("is %d bytes; at most %d", len(raw), MaxURLBytes)
 	}
-	if strings.ContainsAny(raw, " \t\r\n") {
-		return errors.New("must not contain whitespace")
+	for i := 0; i < len(raw); i++ {
+		if raw[i] <= ' ' || raw[i] == 0x7f {
+			return errors.New("must not contain whitespace or control characters")
+		}
 	}
-	u, err := url.Parse(raw)
+	lower := strings.ToLower(raw)
+	var rest string
 	switch {
-	case err != nil:
-		return fmt.Errorf("is not a URL: %w", errors.Unwrap(err))
-	case u.Scheme != "http" && u.Scheme != "https":
+	case strings.HasPrefix(lower, "https://"):
+		rest = raw[len("https://"):]
+	case strings.HasPrefix(lower, "http://"):
+		rest = raw[len("http://"):]
+	default:
 		return errors.New("must be an absolute http:// or https:// URL")
-	case u.Host == "" || u.Hostname() == "":
-		return errors.New("must name a host")
-	case u.User != nil:
-		return errors.New("must not carry user:password (the receiver checks the signature instead)")
-	case u.Fragment != "" || strings.Contains(raw, "#"):
+	}
+	if strings.Contains(raw, "#") {
 		return errors.New("must not have a #fragment")
 	}
-	if p := u.Port(); p != "" {
-		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-			return fmt.Errorf("port %q is not a TCP port", p)
+	authority := rest
+	if i := strings.IndexAny(rest, "/?"); i >= 0 {
+		authority = rest[:i]
+	}
+	if strings.Contains(authority, "@") {
+		return errors.New("must not carry user:password (the receiver checks the signature instead)")
+	}
+	host, port, hasPort := authority, "", false
+	hostChars := "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_"
+	if strings.HasPrefix(authority, "[") {
+		end := strings.Index(authority, "]")
+		if end < 0 {
+			return errors.New("has an unterminated [IPv6] host")
+		}
+		host, hostChars = authority[1:end], "0123456789abcdefABCDEF:."
+		switch after := authority[end+1:]; {
+		case after == "":
+		case strings.HasPrefix(after, ":"):
+			port, hasPort = after[1:], true
+		default:
+			return errors.New("has text after its [IPv6] host")
+		}
+	} else if i := strings.LastIndex(authority, ":"); i >= 0 {
+		host, port, hasPort = authority[:i], authority[i+1:], true
+	}
+	if host == "" {
+		return errors.New("must name a host")
+	}
+	if strings.Trim(host, hostChars) != "" {
+		return fmt.Errorf("host %q has characters a host name cannot have (use punycode for international names)", host)
+	}
+	if hasPort {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || strings.Trim(port, "0123456789") != "" {
+			return fmt.Errorf("port %q is not a TCP port", port)
 		}
 	}
 	return nil

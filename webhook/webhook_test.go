@@ -52,6 +52,8 @@ func TestValidateURL(t *testing.T) {
 		"https://hooks.example.com/orchestrator",
 		"http://127.0.0.1:9000/hook?token=abc",
 		"https://[::1]:8443/",
+		"HTTPS://Hooks.Example.com/a/b?c=d&e=%20",
+		"http://hooks.example.com",
 	} {
 		assert.NoError(t, webhook.ValidateURL(ok), ok)
 	}
