@@ -169,6 +169,32 @@ func TestOpenAPIMatchesEveryEndpoint(t *testing.T) {
 	c.expect(bb, 200, "POST", "/tasks/{id}/reject", "/tasks/"+batchIDs[1]+"/reject", nil)
 	c.expect(b, 404, "POST", "/tasks/{id}/reject", "/tasks/00000000-0000-4000-8000-000000000000/reject", nil)
 
+	// Schedules.
+	sched := map[string]any{"id": "oa", "interval": "1h", "paused": true, "action": map[string]any{
+		"type": "cluster", "infra": "production", "settings": "./settings.yaml", "cluster": "buildkit"}}
+	c.expect(b, 201, "POST", "/schedules", "/schedules", sched)
+	c.expect(b, 409, "POST", "/schedules", "/schedules", sched)
+	c.expect(b, 400, "POST", "/schedules", "/schedules", map[string]any{"id": "oa2", "interval": "1ms"})
+	c.expect(b, 200, "GET", "/schedules", "/schedules", nil)
+	c.expect(b, 400, "GET", "/schedules", "/schedules?limit=1", nil)
+	c.expect(b, 200, "GET", "/schedules/{schedule}", "/schedules/oa", nil)
+	c.expect(b, 404, "GET", "/schedules/{schedule}", "/schedules/nope", nil)
+	c.expect(b, 400, "GET", "/schedules/{schedule}", "/schedules/-bad", nil)
+	c.expect(b, 200, "POST", "/schedules/{schedule}/unpause", "/schedules/oa/unpause", map[string]any{"note": "go"})
+	c.expect(b, 404, "POST", "/schedules/{schedule}/unpause", "/schedules/nope/unpause", nil)
+	c.expect(b, 200, "POST", "/schedules/{schedule}/pause", "/schedules/oa/pause", nil)
+	c.expect(b, 400, "POST", "/schedules/{schedule}/pause", "/schedules/oa/pause", map[string]any{"note": 1})
+	c.expect(b, 202, "POST", "/schedules/{schedule}/trigger", "/schedules/oa/trigger", nil)
+	c.expect(b, 404, "POST", "/schedules/{schedule}/trigger", "/schedules/nope/trigger", nil)
+	var sv server.ScheduleView
+	eventually(t, 30*time.Second, "the triggered run", func() bool {
+		require.NoError(t, json.Unmarshal(c.expect(b, 200, "GET", "/schedules/{schedule}", "/schedules/oa", nil), &sv))
+		return len(sv.RecentRuns) == 1 && sv.RecentRuns[0].Status != ""
+	})
+	c.expect(b, 202, "POST", "/tasks/{id}/cancel", "/tasks/"+sv.RecentRuns[0].TaskID+"/cancel", nil)
+	c.expect(b, 200, "DELETE", "/schedules/{schedule}", "/schedules/oa", nil)
+	c.expect(b, 404, "DELETE", "/schedules/{schedule}", "/schedules/oa", nil)
+
 	// Test environments.
 	e := env.base
 	c.expect(e, 200, "GET", "/test/topologies", "/test/topologies", nil)

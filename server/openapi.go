@@ -65,7 +65,7 @@ var uuidSchema = map[string]any{"type": "string", "format": "uuid"}
 
 // apiOps is every operation the server can register.
 func apiOps() []apiOp {
-	ops := append(apiOpList(), queueOp())
+	ops := append(append(apiOpList(), queueOp()), scheduleOps()...)
 	// Whatever reads a stored record can find it corrupt; creates take an
 	// Idempotency-Key (422 when it was used for another request).
 	for i := range ops {

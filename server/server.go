@@ -175,6 +175,7 @@ func New(o Options) *Server {
 	s.e.POST("/tasks/:id/reject", s.rejectTask)
 	s.routeTestEnv()
 	s.routeQueue()
+	s.routeSchedules()
 	s.e.GET(OpenAPIPath, s.openAPI)
 	s.routes = map[string]bool{}
 	for _, r := range s.e.Routes() {

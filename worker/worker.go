@@ -29,6 +29,7 @@ func RegisterWorkflows(r sdkworker.WorkflowRegistry) {
 	r.RegisterWorkflowWithOptions(workflows.ClusterCreateWorkflow, workflow.RegisterOptions{Name: workflows.ClusterCreateWorkflowName})
 	r.RegisterWorkflowWithOptions(workflows.TestEnvironmentWorkflow, workflow.RegisterOptions{Name: workflows.TestEnvironmentWorkflowName})
 	r.RegisterWorkflowWithOptions(workflows.BatchWorkflow, workflow.RegisterOptions{Name: workflows.BatchWorkflowName})
+	r.RegisterWorkflowWithOptions(workflows.ScheduledRunWorkflow, workflow.RegisterOptions{Name: workflows.ScheduledRunWorkflowName})
 }
 
 // Options configures New.

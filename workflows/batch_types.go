@@ -159,7 +159,7 @@ func (in BatchInput) Task() TaskSpec {
 	for i, op := range in.Operations {
 		ids[i] = op.ID
 	}
-	return TaskSpec{Workflow: BatchWorkflowName, Name: "batch " + name, Command: "batch",
+	return TaskSpec{Workflow: BatchWorkflowName, Name: scheduledName("batch "+name, in.Schedule), Command: "batch",
 		Args: append(args, ids...), Targets: ids}
 }
 

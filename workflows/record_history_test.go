@@ -205,7 +205,21 @@ func TestRecordHistories(t *testing.T) {
 		writeHistory(t, ctx, c, run, replayListFile)
 	}
 
-	// 5. One server with a webhook: Running (retried once) and Completed
+	// 5. A schedule's run: ScheduledRun starts the drift check (server
+	// create in check mode) as its child task and waits for it.
+	{
+		in := workflows.ScheduledRunInput{ScheduleID: "nightly", Action: workflows.ScheduleAction{
+			Type: workflows.ScheduleActionServer, Infra: "production", Settings: "./settings.yaml", CheckMode: true,
+			Servers: []string{"web-01"}}}
+		run := start(workflows.ScheduledRunWorkflowName, replayScheduledWorkflowID, in)
+		var task storage.Task
+		require.NoError(t, run.Get(ctx, &task))
+		require.Equal(t, storage.StatusCompleted, task.Status)
+		require.Equal(t, workflows.ScheduledTaskID(replayScheduledWorkflowID), task.ID)
+		writeHistory(t, ctx, c, run, replayScheduledFile)
+	}
+
+	// 6. One server with a webhook: Running (retried once) and Completed
 	// delivered in order, the workflow waiting for the last.
 	{
 		in := serverInput(replayHookTaskID, "web-01")

@@ -27,7 +27,12 @@ const (
 	replayCancelFile = "server_create_cancelled.json"
 	replayFailedFile = "taskserv_create_failed.json"
 	replayListFile   = "server_create_list_servers.json"
-	replayHookFile   = "server_create_webhook.json"
+	// replayScheduledFile is a schedule's run (ScheduledRun and its child).
+	replayScheduledFile = "scheduled_run.json"
+	// replayScheduledWorkflowID is that run's workflow ID, as Temporal
+	// names a scheduled run (the schedule's action id and the time).
+	replayScheduledWorkflowID = "orchestrator-nightly-2030-01-02T02:00:00Z"
+	replayHookFile            = "server_create_webhook.json"
 )
 
 func newReplayer() sdkworker.WorkflowReplayer {
@@ -96,6 +101,20 @@ func TestReplayHistories_Content(t *testing.T) {
 			}
 		}
 		assert.ElementsMatch(t, []int32{1, 2}, attempts, "web-01 succeeded first time, web-02 on its second attempt")
+	})
+	t.Run("scheduled run is recorded", func(t *testing.T) {
+		hist := loadHistory(t, replayScheduledFile)
+		first := hist.Events[0]
+		assert.Equal(t, workflows.ScheduledRunWorkflowName, first.GetWorkflowExecutionStartedEventAttributes().GetWorkflowType().GetName())
+		assert.Equal(t, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, hist.Events[len(hist.Events)-1].GetEventType())
+		assert.Equal(t, 1, countEvents(hist, enumspb.EVENT_TYPE_MARKER_RECORDED), "the task id's side effect")
+		for _, ev := range hist.Events {
+			if a := ev.GetStartChildWorkflowExecutionInitiatedEventAttributes(); a != nil {
+				assert.Equal(t, workflows.ServerCreateWorkflowName, a.GetWorkflowType().GetName())
+				assert.Equal(t, workflows.ScheduledTaskID(replayScheduledWorkflowID), a.GetWorkflowId())
+			}
+		}
+		assert.Equal(t, 1, countEvents(hist, enumspb.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED))
 	})
 	t.Run("webhook deliveries are recorded", func(t *testing.T) {
 		hist := loadHistory(t, replayHookFile)

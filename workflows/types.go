@@ -146,6 +146,10 @@ type Common struct {
 	// Parent is the batch (task id) that started this task as one of its
 	// operations; empty for tasks submitted on their own.
 	Parent string `json:"parent,omitempty"`
+	// Schedule, when set, is the id of the schedule (POST /schedules) this
+	// task is a run of; the task's name ends "(schedule <id>)". Empty by
+	// default.
+	Schedule string `json:"schedule,omitempty"`
 	// Webhook, when set, receives a signed POST on every status change of
 	// the task (see package webhook and notifier); nil (the default)
 	// sends nothing.
@@ -365,19 +369,19 @@ func (c Common) Details() string {
 
 // Task names a server-create task: "server create <infra>".
 func (in ServerCreateInput) Task() TaskSpec {
-	return TaskSpec{Workflow: ServerCreateWorkflowName, Name: "server create " + in.Infra, Command: "server create",
+	return TaskSpec{Workflow: ServerCreateWorkflowName, Name: scheduledName("server create "+in.Infra, in.Schedule), Command: "server create",
 		Args: append(in.flags(), in.Servers...), Targets: in.Servers}
 }
 
 // Task names a taskserv-create task: "taskserv create <taskserv>".
 func (in TaskservCreateInput) Task() TaskSpec {
-	return TaskSpec{Workflow: TaskservCreateWorkflowName, Name: "taskserv create " + in.Taskserv, Command: "taskserv create",
+	return TaskSpec{Workflow: TaskservCreateWorkflowName, Name: scheduledName("taskserv create "+in.Taskserv, in.Schedule), Command: "taskserv create",
 		Args: append(append([]string{in.Taskserv}, in.flags()...), in.Servers...), Targets: in.Servers}
 }
 
 // Task names a cluster-create task: "cluster create <cluster>".
 func (in ClusterCreateInput) Task() TaskSpec {
-	return TaskSpec{Workflow: ClusterCreateWorkflowName, Name: "cluster create " + in.Cluster, Command: "cluster create",
+	return TaskSpec{Workflow: ClusterCreateWorkflowName, Name: scheduledName("cluster create "+in.Cluster, in.Schedule), Command: "cluster create",
 		Args: append([]string{in.Cluster}, in.flags()...), Targets: []string{in.Infra}}
 }
 
