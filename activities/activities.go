@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"time"
 
 	"go.temporal.io/sdk/activity"
@@ -77,6 +78,12 @@ type Activities struct {
 	// Metrics counts Nushell runs and task durations (a *metrics.Metrics in
 	// production); nil records nothing.
 	Metrics Recorder
+	// WebhookSecret signs webhook deliveries (DeliverWebhook); empty fails
+	// them (never retried) instead of sending anything unsigned.
+	WebhookSecret []byte
+	// WebhookClient makes the deliveries; nil means webhook.Client
+	// (bounded attempts, redirects not followed).
+	WebhookClient *http.Client
 }
 
 // Recorder is what the activities record in the process's metrics.

@@ -128,6 +128,7 @@ type options struct {
 	taskID         string
 	idempotencyKey string
 	priority       int
+	webhook        string
 }
 
 // WithPriority sets the task's priority, 1 (most urgent) to 5, like the REST
@@ -153,6 +154,13 @@ func WithTaskID(id string) Option { return func(o *options) { o.taskID = id } }
 // provisioning twice. Keys are scoped to the SDK and the workflow type (the
 // REST API scopes them per token, so the two never name the same task).
 func WithIdempotencyKey(key string) Option { return func(o *options) { o.idempotencyKey = key } }
+
+// WithWebhook delivers the task's status changes (Running, then Completed,
+// Failed or Cancelled) to url as HMAC-signed POSTs, like the REST
+// requests' webhook; verify them with webhook.Verify. The workers sign
+// with their --webhook-secret-file: without one, deliveries fail and the
+// task's audit trail says so. Default none.
+func WithWebhook(url string) Option { return func(o *options) { o.webhook = url } }
 
 // ErrAlreadyExists reports that a task with the requested id exists (running
 // or finished); ids are never reused.
@@ -185,6 +193,10 @@ func (c *Client) common(wfType, infra, settings string, opts []Option) (workflow
 	} else if err := storage.ValidateID(id); err != nil {
 		return workflows.Common{}, false, &workflows.FieldError{Field: "task_id", Message: err.Error()}
 	}
+	var hook *workflows.Webhook
+	if o.webhook != "" {
+		hook = &workflows.Webhook{URL: o.webhook}
+	}
 	return workflows.Common{
 		TaskID:    id,
 		Infra:     infra,
@@ -194,6 +206,7 @@ func (c *Client) common(wfType, infra, settings string, opts []Option) (workflow
 		CreatedAt: time.Now().UTC().Truncate(time.Microsecond),
 		Policy:    c.Policy,
 		Priority:  o.priority,
+		Webhook:   hook,
 	}, keyed, nil
 }
 

@@ -79,7 +79,7 @@ func (s *Server) createBatch(c echo.Context) error {
 		}
 		timeout = d
 	}
-	common, keyed, err := s.common(c, workflows.BatchWorkflowName, req.Infra, req.Settings, req.CheckMode, req.Wait, req.Priority)
+	common, keyed, err := s.common(c, workflows.BatchWorkflowName, req.Infra, req.Settings, req.CheckMode, req.Wait, req.Priority, nil)
 	if err != nil {
 		return err
 	}

@@ -91,6 +91,9 @@ func (s *Server) retryTask(c echo.Context) error {
 	if req.Priority != 0 {
 		common.Priority = req.Priority
 	}
+	if common.Webhook != nil && !s.webhooks {
+		return conflict(fmt.Sprintf("task %s cannot be retried here: it has a webhook and this service has no %s to sign its deliveries", id, WebhookSecretFlag))
+	}
 	if err := in.Validate(); err != nil {
 		// The original passed validation; a record that no longer does
 		// cannot be retried as it is.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -70,6 +71,10 @@ type Options struct {
 	// EventKeepAlive is the silence after which an event stream writes a
 	// keep-alive comment (default DefaultEventKeepAlive, 15 s).
 	EventKeepAlive time.Duration
+	// Webhooks says the workers can sign webhook deliveries (a
+	// --webhook-secret-file is configured); without it a create request
+	// with a webhook is refused (400). Default false.
+	Webhooks bool
 }
 
 // Server is the REST façade; it implements http.Handler.
@@ -89,6 +94,7 @@ type Server struct {
 	tokens   []namedToken
 	routes   map[string]bool
 	attrs    searchattr.Set
+	webhooks bool
 
 	eventPoll      time.Duration
 	eventKeepAlive time.Duration
@@ -111,6 +117,7 @@ func New(o Options) *Server {
 		envOpts:   o.TestEnv,
 		metrics:   o.Metrics,
 		attrs:     o.SearchAttributes,
+		webhooks:  o.Webhooks,
 
 		eventPoll:      cmp.Or(o.EventPollInterval, DefaultEventPollInterval),
 		eventKeepAlive: cmp.Or(o.EventKeepAlive, DefaultEventKeepAlive),
@@ -414,6 +421,10 @@ type CreateServersRequest struct {
 	Wait      bool     `json:"wait"`
 	// Priority 1 (most urgent) to 5; default 3.
 	Priority int `json:"priority,omitempty"`
+	// Webhook, when set, receives an HMAC-signed POST on every status
+	// change of the task (see the README's Webhooks section); the service
+	// needs --webhook-secret-file for it.
+	Webhook *workflows.Webhook `json:"webhook,omitempty"`
 }
 
 // CreateTaskservRequest is the body of POST /workflows/taskserv/create.
@@ -426,6 +437,10 @@ type CreateTaskservRequest struct {
 	Wait      bool     `json:"wait"`
 	// Priority 1 (most urgent) to 5; default 3.
 	Priority int `json:"priority,omitempty"`
+	// Webhook, when set, receives an HMAC-signed POST on every status
+	// change of the task (see the README's Webhooks section); the service
+	// needs --webhook-secret-file for it.
+	Webhook *workflows.Webhook `json:"webhook,omitempty"`
 }
 
 // CreateClusterRequest is the body of POST /workflows/cluster/create.
@@ -437,6 +452,10 @@ type CreateClusterRequest struct {
 	Wait      bool   `json:"wait"`
 	// Priority 1 (most urgent) to 5; default 3.
 	Priority int `json:"priority,omitempty"`
+	// Webhook, when set, receives an HMAC-signed POST on every status
+	// change of the task (see the README's Webhooks section); the service
+	// needs --webhook-secret-file for it.
+	Webhook *workflows.Webhook `json:"webhook,omitempty"`
 }
 
 // IdempotencyKeyHeader on a create request makes a retry of it safe: the
@@ -486,7 +505,30 @@ func (s *Server) replay(c echo.Context, task storage.Task) (handled bool, err er
 	return true, ok(c, http.StatusOK, existing.ID)
 }
 
-func (s *Server) common(c echo.Context, wfType, infra, settings string, check, wait bool, priority int) (workflows.Common, bool, error) {
+// WebhookSecretFlag is the flag (and ORCHESTRATOR_WEBHOOK_SECRET_FILE the
+// variable) that enables webhooks; the 400 for a webhook without it names it.
+const WebhookSecretFlag = "--webhook-secret-file"
+
+// checkWebhook refuses a webhook the service cannot sign.
+func (s *Server) checkWebhook(hook *workflows.Webhook) error {
+	if hook != nil && !s.webhooks {
+		return fieldErr("webhook", "webhooks are not enabled on this service: start it with "+WebhookSecretFlag+
+			" (ORCHESTRATOR_WEBHOOK_SECRET_FILE), a file holding the key that signs deliveries")
+	}
+	if hook != nil && workflows.ValidateWebhook("webhook", hook) == nil {
+		// The rules passed (validation reports their errors); what they
+		// cannot see, such as a bad %-escape, net/url can.
+		if _, err := url.Parse(hook.URL); err != nil {
+			return fieldErr("webhook.url", "is not a URL: "+errors.Unwrap(err).Error())
+		}
+	}
+	return nil
+}
+
+func (s *Server) common(c echo.Context, wfType, infra, settings string, check, wait bool, priority int, hook *workflows.Webhook) (workflows.Common, bool, error) {
+	if err := s.checkWebhook(hook); err != nil {
+		return workflows.Common{}, false, err
+	}
 	id, keyed, err := s.newTaskID(c, wfType)
 	if err != nil {
 		return workflows.Common{}, false, err
@@ -502,6 +544,7 @@ func (s *Server) common(c echo.Context, wfType, infra, settings string, check, w
 		Priority:  priority,
 		// Looked up with the raw name: a bad one fails validation next.
 		FairnessWeight: s.weights[infra],
+		Webhook:        hook,
 	}, keyed, nil
 }
 
@@ -510,7 +553,7 @@ func (s *Server) createServers(c echo.Context) error {
 	if err := s.decodeJSON(c, &req); err != nil {
 		return err
 	}
-	common, keyed, err := s.common(c, workflows.ServerCreateWorkflowName, req.Infra, req.Settings, req.CheckMode, req.Wait, req.Priority)
+	common, keyed, err := s.common(c, workflows.ServerCreateWorkflowName, req.Infra, req.Settings, req.CheckMode, req.Wait, req.Priority, req.Webhook)
 	if err != nil {
 		return err
 	}
@@ -529,7 +572,7 @@ func (s *Server) createTaskserv(c echo.Context) error {
 	if err := s.decodeJSON(c, &req); err != nil {
 		return err
 	}
-	common, keyed, err := s.common(c, workflows.TaskservCreateWorkflowName, req.Infra, req.Settings, req.CheckMode, req.Wait, req.Priority)
+	common, keyed, err := s.common(c, workflows.TaskservCreateWorkflowName, req.Infra, req.Settings, req.CheckMode, req.Wait, req.Priority, req.Webhook)
 	if err != nil {
 		return err
 	}
@@ -545,7 +588,7 @@ func (s *Server) createCluster(c echo.Context) error {
 	if err := s.decodeJSON(c, &req); err != nil {
 		return err
 	}
-	common, keyed, err := s.common(c, workflows.ClusterCreateWorkflowName, req.Infra, req.Settings, req.CheckMode, req.Wait, req.Priority)
+	common, keyed, err := s.common(c, workflows.ClusterCreateWorkflowName, req.Infra, req.Settings, req.CheckMode, req.Wait, req.Priority, req.Webhook)
 	if err != nil {
 		return err
 	}

@@ -132,6 +132,9 @@ type provisioning struct {
 	// expand, when set, finds the steps once the task is Running (a server
 	// create without servers lists them); steps is empty until then.
 	expand func(ctx workflow.Context) ([]step, error)
+	// notify delivers status changes to the task's webhook; nil without
+	// one.
+	notify *notifier
 }
 
 func newProvisioning(common Common, spec TaskSpec, steps []step, validate func() error) *provisioning {
@@ -164,6 +167,18 @@ func (w *provisioning) run(ctx workflow.Context) (storage.Task, error) {
 		// Without an ID there is nowhere to project to.
 		return w.task, temporal.NewNonRetryableApplicationError("task_id: must not be empty", ErrTypeInvalidInput, nil)
 	}
+	// Only with a webhook: without one nothing new is recorded, so older
+	// histories replay unchanged.
+	w.notify = newNotifier(ctx, w.common.Webhook)
+	task, err := w.execute(ctx)
+	// Whatever the outcome, the changes already queued reach the webhook
+	// before the workflow ends.
+	w.notify.drain(ctx)
+	return task, err
+}
+
+// execute is run after setup: validate, start, run the steps, conclude.
+func (w *provisioning) execute(ctx workflow.Context) (storage.Task, error) {
 	if err := w.validate(); err != nil {
 		// Invalid input can never succeed: fail fast, visibly, without retries.
 		now := workflow.Now(ctx)
@@ -285,7 +300,9 @@ func (w *provisioning) projectProgress(ctx workflow.Context) error {
 			return err
 		}
 		w.cancelled = true
+		return nil
 	}
+	w.notify.observe(w.task)
 	return nil
 }
 
@@ -404,6 +421,7 @@ func (w *provisioning) finish(ctx workflow.Context, status storage.TaskStatus, o
 	if err := projectTask(dctx, &w.task); err != nil {
 		return storage.Bounded(w.task, storage.MaxResultBytes), err
 	}
+	w.notify.observe(w.task)
 	// The result travels through history: bounded, whatever the steps
 	// printed (the store has every step's tail).
 	return storage.Bounded(w.task, storage.MaxResultBytes), result

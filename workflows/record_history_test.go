@@ -49,6 +49,7 @@ const (
 	replayCancelTaskID = "7d0f4b4e-5a51-4d0c-8a8e-2b7f3c9d0a02"
 	replayFailedTaskID = "7d0f4b4e-5a51-4d0c-8a8e-2b7f3c9d0a03"
 	replayListTaskID   = "7d0f4b4e-5a51-4d0c-8a8e-2b7f3c9d0a04"
+	replayHookTaskID   = "7d0f4b4e-5a51-4d0c-8a8e-2b7f3c9d0a05"
 )
 
 func TestRecordHistories(t *testing.T) {
@@ -122,6 +123,15 @@ func TestRecordHistories(t *testing.T) {
 		r.RegisterActivityWithOptions(func(context.Context, activities.NuStep) ([]string, error) {
 			return []string{"web-01", "web-02"}, nil
 		}, activity.RegisterOptions{Name: "ListServers"})
+		// Stands in for activities.Activities.DeliverWebhook: the
+		// receiver fails its first request (retried), then accepts.
+		var hookCalls atomic.Int32
+		r.RegisterActivityWithOptions(func(ctx context.Context, d activities.WebhookDelivery) (activities.WebhookResult, error) {
+			if hookCalls.Add(1) == 1 {
+				return activities.WebhookResult{}, temporal.NewApplicationError("receiver answered 500", activities.ErrTypeWebhookUnavailable)
+			}
+			return activities.WebhookResult{Status: 204, Attempt: activity.GetInfo(ctx).Attempt}, nil
+		}, activity.RegisterOptions{Name: "DeliverWebhook"})
 	})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -207,6 +217,18 @@ func TestRecordHistories(t *testing.T) {
 		require.Equal(t, storage.StatusCompleted, task.Status)
 		require.Equal(t, workflows.ScheduledTaskID(replayScheduledWorkflowID), task.ID)
 		writeHistory(t, ctx, c, run, replayScheduledFile)
+	}
+
+	// 6. One server with a webhook: Running (retried once) and Completed
+	// delivered in order, the workflow waiting for the last.
+	{
+		in := serverInput(replayHookTaskID, "web-01")
+		in.Webhook = &workflows.Webhook{URL: "https://hooks.example.com/orchestrator"}
+		run := start(workflows.ServerCreateWorkflowName, in.TaskID, in)
+		var task storage.Task
+		require.NoError(t, run.Get(ctx, &task))
+		require.Equal(t, storage.StatusCompleted, task.Status)
+		writeHistory(t, ctx, c, run, replayHookFile)
 	}
 }
 

@@ -32,6 +32,7 @@ const (
 	// replayScheduledWorkflowID is that run's workflow ID, as Temporal
 	// names a scheduled run (the schedule's action id and the time).
 	replayScheduledWorkflowID = "orchestrator-nightly-2030-01-02T02:00:00Z"
+	replayHookFile            = "server_create_webhook.json"
 )
 
 func newReplayer() sdkworker.WorkflowReplayer {
@@ -75,6 +76,8 @@ func TestReplayHistories_Content(t *testing.T) {
 		{replayFailedFile, workflows.TaskservCreateWorkflowName, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED, 1},
 		// ListServers, then one RunNushell per listed server.
 		{replayListFile, workflows.ServerCreateWorkflowName, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, 3},
+		// One RunNushell, two DeliverWebhook (Running, Completed).
+		{replayHookFile, workflows.ServerCreateWorkflowName, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, 3},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			hist := loadHistory(t, tc.file)
@@ -112,6 +115,23 @@ func TestReplayHistories_Content(t *testing.T) {
 			}
 		}
 		assert.Equal(t, 1, countEvents(hist, enumspb.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED))
+	})
+	t.Run("webhook deliveries are recorded", func(t *testing.T) {
+		hist := loadHistory(t, replayHookFile)
+		var types []string
+		var attempts []int32
+		for _, ev := range hist.Events {
+			if a := ev.GetActivityTaskScheduledEventAttributes(); a != nil {
+				types = append(types, a.GetActivityType().GetName())
+			}
+			if a := ev.GetActivityTaskStartedEventAttributes(); a != nil {
+				attempts = append(attempts, a.GetAttempt())
+			}
+		}
+		// The step starts first; Running's delivery goes out beside it
+		// (the same workflow task), Completed's after it.
+		assert.Equal(t, []string{"RunNushell", "DeliverWebhook", "DeliverWebhook"}, types)
+		assert.Contains(t, attempts, int32(2), "the first delivery was retried")
 	})
 	t.Run("cancel is recorded", func(t *testing.T) {
 		hist := loadHistory(t, replayCancelFile)

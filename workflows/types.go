@@ -15,6 +15,7 @@ import (
 
 	"github.com/provisioning/orchestrator/storage"
 	"github.com/provisioning/orchestrator/testenv"
+	"github.com/provisioning/orchestrator/webhook"
 	"go.temporal.io/sdk/temporal"
 )
 
@@ -149,6 +150,32 @@ type Common struct {
 	// task is a run of; the task's name ends "(schedule <id>)". Empty by
 	// default.
 	Schedule string `json:"schedule,omitempty"`
+	// Webhook, when set, receives a signed POST on every status change of
+	// the task (see package webhook and notifier); nil (the default)
+	// sends nothing.
+	Webhook *Webhook `json:"webhook,omitempty"`
+}
+
+// Webhook is where a task's status changes are delivered: an HMAC-signed
+// POST per change (package webhook describes the request), retried by the
+// DeliverWebhook activity. The key is the service's
+// (--webhook-secret-file), never part of a request or of history.
+type Webhook struct {
+	// URL is an absolute http:// or https:// URL with a host, at most
+	// webhook.MaxURLBytes, without user:password.
+	URL string `json:"url"`
+}
+
+// ValidateWebhook accepts nil (no webhook) and a valid URL; the error
+// names field + ".url".
+func ValidateWebhook(field string, w *Webhook) error {
+	if w == nil {
+		return nil
+	}
+	if err := webhook.ValidateURL(w.URL); err != nil {
+		return &FieldError{Field: field + ".url", Message: err.Error()}
+	}
+	return nil
 }
 
 // TemporalPriority is the Temporal priority of a task with these fields:
@@ -222,6 +249,9 @@ func (c Common) validate() error {
 		return err
 	}
 	if err := ValidatePriority("priority", c.Priority); err != nil {
+		return err
+	}
+	if err := ValidateWebhook("webhook", c.Webhook); err != nil {
 		return err
 	}
 	return testenv.ValidateSettings("settings", c.Settings)

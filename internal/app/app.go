@@ -336,6 +336,10 @@ func (a *App) startWorker() error {
 	if err != nil {
 		return err
 	}
+	webhookSecret, err := a.cfg.WebhookSecret()
+	if err != nil {
+		return err
+	}
 	acts := &activities.Activities{
 		Runner: &nushell.Runner{
 			NuPath:     a.cfg.NuPath,
@@ -349,6 +353,8 @@ func (a *App) startWorker() error {
 		ConvergeEnv: env,
 		Logger:      a.log,
 		Metrics:     a.metrics,
+		// Deliveries are signed with it; without one they fail visibly.
+		WebhookSecret: webhookSecret,
 	}
 	// Live events the worker could not store (the store was down or too
 	// slow): dropped so that steps never wait, counted here.
@@ -413,6 +419,10 @@ func (a *App) startHTTP() error {
 	if err != nil {
 		return err
 	}
+	webhookSecret, err := a.cfg.WebhookSecret()
+	if err != nil {
+		return err
+	}
 	src := metrics.ScrapeSources{Store: a.store}
 	if d := a.docker; d != nil {
 		instance := a.cfg.Instance
@@ -438,6 +448,7 @@ func (a *App) startHTTP() error {
 		Metrics:          a.metrics,
 		AuthTokens:       tokens,
 		SearchAttributes: a.searchAttrs,
+		Webhooks:         len(webhookSecret) > 0,
 		TestEnv: server.TestEnvOptions{
 			Templates:         templates,
 			DefaultImage:      a.cfg.TestBaseImage,

@@ -134,6 +134,11 @@ type Config struct {
 	// Insecure allows a non-loopback Host without AuthToken or
 	// AuthTokenFile; without it such a configuration refuses to start.
 	Insecure bool
+	// WebhookSecretFile holds the key that signs webhook deliveries
+	// (HMAC-SHA256; at least MinWebhookSecretBytes, trailing newlines
+	// ignored). Without it webhooks are off: the API refuses requests
+	// with a webhook. API and worker processes both need it. Default "".
+	WebhookSecretFile string
 
 	// ScriptEnvPass names variables of the service's environment that
 	// provisioning runs inherit besides the safe base (PATH, HOME, locale,
@@ -260,6 +265,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.StringVar(&cfg.AuthToken, "auth-token", "", `bearer token (named "default") required on every endpoint but /health and /metrics`)
 	fs.StringVar(&cfg.AuthTokenFile, "auth-token-file", "", "file of name:token lines; each token is accepted and its name is the audit actor")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "allow serving the API on a non-loopback --host without authentication")
+	fs.StringVar(&cfg.WebhookSecretFile, "webhook-secret-file", "", "file holding the key that signs webhook deliveries (HMAC-SHA256); without it requests with a webhook are refused")
 
 	if err := parseWithEnv(fs, args, getenv, EnvName); err != nil {
 		return cfg, err
@@ -365,6 +371,28 @@ func (c Config) AuthTokens() (map[string]string, error) {
 		tokens[name] = token
 	}
 	return tokens, nil
+}
+
+// MinWebhookSecretBytes is the shortest webhook key accepted: shorter keys
+// can be guessed from signed deliveries.
+const MinWebhookSecretBytes = 16
+
+// WebhookSecret reads --webhook-secret-file: nil without one. Errors name
+// the flag and the file, never the key.
+func (c Config) WebhookSecret() ([]byte, error) {
+	if c.WebhookSecretFile == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(c.WebhookSecretFile)
+	if err != nil {
+		return nil, fmt.Errorf("--webhook-secret-file: %w", err)
+	}
+	key := []byte(strings.TrimRight(string(b), "\r\n"))
+	if len(key) < MinWebhookSecretBytes {
+		return nil, fmt.Errorf("--webhook-secret-file %s: the key has %d bytes; use at least %d (e.g. `openssl rand -hex 32 > %s`)",
+			c.WebhookSecretFile, len(key), MinWebhookSecretBytes, c.WebhookSecretFile)
+	}
+	return key, nil
 }
 
 func parseLevel(flagName, v string) (slog.Level, error) {

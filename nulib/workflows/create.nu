@@ -1,10 +1,10 @@
 # create.nu: start provisioning workflows and optionally wait for them.
 #
 #   use nulib/workflows/create.nu *
-#   server_create_workflow <infra> ...servers --settings <path> [--check] [--wait] [--priority 1..5]
+#   server_create_workflow <infra> ...servers --settings <path> [--check] [--wait] [--priority 1..5] [--webhook <url>]
 #     (no servers: every server the settings file defines, see `provisioning server list`)
-#   taskserv_create_workflow <taskserv> <infra> ...servers --settings <path> [--check] [--wait]
-#   cluster_create_workflow <cluster> <infra> --settings <path> [--check] [--wait]
+#   taskserv_create_workflow <taskserv> <infra> ...servers --settings <path> [--check] [--wait] [--priority 1..5] [--webhook <url>]
+#   cluster_create_workflow <cluster> <infra> --settings <path> [--check] [--wait] [--priority 1..5] [--webhook <url>]
 #
 # Without --wait: returns {task_id}. With --wait: follows the task's live
 # event stream (GET /tasks/{id}/events) until it is Completed, Failed or
@@ -61,9 +61,11 @@ def poll-task [task_id: string, --interval: duration = 250ms] {
     }
 }
 
-def submit [path: string, body: record, wait: bool, priority?: int] {
+def submit [path: string, body: record, wait: bool, priority?: int, webhook?: string] {
     # Only a given priority is sent: the API's default (3) applies otherwise.
     let body = if $priority == null { $body } else { $body | insert priority $priority }
+    # Likewise the webhook: without one nothing is delivered.
+    let body = if $webhook == null { $body } else { $body | insert webhook {url: $webhook} }
     let id = (api-post $path $body)
     if $wait { wait-task $id } else { {task_id: $id} }
 }
@@ -76,11 +78,12 @@ export def server_create_workflow [
     --check                # check mode: report, change nothing
     --wait                 # wait for the task to finish, showing progress
     --priority: int        # 1 (most urgent) to 5; default 3
+    --webhook: string      # URL that gets a signed POST on every status change
 ] {
     submit /workflows/servers/create {
         infra: $infra, settings: ($settings | default ""), servers: $servers,
         check_mode: $check, wait: $wait
-    } $wait $priority
+    } $wait $priority $webhook
 }
 
 # Install a taskserv (POST /workflows/taskserv/create); no servers = one run for the infra.
@@ -92,11 +95,12 @@ export def taskserv_create_workflow [
     --check
     --wait
     --priority: int        # 1 (most urgent) to 5; default 3
+    --webhook: string      # URL that gets a signed POST on every status change
 ] {
     submit /workflows/taskserv/create {
         infra: $infra, settings: ($settings | default ""), taskserv: $taskserv, servers: $servers,
         check_mode: $check, wait: $wait
-    } $wait $priority
+    } $wait $priority $webhook
 }
 
 # Create a cluster (POST /workflows/cluster/create).
@@ -107,9 +111,10 @@ export def cluster_create_workflow [
     --check
     --wait
     --priority: int        # 1 (most urgent) to 5; default 3
+    --webhook: string      # URL that gets a signed POST on every status change
 ] {
     submit /workflows/cluster/create {
         infra: $infra, settings: ($settings | default ""), cluster: $cluster,
         check_mode: $check, wait: $wait
-    } $wait $priority
+    } $wait $priority $webhook
 }
