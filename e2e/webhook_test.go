@@ -200,3 +200,65 @@ func TestWebhookRefusedWithoutSecret(t *testing.T) {
 	require.NoError(t, json.Unmarshal(list.env.Data, &tasks))
 	assert.Empty(t, tasks)
 }
+
+// A batch's webhook gets the batch's status changes and those of each
+// operation's task, once each, signed; a schedule's webhook gets its
+// runs' (refused, naming action.webhook, without a secret).
+func TestWebhookBatchAndSchedule(t *testing.T) {
+	secret := []byte("e2e-webhook-secret-batch-0123456789")
+	keyFile := filepath.Join(t.TempDir(), "webhook.key")
+	require.NoError(t, os.WriteFile(keyFile, secret, 0o600))
+	h := startAppWith(t, func(c *app.Config) { c.WebhookSecretFile = keyFile }, "PROVISIONING_DEMO_DELAY_MS=50")
+	rcv := newHookReceiver(t, secret)
+
+	id := h.submit("/workflows/batch", map[string]any{"infra": "lab", "settings": "./s.yaml", "webhook": map[string]any{"url": rcv.srv.URL + "/batch"},
+		"operations": []map[string]any{
+			{"id": "web", "type": "server", "servers": []string{"web-01"}},
+			{"id": "k8s", "type": "taskserv", "taskserv": "kubernetes", "servers": []string{"web-01"}, "depends_on": []string{"web"}},
+		}})
+	task, _ := waitTask(t, h.base, id, 2*time.Minute, terminal)
+	require.Equal(t, storage.StatusCompleted, task.Status, deref(task.Error))
+	h.waitWorkflow(id)
+	for _, q := range rcv.requests() {
+		require.NoError(t, q.verified, q.key)
+	}
+	want := []storage.TaskStatus{storage.StatusRunning, storage.StatusCompleted}
+	for _, tid := range []string{id, task.Batch.Operations[0].TaskID, task.Batch.Operations[1].TaskID} {
+		h.waitWorkflow(tid)
+		got := rcv.delivered(tid)
+		var st []storage.TaskStatus
+		for _, e := range got {
+			st = append(st, e.Status)
+		}
+		assert.Equal(t, want, st, "task %s", tid)
+	}
+	assert.Equal(t, workflows.BatchWorkflowName, rcv.delivered(id)[1].WorkflowType)
+
+	r := h.postJSON("/schedules", map[string]any{"id": "hooked", "cron": []string{"0 2 * * *"}, "paused": true,
+		"action": map[string]any{"type": "cluster", "infra": "lab", "settings": "./s.yaml", "cluster": "k8s",
+			"webhook": map[string]any{"url": rcv.srv.URL + "/schedule"}}})
+	require.Equal(t, http.StatusCreated, r.status, "%s", r.raw)
+	require.Equal(t, http.StatusAccepted, h.postJSON("/schedules/hooked/trigger", nil).status)
+	var runTask string
+	eventually(t, time.Minute, "the scheduled run's Completed delivery", func() bool {
+		v, _ := h.schedule("hooked")
+		if len(v.RecentRuns) == 0 {
+			return false
+		}
+		runTask = v.RecentRuns[0].TaskID
+		got := rcv.delivered(runTask)
+		return len(got) == 2 && got[1].Status == storage.StatusCompleted
+	})
+	assert.Equal(t, storage.StatusRunning, rcv.delivered(runTask)[0].Status)
+
+	plain := startApp(t)
+	r = plain.postJSON("/schedules", map[string]any{"id": "nohook", "interval": "1h",
+		"action": map[string]any{"type": "cluster", "infra": "lab", "settings": "./s.yaml", "cluster": "k8s",
+			"webhook": map[string]any{"url": "https://hooks.example.com/x"}}})
+	require.Equal(t, http.StatusBadRequest, r.status, "%s", r.raw)
+	assert.Equal(t, "action.webhook", r.env.Error.Field)
+	r = plain.postJSON("/workflows/batch", map[string]any{"infra": "lab", "settings": "./s.yaml", "webhook": map[string]any{"url": "ftp://x"},
+		"operations": []map[string]any{{"id": "web", "type": "server", "servers": []string{"web-01"}}}})
+	require.Equal(t, http.StatusBadRequest, r.status, "%s", r.raw)
+	assert.Contains(t, r.env.Error.Field, "webhook")
+}

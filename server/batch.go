@@ -50,6 +50,9 @@ type CreateBatchRequest struct {
 	ApprovalTimeout string `json:"approval_timeout,omitempty"`
 	// Operations, 1 to 500, each naming the operations it depends on.
 	Operations []workflows.Operation `json:"operations"`
+	// Webhook receives a signed POST on every status change of the batch
+	// and of each operation's task (see the README's Webhooks); optional.
+	Webhook *workflows.Webhook `json:"webhook,omitempty"`
 }
 
 // DecisionRequest is the optional body of POST /tasks/{id}/approve and
@@ -79,7 +82,7 @@ func (s *Server) createBatch(c echo.Context) error {
 		}
 		timeout = d
 	}
-	common, keyed, err := s.common(c, workflows.BatchWorkflowName, req.Infra, req.Settings, req.CheckMode, req.Wait, req.Priority, nil)
+	common, keyed, err := s.common(c, workflows.BatchWorkflowName, req.Infra, req.Settings, req.CheckMode, req.Wait, req.Priority, req.Webhook)
 	if err != nil {
 		return err
 	}

@@ -212,6 +212,15 @@ func (s *Server) createSchedule(c echo.Context) error {
 	if err != nil {
 		return validationErr(err)
 	}
+	if err := s.checkWebhook(req.Action.Webhook); err != nil {
+		var apiErr *APIError
+		if errors.As(err, &apiErr) && apiErr.Body.Field != "" {
+			// The webhook is the action's.
+			apiErr.Body.Field = "action." + apiErr.Body.Field
+			apiErr.Body.Message = "action." + apiErr.Body.Message
+		}
+		return err
+	}
 	in := workflows.ScheduledRunInput{ScheduleID: req.ID, Action: *req.Action, Policy: s.policy, FairnessWeight: s.weights[req.Action.Infra],
 		SearchAttributes: s.attrs}
 	_, _, common, task := in.Child("", time.Time{})

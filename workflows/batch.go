@@ -45,7 +45,10 @@ func BatchWorkflow(ctx workflow.Context, in BatchInput) (storage.Task, error) {
 	if err := w.setup(ctx); err != nil {
 		return w.task, err
 	}
-	return w.run(ctx)
+	w.notify = newNotifier(ctx, in.Webhook)
+	task, err := w.run(ctx)
+	w.notify.drain(ctx)
+	return task, err
 }
 
 // batch is one batch run: its input, the DAG's indexes and the task it
@@ -66,6 +69,9 @@ type batch struct {
 	// stopping names the operation whose failure stopped the phase under
 	// fail_fast; "" while it goes on.
 	stopping string
+	// notify delivers the batch's status changes to its webhook (nil
+	// without one).
+	notify *notifier
 }
 
 func newBatch(in BatchInput) *batch {
@@ -754,6 +760,7 @@ func (w *batch) finish(ctx workflow.Context, status storage.TaskStatus, errText 
 	if err := projectTask(dctx, &w.task); err != nil {
 		return storage.Bounded(w.task, storage.MaxResultBytes), err
 	}
+	w.notify.observe(w.task)
 	_ = workflow.Await(dctx, func() bool { return workflow.AllHandlersFinished(dctx) })
 	return storage.Bounded(w.task, storage.MaxResultBytes), result
 }
@@ -764,7 +771,11 @@ func (w *batch) project(ctx workflow.Context) error {
 	if ctx.Err() != nil {
 		ctx, _ = workflow.NewDisconnectedContext(ctx)
 	}
-	return projectTask(ctx, &w.task)
+	if err := projectTask(ctx, &w.task); err != nil {
+		return err
+	}
+	w.notify.observe(w.task)
+	return nil
 }
 
 // projectRecords writes operations' task records in one local activity.

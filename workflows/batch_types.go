@@ -238,6 +238,9 @@ func (in BatchInput) Validate() error {
 	if err := ValidatePriority("priority", in.Priority); err != nil {
 		return err
 	}
+	if err := ValidateWebhook("webhook", in.Webhook); err != nil {
+		return err
+	}
 	if len(in.Operations) == 0 {
 		return &FieldError{Field: "operations", Message: "at least one operation is required"}
 	}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -70,6 +71,9 @@ type ScheduleAction struct {
 	Cluster string `json:"cluster,omitempty"`
 	// Batch is a batch action's DAG (required for it, refused otherwise).
 	Batch *ScheduleBatch `json:"batch,omitempty"`
+	// Webhook receives a signed POST on every status change of each run's
+	// task (and of a batch's operations); optional.
+	Webhook *Webhook `json:"webhook,omitempty"`
 }
 
 // ScheduleRequest is the body of POST /schedules (the REST API; the Go
@@ -231,7 +235,7 @@ func (a ScheduleAction) Validate() error {
 			var fe *FieldError
 			if errors.As(err, &fe) {
 				prefix := "action."
-				if a.Type == ScheduleActionBatch && fe.Field != "priority" {
+				if a.Type == ScheduleActionBatch && fe.Field != "priority" && !strings.HasPrefix(fe.Field, "webhook") {
 					// The batch's own fields live under action.batch.
 					prefix = "action.batch."
 				}
@@ -251,7 +255,7 @@ func (in ScheduledRunInput) Child(taskID string, createdAt time.Time) (wfType st
 	common = Common{
 		TaskID: taskID, Infra: a.Infra, Settings: a.Settings, CheckMode: a.CheckMode, Wait: a.Wait,
 		CreatedAt: createdAt, Policy: in.Policy, Priority: a.Priority, FairnessWeight: in.FairnessWeight,
-		Schedule: in.ScheduleID,
+		Schedule: in.ScheduleID, Webhook: a.Webhook,
 	}
 	switch a.Type {
 	case ScheduleActionBatch:
