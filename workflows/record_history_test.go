@@ -50,6 +50,7 @@ const (
 	replayFailedTaskID = "7d0f4b4e-5a51-4d0c-8a8e-2b7f3c9d0a03"
 	replayListTaskID   = "7d0f4b4e-5a51-4d0c-8a8e-2b7f3c9d0a04"
 	replayHookTaskID   = "7d0f4b4e-5a51-4d0c-8a8e-2b7f3c9d0a05"
+	replayBatchTaskID  = "7d0f4b4e-5a51-4d0c-8a8e-2b7f3c9d0a06"
 )
 
 func TestRecordHistories(t *testing.T) {
@@ -106,6 +107,12 @@ func TestRecordHistories(t *testing.T) {
 			return res, temporal.NewApplicationErrorWithOptions("exit status 2", activities.ErrTypeNushellPermanent,
 				temporal.ApplicationErrorOptions{NonRetryable: true, Details: []any{res}})
 		}
+		// The batch's cluster fails for good when applied (its plan passes).
+		if slices.Equal(step.Args[:2], []string{"cluster", "create"}) && !slices.Contains(step.Args, "--check") {
+			res.ExitCode, res.Stdout, res.Stderr = 3, "", "error: invalid cluster configuration"
+			return res, temporal.NewApplicationErrorWithOptions("exit status 3", activities.ErrTypeNushellPermanent,
+				temporal.ApplicationErrorOptions{NonRetryable: true, Details: []any{res}})
+		}
 		return res, nil
 	}
 	projectTask := func(ctx context.Context, task storage.Task) error {
@@ -118,6 +125,8 @@ func TestRecordHistories(t *testing.T) {
 		worker.Register(r, nil)
 		r.RegisterActivityWithOptions(runNushell, activity.RegisterOptions{Name: "RunNushell"})
 		r.RegisterActivityWithOptions(projectTask, activity.RegisterOptions{Name: "ProjectTask"})
+		r.RegisterActivityWithOptions(acts.ProjectTasks, activity.RegisterOptions{Name: "ProjectTasks"})
+		r.RegisterActivityWithOptions(acts.RecordAudit, activity.RegisterOptions{Name: "RecordAudit"})
 		// Stands in for activities.Activities.ListServers: the settings
 		// define two servers.
 		r.RegisterActivityWithOptions(func(context.Context, activities.NuStep) ([]string, error) {
@@ -229,6 +238,40 @@ func TestRecordHistories(t *testing.T) {
 		require.NoError(t, run.Get(ctx, &task))
 		require.Equal(t, storage.StatusCompleted, task.Status)
 		writeHistory(t, ctx, c, run, replayHookFile)
+	}
+
+	// 7. A batch that requires approval: plan (3 check runs), approved by
+	// an update, applied in dependency order; the cluster fails, so the
+	// server and taskserv are rolled back, taskserv first.
+	{
+		in := workflows.BatchInput{
+			Common: workflows.Common{TaskID: replayBatchTaskID, Infra: "production", Settings: "./settings.yaml", CreatedAt: createdAt,
+				Policy: workflows.ExecPolicy{InitialInterval: 100 * time.Millisecond}},
+			Operations: []workflows.Operation{
+				{ID: "web", Type: "server", Servers: []string{"web-01"}},
+				{ID: "k8s", Type: "taskserv", Taskserv: "kubernetes", Servers: []string{"web-01"}, DependsOn: []string{"web"}},
+				{ID: "cluster", Type: "cluster", Cluster: "buildkit", DependsOn: []string{"k8s"}},
+			},
+			RequireApproval: true,
+		}
+		run := start(workflows.BatchWorkflowName, in.TaskID, in)
+		require.Eventually(t, func() bool {
+			v, err := c.QueryWorkflow(ctx, in.TaskID, "", workflows.StatusQuery)
+			var task storage.Task
+			return err == nil && v.Get(&task) == nil && task.Batch != nil && task.Batch.Phase == storage.PhaseAwaitingApproval
+		}, time.Minute, 50*time.Millisecond)
+		h, err := c.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{WorkflowID: in.TaskID, UpdateName: workflows.ApproveUpdate,
+			Args: []any{workflows.ApprovalRequest{Approver: "alice"}}, WaitForStage: client.WorkflowUpdateStageCompleted})
+		require.NoError(t, err)
+		require.NoError(t, h.Get(ctx, nil))
+		err = run.Get(ctx, nil)
+		require.Error(t, err)
+		last, err := store.last(replayBatchTaskID)
+		require.NoError(t, err)
+		require.Equal(t, storage.StatusFailed, last.Status)
+		require.Len(t, last.Batch.Compensations, 2)
+		require.Equal(t, "taskserv kubernetes on web-01", last.Batch.Compensations[0].Target)
+		writeHistory(t, ctx, c, run, replayBatchFile)
 	}
 }
 

@@ -33,6 +33,8 @@ const (
 	// names a scheduled run (the schedule's action id and the time).
 	replayScheduledWorkflowID = "orchestrator-nightly-2030-01-02T02:00:00Z"
 	replayHookFile            = "server_create_webhook.json"
+	// replayBatchFile is a batch: plan, approval, apply, failure, rollback.
+	replayBatchFile = "batch_approved_rolled_back.json"
 )
 
 func newReplayer() sdkworker.WorkflowReplayer {
@@ -176,4 +178,16 @@ func TestReplayHistories_DetectsNondeterminism(t *testing.T) {
 	msg := err.Error()
 	assert.True(t, strings.Contains(msg, "TMPRL1100") || strings.Contains(strings.ToLower(msg), "nondetermin"),
 		"want a nondeterminism error, got %v", err)
+}
+
+// The recorded batch is what it says: six child tasks (three check runs,
+// then the applies up to the failing cluster), one accepted approval, and
+// the two compensations as the batch's own activities.
+func TestReplayHistories_Batch(t *testing.T) {
+	hist := loadHistory(t, replayBatchFile)
+	assert.Equal(t, 6, countEvents(hist, enumspb.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED))
+	assert.Equal(t, 1, countEvents(hist, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED))
+	assert.Equal(t, 2, countEvents(hist, enumspb.EVENT_TYPE_ACTIVITY_TASK_COMPLETED))
+	assert.Equal(t, 1, countEvents(hist, enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED))
+	require.NoError(t, newReplayer().ReplayWorkflowHistory(log.NewStructuredLogger(discardLogger), hist))
 }
