@@ -336,3 +336,45 @@ func TestScheduleRunsABatch(t *testing.T) {
 	}
 	assert.NoDirExists(t, filepath.Join(h.stateDir, "production"), "a plan changes nothing")
 }
+
+// TestScheduleTaskservTest: a scheduled `test quick` (action
+// taskserv_test) through the real Docker Engine: each run is a test
+// environment (its task) that is created, converged with the idempotence
+// check, checked and removed; a taskserv whose checks fail makes a failed
+// run.
+func TestScheduleTaskservTest(t *testing.T) {
+	h := startEnvApp(t)
+	for _, tc := range []struct {
+		id, taskserv string
+		idempotence  bool
+	}{{"quick-redis", "redis", true}} {
+		r := h.postJSON("/schedules", map[string]any{"id": tc.id, "cron": []string{"0 3 * * *"}, "paused": true,
+			"action": map[string]any{"type": "taskserv_test", "taskserv": tc.taskserv, "infra": "lab", "base_image": h.image, "idempotence": tc.idempotence}})
+		require.Equal(t, http.StatusCreated, r.status, "%s", r.raw)
+		require.Equal(t, http.StatusAccepted, h.postJSON("/schedules/"+tc.id+"/trigger", nil).status)
+		var v server.ScheduleView
+		eventually(t, 3*time.Minute, "the scheduled test to end", func() bool {
+			v, _ = h.schedule(tc.id)
+			return len(v.RecentRuns) == 1 && v.RecentRuns[0].Status.Terminal()
+		})
+		id := v.RecentRuns[0].TaskID
+		task := h.task(id)
+		assert.Equal(t, workflows.TestEnvironmentWorkflowName, task.WorkflowType)
+		assert.Equal(t, storage.StatusCompleted, task.Status, deref(task.Error))
+		st := h.env(id)
+		assert.Equal(t, workflows.EnvCleaned, st.Status)
+		assert.Equal(t, workflows.EnvPassed, st.LastStatus)
+		assert.Equal(t, "auto_cleanup after run", st.EndReason)
+		require.Len(t, st.Runs, 1)
+		assert.True(t, st.Runs[0].Passed)
+		assert.Empty(t, h.instanceEnvs(), "the environment's Docker objects are gone")
+	}
+	r := h.postJSON("/schedules", map[string]any{"id": "bad-test", "interval": "1h",
+		"action": map[string]any{"type": "taskserv_test", "taskserv": "redis", "infra": "lab", "servers": []string{"x"}}})
+	require.Equal(t, http.StatusBadRequest, r.status, "%s", r.raw)
+	assert.Equal(t, "action.servers", r.env.Error.Field)
+	r = h.postJSON("/schedules", map[string]any{"id": "bad-test", "interval": "1h",
+		"action": map[string]any{"type": "taskserv_test", "taskserv": "$(reboot)", "infra": "lab"}})
+	require.Equal(t, http.StatusBadRequest, r.status, "%s", r.raw)
+	assert.Equal(t, "action.taskserv", r.env.Error.Field)
+}

@@ -223,6 +223,16 @@ func (s *Server) createSchedule(c echo.Context) error {
 	}
 	in := workflows.ScheduledRunInput{ScheduleID: req.ID, Action: *req.Action, Policy: s.policy, FairnessWeight: s.weights[req.Action.Infra],
 		SearchAttributes: s.attrs}
+	if req.Action.Type == workflows.ScheduleActionTaskservTest {
+		// Each run plans its environment as POST /test/environments/create
+		// would have when the schedule was made.
+		in.TestEnv = &workflows.ScheduledTestEnv{DefaultImage: s.envOpts.DefaultImage, NodeCPUMillicores: s.envOpts.NodeCPUMillicores,
+			NodeMemoryMB: s.envOpts.NodeMemoryMB, Instance: s.envOpts.Instance, TTL: s.envOpts.DefaultTTL,
+			ActivityTaskQueue: workflows.EnvTaskQueue(s.taskQueue), UpdatesPerRun: s.envOpts.UpdatesPerRun}
+		if _, err := in.TestEnvInput("00000000-0000-4000-8000-000000000000", time.Time{}); err != nil {
+			return validationErr(err)
+		}
+	}
 	_, _, common, task := in.Child("", time.Time{})
 	tid := TemporalSchedulePrefix + req.ID
 	memo := scheduleMemo{Cron: req.Cron, Interval: req.Interval, Overlap: cmp.Or(req.Overlap, DefaultOverlap), Action: *req.Action}

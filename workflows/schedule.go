@@ -14,6 +14,7 @@ import (
 
 	"github.com/provisioning/orchestrator/internal/searchattr"
 	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/testenv"
 )
 
 // ScheduledRunWorkflowName is the workflow a schedule (POST /schedules)
@@ -30,7 +31,31 @@ const (
 	// ScheduleActionBatch repeats a batch (POST /workflows/batch): a
 	// nightly drift check of a whole infra is a batch in mode plan.
 	ScheduleActionBatch = "batch"
+	// ScheduleActionTaskservTest repeats `test quick <taskserv>`: a
+	// single_taskserv test environment created, converged (with an
+	// idempotence check unless idempotence is false), checked and removed.
+	// The run's task is the environment's (workflow type TestEnvironment).
+	ScheduleActionTaskservTest = "taskserv_test"
 )
+
+// ScheduledTestEnv is what a taskserv_test run needs of the service's
+// test-environment configuration, captured when the schedule is created
+// (the API's --test-* flags): the run builds its environment's plan with it.
+type ScheduledTestEnv struct {
+	// DefaultImage is the nodes' base image unless the action names one.
+	DefaultImage string `json:"default_image,omitempty"`
+	// NodeCPUMillicores and NodeMemoryMB are the default node limits.
+	NodeCPUMillicores int64 `json:"node_cpu_millicores,omitempty"`
+	NodeMemoryMB      int64 `json:"node_memory_mb,omitempty"`
+	// Instance labels the Docker objects (the janitor's scope).
+	Instance string `json:"instance,omitempty"`
+	// TTL bounds the environment's life.
+	TTL time.Duration `json:"ttl,omitempty"`
+	// ActivityTaskQueue is the test-environment activities' queue.
+	ActivityTaskQueue string `json:"activity_task_queue,omitempty"`
+	// UpdatesPerRun as in TestEnvInput.
+	UpdatesPerRun int `json:"updates_per_run,omitempty"`
+}
 
 // ScheduleBatch is a batch action's DAG and options: the batch request's
 // fields but the shared ones (infra, settings, check_mode, wait,
@@ -74,6 +99,22 @@ type ScheduleAction struct {
 	// Webhook receives a signed POST on every status change of each run's
 	// task (and of a batch's operations); optional.
 	Webhook *Webhook `json:"webhook,omitempty"`
+	// BaseImage is a taskserv_test's node image; default the service's.
+	BaseImage string `json:"base_image,omitempty"`
+	// Idempotence: a taskserv_test converges twice and fails unless the
+	// second changed nothing; default true.
+	Idempotence *bool `json:"idempotence,omitempty"`
+}
+
+// TestRequest is the test-environment request a taskserv_test action
+// makes: one node with the taskserv, started and converged at creation,
+// removed after its run.
+func (a ScheduleAction) TestRequest() testenv.CreateRequest {
+	return testenv.CreateRequest{
+		Config: testenv.EnvConfig{Type: testenv.TypeSingleTaskserv, Taskserv: a.Taskserv, BaseImage: a.BaseImage},
+		Infra:  a.Infra, Settings: a.Settings, AutoStart: true, AutoCleanup: true,
+		Idempotence: a.Idempotence == nil || *a.Idempotence, Priority: a.Priority,
+	}
 }
 
 // ScheduleRequest is the body of POST /schedules (the REST API; the Go
@@ -164,6 +205,9 @@ type ScheduledRunInput struct {
 	// `temporal workflow list --query 'Infra="production"'` finds it.
 	// Default none.
 	SearchAttributes searchattr.Set `json:"search_attributes,omitzero"`
+	// TestEnv is the service's test-environment configuration for
+	// taskserv_test actions (set by the API; nil for other actions).
+	TestEnv *ScheduledTestEnv `json:"test_env,omitempty"`
 }
 
 // ScheduledRunStatus is what ScheduledRunWorkflow's status query answers:
@@ -204,6 +248,24 @@ func (a ScheduleAction) Validate() error {
 			return &FieldError{Field: "action.servers", Message: "is required: name the servers, or send [] for every server the settings define"}
 		}
 	case ScheduleActionTaskserv, ScheduleActionCluster:
+	case ScheduleActionTaskservTest:
+		if a.Servers != nil {
+			return &FieldError{Field: "action.servers", Message: "a taskserv_test action names no servers (it tests in a node of its own)"}
+		}
+		if a.Cluster != "" || a.Batch != nil || a.CheckMode || a.Wait || a.Webhook != nil {
+			return &FieldError{Field: "action", Message: "a taskserv_test action takes taskserv, infra, settings, base_image, idempotence and priority"}
+		}
+		// Pure for single_taskserv: templates (parsed from embedded files)
+		// only matter for cluster topologies.
+		//workflowcheck:ignore
+		if err := a.TestRequest().Validate(nil); err != nil {
+			var fe *FieldError
+			if errors.As(err, &fe) {
+				return &FieldError{Field: "action." + strings.TrimPrefix(fe.Field, "config."), Message: fe.Message}
+			}
+			return err
+		}
+		return nil
 	case ScheduleActionBatch:
 		if a.Batch == nil {
 			return &FieldError{Field: "action.batch", Message: "is required for a batch action: {operations: [...], ...}"}
@@ -212,12 +274,15 @@ func (a ScheduleAction) Validate() error {
 			return &FieldError{Field: "action.servers", Message: "a batch action names its servers in its operations"}
 		}
 	case "":
-		return &FieldError{Field: "action.type", Message: "is required: server, taskserv, cluster or batch"}
+		return &FieldError{Field: "action.type", Message: "is required: server, taskserv, cluster, batch or taskserv_test"}
 	default:
-		return &FieldError{Field: "action.type", Message: fmt.Sprintf("%q is not one of server, taskserv, cluster, batch", a.Type)}
+		return &FieldError{Field: "action.type", Message: fmt.Sprintf("%q is not one of server, taskserv, cluster, batch, taskserv_test", a.Type)}
 	}
 	if a.Type != ScheduleActionBatch && a.Batch != nil {
 		return &FieldError{Field: "action.batch", Message: "only a batch action has a batch"}
+	}
+	if a.BaseImage != "" || a.Idempotence != nil {
+		return &FieldError{Field: "action.base_image", Message: "base_image and idempotence are for taskserv_test actions"}
 	}
 	if a.Type != ScheduleActionTaskserv && a.Taskserv != "" {
 		return &FieldError{Field: "action.taskserv", Message: "only a taskserv action names a taskserv"}
@@ -258,6 +323,10 @@ func (in ScheduledRunInput) Child(taskID string, createdAt time.Time) (wfType st
 		Schedule: in.ScheduleID, Webhook: a.Webhook,
 	}
 	switch a.Type {
+	case ScheduleActionTaskservTest:
+		// The input is built at run time (TestEnvInput).
+		return TestEnvironmentWorkflowName, nil, common, TaskSpec{Workflow: TestEnvironmentWorkflowName,
+			Name: scheduledName("test quick "+a.Taskserv, in.ScheduleID), Command: "test quick", Args: []string{a.Taskserv}, Targets: []string{a.Taskserv}}
 	case ScheduleActionBatch:
 		b := a.Batch
 		if b == nil {
@@ -300,6 +369,9 @@ func ScheduledRunWorkflow(ctx workflow.Context, in ScheduledRunInput) (storage.T
 		st.Status = storage.StatusFailed
 		return storage.Task{}, temporal.NewNonRetryableApplicationError("invalid schedule action: "+err.Error(), ErrTypeInvalidInput, nil)
 	}
+	if in.Action.Type == ScheduleActionTaskservTest {
+		return scheduledTest(ctx, in, &st)
+	}
 	wfType, input, common, spec := in.Child(st.TaskID, workflow.Now(ctx).UTC().Truncate(time.Microsecond))
 	cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
 		WorkflowID:            st.TaskID,
@@ -323,4 +395,70 @@ func ScheduledRunWorkflow(ctx workflow.Context, in ScheduledRunInput) (storage.T
 		st.Status = storage.StatusFailed
 	}
 	return task, err
+}
+
+// TestEnvInput is the environment a taskserv_test run with task (and
+// environment) id envID creates: the action's request, planned with the
+// service's configuration captured in TestEnv.
+func (in ScheduledRunInput) TestEnvInput(envID string, createdAt time.Time) (TestEnvInput, error) {
+	req := in.Action.TestRequest()
+	cfg := ScheduledTestEnv{}
+	if in.TestEnv != nil {
+		cfg = *in.TestEnv
+	}
+	// Pure for single_taskserv (see Validate).
+	//workflowcheck:ignore
+	plan, err := testenv.BuildPlan(envID, req, nil, cfg.DefaultImage)
+	if err != nil {
+		return TestEnvInput{}, err
+	}
+	plan.ApplyDefaultLimits(cfg.NodeCPUMillicores, cfg.NodeMemoryMB)
+	if cfg.Instance != "" {
+		plan.Labels[testenv.InstanceLabel] = cfg.Instance
+		for i := range plan.Nodes {
+			plan.Nodes[i].Labels[testenv.InstanceLabel] = cfg.Instance
+		}
+	}
+	return TestEnvInput{EnvID: envID, Request: req, Plan: plan, TTL: cmp.Or(cfg.TTL, DefaultEnvTTL), CreatedAt: createdAt,
+		ActivityTaskQueue: cfg.ActivityTaskQueue, UpdatesPerRun: cfg.UpdatesPerRun, AutoRun: true}, nil
+}
+
+// scheduledTest runs a taskserv_test action: a TestEnvironment child whose
+// id is the run's task id, which creates, converges, checks and removes
+// its environment. The run fails unless the environment passed.
+func scheduledTest(ctx workflow.Context, in ScheduledRunInput, st *ScheduledRunStatus) (storage.Task, error) {
+	envIn, err := in.TestEnvInput(st.TaskID, workflow.Now(ctx).UTC().Truncate(time.Microsecond))
+	if err != nil {
+		st.Status = storage.StatusFailed
+		return storage.Task{}, temporal.NewNonRetryableApplicationError("invalid schedule action: "+err.Error(), ErrTypeInvalidInput, nil)
+	}
+	a := in.Action
+	cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
+		WorkflowID:            st.TaskID,
+		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+		ParentClosePolicy:     enumspb.PARENT_CLOSE_POLICY_REQUEST_CANCEL,
+		WaitForCancellation:   true,
+		Priority:              temporal.Priority{PriorityKey: cmp.Or(a.Priority, storage.DefaultPriority), FairnessKey: a.Infra},
+		StaticSummary:         scheduledName("test quick "+a.Taskserv, in.ScheduleID),
+		TypedSearchAttributes: in.SearchAttributes.Start(a.Infra, cmp.Or(a.Priority, storage.DefaultPriority)),
+	})
+	st.Status = storage.StatusRunning
+	var env testenv.EnvState
+	err = workflow.ExecuteChildWorkflow(cctx, TestEnvironmentWorkflowName, envIn).Get(ctx, &env)
+	task := storage.Task{ID: st.TaskID, WorkflowType: TestEnvironmentWorkflowName, Status: storage.StatusCompleted}
+	switch {
+	case err != nil:
+		st.Status = storage.StatusFailed
+		return task, err
+	case env.LastStatus != EnvPassed:
+		st.Status = storage.StatusFailed
+		msg := fmt.Sprintf("test quick %s: the environment ended %s", a.Taskserv, cmp.Or(env.LastStatus, env.Status))
+		if env.Error != "" {
+			msg += ": " + env.Error
+		}
+		task.Status = storage.StatusFailed
+		return task, temporal.NewNonRetryableApplicationError(msg, ErrTypeProvisioningFailed, nil)
+	}
+	st.Status = storage.StatusCompleted
+	return task, nil
 }

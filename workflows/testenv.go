@@ -77,6 +77,11 @@ type TestEnvInput struct {
 	// before it continues as new (keeping its history short); 0 means
 	// DefaultUpdatesPerRun. Temporal's own suggestion also triggers it.
 	UpdatesPerRun int `json:"updates_per_run,omitempty"`
+	// AutoRun runs the default checks once the environment is ready (as a
+	// POST .../run without a body would), then ends it if the request has
+	// auto_cleanup: a scheduled `test quick` (schedule action
+	// taskserv_test). Default false.
+	AutoRun bool `json:"auto_run,omitempty"`
 }
 
 // EnvTaskQueue is the task queue of the test-environment activities of
@@ -146,6 +151,10 @@ func TestEnvironmentWorkflow(ctx workflow.Context, in TestEnvInput) (testenv.Env
 	if in.Carry == nil {
 		if err := w.create(ctx); err != nil {
 			return w.s, err
+		}
+		if in.AutoRun && ctx.Err() == nil {
+			// Its outcome is the environment's state (passed/failed).
+			_, _ = w.runTests(ctx, testenv.RunRequest{})
 		}
 	}
 	expired, cont := w.serve(ctx)
