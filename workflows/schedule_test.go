@@ -154,6 +154,16 @@ func TestScheduleActionValidate(t *testing.T) {
 		"taskserv on server": {func(a *workflows.ScheduleAction) { a.Taskserv = "etcd" }, "action.taskserv"},
 		"cluster missing":    {func(a *workflows.ScheduleAction) { a.Type, a.Servers = "cluster", nil }, "action.cluster"},
 		"cluster servers":    {func(a *workflows.ScheduleAction) { a.Type, a.Cluster = "cluster", "k" }, "action.servers"},
+		"test with servers":  {func(a *workflows.ScheduleAction) { a.Type, a.Taskserv = "taskserv_test", "redis" }, "action.servers"},
+		"test no taskserv":   {func(a *workflows.ScheduleAction) { a.Type, a.Servers, a.CheckMode = "taskserv_test", nil, false }, "action.taskserv"},
+		"test bad image": {func(a *workflows.ScheduleAction) {
+			a.Type, a.Servers, a.Taskserv, a.BaseImage, a.CheckMode = "taskserv_test", nil, "redis", "bad image!", false
+		}, "action.base_image"},
+		"image on server":   {func(a *workflows.ScheduleAction) { a.BaseImage = "busybox" }, "action.base_image"},
+		"batch without dag": {func(a *workflows.ScheduleAction) { a.Type, a.Servers = "batch", nil }, "action.batch"},
+		"batch on a taskserv": {func(a *workflows.ScheduleAction) {
+			a.Type, a.Servers, a.Taskserv, a.Batch = "taskserv", nil, "etcd", &workflows.ScheduleBatch{}
+		}, "action.batch"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			a := ok
@@ -165,4 +175,14 @@ func TestScheduleActionValidate(t *testing.T) {
 		})
 	}
 	require.NoError(t, ok.Validate())
+	test := workflows.ScheduleAction{Type: "taskserv_test", Taskserv: "redis", Infra: "lab"}
+	require.NoError(t, test.Validate())
+	in, err := workflows.ScheduledRunInput{Action: test, TestEnv: &workflows.ScheduledTestEnv{DefaultImage: "busybox:local", NodeMemoryMB: 256}}.
+		TestEnvInput("0b6f3a5e-2f7c-4c1e-9d1a-6a1f0e6c2b09", createdAt)
+	require.NoError(t, err)
+	assert.True(t, in.AutoRun)
+	assert.True(t, in.Request.AutoStart && in.Request.AutoCleanup && in.Request.Idempotence)
+	require.Len(t, in.Plan.Nodes, 1)
+	assert.Equal(t, "busybox:local", in.Plan.Nodes[0].Image)
+	assert.Equal(t, []string{"redis"}, in.Plan.Nodes[0].Taskservs)
 }
