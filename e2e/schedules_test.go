@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/provisioning/orchestrator/internal/searchattr"
+	"github.com/provisioning/orchestrator/internal/testsupport"
 	"github.com/provisioning/orchestrator/sdk"
 	"github.com/provisioning/orchestrator/server"
 	"github.com/provisioning/orchestrator/storage"
@@ -297,6 +298,16 @@ func TestNuScheduleCommands(t *testing.T) {
 	r := provisioning(t, h.base, nil, "schedule", "show", "nu-drift")
 	assert.Equal(t, 1, r.exitCode)
 	assert.Contains(t, r.stderr, "schedule nu-drift not found")
+
+	// A scheduled batch from a batch file (its infra and settings too).
+	provisioning(t, h.base, &v, "schedule", "create", "nu-batch", "--cron", "0 2 * * *", "--paused",
+		"--batch", filepath.Join(testsupport.RepoRoot(t), "examples", "batch.yaml"), "--out", "json")
+	require.NotNil(t, v.Action)
+	require.NotNil(t, v.Action.Batch)
+	assert.Equal(t, "batch", v.Action.Type)
+	assert.Equal(t, "production", v.Action.Infra)
+	assert.Len(t, v.Action.Batch.Operations, 6)
+	provisioning(t, h.base, nil, "schedule", "delete", "nu-batch")
 
 	// Bad input: the API's message naming the field, nothing created.
 	r = runNu(t, h.base, "schedule create bad --every 100ms --infra production --settings ./s.yaml --all-servers", mod)

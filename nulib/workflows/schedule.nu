@@ -30,6 +30,9 @@ export def "schedule create" [
     --settings (-s): string   # settings file path (required)
     --taskserv: string        # a taskserv action: install this taskserv
     --cluster: string         # a cluster action: build this cluster
+    --test: string            # a taskserv_test action: `test quick` this taskserv in a node of its own
+    --no-idempotence          # with --test: skip the second converge
+    --batch: string           # a batch action: the batch in this file (NUON/YAML/TOML/JSON), e.g. with mode: plan
     --all-servers             # a server action on every server the settings define
     --check (-c)              # check mode: a drift check that changes nothing
     --wait (-w)               # the script's --wait
@@ -38,7 +41,7 @@ export def "schedule create" [
     --paused                  # create it paused
     --note: string            # free text shown with the schedule
 ] {
-    let type = if $taskserv != null { "taskserv" } else if $cluster != null { "cluster" } else { "server" }
+    let type = if $taskserv != null { "taskserv" } else if $cluster != null { "cluster" } else if $test != null { "taskserv_test" } else if $batch != null { "batch" } else { "server" }
     mut action = {type: $type, infra: ($infra | default ""), settings: ($settings | default "")}
     if $check { $action = ($action | insert check_mode true) }
     if $wait { $action = ($action | insert wait true) }
@@ -49,6 +52,23 @@ export def "schedule create" [
             if ($servers | is-not-empty) { $action = ($action | insert servers $servers) }
         }
         "cluster" => { $action = ($action | insert cluster $cluster) }
+        "taskserv_test" => {
+            $action = ($action | insert taskserv $test)
+            if $no_idempotence { $action = ($action | insert idempotence false) }
+        }
+        "batch" => {
+            let file = $batch
+            if not ($file | path exists) { fail $"schedule create ($id): batch file ($file) not found" }
+            let b = try { open $file } catch {|e| fail $"schedule create ($id): cannot read batch file ($file): ($e.msg)" }
+            if ($b | describe | str starts-with "record") == false { fail $"schedule create ($id): batch file ($file) is not a record" }
+            # The file's shared fields are the action's; the rest is the DAG.
+            for k in [infra settings check_mode wait priority] {
+                if ($k in ($b | columns)) and (($action | get --optional $k) in [null ""]) {
+                    $action = ($action | upsert $k ($b | get $k))
+                }
+            }
+            $action = ($action | insert batch ($b | reject --optional infra settings check_mode wait priority require_approval approval_timeout webhook))
+        }
         _ => {
             if ($servers | is-empty) and (not $all_servers) {
                 fail $"schedule create ($id): name the servers, or --all-servers for every server the settings define"
