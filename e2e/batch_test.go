@@ -172,6 +172,16 @@ func TestBatchFailureRollsBackInReverseAndNeverStartsDependents(t *testing.T) {
 	assert.Equal(t, storage.StatusCancelled, child.Status)
 	assert.Contains(t, deref(child.Error), "not started: it depends on pg, which failed")
 	assert.Equal(t, storage.StatusFailed, getTask(t, h.base, batchOp(t, task, "pg").TaskID).Status)
+
+	// A batch is submitted again, not retried; its failed operation's task
+	// can be retried on its own (a task of its own, no longer the batch's).
+	r := h.postJSON("/tasks/"+id+"/retry", nil)
+	assert.Equal(t, http.StatusConflict, r.status, "%s", r.raw)
+	assert.Contains(t, r.env.Error.Message, "it is a batch")
+	retry := h.submit("/tasks/"+batchOp(t, task, "pg").TaskID+"/retry", nil)
+	rt, _ := waitTask(t, h.base, retry, 60*time.Second, terminal)
+	assert.Empty(t, rt.Parent)
+	assert.Equal(t, []string{batchOp(t, task, "pg").TaskID}, rt.Dependencies)
 }
 
 func TestBatchPlanModeChangesNothing(t *testing.T) {

@@ -69,6 +69,8 @@ func CheckRetryable(t storage.Task) error {
 	switch {
 	case t.WorkflowType == TestEnvironmentWorkflowName:
 		return no("it is a test environment; environments are not retried, create a new one (POST /test/environments/create)")
+	case t.WorkflowType == BatchWorkflowName:
+		return no("it is a batch; submit it again (POST /workflows/batch), or retry its failed operations' tasks one by one")
 	case NewInput(t.WorkflowType) == nil:
 		return no(fmt.Sprintf("it is a %q task, not a server, taskserv or cluster create", t.WorkflowType))
 	case t.Status == storage.StatusCompleted:
@@ -133,6 +135,10 @@ func retryFields(in ProvisioningInput, finished storage.Task) ProvisioningInput 
 	c := in.Fields()
 	c.TaskID = ""
 	c.Dependencies = []string{finished.ID}
+	// A retry is a task of its own: no longer one of a batch's operations
+	// or a schedule's run.
+	c.Parent = ""
+	c.Schedule = ""
 	if finished.Priority != 0 {
 		c.Priority = finished.Priority
 	}
