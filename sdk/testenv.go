@@ -42,12 +42,7 @@ func (c *Client) StartTestEnvironment(ctx context.Context, req testenv.CreateReq
 		return EnvRun{}, err
 	}
 	plan.ApplyDefaultLimits(testenv.DefaultNodeCPUMillicores, testenv.DefaultNodeMemoryMB)
-	if c.Instance != "" {
-		plan.Labels[testenv.InstanceLabel] = c.Instance
-		for i := range plan.Nodes {
-			plan.Nodes[i].Labels[testenv.InstanceLabel] = c.Instance
-		}
-	}
+	plan.SetInstance(c.Instance)
 	if ttl <= 0 && req.TTL != "" {
 		if ttl, err = time.ParseDuration(req.TTL); err != nil {
 			return EnvRun{}, &testenv.FieldError{Field: "ttl", Message: err.Error()}

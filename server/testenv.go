@@ -86,12 +86,7 @@ func (s *Server) createEnv(c echo.Context) error {
 		return fieldErr(field, fmt.Sprintf("%d nodes requested; this orchestrator allows at most %d per environment (--max-nodes)", len(plan.Nodes), max))
 	}
 	plan.ApplyDefaultLimits(s.envOpts.NodeCPUMillicores, s.envOpts.NodeMemoryMB)
-	if s.envOpts.Instance != "" {
-		plan.Labels[testenv.InstanceLabel] = s.envOpts.Instance
-		for i := range plan.Nodes {
-			plan.Nodes[i].Labels[testenv.InstanceLabel] = s.envOpts.Instance
-		}
-	}
+	plan.SetInstance(s.envOpts.Instance)
 	ttl := s.envOpts.DefaultTTL
 	if req.TTL != "" {
 		if ttl, err = time.ParseDuration(req.TTL); err != nil {

@@ -157,3 +157,15 @@ func (p *Plan) ApplyDefaultLimits(cpuMillicores, memoryMB int64) {
 		}
 	}
 }
+
+// SetInstance labels the environment and its nodes with the orchestrator
+// instance that owns them (the janitor's scope); "" leaves them unlabelled.
+func (p *Plan) SetInstance(instance string) {
+	if instance == "" {
+		return
+	}
+	p.Labels[InstanceLabel] = instance
+	for i := range p.Nodes {
+		p.Nodes[i].Labels[InstanceLabel] = instance
+	}
+}

@@ -758,13 +758,7 @@ func (w *batch) summary() string {
 	}
 	if w.in.planning() {
 		for _, o := range w.task.Batch.Operations {
-			if o.Plan == "" {
-				continue
-			}
-			b.WriteString("== plan " + o.ID + " ==\n" + o.Plan)
-			if !strings.HasSuffix(o.Plan, "\n") {
-				b.WriteString("\n")
-			}
+			writeSection(&b, "plan "+o.ID, o.Plan)
 		}
 	}
 	return b.String()

@@ -519,15 +519,21 @@ func (w *provisioning) combinedOutput() string {
 	}
 	var b strings.Builder
 	for _, s := range w.task.Steps {
-		if s.Output == "" {
-			continue
-		}
-		b.WriteString("== " + s.Name + " ==\n" + s.Output)
-		if !strings.HasSuffix(s.Output, "\n") {
-			b.WriteString("\n")
-		}
+		writeSection(&b, s.Name, s.Output)
 	}
 	return b.String()
+}
+
+// writeSection appends "== title ==" and text (ending in a newline) to b;
+// nothing when text is empty.
+func writeSection(b *strings.Builder, title, text string) {
+	if text == "" {
+		return
+	}
+	b.WriteString("== " + title + " ==\n" + text)
+	if !strings.HasSuffix(text, "\n") {
+		b.WriteString("\n")
+	}
 }
 
 func (w *provisioning) combinedErrors() string {

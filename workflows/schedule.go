@@ -413,12 +413,7 @@ func (in ScheduledRunInput) TestEnvInput(envID string, createdAt time.Time) (Tes
 		return TestEnvInput{}, err
 	}
 	plan.ApplyDefaultLimits(cfg.NodeCPUMillicores, cfg.NodeMemoryMB)
-	if cfg.Instance != "" {
-		plan.Labels[testenv.InstanceLabel] = cfg.Instance
-		for i := range plan.Nodes {
-			plan.Nodes[i].Labels[testenv.InstanceLabel] = cfg.Instance
-		}
-	}
+	plan.SetInstance(cfg.Instance)
 	return TestEnvInput{EnvID: envID, Request: req, Plan: plan, TTL: cmp.Or(cfg.TTL, DefaultEnvTTL), CreatedAt: createdAt,
 		ActivityTaskQueue: cfg.ActivityTaskQueue, UpdatesPerRun: cfg.UpdatesPerRun, AutoRun: true}, nil
 }
