@@ -16,8 +16,7 @@ import (
 	sdklog "go.temporal.io/sdk/log"
 	"go.temporal.io/server/common/config"
 	"go.temporal.io/server/common/log"
-	// Registers the postgres12 and postgres12_pgx SQL plugins.
-	_ "go.temporal.io/server/common/persistence/sql/sqlplugin/postgresql"
+	// Importing it registers the postgres12 and postgres12_pgx SQL plugins.
 	"go.temporal.io/server/common/persistence/sql/sqlplugin/postgresql"
 	"go.temporal.io/server/tools/common/schema"
 	sqltool "go.temporal.io/server/tools/sql"
