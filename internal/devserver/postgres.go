@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
@@ -144,7 +145,10 @@ func preparePostgres(p *Postgres, logger *slog.Logger) (def, vis *config.SQL, er
 }
 
 func prepareDatabase(conf *config.SQL, schemaName string, logger log.Logger) error {
-	conn, err := sqltool.NewConnection(conf, logger)
+	// The probe is silent: a missing database (normal on first start)
+	// would otherwise be logged as an error by the connection pool.
+	quiet := newLogger(slog.New(slog.DiscardHandler), slog.LevelError+1)
+	conn, err := sqltool.NewConnection(conf, quiet)
 	if err == nil {
 		_, err = conn.ListTables()
 		if err != nil {
@@ -157,8 +161,10 @@ func prepareDatabase(conf *config.SQL, schemaName string, logger log.Logger) err
 		// database, which also shows why an unreachable server is.
 		// (DoCreateDatabase points the config it gets at that database.)
 		admin := *conf
-		if cerr := sqltool.DoCreateDatabase(&admin, "", logger); cerr != nil {
-			return fmt.Errorf("connect: %w; create the database: %w", err, cerr)
+		if cerr := sqltool.DoCreateDatabase(&admin, "postgres", quiet); cerr != nil {
+			// The plugin's errors say only "no usable database
+			// connection found"; the driver says why.
+			return fmt.Errorf("cannot connect (%w), nor create the database from %q (%w)", diagnose(conf, conf.DatabaseName), admin.DatabaseName, diagnose(conf, admin.DatabaseName))
 		}
 		logger.Info("created database " + conf.DatabaseName)
 		if conn, err = sqltool.NewConnection(conf, logger); err != nil {
@@ -221,4 +227,22 @@ func registerNamespaces(ctx context.Context, address string, namespaces []string
 		}
 	}
 	return nil
+}
+
+// diagnose connects to database db with conf's settings through the
+// driver itself and returns its error (nil if it connects). pgx's errors
+// name host, user and database, never the password.
+func diagnose(conf *config.SQL, db string) error {
+	q := url.Values{}
+	for k, v := range conf.ConnectAttributes {
+		q.Set(k, v)
+	}
+	u := url.URL{Scheme: "postgres", User: url.UserPassword(conf.User, conf.Password), Host: conf.ConnectAddr, Path: "/" + db, RawQuery: q.Encode()}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, u.String())
+	if err != nil {
+		return err
+	}
+	return c.Close(ctx)
 }

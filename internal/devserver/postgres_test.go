@@ -111,6 +111,7 @@ func TestPostgresUnreachable(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "--temporal-db")
 	assert.NotContains(t, err.Error(), "s3cret")
+	t.Logf("unreachable: %v", err)
 }
 
 func TestParsePostgresURL(t *testing.T) {
