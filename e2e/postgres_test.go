@@ -63,7 +63,8 @@ func TestPostgresTemporalScaleOut(t *testing.T) {
 	dir := t.TempDir()
 	stateDir := filepath.Join(dir, "provider-state")
 	tport, port := freePort(t), freePort(t)
-	temporalAddr := fmt.Sprintf("127.0.0.1:%d", tport)
+	// Not the default 127.0.0.1: --temporal-ip is what other hosts dial.
+	temporalAddr := fmt.Sprintf("127.0.0.2:%d", tport)
 
 	// The password goes in through the environment, not the URL.
 	u, err := url.Parse(pg.DSN)
@@ -71,7 +72,7 @@ func TestPostgresTemporalScaleOut(t *testing.T) {
 	password, _ := u.User.Password()
 	u.User = url.User(u.User.Username())
 	tlog := filepath.Join(dir, "temporal.log")
-	temporalArgs := []string{"temporal", "--temporal-port", fmt.Sprint(tport), "--temporal-ui-port", "-1",
+	temporalArgs := []string{"temporal", "--temporal-ip", "127.0.0.2", "--temporal-port", fmt.Sprint(tport), "--temporal-ui-port", "-1",
 		"--temporal-db", u.String(), "--data-dir", filepath.Join(dir, "temporal-data"), "--log-format", "json"}
 	temporalEnv := []string{"ORCHESTRATOR_TEMPORAL_DB_PASSWORD=" + password}
 	tchild := startChild(t, temporalArgs, temporalEnv, tlog)
@@ -211,5 +212,9 @@ func TestTemporalDBFlags(t *testing.T) {
 		_, err := app.ParseConfig(args, none, io.Discard)
 		require.ErrorContains(t, err, "--temporal-db", "%v", args)
 		assert.NotContains(t, err.Error(), "s3cret")
+	}
+	for _, ip := range []string{"0.0.0.0", "localhost", "::"} {
+		_, err := app.ParseConfig([]string{"temporal", "--temporal-ip", ip}, none, io.Discard)
+		require.ErrorContains(t, err, "--temporal-ip", ip)
 	}
 }

@@ -149,22 +149,27 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		if err != nil {
 			return nil, err
 		}
+		tip := cfg.TemporalIP
+		if tip == "" {
+			tip = DefaultTemporalIP
+		}
 		// Ports this process picks itself can be taken by another process
 		// before the server binds them; then it picks again.
 		for attempt := 1; ; attempt++ {
 			uiPort, fport := cfg.TemporalUIPort, cfg.TemporalPort
 			if uiPort == 0 {
-				if uiPort, err = devserver.FreePort("127.0.0.1"); err != nil {
+				if uiPort, err = devserver.FreePort(tip); err != nil {
 					return nil, err
 				}
 			}
 			if fport == 0 {
-				if fport, err = devserver.FreePort("127.0.0.1"); err != nil {
+				if fport, err = devserver.FreePort(tip); err != nil {
 					return nil, err
 				}
 			}
 			a.temporal, err = devserver.Start(devserver.Options{
 				DataDir:      filepath.Join(cfg.DataDir, "temporal"),
+				IP:           tip,
 				FrontendPort: fport,
 				UIPort:       uiPort,
 				Namespaces:   []string{cfg.TemporalNamespace},
