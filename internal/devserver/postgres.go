@@ -205,7 +205,8 @@ func registerNamespaces(ctx context.Context, address string, namespaces []string
 	for _, ns := range namespaces {
 		_, err := c.WorkflowService().RegisterNamespace(ctx, &workflowservice.RegisterNamespaceRequest{
 			Namespace:                        ns,
-			WorkflowExecutionRetentionPeriod: durationpb.New(72 * time.Hour),
+			// 24 h, as the SQLite path creates namespaces.
+			WorkflowExecutionRetentionPeriod: durationpb.New(24 * time.Hour),
 		})
 		var exists *serviceerror.NamespaceAlreadyExists
 		if err != nil && !errors.As(err, &exists) {
