@@ -204,7 +204,7 @@ func registerNamespaces(ctx context.Context, address string, namespaces []string
 	defer c.Close()
 	for _, ns := range namespaces {
 		_, err := c.WorkflowService().RegisterNamespace(ctx, &workflowservice.RegisterNamespaceRequest{
-			Namespace:                        ns,
+			Namespace: ns,
 			// 24 h, as the SQLite path creates namespaces.
 			WorkflowExecutionRetentionPeriod: durationpb.New(24 * time.Hour),
 		})
