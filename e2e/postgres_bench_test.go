@@ -60,7 +60,9 @@ func (h *benchApp) orchestrateBatch(b *testing.B, prefix string, n int, maxTime 
 // orchestrators side by side in one process, one with the embedded
 // Temporal on SQLite (the default), the other on PostgreSQL
 // (--temporal-db); batches alternate between them so that both see the
-// same machine load. Reports the median tasks/s of each and their ratio.
+// same machine load. A third side runs on PostgreSQL with a second worker
+// (in-process, worker mode, 4 more slots): whether more workers add
+// throughput here. Reports the median tasks/s of each and the ratios.
 // Rounds from ORCHESTRATOR_BENCH_ROUNDS (default 3), tasks per batch from
 // -bench.tasks / ORCHESTRATOR_BENCH_TASKS.
 //
@@ -68,12 +70,24 @@ func (h *benchApp) orchestrateBatch(b *testing.B, prefix string, n int, maxTime 
 func BenchmarkTemporalSQLiteVsPostgres(b *testing.B) {
 	pg := testsupport.Postgres(b)
 	n, maxTime, rounds := *benchTasks, *benchMaxTime, envInt("ORCHESTRATOR_BENCH_ROUNDS", 3)
+	pg2 := testsupport.Postgres(b)
+	twoWorkers := startBenchApp(b, func(c *app.Config) { c.TemporalDB = pg2.DSN })
+	// The second worker: same script, slots, task queue and store as the
+	// serve process's own worker.
+	launchApp(b, appConfig(b, withNu(b, twoWorkers.script), func(c *app.Config) {
+		c.Mode = app.ModeWorker
+		c.TemporalAddress = twoWorkers.app.TemporalAddress()
+		c.DataDir = twoWorkers.app.Config().DataDir
+		c.Policy = benchPolicy()
+		c.MaxConcurrentActivities = benchConcurrency
+	}))
 	sides := []struct {
 		name string
 		h    *benchApp
 	}{
 		{"sqlite", startBenchApp(b)},
 		{"postgres", startBenchApp(b, func(c *app.Config) { c.TemporalDB = pg.DSN })},
+		{"postgres-2workers", twoWorkers},
 	}
 	for _, s := range sides {
 		s.h.orchestrateBatch(b, s.name+"-warmup", 10, time.Minute)
@@ -99,4 +113,6 @@ func BenchmarkTemporalSQLiteVsPostgres(b *testing.B) {
 	b.ReportMetric(med(rates["sqlite"]), "sqlite-tasks/s")
 	b.ReportMetric(med(rates["postgres"]), "postgres-tasks/s")
 	b.ReportMetric(med(rates["postgres"])/med(rates["sqlite"]), "postgres/sqlite")
+	b.ReportMetric(med(rates["postgres-2workers"]), "postgres-2w-tasks/s")
+	b.ReportMetric(med(rates["postgres-2workers"])/med(rates["postgres"]), "2w/1w")
 }
