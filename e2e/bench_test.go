@@ -116,7 +116,7 @@ type benchApp struct {
 	warns  *appLog
 }
 
-func startBenchApp(b *testing.B) *benchApp {
+func startBenchApp(b *testing.B, opts ...func(*app.Config)) *benchApp {
 	b.Helper()
 	script := filepath.Join(b.TempDir(), "provisioning.nu")
 	if err := os.WriteFile(script, []byte(benchScript), 0o644); err != nil {
@@ -125,6 +125,9 @@ func startBenchApp(b *testing.B) *benchApp {
 	cfg := appConfig(b, withNu(b, script), func(c *app.Config) {
 		c.Policy = benchPolicy()
 		c.MaxConcurrentActivities = benchConcurrency
+		for _, o := range opts {
+			o(c)
+		}
 	})
 	a, warns := launchApp(b, cfg)
 	return &benchApp{

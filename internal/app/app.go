@@ -145,22 +145,31 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	address := cfg.TemporalAddress
 	if address == "" {
 		started := time.Now()
+		pg, err := cfg.temporalPostgres()
+		if err != nil {
+			return nil, err
+		}
+		tip := cfg.TemporalIP
+		if tip == "" {
+			tip = DefaultTemporalIP
+		}
 		// Ports this process picks itself can be taken by another process
 		// before the server binds them; then it picks again.
 		for attempt := 1; ; attempt++ {
 			uiPort, fport := cfg.TemporalUIPort, cfg.TemporalPort
 			if uiPort == 0 {
-				if uiPort, err = devserver.FreePort("127.0.0.1"); err != nil {
+				if uiPort, err = devserver.FreePort(tip); err != nil {
 					return nil, err
 				}
 			}
 			if fport == 0 {
-				if fport, err = devserver.FreePort("127.0.0.1"); err != nil {
+				if fport, err = devserver.FreePort(tip); err != nil {
 					return nil, err
 				}
 			}
 			a.temporal, err = devserver.Start(devserver.Options{
 				DataDir:      filepath.Join(cfg.DataDir, "temporal"),
+				IP:           tip,
 				FrontendPort: fport,
 				UIPort:       uiPort,
 				Namespaces:   []string{cfg.TemporalNamespace},
@@ -171,6 +180,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 				// Infra and Priority: `temporal workflow list --query
 				// 'Infra="production"'` and the Web UI's search.
 				SearchAttributes: searchattr.Types(),
+				Postgres:         pg,
 			})
 			picked := cfg.TemporalUIPort == 0 || cfg.TemporalPort == 0
 			if err == nil || !picked || !devserver.PortTaken(err) || attempt == 4 {
@@ -246,6 +256,28 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		}
 	}
 	return a, nil
+}
+
+// temporalPostgres is the embedded server's PostgreSQL, or nil for
+// SQLite. The password comes from --temporal-db-password-file, else
+// --temporal-db-password, else the URL.
+func (c Config) temporalPostgres() (*devserver.Postgres, error) {
+	if c.TemporalDB == "" {
+		return nil, nil
+	}
+	password := c.TemporalDBPassword
+	if c.TemporalDBPasswordFile != "" {
+		b, err := os.ReadFile(c.TemporalDBPasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("--temporal-db-password-file: %w", err)
+		}
+		password = strings.TrimRight(string(b), "\r\n")
+	}
+	pg, err := devserver.ParsePostgresURL(c.TemporalDB, password)
+	if err != nil {
+		return nil, fmt.Errorf("--temporal-db: %w", err)
+	}
+	return pg, nil
 }
 
 // deriveInstance names a deployment after its Temporal namespace and that

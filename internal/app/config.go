@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/provisioning/orchestrator/internal/devserver"
 	"github.com/provisioning/orchestrator/testenv"
 	"github.com/provisioning/orchestrator/worker"
 	"github.com/provisioning/orchestrator/workflows"
@@ -65,6 +66,21 @@ type Config struct {
 	// UI -1 disables it, 0 picks a free port).
 	TemporalPort   int
 	TemporalUIPort int
+	// TemporalDB, when set (serve and temporal modes), keeps the embedded
+	// server's state in PostgreSQL instead of the SQLite file under
+	// DataDir: postgres://user[:password]@host[:port]/dbname?sslmode=...
+	// (visibility in dbname_visibility, or ?visibility_db=name). Default
+	// "" (SQLite).
+	TemporalDB string
+	// TemporalIP is the address the embedded server's services bind and
+	// announce (static membership: an IP of this host, not 0.0.0.0);
+	// default 127.0.0.1. Another host's workers need a reachable one.
+	TemporalIP string
+	// TemporalDBPassword and TemporalDBPasswordFile supply the password
+	// outside the URL (the file is read at start); either wins over
+	// one in the URL.
+	TemporalDBPassword     string
+	TemporalDBPasswordFile string
 
 	// Policy for every workflow the API starts.
 	Policy workflows.ExecPolicy
@@ -164,6 +180,7 @@ type Config struct {
 const (
 	DefaultPort             = 8080
 	DefaultHost             = "127.0.0.1"
+	DefaultTemporalIP       = "127.0.0.1"
 	DefaultDataDir          = "./data"
 	DefaultStorageType      = "filesystem"
 	DefaultNuPath           = "nu"
@@ -231,6 +248,10 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.StringVar(&cfg.TaskQueue, "task-queue", workflows.DefaultTaskQueue, "Temporal task queue")
 	fs.IntVar(&cfg.TemporalPort, "temporal-port", DefaultTemporalPort, "embedded Temporal frontend port (0 = free port)")
 	fs.IntVar(&cfg.TemporalUIPort, "temporal-ui-port", DefaultTemporalUIPort, "embedded Temporal Web UI port (-1 disables, 0 = free port)")
+	fs.StringVar(&cfg.TemporalIP, "temporal-ip", DefaultTemporalIP, "IP the embedded Temporal server binds and announces (an address of this host, not 0.0.0.0; workers on other hosts dial it)")
+	fs.StringVar(&cfg.TemporalDB, "temporal-db", "", "embedded Temporal on PostgreSQL: postgres://user@host:5432/dbname?sslmode=disable (schema set up or upgraded at start; empty = SQLite under --data-dir)")
+	fs.StringVar(&cfg.TemporalDBPassword, "temporal-db-password", "", "password for --temporal-db")
+	fs.StringVar(&cfg.TemporalDBPasswordFile, "temporal-db-password-file", "", "file holding the password for --temporal-db (e.g. a Docker secret); read at start")
 	fs.IntVar(&cfg.Policy.Parallelism, "parallelism", workflows.DefaultParallelism, "servers provisioned at once per task")
 	var maxAttempts int
 	fs.IntVar(&maxAttempts, "max-attempts", workflows.DefaultMaxAttempts, "attempts per Nushell step, first run included")
@@ -332,7 +353,7 @@ func parseWithEnv(fs *flag.FlagSet, args []string, getenv func(string) string, e
 }
 
 // secretFlags are never echoed in error messages.
-var secretFlags = map[string]bool{"auth-token": true, "surrealdb-password": true}
+var secretFlags = map[string]bool{"auth-token": true, "surrealdb-password": true, "temporal-db": true, "temporal-db-password": true}
 
 // DefaultTokenName is the name of the --auth-token token.
 const DefaultTokenName = "default"
@@ -446,6 +467,21 @@ func (c Config) Validate() error {
 	}
 	if c.TaskQueue == "" {
 		bad("task-queue", "must not be empty")
+	}
+	if ip := net.ParseIP(c.TemporalIP); c.TemporalIP != "" && (ip == nil || ip.IsUnspecified()) {
+		bad("temporal-ip", "%q is not an IP address of this host (the server announces it to itself; 0.0.0.0 cannot be dialled)", c.TemporalIP)
+	}
+	if c.TemporalDB != "" {
+		switch {
+		case c.Mode != ModeServe && c.Mode != ModeTemporal:
+			bad("temporal-db", "is only for serve and temporal modes (which run the Temporal server)")
+		case c.TemporalAddress != "":
+			bad("temporal-db", "conflicts with --temporal-address (an external server keeps its own database)")
+		default:
+			if _, err := devserver.ParsePostgresURL(c.TemporalDB, ""); err != nil {
+				bad("temporal-db", "%v", err)
+			}
+		}
 	}
 	switch {
 	case c.Mode == ModeTemporal && c.TemporalAddress != "":

@@ -65,6 +65,12 @@ type Options struct {
 	// at start-up, so restarts on the same SQLite file are no-ops. Default
 	// none.
 	SearchAttributes map[string]enumspb.IndexedValueType
+	// Postgres, when set, keeps Temporal's state in PostgreSQL instead
+	// of the SQLite file in DataDir (then DataDir is unused): the
+	// databases get their schema set up or upgraded, the namespaces are
+	// registered through the frontend and the search attributes added,
+	// each only when missing. Default nil (SQLite).
+	Postgres *Postgres
 }
 
 // Server is a running embedded Temporal server.
@@ -85,14 +91,15 @@ func (s *Server) Address() string { return s.address }
 // UIAddress is the Web UI host:port, or "" when disabled.
 func (s *Server) UIAddress() string { return s.uiAddr }
 
-// DatabasePath is the SQLite file holding all Temporal state.
+// DatabasePath is the SQLite file holding all Temporal state, or the
+// PostgreSQL databases (without password).
 func (s *Server) DatabasePath() string { return s.dbPath }
 
 // Start prepares the schema and namespaces and starts the server. It fails
 // with a clear error, rather than letting the server os.Exit, when a port is
 // taken or another process already uses the same data directory.
 func Start(o Options) (*Server, error) {
-	if o.DataDir == "" {
+	if o.DataDir == "" && o.Postgres == nil {
 		return nil, errors.New("devserver: DataDir is required")
 	}
 	if o.IP == "" {
@@ -113,16 +120,19 @@ func Start(o Options) (*Server, error) {
 	if !o.LogLevelSet {
 		o.LogLevel = slog.LevelWarn
 	}
-	if err := os.MkdirAll(o.DataDir, 0o755); err != nil {
-		return nil, fmt.Errorf("devserver: create data dir: %w", err)
-	}
-	lock, err := lockDataDir(o.DataDir)
-	if err != nil {
-		return nil, err
+	var lock *os.File
+	if o.Postgres == nil {
+		if err := os.MkdirAll(o.DataDir, 0o755); err != nil {
+			return nil, fmt.Errorf("devserver: create data dir: %w", err)
+		}
+		var err error
+		if lock, err = lockDataDir(o.DataDir); err != nil {
+			return nil, err
+		}
 	}
 	ok := false
 	defer func() {
-		if !ok {
+		if !ok && lock != nil {
 			_ = lock.Close()
 		}
 	}()
@@ -137,12 +147,28 @@ func Start(o Options) (*Server, error) {
 		}
 	}
 
-	dbPath := filepath.Join(o.DataDir, "temporal.db")
-	sqlConf, err := prepareSQLite(dbPath, o.Namespaces, o.SearchAttributes)
-	if err != nil {
-		return nil, err
+	var p persistence
+	var dbPath string
+	if o.Postgres != nil {
+		def, vis, err := preparePostgres(o.Postgres, o.Logger)
+		if err != nil {
+			return nil, err
+		}
+		shards := o.Postgres.HistoryShards
+		if shards <= 0 {
+			shards = PostgresHistoryShards
+		}
+		p = persistence{def: def, vis: vis, shards: shards}
+		dbPath = o.Postgres.Redacted()
+	} else {
+		dbPath = filepath.Join(o.DataDir, "temporal.db")
+		sqlConf, err := prepareSQLite(dbPath, o.Namespaces, o.SearchAttributes)
+		if err != nil {
+			return nil, err
+		}
+		p = persistence{def: sqlConf, shards: 1}
 	}
-	srv, logger, err := startServer(o, sqlConf)
+	srv, logger, err := startServer(o, p)
 	if err != nil {
 		return nil, err
 	}
@@ -172,6 +198,15 @@ func Start(o Options) (*Server, error) {
 			}
 		}()
 	}
+	if o.Postgres != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), searchAttributeTimeout)
+		err := registerNamespaces(ctx, s.address, o.Namespaces, o.Logger)
+		cancel()
+		if err != nil {
+			s.Stop()
+			return nil, err
+		}
+	}
 	if len(o.SearchAttributes) > 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), searchAttributeTimeout)
 		err := ensureSearchAttributes(ctx, s.address, o.Namespaces, o.SearchAttributes, o.Logger)
@@ -192,10 +227,10 @@ const listenAttempts = 4
 // startServer builds and starts the server, choosing fresh internal ports
 // and trying again when one of them was taken meanwhile. A clash on the
 // frontend port (chosen by the caller) is returned as a *FatalError.
-func startServer(o Options, sqlConf *config.SQL) (temporal.Server, slogAdapter, error) {
+func startServer(o Options, p persistence) (temporal.Server, slogAdapter, error) {
 	logger := newLogger(o.Logger.With("component", "temporal"), o.LogLevel)
 	for attempt := 1; ; attempt++ {
-		srv, err := buildAndStart(o, sqlConf, logger)
+		srv, err := buildAndStart(o, p, logger)
 		var fe *FatalError
 		if errors.As(err, &fe) && fe.isListenerClash() && fe.Service != "frontend" && attempt < listenAttempts {
 			o.Logger.Warn("embedded Temporal: an internal port was taken before the server bound it; trying other ports",
@@ -208,7 +243,7 @@ func startServer(o Options, sqlConf *config.SQL) (temporal.Server, slogAdapter, 
 
 // buildAndStart turns a fatal report of the server during construction or
 // start (a panic from slogAdapter.Fatal) into an error.
-func buildAndStart(o Options, sqlConf *config.SQL, logger slogAdapter) (_ temporal.Server, err error) {
+func buildAndStart(o Options, p persistence, logger slogAdapter) (_ temporal.Server, err error) {
 	logger.building.Store(true)
 	defer func() {
 		logger.building.Store(false)
@@ -224,7 +259,7 @@ func buildAndStart(o Options, sqlConf *config.SQL, logger slogAdapter) (_ tempor
 	if err != nil {
 		return nil, err
 	}
-	conf, err := buildConfig(o, sqlConf, httpPort)
+	conf, err := buildConfig(o, p, httpPort)
 	if err != nil {
 		return nil, err
 	}
@@ -293,7 +328,9 @@ func (s *Server) Stop() {
 		s.ui.Stop()
 	}
 	_ = s.srv.Stop()
-	_ = s.lock.Close()
+	if s.lock != nil {
+		_ = s.lock.Close()
+	}
 }
 
 func prepareSQLite(dbPath string, namespaces []string, searchAttributes map[string]enumspb.IndexedValueType) (*config.SQL, error) {
@@ -334,14 +371,27 @@ func prepareSQLite(dbPath string, namespaces []string, searchAttributes map[stri
 
 const clusterName = "active"
 
-func buildConfig(o Options, sqlConf *config.SQL, httpPort int) (*config.Config, error) {
+// persistence is the server's stores: vis nil shares def (SQLite's one
+// file holds both).
+type persistence struct {
+	def, vis *config.SQL
+	shards   int32
+}
+
+func buildConfig(o Options, p persistence, httpPort int) (*config.Config, error) {
 	var conf config.Config
 	conf.Global.Membership.MaxJoinDuration = 30 * time.Second
 	conf.Global.Membership.BroadcastAddress = o.IP
-	conf.Persistence.DefaultStore = "sqlite-default"
-	conf.Persistence.VisibilityStore = "sqlite-default"
-	conf.Persistence.NumHistoryShards = 1
-	conf.Persistence.DataStores = map[string]config.DataStore{"sqlite-default": {SQL: sqlConf}}
+	conf.Persistence.NumHistoryShards = p.shards
+	if p.vis == nil {
+		conf.Persistence.DefaultStore = "sqlite-default"
+		conf.Persistence.VisibilityStore = "sqlite-default"
+		conf.Persistence.DataStores = map[string]config.DataStore{"sqlite-default": {SQL: p.def}}
+	} else {
+		conf.Persistence.DefaultStore = "default"
+		conf.Persistence.VisibilityStore = "visibility"
+		conf.Persistence.DataStores = map[string]config.DataStore{"default": {SQL: p.def}, "visibility": {SQL: p.vis}}
+	}
 	frontend := net.JoinHostPort(o.IP, strconv.Itoa(o.FrontendPort))
 	conf.ClusterMetadata = &cluster.Config{
 		FailoverVersionIncrement: 10,
