@@ -671,6 +671,11 @@ func (s *Server) startTask(c echo.Context, task storage.Task, keyed bool, w work
 		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
 		// Without this the SDK quietly returns the existing run.
 		WorkflowExecutionErrorWhenAlreadyStarted: true,
+		// In serve mode the worker shares this client: Temporal hands the
+		// first workflow task back with the start's answer instead of a
+		// trip through matching (the SDK asks only when a local worker
+		// polls the queue; api-only processes start as before).
+		EnableEagerStart: true,
 		// Inherited by the workflow's activities: Temporal's matching
 		// dispatches lower keys first and shares throughput fairly
 		// between fairness keys.
