@@ -3,6 +3,7 @@ package workflows_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -442,4 +443,40 @@ func TestBatchInput_Validate(t *testing.T) {
 		in.Operations[i].Infra = "staging"
 	}
 	assert.NoError(t, in.Validate())
+}
+
+// While operations run, the batch record is written at most once per
+// 250 ms of workflow time (and at phase ends), not once per operation's
+// start or end: 20 operations ending 100 ms apart make a handful of
+// batch projections, each operation's own task still all of its own.
+func TestBatch_ProjectionsAreCoalesced(t *testing.T) {
+	h := newHarness(t)
+	var ops []workflows.Operation
+	for i := range 20 {
+		ops = append(ops, workflows.Operation{ID: fmt.Sprintf("s%02d", i), Type: "server", Servers: []string{fmt.Sprintf("s%02d", i)}})
+	}
+	in := batchInput(ops)
+	in.Parallelism = 20
+	// Each server takes 100 ms longer than the one before.
+	for i := range ops {
+		d := time.Duration(i+1) * 100 * time.Millisecond
+		name := ops[i].ID
+		h.env.OnActivity(h.acts.RunNushell, mock.Anything, mock.MatchedBy(func(s activities.NuStep) bool { return s.Step == name })).
+			Return(activities.NuStepResult{Stdout: "ok\n", Attempt: 1}, nil).After(d)
+	}
+	h.env.ExecuteWorkflow(workflows.BatchWorkflowName, in)
+	task := h.result()
+	assert.Equal(t, storage.Progress{Done: 20, Total: 20}, task.Progress)
+	batchWrites := len(h.store.projections(taskID1))
+	// Running, then one per 250 ms of the ~2 s the operations take (at
+	// most 9), the phase's end and the final one: far below the 40 a
+	// write per start and end would make.
+	assert.LessOrEqual(t, batchWrites, 12, "batch projections")
+	assert.GreaterOrEqual(t, batchWrites, 3)
+	for _, o := range task.Batch.Operations {
+		child, err := h.store.last(o.TaskID)
+		require.NoError(t, err)
+		assert.Equal(t, storage.StatusCompleted, child.Status)
+	}
+	t.Logf("20 operations ending 100 ms apart: %d batch projections", batchWrites)
 }
