@@ -40,6 +40,7 @@ import (
 	"github.com/google/uuid"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/provisioning/orchestrator/driver/nushell"
 	"github.com/provisioning/orchestrator/internal/app"
@@ -51,6 +52,7 @@ import (
 var (
 	benchTasks   = flag.Int("bench.tasks", envInt("ORCHESTRATOR_BENCH_TASKS", 200), "server-create tasks per batch in BenchmarkOrchestratedVsDirect (env ORCHESTRATOR_BENCH_TASKS)")
 	benchSubmits = flag.Int("bench.submits", envInt("ORCHESTRATOR_BENCH_SUBMITS", 200), "submissions per side in BenchmarkSubmitLatency (env ORCHESTRATOR_BENCH_SUBMITS)")
+	benchClients = flag.Int("bench.clients", envInt("ORCHESTRATOR_BENCH_CLIENTS", 16), "concurrent clients in BenchmarkSubmitThroughput (env ORCHESTRATOR_BENCH_CLIENTS)")
 	benchMaxTime = flag.Duration("bench.maxtime", envDuration("ORCHESTRATOR_BENCH_MAX_TIME", 5*time.Minute), "cap on each measured phase; what finished by then is reported (env ORCHESTRATOR_BENCH_MAX_TIME)")
 )
 
@@ -525,6 +527,122 @@ func BenchmarkSubmitLatency(b *testing.B) {
 	}
 	if w := h.warns.count(); w > 0 {
 		b.Logf("%d warning/error log line(s) from the app during the run", w)
+	}
+}
+
+// sdkExecute starts a server-create task the way a Go SDK client does:
+// eager asks for the first workflow task in the start's answer, as the API
+// does (Temporal honours it only for a client whose worker shares it: serve
+// mode); without it, as a CI job in another process starts one.
+func sdkExecute(ctx context.Context, c client.Client, server string, eager bool) error {
+	in := benchInput(server)
+	_, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID:                       in.TaskID,
+		TaskQueue:                workflows.DefaultTaskQueue,
+		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
+		EnableEagerStart:         eager,
+	}, workflows.ServerCreateWorkflowName, in)
+	return err
+}
+
+// BenchmarkSubmitThroughput: how many tasks per second benchSubmits
+// submissions from benchClients concurrent clients get started, through
+// REST and through the SDK's ExecuteWorkflow, with the API's start options
+// (sdk-eager: the same process's client, eager start) and without eager
+// start (sdk: what a CI job in another process gets). Phases run in the
+// order rest, sdk, sdk-eager, sdk-eager, sdk, rest, and
+// every phase's tasks run to completion before the next phase starts, so
+// both sides submit against the same background.
+func BenchmarkSubmitThroughput(b *testing.B) {
+	m, clients, maxTime := *benchSubmits, *benchClients, *benchMaxTime
+	h := startBenchApp(b)
+	c := h.app.Client()
+	ctx := context.Background()
+	sdkStart := func(eager bool) func(string) error {
+		return func(server string) error { return sdkExecute(ctx, c, server, eager) }
+	}
+	restStart := func(server string) error {
+		_, err := h.submitServer(server)
+		return err
+	}
+	// phase submits m tasks from clients goroutines and returns the
+	// wall-clock time and each submission's latency.
+	phase := func(name string, submit func(string) error) (time.Duration, []float64, error) {
+		var (
+			next atomic.Int64
+			mu   sync.Mutex
+			lat  []float64
+		)
+		var g errgroup.Group
+		t0 := time.Now()
+		deadline := t0.Add(maxTime)
+		for range clients {
+			g.Go(func() error {
+				for {
+					i := next.Add(1)
+					if i > int64(m) || time.Now().After(deadline) {
+						return nil
+					}
+					s0 := time.Now()
+					if err := submit(fmt.Sprintf("%s-%d", name, i)); err != nil {
+						return err
+					}
+					d := ms(time.Since(s0))
+					mu.Lock()
+					lat = append(lat, d)
+					mu.Unlock()
+				}
+			})
+		}
+		err := g.Wait()
+		return time.Since(t0), lat, err
+	}
+
+	if err := restStart("warmup-rest"); err != nil {
+		b.Fatal(err)
+	}
+	if err := sdkStart(false)("warmup-sdk"); err != nil {
+		b.Fatal(err)
+	}
+	started := 2
+	took := map[string]time.Duration{}
+	lats := map[string][]float64{}
+	sides := []string{"rest", "sdk", "sdk-eager", "sdk-eager", "sdk", "rest"}
+	b.ResetTimer()
+	for iter := 0; iter < b.N; iter++ {
+		for _, side := range sides {
+			// Every earlier task done first: each phase starts on an idle worker.
+			b.StopTimer()
+			if done, err := h.waitCompleted(started, time.Now().Add(maxTime)); err != nil || done < started {
+				b.Fatalf("before the %s phase: %d of %d tasks Completed (err %v)", side, done, started, err)
+			}
+			b.StartTimer()
+			submit := map[string]func(string) error{"rest": restStart, "sdk": sdkStart(false), "sdk-eager": sdkStart(true)}[side]
+			d, lat, err := phase(fmt.Sprintf("%s%d", side, iter), submit)
+			if err != nil {
+				b.Fatalf("%s phase: %v", side, err)
+			}
+			started += len(lat)
+			took[side] += d
+			lats[side] = append(lats[side], lat...)
+		}
+	}
+	b.StopTimer()
+	rate := map[string]float64{}
+	for _, side := range sides[:3] {
+		rate[side] = float64(len(lats[side])) / took[side].Seconds()
+		b.Logf("%d clients, %-9s %4d starts in %7s = %5.1f/s (p50 %6.2f ms, p99 %7.2f ms)", clients, side+":",
+			len(lats[side]), took[side].Round(time.Millisecond), rate[side], percentile(lats[side], 50), percentile(lats[side], 99))
+	}
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(rate["rest"], "rest-starts/s")
+	b.ReportMetric(rate["sdk"], "sdk-starts/s")
+	b.ReportMetric(rate["sdk-eager"], "sdk-eager-starts/s")
+	b.ReportMetric(rate["rest"]/rate["sdk-eager"], "rest/sdk-eager")
+	b.ReportMetric(rate["rest"]/rate["sdk"], "rest/sdk")
+	if done, err := h.waitCompleted(started, time.Now().Add(maxTime)); err != nil || done < started {
+		b.Errorf("only %d of %d started tasks Completed within %s (err %v)", done, started, maxTime, err)
 	}
 }
 

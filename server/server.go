@@ -648,7 +648,17 @@ type workflowStart struct {
 func (s *Server) startTask(c echo.Context, task storage.Task, keyed bool, w workflowStart) error {
 	wfType, input := w.wfType, w.input
 	ctx := actorCtx(c)
-	if err := s.store.Create(ctx, task); err != nil {
+	// The Pending record's fsyncs run while Temporal records the start:
+	// the response waits for both, and a start that fails still finds the
+	// record to remove.
+	commit := func() error { return nil }
+	var err error
+	if dc, ok := s.store.(storage.DeferredCreator); ok {
+		commit, err = dc.CreateDeferred(ctx, task)
+	} else {
+		err = s.store.Create(ctx, task)
+	}
+	if err != nil {
 		if errors.Is(err, storage.ErrExists) {
 			if keyed {
 				if handled, err := s.replay(c, task); handled {
@@ -664,7 +674,9 @@ func (s *Server) startTask(c echo.Context, task storage.Task, keyed bool, w work
 	if err := storage.AppendTransition(ctx, s.store, task); err != nil {
 		s.log.Warn("could not record the task's Pending event", "task_id", task.ID, "error", err)
 	}
-	_, err := s.client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+	committed := make(chan error, 1)
+	go func() { committed <- commit() }()
+	_, err = s.client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID:                       task.ID,
 		TaskQueue:                s.taskQueue,
 		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
@@ -686,6 +698,12 @@ func (s *Server) startTask(c echo.Context, task storage.Task, keyed bool, w work
 		// the Web UI's search.
 		TypedSearchAttributes: w.attrs,
 	}, wfType, input)
+	if cerr := <-committed; cerr != nil {
+		// Stored but possibly not durable. A started workflow is the
+		// durable fact (its projections write the record again), so the
+		// answer stays that of the start.
+		s.log.Error("could not make the task's Pending record durable", "task_id", task.ID, "error", cerr)
+	}
 	if err == nil {
 		s.log.Info("task started", "task_id", task.ID, "workflow", wfType)
 		return ok(c, http.StatusOK, task.ID)

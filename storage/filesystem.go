@@ -108,7 +108,10 @@ type lockStripe struct {
 	file *os.File // opened lazily; guarded by sem
 }
 
-var _ Store = (*Filesystem)(nil)
+var (
+	_ Store           = (*Filesystem)(nil)
+	_ DeferredCreator = (*Filesystem)(nil)
+)
 
 // NewFilesystem opens (creating if needed, mode 0o755) the task store under
 // dataDir. Temp files that a crashed writer left behind more than an hour
@@ -174,28 +177,56 @@ func (f *Filesystem) Dir() string { return f.dir }
 // task's lock, before the task file is renamed into place: a crash between
 // the two leaves an entry that the retried Create finds (by ID) and keeps.
 func (f *Filesystem) Create(ctx context.Context, t Task) error {
-	t, data, err := prepareFile(t)
+	commit, err := f.CreateDeferred(ctx, t)
 	if err != nil {
 		return err
 	}
+	return commit()
+}
+
+// CreateDeferred is Create whose record is visible (Get, List) when it
+// returns but durable only once commit returned nil: the fsyncs of the
+// audit file, the task file and their directories are left to commit, so
+// a caller can overlap them with other work (the API: the workflow start).
+// A process crash loses nothing (the data is in the page cache); an OS crash
+// before commit may leave the task file empty or missing, which a later
+// Put overwrites (corrupt files are) or creates. commit fsyncs by path, so
+// it is harmless when a Put replaced the file meanwhile, and safe to call
+// from another goroutine.
+func (f *Filesystem) CreateDeferred(ctx context.Context, t Task) (commit func() error, err error) {
+	t, data, err := prepareFile(t)
+	if err != nil {
+		return nil, err
+	}
 	if err := f.usable(ctx); err != nil {
-		return err
+		return nil, err
 	}
 	unlock, err := f.lock(ctx, t.ID)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer unlock()
 	switch _, err := os.Lstat(f.path(t.ID)); {
 	case err == nil:
-		return fmt.Errorf("%w: %s", ErrExists, t.ID)
+		return nil, fmt.Errorf("%w: %s", ErrExists, t.ID)
 	case !errors.Is(err, fs.ErrNotExist):
-		return unavailable("stat task "+t.ID, err)
+		return nil, unavailable("stat task "+t.ID, err)
 	}
-	if err := f.appendAuditLocked(CreateAuditEntry(ctx, t)); err != nil {
-		return err
+	if err := f.appendAuditLocked(CreateAuditEntry(ctx, t), false); err != nil {
+		return nil, err
 	}
-	return f.writeFile(t.ID, data)
+	if err := f.writeFile(t.ID, data, false); err != nil {
+		return nil, err
+	}
+	id := t.ID
+	return func() error {
+		for _, p := range []string{f.auditPath(id), f.auditDir, f.path(id), f.dir} {
+			if err := syncPath(p); err != nil {
+				return unavailable("sync "+p, err)
+			}
+		}
+		return nil
+	}, nil
 }
 
 // Put upserts t unless the stored task has a higher Version. A stored file
@@ -236,11 +267,11 @@ func (f *Filesystem) Put(ctx context.Context, t Task) error {
 		return err
 	}
 	if !stored || before != t.Status {
-		if err := f.appendAuditLocked(TransitionAuditEntry(ctx, t, before)); err != nil {
+		if err := f.appendAuditLocked(TransitionAuditEntry(ctx, t, before), true); err != nil {
 			return err
 		}
 	}
-	return f.writeFile(t.ID, data)
+	return f.writeFile(t.ID, data, true)
 }
 
 // Get reads the task's file: ErrNotFound if there is none, a wrapped
@@ -417,8 +448,9 @@ func (f *Filesystem) lock(ctx context.Context, id string) (unlock func(), err er
 }
 
 // writeFile atomically replaces id's file with data: temp file in the same
-// directory, write, fsync, rename, fsync the directory.
-func (f *Filesystem) writeFile(id string, data []byte) (err error) {
+// directory, write, fsync, rename, fsync the directory. Without durable
+// the fsyncs are the caller's (CreateDeferred's commit).
+func (f *Filesystem) writeFile(id string, data []byte, durable bool) (err error) {
 	tmp, err := os.CreateTemp(f.dir, tempPrefix+id+"-*")
 	if err != nil {
 		return unavailable("write task "+id, err)
@@ -437,8 +469,10 @@ func (f *Filesystem) writeFile(id string, data []byte) (err error) {
 	if _, err := tmp.Write(data); err != nil {
 		return unavailable("write task "+id, err)
 	}
-	if err := tmp.Sync(); err != nil {
-		return unavailable("write task "+id, err)
+	if durable {
+		if err := tmp.Sync(); err != nil {
+			return unavailable("write task "+id, err)
+		}
 	}
 	if err := tmp.Close(); err != nil {
 		return unavailable("write task "+id, err)
@@ -452,6 +486,9 @@ func (f *Filesystem) writeFile(id string, data []byte) (err error) {
 		return unavailable("write task "+id, err)
 	}
 	renamed = true
+	if !durable {
+		return nil
+	}
 	if err := syncDir(f.dir); err != nil {
 		return unavailable("sync tasks dir", err)
 	}
@@ -609,8 +646,11 @@ func (f *Filesystem) removeStaleTemps() {
 	}
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
+func syncDir(dir string) error { return syncPath(dir) }
+
+// syncPath fsyncs the file or directory at path.
+func syncPath(path string) error {
+	d, err := os.Open(path)
 	if err != nil {
 		return err
 	}

@@ -48,7 +48,7 @@ func (f *Filesystem) AppendAudit(ctx context.Context, e AuditEntry) error {
 		return err
 	}
 	defer unlock()
-	return f.appendAuditLocked(e)
+	return f.appendAuditLocked(e, true)
 }
 
 // ListAudit returns the matching entries oldest first (Time, then ID). With
@@ -84,8 +84,9 @@ func (f *Filesystem) auditPath(id string) string {
 // appendAuditLocked appends e to its task's audit file unless its ID is
 // there already. The caller holds e.TaskID's lock and validated the IDs.
 // When it returns nil the entry is on disk (file and, for a new file, the
-// directory entry fsynced).
-func (f *Filesystem) appendAuditLocked(e AuditEntry) error {
+// directory entry fsynced), unless durable is false: then the caller
+// fsyncs both later.
+func (f *Filesystem) appendAuditLocked(e AuditEntry, durable bool) error {
 	e.Time = e.Time.UTC()
 	line, err := json.Marshal(e)
 	if err != nil {
@@ -124,6 +125,9 @@ func (f *Filesystem) appendAuditLocked(e AuditEntry) error {
 	// readNewestAudit). Best effort: a failure or a crash leaves the write
 	// time, which is no older than the entries but for clock skew.
 	_ = os.Chtimes(path, time.Time{}, newest)
+	if !durable {
+		return nil // the caller fsyncs later (CreateDeferred)
+	}
 	if err := fh.Sync(); err != nil {
 		return unavailable("sync audit file of "+e.TaskID, err)
 	}

@@ -152,6 +152,16 @@ var (
 	ErrCorrupt = errors.New("corrupt task file")
 )
 
+// DeferredCreator is a Store that can split Create in two: the record is
+// stored and visible when CreateDeferred returns, and durable once commit
+// returned nil. The API overlaps commit (the filesystem backend's fsyncs)
+// with the workflow start, which is the request's durable commit point:
+// the workflow's own projections write the task again if an OS crash lost
+// a record that was not yet committed.
+type DeferredCreator interface {
+	CreateDeferred(ctx context.Context, t Task) (commit func() error, err error)
+}
+
 // Store persists tasks. Implementations are safe for concurrent use by many
 // goroutines and, for the filesystem backend, by several processes sharing
 // one data directory.
