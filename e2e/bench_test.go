@@ -181,6 +181,11 @@ func (h *benchApp) count(status storage.TaskStatus) (int, error) {
 // waitCompleted polls until want tasks are Completed or the deadline passes,
 // and returns how many were. Any Failed or Cancelled task is an error.
 func (h *benchApp) waitCompleted(want int, deadline time.Time) (int, error) {
+	return h.waitCompletedEvery(want, deadline, benchPoll)
+}
+
+// waitCompletedEvery is waitCompleted polling every poll.
+func (h *benchApp) waitCompletedEvery(want int, deadline time.Time, poll time.Duration) (int, error) {
 	for {
 		done, err := h.count(storage.StatusCompleted)
 		if err != nil {
@@ -194,7 +199,7 @@ func (h *benchApp) waitCompleted(want int, deadline time.Time) (int, error) {
 				return done, errors.Join(err, h.describe(st, n))
 			}
 		}
-		time.Sleep(benchPoll)
+		time.Sleep(poll)
 	}
 }
 
