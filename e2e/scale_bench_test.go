@@ -20,6 +20,7 @@ import (
 	"github.com/provisioning/orchestrator/internal/app"
 	"github.com/provisioning/orchestrator/internal/testsupport"
 	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/workflows"
 )
 
 var (
@@ -186,6 +187,9 @@ func scaleOrchestrated(b *testing.B, side, script string, n, width int, maxTime 
 	}
 	h := startBenchApp(b, func(c *app.Config) {
 		c.ProvisioningPath = script
+		// What `serve` runs with (30 s heartbeat timeout): the tests' 2 s
+		// is too tight for 500 nu processes on 2 CPUs.
+		c.Policy = workflows.ExecPolicy{}.WithDefaults()
 		c.TemporalDB = dsn
 		c.MaxConcurrentActivities = slots
 	})
@@ -195,7 +199,7 @@ func scaleOrchestrated(b *testing.B, side, script string, n, width int, maxTime 
 			c.Mode = app.ModeWorker
 			c.TemporalAddress = h.app.TemporalAddress()
 			c.DataDir = h.app.Config().DataDir
-			c.Policy = benchPolicy()
+			c.Policy = workflows.ExecPolicy{}.WithDefaults()
 			c.MaxConcurrentActivities = width - slots
 		}))
 	}
