@@ -300,6 +300,8 @@ func (r *Runner) RunTapped(ctx context.Context, args []string, env []string, hea
 		defer func() { _ = cg.remove(grace) }()
 	}
 	sid := cmd.Process.Pid
+	// Read now, while nu surely lives (it cannot be reaped before Wait).
+	startTicks := procStartTicks(sid)
 
 	var ticks <-chan time.Time
 	if heartbeat != nil {
@@ -321,7 +323,7 @@ wait:
 		}
 	}
 	// Runs on both paths: after a normal exit it only finds stragglers, if any.
-	stopSession(run{sid: sid, token: token, cg: cg}, exited, grace)
+	stopSession(run{sid: sid, token: token, cg: cg, startTicks: startTicks}, exited, grace)
 	<-exited
 	waitErr := cmd.Wait()
 
@@ -569,6 +571,9 @@ type run struct {
 	sid   int
 	token string
 	cg    *runCgroup
+	// startTicks is nu's start time (clock ticks after boot; 0 unknown):
+	// the run's processes cannot be older.
+	startTicks uint64
 }
 
 func newRunToken() string {
@@ -603,11 +608,11 @@ func sessionMembers(sid run) ([]int, error) {
 		if err != nil {
 			continue // exited since ReadDir
 		}
-		state, session, ok := parseProcStat(data)
-		if !ok || state == 'Z' || state == 'X' {
+		st, ok := parseProcStatFields(data)
+		if !ok || st.state == 'Z' || st.state == 'X' {
 			continue
 		}
-		if session == sid.sid || sid.token != "" && hasRunToken(e.Name(), sid.token) {
+		if st.session == sid.sid || sid.token != "" && mayHaveEscaped(st, sid) && hasRunToken(e.Name(), sid.token) {
 			pids = append(pids, pid)
 		}
 	}
@@ -630,26 +635,73 @@ func hasRunToken(pid, token string) bool {
 	return false
 }
 
-// parseProcStat extracts the state and session fields of /proc/<pid>/stat.
-// The command name in parentheses may itself contain spaces and parentheses,
-// so fields are counted from the last ')'.
-func parseProcStat(data []byte) (state byte, session int, ok bool) {
+// mayHaveEscaped reports whether a process outside the run's session can
+// be one of the run's, so that its environment is worth reading: only a
+// process started no earlier than the run's nu, and not a child of this
+// process (those are other runs' nu; escaped processes are reparented to
+// init or a subreaper, and this process is none). Reading every process's
+// environment at every run's end cost O(processes) file reads per run:
+// with 500 runs at once, most of the runner's CPU.
+func mayHaveEscaped(st procStat, sid run) bool {
+	if sid.startTicks > 0 && st.startTicks < sid.startTicks {
+		return false
+	}
+	return st.ppid != selfPID
+}
+
+// selfPID is this process's pid (the parent of every run's nu).
+var selfPID = os.Getpid()
+
+// procStat is what the runner reads from /proc/<pid>/stat.
+type procStat struct {
+	state      byte
+	ppid       int
+	session    int
+	startTicks uint64 // clock ticks after boot
+}
+
+// procStartTicks is the start time of process pid in clock ticks after
+// boot, or 0 if it cannot be read.
+func procStartTicks(pid int) uint64 {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	st, ok := parseProcStatFields(data)
+	if !ok {
+		return 0
+	}
+	return st.startTicks
+}
+
+// parseProcStatFields parses the fields of /proc/<pid>/stat the runner
+// needs. The command name in parentheses may itself contain spaces and
+// parentheses, so fields are counted from the last ')'.
+func parseProcStatFields(data []byte) (procStat, bool) {
 	s := string(data)
 	i := strings.LastIndexByte(s, ')')
 	if i < 0 {
-		return 0, 0, false
+		return procStat{}, false
 	}
-	// After ") ": state ppid pgrp session ...
+	// After ") ": state ppid pgrp session tty_nr tpgid flags minflt cminflt
+	// majflt cmajflt utime stime cutime cstime priority nice num_threads
+	// itrealvalue starttime ...
 	fields := strings.Fields(s[i+1:])
 	if len(fields) < 4 || len(fields[0]) != 1 {
-		return 0, 0, false
+		return procStat{}, false
 	}
-	session, err := strconv.Atoi(fields[3])
-	if err != nil {
-		return 0, 0, false
+	ppid, err1 := strconv.Atoi(fields[1])
+	session, err2 := strconv.Atoi(fields[3])
+	if err1 != nil || err2 != nil {
+		return procStat{}, false
 	}
-	return fields[0][0], session, true
+	st := procStat{state: fields[0][0], ppid: ppid, session: session}
+	if len(fields) > 19 {
+		st.startTicks, _ = strconv.ParseUint(fields[19], 10, 64)
+	}
+	return st, true
 }
+
 
 // stderrSummary picks the line of stderr that best says why a run failed.
 // Scripts print their reason last; nu's own uncaught errors are multi-line

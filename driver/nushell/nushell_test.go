@@ -571,8 +571,8 @@ func processGone(pid int) bool {
 	if err != nil {
 		return true
 	}
-	state, _, ok := parseProcStat(data)
-	return ok && (state == 'Z' || state == 'X')
+	st, ok := parseProcStatFields(data)
+	return ok && (st.state == 'Z' || st.state == 'X')
 }
 
 func requireAllGone(t *testing.T, pids []int) {
@@ -894,4 +894,79 @@ func TestDemoScriptDeleteVerbs(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "server web-01 changed\ntaskserv redis on web-01 changed\ncluster c1 changed\n"+
 		"taskserv redis on web-01 deleted\ntaskserv redis on web-01 absent\nserver web-01 deleted\ncluster c1 deleted\n", string(log))
+}
+
+func TestParseProcStatFields(t *testing.T) {
+	// A command name with spaces and parentheses, as /proc shows it.
+	line := "4242 (nu (x) y) S 17 4242 4242 0 -1 4194560 500 0 0 0 3 1 0 0 20 0 4 0 987654 12345678 900 18446744073709551615\n"
+	st, ok := parseProcStatFields([]byte(line))
+	require.True(t, ok)
+	assert.Equal(t, procStat{state: 'S', ppid: 17, session: 4242, startTicks: 987654}, st)
+
+	_, ok = parseProcStatFields([]byte("garbage without the name"))
+	assert.False(t, ok)
+	// Old kernels' short lines still give the session.
+	st, ok = parseProcStatFields([]byte("1 (init) S 0 1 1"))
+	require.True(t, ok)
+	assert.Equal(t, 1, st.session)
+	assert.Zero(t, st.startTicks)
+}
+
+func TestMayHaveEscaped(t *testing.T) {
+	r := run{sid: 100, token: "t", startTicks: 5000}
+	// Started before the run's nu: cannot be the run's.
+	assert.False(t, mayHaveEscaped(procStat{ppid: 1, startTicks: 4999}, r))
+	// Another run's nu (a child of this process).
+	assert.False(t, mayHaveEscaped(procStat{ppid: selfPID, startTicks: 6000}, r))
+	// A daemon reparented to init, started during the run: read its environment.
+	assert.True(t, mayHaveEscaped(procStat{ppid: 1, startTicks: 5000}, r))
+	// Unknown start time of nu: every process is a candidate.
+	assert.True(t, mayHaveEscaped(procStat{ppid: 1, startTicks: 1}, run{sid: 100, token: "t"}))
+}
+
+// BenchmarkSessionMembers: the run's-end scan of /proc with 300 other live
+// processes (children of this process, as other runs' nu are), against the
+// scan before the start-time/parent filter (every process's environment
+// read), in the same run.
+//
+//	go test -run '^$' -bench SessionMembers ./driver/nushell/
+func BenchmarkSessionMembers(b *testing.B) {
+	var procs []*exec.Cmd
+	for range 300 {
+		c := exec.Command("sleep", "600")
+		require.NoError(b, c.Start())
+		procs = append(procs, c)
+	}
+	b.Cleanup(func() {
+		for _, c := range procs {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+		}
+	})
+	r := run{sid: 1 << 30, token: newRunToken(), startTicks: procStartTicks(os.Getpid())}
+	b.Run("filtered", func(b *testing.B) {
+		for b.Loop() {
+			pids, err := sessionMembers(r)
+			require.NoError(b, err)
+			require.Empty(b, pids)
+		}
+	})
+	b.Run("every-environment-baseline", func(b *testing.B) {
+		for b.Loop() {
+			entries, err := os.ReadDir("/proc")
+			require.NoError(b, err)
+			for _, e := range entries {
+				if _, err := strconv.Atoi(e.Name()); err != nil {
+					continue
+				}
+				data, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+				if err != nil {
+					continue
+				}
+				if st, ok := parseProcStatFields(data); ok && st.session != r.sid {
+					hasRunToken(e.Name(), r.token)
+				}
+			}
+		}
+	})
 }
