@@ -702,7 +702,6 @@ func parseProcStatFields(data []byte) (procStat, bool) {
 	return st, true
 }
 
-
 // stderrSummary picks the line of stderr that best says why a run failed.
 // Scripts print their reason last; nu's own uncaught errors are multi-line
 // diagnostics that end in source excerpts, so for those the diagnostic's
