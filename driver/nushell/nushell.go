@@ -7,7 +7,6 @@
 package nushell
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"crypto/rand"
@@ -594,45 +593,7 @@ func sessionMembers(sid run) ([]int, error) {
 			return pids, nil
 		}
 	}
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil, err
-	}
-	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		data, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue // exited since ReadDir
-		}
-		st, ok := parseProcStatFields(data)
-		if !ok || st.state == 'Z' || st.state == 'X' {
-			continue
-		}
-		if st.session == sid.sid || sid.token != "" && mayHaveEscaped(st, sid) && hasRunToken(e.Name(), sid.token) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids, nil
-}
-
-// hasRunToken reports whether process pid's environment has token as its
-// RunTokenEnv (unreadable environments, other users' processes, are not).
-func hasRunToken(pid, token string) bool {
-	env, err := os.ReadFile("/proc/" + pid + "/environ")
-	if err != nil {
-		return false
-	}
-	want := []byte(RunTokenEnv + "=" + token)
-	for _, kv := range bytes.Split(env, []byte{0}) {
-		if bytes.Equal(kv, want) {
-			return true
-		}
-	}
-	return false
+	return procScans.members(sid)
 }
 
 // mayHaveEscaped reports whether a process outside the run's session can

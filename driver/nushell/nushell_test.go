@@ -9,8 +9,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -925,9 +927,10 @@ func TestMayHaveEscaped(t *testing.T) {
 }
 
 // BenchmarkSessionMembers: the run's-end scan of /proc with 300 other live
-// processes (children of this process, as other runs' nu are), against the
-// scan before the start-time/parent filter (every process's environment
-// read), in the same run.
+// processes (children of this process, as other runs' nu are): one run;
+// 16 runs ending at once (sharing scans); and the scan before the
+// start-time/parent filter and sharing (every process's environment read,
+// one scan per run), in the same run.
 //
 //	go test -run '^$' -bench SessionMembers ./driver/nushell/
 func BenchmarkSessionMembers(b *testing.B) {
@@ -951,6 +954,22 @@ func BenchmarkSessionMembers(b *testing.B) {
 			require.Empty(b, pids)
 		}
 	})
+	// 16 runs ending at once, each as its own request: ns/op is per run.
+	b.Run("16-ending-together", func(b *testing.B) {
+		var p procScanner
+		for b.Loop() {
+			var wg sync.WaitGroup
+			for range 16 {
+				wg.Go(func() {
+					_, err := p.members(r)
+					assert.NoError(b, err)
+				})
+			}
+			wg.Wait()
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*16), "ns/run")
+		b.ReportMetric(float64(p.scans)/float64(b.N*16), "scans/run")
+	})
 	b.Run("every-environment-baseline", func(b *testing.B) {
 		for b.Loop() {
 			entries, err := os.ReadDir("/proc")
@@ -964,9 +983,62 @@ func BenchmarkSessionMembers(b *testing.B) {
 					continue
 				}
 				if st, ok := parseProcStatFields(data); ok && st.session != r.sid {
-					hasRunToken(e.Name(), r.token)
+					_ = runTokenOf(e.Name()) == r.token
 				}
 			}
 		}
 	})
+}
+
+// Runs ending together share scans of /proc, and each still gets exactly
+// its own processes: its session, and the processes that left it carrying
+// its token (reparented, as daemons are).
+func TestProcScannerSharesScans(t *testing.T) {
+	const runs = 8
+	var pids []int
+	reqs := make([]run, runs)
+	want := make([][]int, runs)
+	self := procStartTicks(os.Getpid())
+	for i := range runs {
+		token := newRunToken()
+		// The run's session: a process in a session of its own.
+		leader := exec.Command("sleep", "60")
+		leader.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		require.NoError(t, leader.Start())
+		go func() { _ = leader.Wait() }()
+		// A daemon of the run: it left the session and its parent exited.
+		sh := exec.Command("sh", "-c", "setsid sleep 60 >/dev/null 2>&1 & echo $!")
+		sh.Env = append(os.Environ(), RunTokenEnv+"="+token)
+		out, err := sh.Output()
+		require.NoError(t, err)
+		daemon, err := strconv.Atoi(strings.TrimSpace(string(out)))
+		require.NoError(t, err)
+		pids = append(pids, leader.Process.Pid, daemon)
+		reqs[i] = run{sid: leader.Process.Pid, token: token, startTicks: self}
+		want[i] = []int{leader.Process.Pid, daemon}
+		slices.Sort(want[i])
+	}
+	t.Cleanup(func() {
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	var p procScanner
+	got := make([][]int, runs)
+	var wg sync.WaitGroup
+	for i := range runs {
+		wg.Go(func() {
+			pids, err := p.members(reqs[i])
+			assert.NoError(t, err)
+			slices.Sort(pids)
+			got[i] = pids
+		})
+	}
+	wg.Wait()
+	for i := range runs {
+		assert.Equal(t, want[i], got[i], "run %d", i)
+	}
+	assert.GreaterOrEqual(t, p.scans, 1)
+	assert.LessOrEqual(t, p.scans, runs)
+	t.Logf("%d runs answered by %d scans", runs, p.scans)
 }
