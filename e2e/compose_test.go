@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -153,8 +154,6 @@ func TestComposeFileShape(t *testing.T) {
 			}
 		}
 	}
-	assert.Contains(t, f.Services["temporal"].Image, "temporalio/auto-setup")
-	assert.Equal(t, "postgres12", f.Services["temporal"].Environment["DB"])
 	assert.Contains(t, f.Services["surrealdb"].Image, "surrealdb/surrealdb:v2")
 
 	// hostIsService: an address inside the deployment names a service.
@@ -163,11 +162,25 @@ func TestComposeFileShape(t *testing.T) {
 		require.NoError(t, err, "%s %s %q", name, what, hostport)
 		assert.Contains(t, f.Services, host, "%s %s %q names no service", name, what, hostport)
 	}
+	// Temporal is the orchestrator's own temporal mode on the compose
+	// PostgreSQL, announcing an address the other containers can dial.
+	tcfg := serviceConfig(t, "temporal", f.Services["temporal"], imageEnv)
+	assert.Equal(t, app.ModeTemporal, tcfg.Mode)
+	assert.Equal(t, app.TemporalIPHostname, tcfg.TemporalIP)
+	assert.Equal(t, 7233, tcfg.TemporalPort)
+	pgURL, err := url.Parse(tcfg.TemporalDB)
+	require.NoError(t, err)
+	hostIsService("temporal", "--temporal-db", pgURL.Host)
+	assert.NotEmpty(t, tcfg.TemporalDBPasswordFile, "temporal: the password comes from a secret file")
+	_, hasPassword := pgURL.User.Password()
+	assert.False(t, hasPassword, "temporal: no password in the --temporal-db URL")
+	assert.Contains(t, f.Services["postgresql"].Environment, "POSTGRES_PASSWORD_FILE", "PostgreSQL's password from the same secret")
 	for name, mode := range map[string]app.Mode{"api": app.ModeAPI, "worker": app.ModeWorker} {
 		svc := f.Services[name]
 		cfg := serviceConfig(t, name, svc, imageEnv)
 		assert.Equal(t, mode, cfg.Mode, name)
 		hostIsService(name, "--temporal-address", cfg.TemporalAddress)
+		assert.Equal(t, net.JoinHostPort("temporal", strconv.Itoa(tcfg.TemporalPort)), cfg.TemporalAddress, "%s dials the temporal service's frontend", name)
 		assert.Equal(t, app.StorageSurrealServer, cfg.StorageType, "%s: api and workers must share one store", name)
 		u, err := url.Parse(cfg.Store.SurrealURL)
 		require.NoError(t, err)

@@ -149,9 +149,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		if err != nil {
 			return nil, err
 		}
-		tip := cfg.TemporalIP
-		if tip == "" {
-			tip = DefaultTemporalIP
+		tip, err := resolveTemporalIP(cfg.TemporalIP, os.Hostname, net.LookupIP)
+		if err != nil {
+			return nil, err
 		}
 		// Ports this process picks itself can be taken by another process
 		// before the server binds them; then it picks again.
@@ -641,4 +641,31 @@ func (a *App) stepCgroups() (*nushell.Cgroups, error) {
 		}
 		return cg, nil
 	}
+}
+
+// resolveTemporalIP is the address --temporal-ip asks for: the default,
+// an IP as given, or (TemporalIPHostname) the first non-loopback address
+// the host's name resolves to.
+func resolveTemporalIP(flag string, hostname func() (string, error), lookup func(string) ([]net.IP, error)) (string, error) {
+	switch flag {
+	case "":
+		return DefaultTemporalIP, nil
+	case TemporalIPHostname:
+	default:
+		return flag, nil
+	}
+	host, err := hostname()
+	if err != nil {
+		return "", fmt.Errorf("--temporal-ip %s: %w", flag, err)
+	}
+	addrs, err := lookup(host)
+	if err != nil {
+		return "", fmt.Errorf("--temporal-ip %s: resolve %q: %w", flag, host, err)
+	}
+	for _, ip := range addrs {
+		if !ip.IsLoopback() && !ip.IsUnspecified() {
+			return ip.String(), nil
+		}
+	}
+	return "", fmt.Errorf("--temporal-ip %s: %q resolves to no address other hosts can dial (%v): give the IP", flag, host, addrs)
 }

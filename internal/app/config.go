@@ -75,6 +75,8 @@ type Config struct {
 	// TemporalIP is the address the embedded server's services bind and
 	// announce (static membership: an IP of this host, not 0.0.0.0);
 	// default 127.0.0.1. Another host's workers need a reachable one.
+	// TemporalIPHostname ("hostname") takes the address this host's name
+	// resolves to: a container's own address, which compose assigns.
 	TemporalIP string
 	// TemporalDBPassword and TemporalDBPasswordFile supply the password
 	// outside the URL (the file is read at start); either wins over
@@ -178,9 +180,12 @@ type Config struct {
 
 // Defaults.
 const (
-	DefaultPort             = 8080
-	DefaultHost             = "127.0.0.1"
-	DefaultTemporalIP       = "127.0.0.1"
+	DefaultPort       = 8080
+	DefaultHost       = "127.0.0.1"
+	DefaultTemporalIP = "127.0.0.1"
+	// TemporalIPHostname as --temporal-ip: the address the host's name
+	// resolves to (the first that is not a loopback one).
+	TemporalIPHostname      = "hostname"
 	DefaultDataDir          = "./data"
 	DefaultStorageType      = "filesystem"
 	DefaultNuPath           = "nu"
@@ -248,7 +253,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.StringVar(&cfg.TaskQueue, "task-queue", workflows.DefaultTaskQueue, "Temporal task queue")
 	fs.IntVar(&cfg.TemporalPort, "temporal-port", DefaultTemporalPort, "embedded Temporal frontend port (0 = free port)")
 	fs.IntVar(&cfg.TemporalUIPort, "temporal-ui-port", DefaultTemporalUIPort, "embedded Temporal Web UI port (-1 disables, 0 = free port)")
-	fs.StringVar(&cfg.TemporalIP, "temporal-ip", DefaultTemporalIP, "IP the embedded Temporal server binds and announces (an address of this host, not 0.0.0.0; workers on other hosts dial it)")
+	fs.StringVar(&cfg.TemporalIP, "temporal-ip", DefaultTemporalIP, `IP the embedded Temporal server binds and announces (an address of this host, not 0.0.0.0; workers on other hosts dial it), or "hostname": the address this host's name resolves to (a container's own)`)
 	fs.StringVar(&cfg.TemporalDB, "temporal-db", "", "embedded Temporal on PostgreSQL: postgres://user@host:5432/dbname?sslmode=disable (schema set up or upgraded at start; empty = SQLite under --data-dir)")
 	fs.StringVar(&cfg.TemporalDBPassword, "temporal-db-password", "", "password for --temporal-db")
 	fs.StringVar(&cfg.TemporalDBPasswordFile, "temporal-db-password-file", "", "file holding the password for --temporal-db (e.g. a Docker secret); read at start")
@@ -468,8 +473,8 @@ func (c Config) Validate() error {
 	if c.TaskQueue == "" {
 		bad("task-queue", "must not be empty")
 	}
-	if ip := net.ParseIP(c.TemporalIP); c.TemporalIP != "" && (ip == nil || ip.IsUnspecified()) {
-		bad("temporal-ip", "%q is not an IP address of this host (the server announces it to itself; 0.0.0.0 cannot be dialled)", c.TemporalIP)
+	if ip := net.ParseIP(c.TemporalIP); c.TemporalIP != "" && c.TemporalIP != TemporalIPHostname && (ip == nil || ip.IsUnspecified()) {
+		bad("temporal-ip", "%q is not an IP address of this host (the server announces it to itself; 0.0.0.0 cannot be dialled) nor %q", c.TemporalIP, TemporalIPHostname)
 	}
 	if c.TemporalDB != "" {
 		switch {
