@@ -6,18 +6,26 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.temporal.io/api/workflowservice/v1"
+	sdkclient "go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/log"
 
 	"github.com/provisioning/orchestrator/internal/app"
 	"github.com/provisioning/orchestrator/internal/testsupport"
@@ -94,4 +102,60 @@ func TestImageBuildsFromLocalBase(t *testing.T) {
 	var doc map[string]any
 	require.NoError(t, json.Unmarshal(stdout.Bytes(), &doc))
 	assert.Equal(t, "3.0.3", doc["openapi"])
+
+	t.Run("temporal --temporal-ip hostname", func(t *testing.T) { testTemporalInContainer(t, cli, ref) })
+}
+
+// The image's `temporal` mode with --temporal-ip hostname, as compose runs
+// it: inside a container on a user-defined network, the services bind and
+// announce the container's own address, and a client elsewhere (this host)
+// reaches the frontend there, with the namespace registered.
+func testTemporalInContainer(t *testing.T, cli *client.Client, ref string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	labels := map[string]string{testenv.ManagedByLabel + "-test": "image-temporal"}
+	nwName := "orchestrator-test-temporal-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	nw, err := cli.NetworkCreate(ctx, nwName, network.CreateOptions{Labels: labels})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cli.NetworkRemove(context.Background(), nw.ID) })
+	c, err := cli.ContainerCreate(ctx, &container.Config{
+		Image: ref, Labels: labels,
+		Cmd: []string{"temporal", "--temporal-ip", app.TemporalIPHostname, "--temporal-port", "7233",
+			"--temporal-ui-port", "8233", "--data-dir", "/tmp/orchestrator"},
+	}, &container.HostConfig{NetworkMode: container.NetworkMode(nw.ID)}, nil, nil, "")
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_ = cli.ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true})
+	})
+	require.NoError(t, cli.ContainerStart(ctx, c.ID, container.StartOptions{}))
+	info, err := cli.ContainerInspect(ctx, c.ID)
+	require.NoError(t, err)
+	ip := info.NetworkSettings.Networks[nwName].IPAddress
+	require.NotEmpty(t, ip, "container has no address on %s", nwName)
+
+	logs := func() string {
+		rc, err := cli.ContainerLogs(context.Background(), c.ID, container.LogsOptions{ShowStdout: true, ShowStderr: true})
+		if err != nil {
+			return err.Error()
+		}
+		defer rc.Close()
+		var out bytes.Buffer
+		_, _ = stdcopy.StdCopy(&out, &out, rc)
+		return out.String()
+	}
+	var tc sdkclient.Client
+	require.Eventually(t, func() bool {
+		if tc == nil {
+			tc, _ = sdkclient.Dial(sdkclient.Options{HostPort: net.JoinHostPort(ip, "7233"), Namespace: "default",
+				Logger: log.NewStructuredLogger(slog.New(slog.DiscardHandler))})
+		}
+		if tc == nil {
+			return false
+		}
+		hctx, hcancel := context.WithTimeout(ctx, 2*time.Second)
+		defer hcancel()
+		_, err := tc.WorkflowService().DescribeNamespace(hctx, &workflowservice.DescribeNamespaceRequest{Namespace: "default"})
+		return err == nil
+	}, 2*time.Minute, 500*time.Millisecond, "the frontend at %s:7233 (the container's address) never answered; logs:\n%s", ip, logs())
+	tc.Close()
 }
