@@ -149,6 +149,20 @@ func (a *Activities) RunNushell(ctx context.Context, step NuStep) (NuStepResult,
 	return out, err
 }
 
+// interrupted is the error of a step whose context ended: it still wraps
+// ctx.Err() (a cancellation Temporal asked for is reported as one), and
+// says why when the cause is not the plain cancellation, e.g. the worker
+// shutting down or Temporal no longer knowing the attempt (it timed out:
+// its heartbeats came too late), so a step that fails that way does not
+// read only "context canceled".
+func interrupted(ctx context.Context) error {
+	err := ctx.Err()
+	if cause := context.Cause(ctx); cause != nil && cause != err {
+		return fmt.Errorf("step interrupted on this worker: %v: %w", cause, err)
+	}
+	return err
+}
+
 // runNushell is RunNushell, also returning everything the runner captured
 // (stdout unbounded by MaxReturnedOutput) for callers that parse it.
 func (a *Activities) runNushell(ctx context.Context, step NuStep) (NuStepResult, nushell.Result, error) {
@@ -200,8 +214,8 @@ func (a *Activities) runNushell(ctx context.Context, step NuStep) (NuStepResult,
 	}
 	if ctx.Err() != nil {
 		a.metrics().NushellInvocation(nushell.OutcomeCancelled)
-		log.Warn("nushell step cancelled; process group killed", "error", err)
-		return out, res, ctx.Err()
+		log.Warn("nushell step cancelled; process group killed", "error", err, "cause", context.Cause(ctx))
+		return out, res, interrupted(ctx)
 	}
 	a.metrics().NushellInvocation(nushell.OutcomeFailure)
 	log.Warn("nushell step failed", "error", err, "exit_code", out.ExitCode)
