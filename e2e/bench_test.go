@@ -44,6 +44,7 @@ import (
 
 	"github.com/provisioning/orchestrator/driver/nushell"
 	"github.com/provisioning/orchestrator/internal/app"
+	"github.com/provisioning/orchestrator/internal/testsupport"
 	"github.com/provisioning/orchestrator/server"
 	"github.com/provisioning/orchestrator/storage"
 	"github.com/provisioning/orchestrator/workflows"
@@ -184,6 +185,43 @@ func (h *benchApp) waitCompleted(want int, deadline time.Time) (int, error) {
 	return h.waitCompletedEvery(want, deadline, benchPoll)
 }
 
+// benchTemporalDB puts the bench app's embedded Temporal on PostgreSQL when
+// ORCHESTRATOR_BENCH_TEMPORAL=postgres (a database of its own on
+// ORCHESTRATOR_TEST_POSTGRES_DSN's server); SQLite otherwise.
+func benchTemporalDB(b *testing.B) func(*app.Config) {
+	if os.Getenv("ORCHESTRATOR_BENCH_TEMPORAL") != "postgres" {
+		return func(*app.Config) {}
+	}
+	dsn := testsupport.Postgres(b).DSN
+	return func(c *app.Config) { c.TemporalDB = dsn }
+}
+
+// postgresCPU is the CPU time of every process named postgres on this
+// machine (0 without any): with Temporal on PostgreSQL, the persistence
+// work the SQLite side does in-process.
+func postgresCPU() time.Duration {
+	entries, _ := os.ReadDir("/proc")
+	var ticks int64
+	for _, e := range entries {
+		data, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(data)
+		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if open < 0 || end < open || s[open+1:end] != "postgres" {
+			continue
+		}
+		f := strings.Fields(s[end+1:])
+		if len(f) > 12 {
+			u, _ := strconv.ParseInt(f[11], 10, 64)
+			st, _ := strconv.ParseInt(f[12], 10, 64)
+			ticks += u + st
+		}
+	}
+	return time.Duration(ticks) * (time.Second / 100) // USER_HZ
+}
+
 // benchSlowPoll is the completion poll of batches whose end is read from
 // the tasks' completed_at afterwards.
 const benchSlowPoll = 500 * time.Millisecond
@@ -258,7 +296,7 @@ func (h *benchApp) direct(ctx context.Context, runner *nushell.Runner, server st
 // one batch on each side.
 func BenchmarkOrchestratedVsDirect(b *testing.B) {
 	n, maxTime := *benchTasks, *benchMaxTime
-	h := startBenchApp(b)
+	h := startBenchApp(b, benchTemporalDB(b))
 	runner := &nushell.Runner{NuPath: h.nu, ScriptPath: h.script}
 	ctx := context.Background()
 
@@ -281,6 +319,7 @@ func BenchmarkOrchestratedVsDirect(b *testing.B) {
 		ids                          []string
 		directNuMS                   []float64
 		orchSelf, orchNu             time.Duration // CPU used in the orchestrated phases
+		orchPG                       time.Duration // PostgreSQL's CPU then (Temporal on PostgreSQL)
 		directSelf, directNu         time.Duration // CPU used in the direct phases
 	)
 	b.ResetTimer()
@@ -337,6 +376,7 @@ func BenchmarkOrchestratedVsDirect(b *testing.B) {
 				b.Fatal(err)
 			}
 			self0, nu0 := cpuTimes()
+			pg0 := postgresCPU()
 			start := time.Now()
 			deadline := start.Add(maxTime)
 			next := atomic.Int64{}
@@ -380,6 +420,7 @@ func BenchmarkOrchestratedVsDirect(b *testing.B) {
 			done, err := h.waitCompletedEvery(base+sub, deadline, benchSlowPoll)
 			self1, nu1 := cpuTimes()
 			orchTime += h.lastCompletion(b, ids[firstID:], start).Sub(start)
+			orchPG += postgresCPU() - pg0
 			orchSelf += self1 - self0
 			orchNu += nu1 - nu0
 			orchDone += done - base
@@ -424,8 +465,8 @@ func BenchmarkOrchestratedVsDirect(b *testing.B) {
 		b.Logf("mean nu run (ms): direct %.0f, orchestrated step %.0f; per orchestrated task (ms): created->started p50 %.0f p99 %.0f; created->completed p50 %.0f p99 %.0f",
 			mean(directNuMS), mean(nuMS), percentile(queueMS, 50), percentile(queueMS, 99), percentile(e2eMS, 50), percentile(e2eMS, 99))
 	}
-	b.Logf("CPU per task (ms): orchestrated: orchestrator process %.1f + nu %.1f; direct: runner %.1f + nu %.1f (%d CPUs available)",
-		msPer(orchSelf, orchDone), msPer(orchNu, orchDone), msPer(directSelf, directDone), msPer(directNu, directDone), runtime.NumCPU())
+	b.Logf("CPU per task (ms): orchestrated: orchestrator process %.1f + nu %.1f + PostgreSQL %.1f; direct: runner %.1f + nu %.1f (%d CPUs available)",
+		msPer(orchSelf, orchDone), msPer(orchNu, orchDone), msPer(orchPG, orchDone), msPer(directSelf, directDone), msPer(directNu, directDone), runtime.NumCPU())
 	if len(ids) > 0 {
 		b.Logf("history of one orchestrated task: %s", historySummary(ctx, h.app.Client(), ids[0]))
 	}
