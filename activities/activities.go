@@ -157,8 +157,8 @@ func (a *Activities) RunNushell(ctx context.Context, step NuStep) (NuStepResult,
 // read only "context canceled".
 func interrupted(ctx context.Context) error {
 	err := ctx.Err()
-	if cause := context.Cause(ctx); cause != nil && cause != err {
-		return fmt.Errorf("step interrupted on this worker: %v: %w", cause, err)
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(err, cause) {
+		return fmt.Errorf("step interrupted on this worker: %w: %w", cause, err)
 	}
 	return err
 }
