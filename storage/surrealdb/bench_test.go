@@ -125,3 +125,41 @@ func seedSurreal(tb testing.TB, s *Store, n int) []storage.Task {
 func reportOps(b *testing.B) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
 }
+
+// BenchmarkSurrealListScale is the task list page (status filter, page of
+// 50, first four pages) on a store of 100 and one of 100,000 tasks in the
+// same run; the 100,000 case also reports its ratio to the 100 case
+// (ratio-100k/100, the target is at most 1.3).
+//
+//	ORCHESTRATOR_REQUIRE_SURREALDB=1 go test -run xxx -bench SurrealListScale -benchtime 400x ./storage/surrealdb/
+func BenchmarkSurrealListScale(b *testing.B) {
+	srv := testsupport.StartSurreal(b, "mem://")
+	var small float64 // ns per List at 100 tasks
+	for _, n := range []int{100, 100_000} {
+		ctx := context.Background()
+		s, err := New(ctx, Options{
+			URL: srv.URL, Username: srv.User, Password: srv.Pass,
+			Database: fmt.Sprintf("scale%d", n), OpTimeout: time.Minute,
+		})
+		require.NoError(b, err)
+		seedSurreal(b, s, n)
+		running := n / 5
+		pages := max(1, min(4, running/50))
+		b.Run(fmt.Sprintf("tasks=%d/List", n), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				page, total, err := s.List(ctx, storage.ListFilter{Status: storage.StatusRunning, Limit: 50, Offset: (i % pages) * 50})
+				if err != nil || len(page) != min(50, running) || total != running {
+					b.Fatalf("list: %d tasks of %d, %v", len(page), total, err)
+				}
+			}
+			perOp := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+			if n == 100 {
+				small = perOp
+			} else if small > 0 {
+				b.ReportMetric(perOp/small, "ratio-100k/100")
+			}
+			reportOps(b)
+		})
+		require.NoError(b, s.Close())
+	}
+}
