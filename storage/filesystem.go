@@ -186,7 +186,7 @@ func (f *Filesystem) Create(ctx context.Context, t Task) error {
 	if err := f.usable(ctx); err != nil {
 		return err
 	}
-	var end int64 // journal size after this write's record
+	var end int64                                // journal size after this write's record
 	defer func() { f.maybeRotateJournal(end) }() // after the unlock
 	unlock, err := f.lock(ctx, t.ID)
 	if err != nil {
@@ -223,7 +223,7 @@ func (f *Filesystem) Put(ctx context.Context, t Task) error {
 	if err := f.usable(ctx); err != nil {
 		return err
 	}
-	var end int64 // journal size after this write's record
+	var end int64                                // journal size after this write's record
 	defer func() { f.maybeRotateJournal(end) }() // after the unlock
 	unlock, err := f.lock(ctx, t.ID)
 	if err != nil {
@@ -278,7 +278,7 @@ func (f *Filesystem) Delete(ctx context.Context, id string) error {
 	if err := f.usable(ctx); err != nil {
 		return err
 	}
-	var end int64 // journal size after this delete's record
+	var end int64                                // journal size after this delete's record
 	defer func() { f.maybeRotateJournal(end) }() // after the unlock
 	unlock, err := f.lock(ctx, id)
 	if err != nil {
