@@ -152,7 +152,12 @@ func randomID() string {
 // Statuses cycle through all five; CreatedAt increases with i.
 func seedFiles(tb testing.TB, f *Filesystem, n int, mtime time.Time) []string {
 	tb.Helper()
-	statuses := []TaskStatus{StatusPending, StatusRunning, StatusCompleted, StatusFailed, StatusCancelled}
+	return seedFilesWith(tb, f, n, mtime, []TaskStatus{StatusPending, StatusRunning, StatusCompleted, StatusFailed, StatusCancelled})
+}
+
+// seedFilesWith is seedFiles with the statuses to cycle through.
+func seedFilesWith(tb testing.TB, f *Filesystem, n int, mtime time.Time, statuses []TaskStatus) []string {
+	tb.Helper()
 	base := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 	ids := make([]string, n)
 	for i := range n {
