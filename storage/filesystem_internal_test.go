@@ -177,13 +177,6 @@ func TestIsCanonicalUUIDMatchesValidateID(t *testing.T) {
 	}
 }
 
-func mustRead(t *testing.T, path string) string {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	require.NoError(t, err)
-	return string(data)
-}
-
 // TestAuditEntrySurvivesCrashBeforeRename cuts real Creates and Puts short
 // between the audit append and the rename (as a crash would): the entry is
 // on disk, the task is not updated; the retry lands the task and appends

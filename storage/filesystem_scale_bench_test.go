@@ -22,7 +22,7 @@ var scaleStatuses = []TaskStatus{
 // the tasks it rewrites.
 type scaleStore struct {
 	f, writer       *Filesystem
-	running, pages  int
+	running         int
 	outside, inside []Task
 	version         int64
 	elapsed         time.Duration
@@ -140,4 +140,20 @@ func BenchmarkFilesystemListScale(b *testing.B) {
 		}
 		report(b, a, c)
 	})
+}
+
+// BenchmarkJournalAppend is what the change journal adds to every Create,
+// Put and Delete: one record appended (open, write, close; no fsync).
+//
+//	go test -run xxx -bench JournalAppend ./storage/
+func BenchmarkJournalAppend(b *testing.B) {
+	f, err := NewFilesystem(b.TempDir())
+	require.NoError(b, err)
+	defer f.Close()
+	id := randomID()
+	for b.Loop() {
+		if f.appendJournal(id) == 0 {
+			b.Fatal("append failed")
+		}
+	}
 }
