@@ -614,7 +614,7 @@ func readDir(dir string) ([]os.DirEntry, error) {
 // Fresh ones may belong to another process's write in progress.
 func (f *Filesystem) removeStaleTemps() {
 	cutoff := time.Now().Add(-staleTempAge)
-	for _, dir := range []string{f.dir, f.outputsDir} {
+	for _, dir := range []string{f.dir, f.outputsDir, f.lockDir} { // lockDir: journal rotations
 		ents, err := os.ReadDir(dir)
 		if err != nil {
 			continue
