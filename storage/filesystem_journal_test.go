@@ -263,7 +263,7 @@ func TestIndexMatchesUncachedUnderChurn(t *testing.T) {
 				got, gotTotal, err := s.List(ctx, lf)
 				require.NoError(t, err)
 				require.Equal(t, wantTotal, gotTotal, "round %d %+v", i, lf)
-				require.Equal(t, ids(want), ids(got), "round %d %+v", i, lf)
+				require.Equal(t, taskLabels(want), taskLabels(got), "round %d %+v", i, lf)
 			}
 		}
 	}
@@ -271,10 +271,85 @@ func TestIndexMatchesUncachedUnderChurn(t *testing.T) {
 	require.Equal(t, int64(1), b.scans.Load())
 }
 
-func ids(ts []Task) []string {
+func taskLabels(ts []Task) []string {
 	out := make([]string, len(ts))
 	for i, t := range ts {
 		out[i] = fmt.Sprintf("%s %s", t.ID, t.Status)
 	}
 	return out
+}
+
+// TestIndexConcurrentWritesListsAndSafetyNet: writers on two stores, Lists
+// and safety-net scans all at once (run it with -race); once the writes
+// stop, the index agrees with a full read.
+func TestIndexConcurrentWritesListsAndSafetyNet(t *testing.T) {
+	dir := t.TempDir()
+	a, err := NewFilesystem(dir)
+	require.NoError(t, err)
+	defer a.Close()
+	b, err := NewFilesystem(dir)
+	require.NoError(t, err)
+	defer b.Close()
+	base, err := NewFilesystem(dir)
+	require.NoError(t, err)
+	defer base.Close()
+	base.noIndexCache = true
+	ctx := context.Background()
+	ids := seedFiles(t, a, 200, time.Now().Add(-time.Hour))
+	_, _, err = a.List(ctx, ListFilter{})
+	require.NoError(t, err)
+
+	statuses := []TaskStatus{StatusPending, StatusRunning, StatusCompleted, StatusFailed, StatusCancelled}
+	done := make(chan struct{})
+	errs := make(chan error, 3)
+	for w, s := range []*Filesystem{a, b} {
+		go func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			var err error
+			for i := range 60 {
+				id := ids[rng.IntN(len(ids))]
+				var tk Task
+				if tk, err = s.Get(ctx, id); err != nil {
+					break
+				}
+				tk.Status, tk.Version = statuses[rng.IntN(5)], tk.Version+int64(i)+1
+				if err = s.Put(ctx, tk); err != nil {
+					break
+				}
+			}
+			errs <- err
+		}()
+	}
+	go func() {
+		var err error
+		for {
+			select {
+			case <-done:
+				errs <- err
+				return
+			default:
+			}
+			a.cacheMu.Lock()
+			a.lastScan = time.Time{} // the safety net is always due
+			a.cacheMu.Unlock()
+			if _, _, err = a.List(ctx, ListFilter{Status: StatusRunning, Limit: 10}); err != nil {
+				errs <- err
+				return
+			}
+		}
+	}()
+	require.NoError(t, <-errs)
+	require.NoError(t, <-errs)
+	close(done)
+	require.NoError(t, <-errs)
+	require.Eventually(t, func() bool { return !a.bgScan.Load() }, 10*time.Second, 5*time.Millisecond)
+	require.Positive(t, a.scans.Load()-1, "safety-net scans ran")
+	for _, lf := range []ListFilter{{}, {Status: StatusRunning}, {Status: StatusFailed, Limit: 7, Offset: 3}} {
+		want, wantTotal, err := base.List(ctx, lf)
+		require.NoError(t, err)
+		got, gotTotal, err := a.List(ctx, lf)
+		require.NoError(t, err)
+		require.Equal(t, wantTotal, gotTotal, "%+v", lf)
+		require.Equal(t, taskLabels(want), taskLabels(got), "%+v", lf)
+	}
 }
