@@ -53,31 +53,39 @@ func (f *Filesystem) journalPath() string { return filepath.Join(f.lockDir, jour
 
 // appendJournal records that id's file changed (call it under id's stripe
 // lock, after the rename or remove) and returns the journal's size after
-// the append. A failure is logged, not returned: the write itself is done,
-// and the index's safety-net scan will find it.
+// the append. A failure (a full disk) is logged, not returned: the write
+// itself is done; this store's own index re-reads id on its next refresh,
+// other processes' find it by their safety-net scan.
 func (f *Filesystem) appendJournal(id string) int64 {
 	if f.journalHook != nil {
 		if err := f.journalHook(id); err != nil {
 			return 0
 		}
 	}
+	end, err := f.appendJournalRecord(id)
+	if err != nil {
+		f.invalidate(id)
+		f.log().Warn("cannot append to the task list journal; other processes' List sees the write after their next full scan", "id", id, "error", err)
+	}
+	return end
+}
+
+// appendJournalRecord appends id's record (open, write, close: a journal
+// rotated by another process is never written to through an old file).
+func (f *Filesystem) appendJournalRecord(id string) (int64, error) {
 	var rec [journalRecordLen]byte
 	copy(rec[:], id)
 	rec[journalRecordLen-1] = '\n'
 	fh, err := os.OpenFile(f.journalPath(), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 	if err != nil {
-		f.log().Warn("cannot append to the task list journal; List sees the write after its next full scan", "id", id, "error", err)
-		return 0
+		return 0, err
 	}
 	_, err = fh.Write(rec[:])
 	var end int64
 	if err == nil {
 		end, err = fh.Seek(0, io.SeekCurrent)
 	}
-	if err = errors.Join(err, fh.Close()); err != nil {
-		f.log().Warn("cannot append to the task list journal; List sees the write after its next full scan", "id", id, "error", err)
-	}
-	return end
+	return end, errors.Join(err, fh.Close())
 }
 
 // journalEnd opens (creating if needed) the journal and returns its end.
