@@ -53,15 +53,16 @@ const (
 // in-process semaphore), so Put's version check and Create's existence
 // check are race-free across processes.
 //
-// List keeps an in-memory index (status, created_at) keyed by file name,
-// size, mtime and inode and only re-reads files whose key changed, so it
-// sees other processes' writes without parsing every file on every call;
-// the page it returns is always read from disk (see filesystem_index.go).
-// Get always reads the file.
-// While the tasks directory itself is unchanged (every write renames a file
-// into it, every delete removes one), List skips even the per-file stats;
-// a task file edited in place by hand, bypassing the store, is therefore
-// noticed by List's filter and order only within fullScanEvery (10 s).
+// List keeps an in-memory index (status, workflow type, priority,
+// created_at) with one ordered slice per filter, so a page costs
+// O(page + log n). Every write of any process appends the task's ID to a
+// change journal ({tasks dir}/.locks/list.journal) after its rename, and
+// List re-reads just the files the journal names since its last call (see
+// filesystem_index.go and filesystem_journal.go); the page it returns is
+// always read from disk. Get always reads the file. A task file changed by
+// hand, bypassing the store, is noticed by List's filter and order when it
+// lands on a page or at the next background safety-net scan (at least
+// 10 s apart).
 //
 // The audit trail lives in {dataDir}/queue.rkvs/audit/{id}.jsonl, appended
 // under the same per-task lock (see filesystem_audit.go). Deleting a task
@@ -87,6 +88,10 @@ type Filesystem struct {
 	// audit entry is appended and before its task file is renamed into
 	// place; an error aborts the write there, as a crash would.
 	beforeRename func(id string) error
+	// journalHook, when set (tests only), runs after a write's rename and
+	// before its journal append; an error skips the append, as a crash
+	// there would.
+	journalHook func(id string) error
 
 	logger atomic.Pointer[slog.Logger]
 	closed atomic.Bool
@@ -201,6 +206,8 @@ func (f *Filesystem) CreateDeferred(ctx context.Context, t Task) (commit func() 
 	if err := f.usable(ctx); err != nil {
 		return nil, err
 	}
+	var end int64                                // journal size after this write's record
+	defer func() { f.maybeRotateJournal(end) }() // after the unlock
 	unlock, err := f.lock(ctx, t.ID)
 	if err != nil {
 		return nil, err
@@ -215,7 +222,7 @@ func (f *Filesystem) CreateDeferred(ctx context.Context, t Task) (commit func() 
 	if err := f.appendAuditLocked(CreateAuditEntry(ctx, t), false); err != nil {
 		return nil, err
 	}
-	if err := f.writeFile(t.ID, data, false); err != nil {
+	if end, err = f.writeFile(t.ID, data, false); err != nil {
 		return nil, err
 	}
 	id := t.ID
@@ -246,6 +253,8 @@ func (f *Filesystem) Put(ctx context.Context, t Task) error {
 	if err := f.usable(ctx); err != nil {
 		return err
 	}
+	var end int64                                // journal size after this write's record
+	defer func() { f.maybeRotateJournal(end) }() // after the unlock
 	unlock, err := f.lock(ctx, t.ID)
 	if err != nil {
 		return err
@@ -271,7 +280,8 @@ func (f *Filesystem) Put(ctx context.Context, t Task) error {
 			return err
 		}
 	}
-	return f.writeFile(t.ID, data, true)
+	end, err = f.writeFile(t.ID, data, true)
+	return err
 }
 
 // Get reads the task's file: ErrNotFound if there is none, a wrapped
@@ -298,6 +308,8 @@ func (f *Filesystem) Delete(ctx context.Context, id string) error {
 	if err := f.usable(ctx); err != nil {
 		return err
 	}
+	var end int64                                // journal size after this delete's record
+	defer func() { f.maybeRotateJournal(end) }() // after the unlock
 	unlock, err := f.lock(ctx, id)
 	if err != nil {
 		return err
@@ -315,6 +327,7 @@ func (f *Filesystem) Delete(ctx context.Context, id string) error {
 		}
 		return unavailable("delete task "+id, err)
 	}
+	end = f.appendJournal(id)
 	if err := syncDir(f.dir); err != nil {
 		return unavailable("sync tasks dir", err)
 	}
@@ -396,7 +409,12 @@ func (f *Filesystem) path(id string) string {
 func (f *Filesystem) lock(ctx context.Context, id string) (unlock func(), err error) {
 	h := fnv.New32a()
 	_, _ = io.WriteString(h, id)
-	s := &f.stripes[h.Sum32()%lockStripes]
+	return f.lockStripe(ctx, h.Sum32()%lockStripes)
+}
+
+// lockStripe takes the in-process semaphore and the flock of stripe i.
+func (f *Filesystem) lockStripe(ctx context.Context, i uint32) (unlock func(), err error) {
+	s := &f.stripes[i]
 	select {
 	case s.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -408,7 +426,7 @@ func (f *Filesystem) lock(ctx context.Context, id string) (unlock func(), err er
 		return nil, fmt.Errorf("%w: filesystem store is closed", ErrUnavailable)
 	}
 	if s.file == nil {
-		name := filepath.Join(f.lockDir, fmt.Sprintf("%02d.lock", h.Sum32()%lockStripes))
+		name := filepath.Join(f.lockDir, fmt.Sprintf("%02d.lock", i))
 		lf, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o644)
 		if err != nil {
 			release()
@@ -448,12 +466,13 @@ func (f *Filesystem) lock(ctx context.Context, id string) (unlock func(), err er
 }
 
 // writeFile atomically replaces id's file with data: temp file in the same
-// directory, write, fsync, rename, fsync the directory. Without durable
-// the fsyncs are the caller's (CreateDeferred's commit).
-func (f *Filesystem) writeFile(id string, data []byte, durable bool) (err error) {
+// directory, write, fsync, rename, journal record, fsync the directory. It
+// returns the journal's size after the record (see appendJournal). Without
+// durable the fsyncs are the caller's (CreateDeferred's commit).
+func (f *Filesystem) writeFile(id string, data []byte, durable bool) (end int64, err error) {
 	tmp, err := os.CreateTemp(f.dir, tempPrefix+id+"-*")
 	if err != nil {
-		return unavailable("write task "+id, err)
+		return 0, unavailable("write task "+id, err)
 	}
 	name := tmp.Name()
 	renamed := false
@@ -464,35 +483,36 @@ func (f *Filesystem) writeFile(id string, data []byte, durable bool) (err error)
 		}
 	}()
 	if err := tmp.Chmod(0o644); err != nil {
-		return unavailable("write task "+id, err)
+		return 0, unavailable("write task "+id, err)
 	}
 	if _, err := tmp.Write(data); err != nil {
-		return unavailable("write task "+id, err)
+		return 0, unavailable("write task "+id, err)
 	}
 	if durable {
 		if err := tmp.Sync(); err != nil {
-			return unavailable("write task "+id, err)
+			return 0, unavailable("write task "+id, err)
 		}
 	}
 	if err := tmp.Close(); err != nil {
-		return unavailable("write task "+id, err)
+		return 0, unavailable("write task "+id, err)
 	}
 	if f.beforeRename != nil {
 		if err := f.beforeRename(id); err != nil {
-			return err
+			return 0, err
 		}
 	}
 	if err := os.Rename(name, f.path(id)); err != nil {
-		return unavailable("write task "+id, err)
+		return 0, unavailable("write task "+id, err)
 	}
 	renamed = true
+	end = f.appendJournal(id)
 	if !durable {
-		return nil
+		return end, nil
 	}
 	if err := syncDir(f.dir); err != nil {
-		return unavailable("sync tasks dir", err)
+		return end, unavailable("sync tasks dir", err)
 	}
-	return nil
+	return end, nil
 }
 
 // readFile reads and decodes id's file. The key is the fstat of the very
@@ -630,7 +650,7 @@ func readDir(dir string) ([]os.DirEntry, error) {
 // Fresh ones may belong to another process's write in progress.
 func (f *Filesystem) removeStaleTemps() {
 	cutoff := time.Now().Add(-staleTempAge)
-	for _, dir := range []string{f.dir, f.outputsDir} {
+	for _, dir := range []string{f.dir, f.outputsDir, f.lockDir} { // lockDir: journal rotations
 		ents, err := os.ReadDir(dir)
 		if err != nil {
 			continue

@@ -27,10 +27,17 @@
 //	              each covering its whole WHERE clause
 //	task_key:['s', status, id], ['w', workflow_type, id],
 //	  ['sw', status, workflow_type, id]
-//	              empty records that exist while the task does, so List's
-//	              total is a count over a record-ID range (a key scan,
-//	              several times faster than counting through an index,
-//	              which reads every matching task)
+//	              empty records that exist while the task does: List's
+//	              total on a database whose counters are not ready yet
+//	              is a count over a record-ID range
+//	task_count:['all'], ['s', status], ['w', workflow_type],
+//	  ['sw', status, workflow_type] { n }
+//	              how many tasks each filter matches, kept by Create, Put
+//	              and Delete in their transactions, so List's total is one
+//	              record read whatever the store's size; task_count:ready
+//	              marks them complete (a database written before they
+//	              existed gets them counted once, when a connection
+//	              defines the schema)
 //	audit:[⟨task id⟩, ⟨entry id⟩] { task_id, eid, time, list_key, actor,
 //	  action, status_before, status_after, version, detail }
 //	              the record ID makes appends idempotent per (task, entry
@@ -42,11 +49,14 @@
 //	              task's outputs in its transaction
 //
 // Create, Put and Delete are one transaction each (version check, task,
-// keys and audit entry together); concurrent transactions on one task
+// keys, counters and audit entry together); concurrent transactions on one task
 // conflict in SurrealDB and are retried. Values are always bound variables,
 // never spliced into SurrealQL.
 //
-// List names its index (WITH INDEX) and the ORDER BY repeats the index's
+// A List page is an index range read that stops after the page (its query
+// plan, checked by TestSurrealListQueryPlan: IndexScan with the limit and
+// offset pushed down, no sort) and its total one counter record, so a page
+// costs the same with 100 or 100,000 tasks. List names its index (WITH INDEX) and the ORDER BY repeats the index's
 // columns: SurrealDB 3.0.2 applies LIMIT/START inside an ordered index scan
 // even when a filter the index does not cover runs after it, which returns
 // wrong pages (see TestSurrealListModel), so every List query's WHERE is
@@ -146,6 +156,27 @@ DEFINE INDEX IF NOT EXISTS task_event_time ON TABLE task_event FIELDS time;
 DEFINE TABLE IF NOT EXISTS task_event_key TYPE NORMAL SCHEMALESS;
 DEFINE INDEX IF NOT EXISTS task_event_key_task ON TABLE task_event_key FIELDS task_id;
 DEFINE TABLE IF NOT EXISTS task_event_head TYPE NORMAL SCHEMALESS;
+DEFINE TABLE IF NOT EXISTS task_count TYPE NORMAL SCHEMALESS;
+` + surrealCountInitSQL
+
+// surrealCountInitSQL counts the tasks per List filter into task_count
+// once (a database written before the counters existed, or the benchmarks'
+// bulk-inserted tasks), in one transaction so that no write slips between
+// the count and the counters; afterwards every write keeps them. (A FOR
+// over a subquery with no rows fails in SurrealDB 3.0.2, hence $groups.)
+const surrealCountInitSQL = `
+BEGIN TRANSACTION;
+LET $ready = record::exists(task_count:ready);
+LET $groups = IF $ready { [] } ELSE { SELECT status, workflow_type, count() AS n FROM task GROUP BY status, workflow_type };
+IF !$ready { DELETE task_count RETURN NONE };
+IF !$ready AND array::len($groups) > 0 {
+	FOR $x IN $groups {
+		UPSERT type::record('task_count', ['s', $x.status]), type::record('task_count', ['w', $x.workflow_type]),
+			type::record('task_count', ['sw', $x.status, $x.workflow_type]), task_count:['all'] SET n += $x.n RETURN NONE;
+	};
+};
+IF !$ready { CREATE task_count:ready RETURN NONE };
+COMMIT TRANSACTION;
 `
 
 // The transactions below read everything they need into variables first
@@ -159,15 +190,17 @@ BEGIN TRANSACTION;
 IF record::exists($rid) { THROW "` + surrealExistsMarker + `" };
 CREATE $rid CONTENT $task RETURN NONE;
 UPSERT $k1, $k2, $k3 RETURN NONE;
+UPSERT $c0, $c1, $c2, $c3 SET n += 1 RETURN NONE;
 INSERT IGNORE INTO audit $entry RETURN NONE;
 COMMIT TRANSACTION;
 `
 
 // surrealPutSQL writes $task unless the stored version is higher; when
 // that creates the task or changes its status or workflow type it replaces
-// its task_key records, and when it creates the task or changes its status
-// it appends the transition entry (unless its ID is stored already), all
-// in one transaction.
+// its task_key records and moves the task between the task_count counters,
+// and when it creates the task or changes its status it appends the
+// transition entry (unless its ID is stored already), all in one
+// transaction.
 const surrealPutSQL = `
 BEGIN TRANSACTION;
 LET $cur = (SELECT version, status, workflow_type FROM ONLY $rid);
@@ -182,6 +215,19 @@ IF $rekey AND $stored {
 	DELETE task_key:['s', $os, $tid], task_key:['w', $ow, $tid], task_key:['sw', $os, $ow, $tid] RETURN NONE
 };
 IF $rekey { UPSERT $k1, $k2, $k3 RETURN NONE };
+IF $apply AND !$stored { UPSERT $c0, $c1, $c2, $c3 SET n += 1 RETURN NONE };
+IF $apply AND $stored AND $os != $task.status {
+	UPSERT type::record('task_count', ['s', $os]) SET n -= 1 RETURN NONE;
+	UPSERT $c1 SET n += 1 RETURN NONE
+};
+IF $apply AND $stored AND $ow != $task.workflow_type {
+	UPSERT type::record('task_count', ['w', $ow]) SET n -= 1 RETURN NONE;
+	UPSERT $c2 SET n += 1 RETURN NONE
+};
+IF $rekey AND $stored {
+	UPSERT type::record('task_count', ['sw', $os, $ow]) SET n -= 1 RETURN NONE;
+	UPSERT $c3 SET n += 1 RETURN NONE
+};
 IF $transition {
 	INSERT IGNORE INTO audit {
 		id: $aid, task_id: $tid, eid: $eid, time: $time, list_key: $alist, actor: $actor,
@@ -200,6 +246,10 @@ LET $os = $cur.status ?? "";
 LET $ow = $cur.workflow_type ?? "";
 IF $stored {
 	DELETE $rid, task_key:['s', $os, $tid], task_key:['w', $ow, $tid], task_key:['sw', $os, $ow, $tid] RETURN NONE
+};
+IF $stored {
+	UPSERT task_count:['all'], type::record('task_count', ['s', $os]), type::record('task_count', ['w', $ow]),
+		type::record('task_count', ['sw', $os, $ow]) SET n -= 1 RETURN NONE
 };
 DELETE step_output WHERE task_id = $tid RETURN NONE;
 DELETE task_event WHERE task_id = $tid RETURN NONE;
@@ -367,24 +417,42 @@ func (s *Store) Get(ctx context.Context, id string) (storage.Task, error) {
 // ID descending), and the number of matching tasks; lf.Page tells which
 // page. Undecodable records are skipped and logged.
 func (s *Store) List(ctx context.Context, lf storage.ListFilter) ([]storage.Task, int, error) {
+	pageSQL, countSQL, vars := listQueries(lf)
+	res, err := s.query(ctx, "list tasks", pageSQL+"\n"+countSQL, vars)
+	if err != nil {
+		return nil, 0, err
+	}
+	return s.decodeList(res)
+}
+
+// listQueries are List's two statements, the page and the total, with
+// their variables.
+func listQueries(lf storage.ListFilter) (pageSQL, countSQL string, vars map[string]any) {
 	offset, limit := lf.Page()
-	vars := map[string]any{"limit": limit, "offset": offset, "status": string(lf.Status), "wf": lf.WorkflowType}
+	vars = map[string]any{"limit": limit, "offset": offset, "status": string(lf.Status), "wf": lf.WorkflowType}
 	var page, count string
 	switch {
 	case lf.Status != "" && lf.WorkflowType != "":
 		page = "FROM task WITH INDEX task_status_workflow_list WHERE status = $status AND workflow_type = $wf ORDER BY status, workflow_type, list_key"
 		count = "task_key:['sw', $status, $wf]..['sw', $status, $wf, '~']"
+		vars["cid"] = countRecordID("sw", string(lf.Status), lf.WorkflowType)
 	case lf.Status != "":
 		page = "FROM task WITH INDEX task_status_list WHERE status = $status ORDER BY status, list_key"
 		count = "task_key:['s', $status]..['s', $status, '~']"
+		vars["cid"] = countRecordID("s", string(lf.Status))
 	case lf.WorkflowType != "":
 		page = "FROM task WITH INDEX task_workflow_list WHERE workflow_type = $wf ORDER BY workflow_type, list_key"
 		count = "task_key:['w', $wf]..['w', $wf, '~']"
+		vars["cid"] = countRecordID("w", lf.WorkflowType)
 	default:
 		page = "FROM task WITH INDEX task_list ORDER BY list_key"
 		count = "task"
+		vars["cid"] = countRecordID("all")
 	}
-	count = "SELECT count() AS n FROM " + count + " GROUP ALL;"
+	// The counter, or (on a database whose counters are not ready: one
+	// a read-only connection did not initialise) a count of the keys.
+	count = "RETURN IF record::exists(task_count:ready) { (SELECT VALUE n FROM ONLY $cid) ?? 0 } ELSE { " +
+		"(SELECT count() AS n FROM " + count + " GROUP ALL)[0].n ?? 0 };"
 	if lf.Priority != 0 {
 		// Priority filters are rare (an operator looking at a level):
 		// a filtered scan in list order rather than key ranges of their
@@ -399,13 +467,13 @@ func (s *Store) List(ctx context.Context, lf storage.ListFilter) ([]storage.Task
 			where += " AND workflow_type = $wf"
 		}
 		page = "FROM task " + where + " ORDER BY list_key"
-		count = "SELECT count() AS n FROM task " + where + " GROUP ALL;"
+		count = "RETURN (SELECT count() AS n FROM task " + where + " GROUP ALL)[0].n ?? 0;"
 	}
-	sql := "SELECT doc, status, workflow_type, list_key, id " + page + " LIMIT $limit START $offset;\n" + count
-	res, err := s.query(ctx, "list tasks", sql, vars)
-	if err != nil {
-		return nil, 0, err
-	}
+	return "SELECT doc, status, workflow_type, list_key, id " + page + " LIMIT $limit START $offset;", count, vars
+}
+
+// decodeList decodes List's two results: the page and the total.
+func (s *Store) decodeList(res queryResults) ([]storage.Task, int, error) {
 	var rows []struct {
 		ID  models.RecordID `json:"id"`
 		Doc string          `json:"doc"`
@@ -413,15 +481,9 @@ func (s *Store) List(ctx context.Context, lf storage.ListFilter) ([]storage.Task
 	if err := decodeResult(res, 0, &rows); err != nil {
 		return nil, 0, err
 	}
-	var counts []struct {
-		N int `json:"n"`
-	}
-	if err := decodeResult(res, 1, &counts); err != nil {
+	var total int
+	if err := decodeResult(res, 1, &total); err != nil {
 		return nil, 0, err
-	}
-	total := 0
-	if len(counts) > 0 {
-		total = counts[0].N
 	}
 	out := make([]storage.Task, 0, len(rows))
 	for _, r := range rows {
@@ -646,10 +708,23 @@ func surrealTaskKeys(t storage.Task) [3]models.RecordID {
 	}
 }
 
-// addTaskKeys binds $tid and $k1..$k3 (the task's task_key IDs).
+// addTaskKeys binds $tid, $k1..$k3 (the task's task_key IDs) and
+// $c0..$c3 (the task_count counters it counts in).
 func addTaskKeys(vars map[string]any, t storage.Task) {
 	k := surrealTaskKeys(t)
 	vars["tid"], vars["k1"], vars["k2"], vars["k3"] = t.ID, k[0], k[1], k[2]
+	st := string(t.Status)
+	vars["c0"], vars["c1"] = countRecordID("all"), countRecordID("s", st)
+	vars["c2"], vars["c3"] = countRecordID("w", t.WorkflowType), countRecordID("sw", st, t.WorkflowType)
+}
+
+// countRecordID is the task_count record of one filter (see the schema).
+func countRecordID(key ...string) models.RecordID {
+	id := make([]any, len(key))
+	for i, k := range key {
+		id[i] = k
+	}
+	return models.NewRecordID("task_count", id)
 }
 
 // surrealTaskContent is the record of a task that storage.PrepareWrite
