@@ -185,6 +185,9 @@ type migration struct {
 	fromCheckpoint map[string]bool
 	// preExisting: in the target at the start and not known.
 	preExisting map[string]bool
+	// atStart: the target's task ids at the start. The full pass does not
+	// read the target for an id it did not list (see syncRecord).
+	atStart map[string]struct{}
 	// issues of the current phase, by id (the verification starts afresh).
 	issues map[string]string
 	// knownGen counts changes to known (to skip needless checkpoints).
@@ -202,7 +205,9 @@ func (m *migration) run(ctx context.Context, rep *Report) error {
 		return err
 	}
 	m.preExisting = map[string]bool{}
+	m.atStart = make(map[string]struct{}, len(dstStart))
 	for _, id := range dstStart {
+		m.atStart[id] = struct{}{}
 		if _, ok := m.known[id]; !ok {
 			m.preExisting[id] = true
 		}
