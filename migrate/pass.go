@@ -2,7 +2,6 @@ package migrate
 
 import (
 	"context"
-	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -40,7 +39,12 @@ func (m *migration) pass(ctx context.Context, n int, kind string, rep *Report) (
 	if err != nil {
 		return PassStats{}, err
 	}
-	slices.Sort(ids)
+	// The source's own order, not sorted: a filesystem lists its
+	// directory in hash order, and creating the target's files in that
+	// order (the same hash on the same filesystem) touches the target
+	// directory's blocks in sequence; sorted IDs are random in hash
+	// order and made each create dirty another directory block for the
+	// next fsync (audit appends took 40% more CPU than the raw insert's).
 	var c counters
 	stopProgress := m.progress(n, kind, len(ids), &c, start)
 	err = m.each(ctx, ids, func(ctx context.Context, id string) error {

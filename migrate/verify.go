@@ -21,7 +21,6 @@ func (m *migration) verify(ctx context.Context, rep *Report) error {
 	if err != nil {
 		return err
 	}
-	slices.Sort(srcIDs)
 	var c counters
 	var verified atomic.Int64
 	n := rep.Passes + 1

@@ -97,20 +97,20 @@ func BenchmarkVsRawInsert(b *testing.B, src storage.Store, rounds int, newTarget
 	var ratios []float64
 	for b.Loop() {
 		for round := range rounds {
-			var rawD, migD time.Duration
+			var rawD, migD, rawCPU, migCPU time.Duration
 			raw := func() {
 				dst := newTarget(b)
 				defer dst.Close()
-				start := time.Now()
+				start, cpu := time.Now(), processCPU()
 				require.NoError(b, RawInsert(ctx, dst, recs, migrate.DefaultConcurrency))
-				rawD = time.Since(start)
+				rawD, rawCPU = time.Since(start), processCPU()-cpu
 			}
 			mig := func() {
 				dst := newTarget(b)
 				defer dst.Close()
-				start := time.Now()
+				start, cpu := time.Now(), processCPU()
 				rep, err := migrate.Run(ctx, src, dst, migrate.Options{})
-				migD = time.Since(start)
+				migD, migCPU = time.Since(start), processCPU()-cpu
 				if err != nil || !rep.OK() {
 					var buf bytes.Buffer
 					rep.WriteSummary(&buf)
@@ -131,9 +131,9 @@ func BenchmarkVsRawInsert(b *testing.B, src storage.Store, rounds int, newTarget
 			migTime += migD
 			ratio := rawD.Seconds() / migD.Seconds()
 			ratios = append(ratios, ratio)
-			b.Logf("round %d: raw insert %.0f tasks/s (%s), migration %.0f tasks/s (%s), ratio %.2f",
-				round+1, float64(n)/rawD.Seconds(), rawD.Round(time.Millisecond),
-				float64(n)/migD.Seconds(), migD.Round(time.Millisecond), ratio)
+			b.Logf("round %d: raw insert %.0f tasks/s (%s, this process's CPU %.0f µs/task), migration %.0f tasks/s (%s, CPU %.0f µs/task), ratio %.2f",
+				round+1, float64(n)/rawD.Seconds(), rawD.Round(time.Millisecond), float64(rawCPU.Microseconds())/float64(n),
+				float64(n)/migD.Seconds(), migD.Round(time.Millisecond), float64(migCPU.Microseconds())/float64(n), ratio)
 		}
 	}
 	total := float64(n * rounds * b.N)
