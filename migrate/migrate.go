@@ -5,13 +5,16 @@
 // ListAudit per task), writing to the target whatever it lacks: missing
 // audit entries first (AppendAudit is idempotent by ID), then the task
 // (Put is version-checked, so a rerun or a retried write is harmless). A
-// record the target already holds identically is skipped. Because the
+// record the target already holds identically is skipped; a task the
+// target did not list when the migration began is written without reading
+// the target first (a fresh target needs no compare). Because the
 // service may keep writing to the source meanwhile, delta passes follow:
 // each lists the source again and copies what appeared or changed (source
 // checksum differs from what was copied) and deletes from the target what
 // this migration copied and the source has since deleted, until a pass
 // copies nothing or Options.MaxDeltaPasses is reached. A final
-// verification reads every record on both sides and compares content
+// verification reads every record on both sides (the target 64 records
+// per call where it is a storage.BulkReader) and compares content
 // checksums (Checksum: SHA-256 of canonical JSON) and audit entries; any
 // difference is a Mismatch and makes Run return an error wrapping
 // ErrMismatch.
