@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"reflect"
 	"strconv"
 
 	"github.com/provisioning/orchestrator/storage"
@@ -34,6 +35,9 @@ func CanonicalJSON(t storage.Task) ([]byte, error) {
 	if bytes.Equal(bytes.TrimSpace(t.Environment), []byte("null")) {
 		t.Environment = nil
 	}
+	if data, err := appendCanonical(nil, reflect.ValueOf(t)); err == nil {
+		return data, nil
+	}
 	raw, err := json.Marshal(t)
 	if err != nil {
 		return nil, fmt.Errorf("encode task %s: %w", t.ID, err)
@@ -43,17 +47,25 @@ func CanonicalJSON(t storage.Task) ([]byte, error) {
 
 // AuditChecksum is the content checksum of one audit entry (Time in UTC).
 func AuditChecksum(e storage.AuditEntry) (string, error) {
-	e.Time = e.Time.UTC()
-	raw, err := json.Marshal(e)
-	if err != nil {
-		return "", fmt.Errorf("encode audit entry %s: %w", e.ID, err)
-	}
-	data, err := canonicalize(raw)
+	data, err := auditCanonicalJSON(e)
 	if err != nil {
 		return "", err
 	}
 	sum := sha256.Sum256(data)
 	return hex.EncodeToString(sum[:]), nil
+}
+
+// auditCanonicalJSON is the byte string AuditChecksum hashes.
+func auditCanonicalJSON(e storage.AuditEntry) ([]byte, error) {
+	e.Time = e.Time.UTC()
+	if data, err := appendCanonical(nil, reflect.ValueOf(e)); err == nil {
+		return data, nil
+	}
+	raw, err := json.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("encode audit entry %s: %w", e.ID, err)
+	}
+	return canonicalize(raw)
 }
 
 // canonicalize re-encodes JSON with sorted object keys (encoding/json

@@ -5,13 +5,16 @@
 // ListAudit per task), writing to the target whatever it lacks: missing
 // audit entries first (AppendAudit is idempotent by ID), then the task
 // (Put is version-checked, so a rerun or a retried write is harmless). A
-// record the target already holds identically is skipped. Because the
+// record the target already holds identically is skipped; a task the
+// target did not list when the migration began is written without reading
+// the target first (a fresh target needs no compare). Because the
 // service may keep writing to the source meanwhile, delta passes follow:
 // each lists the source again and copies what appeared or changed (source
 // checksum differs from what was copied) and deletes from the target what
 // this migration copied and the source has since deleted, until a pass
 // copies nothing or Options.MaxDeltaPasses is reached. A final
-// verification reads every record on both sides and compares content
+// verification reads every record on both sides (the target 64 records
+// per call where it is a storage.BulkReader) and compares content
 // checksums (Checksum: SHA-256 of canonical JSON) and audit entries; any
 // difference is a Mismatch and makes Run return an error wrapping
 // ErrMismatch.
@@ -185,6 +188,9 @@ type migration struct {
 	fromCheckpoint map[string]bool
 	// preExisting: in the target at the start and not known.
 	preExisting map[string]bool
+	// atStart: the target's task ids at the start. The full pass does not
+	// read the target for an id it did not list (see syncRecord).
+	atStart map[string]struct{}
 	// issues of the current phase, by id (the verification starts afresh).
 	issues map[string]string
 	// knownGen counts changes to known (to skip needless checkpoints).
@@ -202,7 +208,9 @@ func (m *migration) run(ctx context.Context, rep *Report) error {
 		return err
 	}
 	m.preExisting = map[string]bool{}
+	m.atStart = make(map[string]struct{}, len(dstStart))
 	for _, id := range dstStart {
+		m.atStart[id] = struct{}{}
 		if _, ok := m.known[id]; !ok {
 			m.preExisting[id] = true
 		}

@@ -214,6 +214,30 @@ func BenchmarkMigrate10k(b *testing.B) {
 	})
 }
 
+// vsRawRounds is how many rounds (each: raw insert and migration, in
+// alternating order) the VsRawInsert benchmarks run per iteration.
+var vsRawRounds = flag.Int("bench.vsrawrounds", 2, "rounds of BenchmarkMigrateVsRawInsert*")
+
+// BenchmarkMigrateVsRawInsert measures, in one run, the raw insert rate of
+// 10,000 tasks (with their 25,000 audit entries) into a fresh filesystem
+// store and the migration of the same tasks from a filesystem source into
+// another fresh one (see migratetest.BenchmarkVsRawInsert).
+func BenchmarkMigrateVsRawInsert(b *testing.B) {
+	const n = 10_000
+	srcDir := b.TempDir()
+	writeFilesystemTasks(b, srcDir, n)
+	src, err := storage.NewFilesystem(srcDir)
+	require.NoError(b, err)
+	defer src.Close()
+	b.Run("filesystem", func(b *testing.B) {
+		migratetest.BenchmarkVsRawInsert(b, src, *vsRawRounds, func(b *testing.B) storage.Store {
+			fs, err := storage.NewFilesystem(b.TempDir())
+			require.NoError(b, err)
+			return fs
+		})
+	})
+}
+
 // writeFilesystemTasks writes n tasks and their audit trails in the
 // filesystem backend's layout, as a seeded store would hold them.
 func writeFilesystemTasks(b *testing.B, dir string, n int) {

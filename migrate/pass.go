@@ -2,7 +2,6 @@ package migrate
 
 import (
 	"context"
-	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -40,7 +39,12 @@ func (m *migration) pass(ctx context.Context, n int, kind string, rep *Report) (
 	if err != nil {
 		return PassStats{}, err
 	}
-	slices.Sort(ids)
+	// The source's own order, not sorted: a filesystem lists its
+	// directory in hash order, and creating the target's files in that
+	// order (the same hash on the same filesystem) touches the target
+	// directory's blocks in sequence; sorted IDs are random in hash
+	// order and made each create dirty another directory block for the
+	// next fsync (audit appends took 40% more CPU than the raw insert's).
 	var c counters
 	stopProgress := m.progress(n, kind, len(ids), &c, start)
 	err = m.each(ctx, ids, func(ctx context.Context, id string) error {
@@ -96,7 +100,8 @@ func (m *migration) processID(ctx context.Context, id string, full bool, c *coun
 		}
 		return nil
 	}
-	r, err := m.syncRecord(ctx, id, s)
+	_, listed := m.atStart[id]
+	r, err := m.syncRecord(ctx, id, s, full && !listed && !m.opts.DryRun)
 	if err != nil {
 		return err
 	}
@@ -129,11 +134,23 @@ type syncResult struct {
 // own entry under an ID the source has), then the task if its checksum
 // differs. A target version higher than the source's is a mismatch, and
 // nothing is written.
-func (m *migration) syncRecord(ctx context.Context, id string, s record) (syncResult, error) {
+//
+// With absent set (the full pass, for an id the target did not list at
+// the start) the target is not read: it is taken to hold neither the task
+// nor audit entries, and everything is written. That halves a fresh
+// target's reads (on a database, its round trips) and stays safe if the
+// assumption is wrong: Put never overwrites a newer version, AppendAudit
+// keeps an entry whose ID is already there, and the verification, which
+// reads the target, reports what differs.
+func (m *migration) syncRecord(ctx context.Context, id string, s record, absent bool) (syncResult, error) {
 	var r syncResult
-	d, dfound, err := m.read(ctx, m.dst, id)
-	if err != nil {
-		return r, m.recordErr(id, "read target", err)
+	var d record
+	dfound := false
+	if !absent {
+		var err error
+		if d, dfound, err = m.read(ctx, m.dst, id); err != nil {
+			return r, m.recordErr(id, "read target", err)
+		}
 	}
 	if dfound && d.task.Version > s.task.Version {
 		m.setIssue(id, reasonNewer(s, d))

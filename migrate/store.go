@@ -48,9 +48,6 @@ func (m *migration) read(ctx context.Context, st storage.Store, id string) (rec 
 	switch {
 	case err == nil:
 		found = true
-		if rec.sum, err = Checksum(rec.task); err != nil {
-			return rec, false, err
-		}
 	case errors.Is(err, storage.ErrNotFound):
 		if st == m.src {
 			return rec, false, nil
@@ -61,13 +58,26 @@ func (m *migration) read(ctx context.Context, st storage.Store, id string) (rec 
 	// The audit trail is read after the task: a transition's entry is
 	// appended atomically with its write, so the entry of the version just
 	// read is already there.
+	var audit []storage.AuditEntry
 	err = m.call(ctx, func() error {
 		var lerr error
-		rec.audit, lerr = st.ListAudit(ctx, storage.AuditFilter{TaskID: id, Limit: auditLimit})
+		audit, lerr = st.ListAudit(ctx, storage.AuditFilter{TaskID: id, Limit: auditLimit})
 		return lerr
 	})
 	if err != nil {
 		return rec, false, fmt.Errorf("audit trail: %w", err)
+	}
+	return completeRecord(rec.task, found, audit)
+}
+
+// completeRecord is the record of task t (found: it exists) with audit
+// trail audit, its checksums computed.
+func completeRecord(t storage.Task, found bool, audit []storage.AuditEntry) (rec record, _ bool, err error) {
+	rec.task, rec.audit = t, audit
+	if found {
+		if rec.sum, err = Checksum(rec.task); err != nil {
+			return rec, false, err
+		}
 	}
 	if len(rec.audit) >= auditLimit {
 		return rec, false, fmt.Errorf("audit trail has %d entries or more; cannot migrate it completely", auditLimit)
@@ -85,6 +95,46 @@ func (m *migration) read(ctx context.Context, st storage.Store, id string) (rec 
 	}
 	rec.state = hex.EncodeToString(h.Sum(nil))
 	return rec, found, nil
+}
+
+// prefetched is a target record read ahead by readTargets.
+type prefetched struct {
+	rec   record
+	found bool
+	err   error
+}
+
+// readTargets reads the target records of ids in one call when the
+// target is a storage.BulkReader (a database: one round trip instead of
+// two per record); nil otherwise, and the caller reads them one by one.
+func (m *migration) readTargets(ctx context.Context, ids []string) (map[string]prefetched, error) {
+	br, ok := m.dst.(storage.BulkReader)
+	if !ok {
+		return nil, nil
+	}
+	var recs []storage.BulkRecord
+	err := m.call(ctx, func() error {
+		var err error
+		recs, err = br.ReadRecords(ctx, ids, auditLimit)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]prefetched, len(recs))
+	for _, r := range recs {
+		var p prefetched
+		switch {
+		case r.Err == nil:
+			p.rec, p.found, p.err = completeRecord(r.Task, true, r.Audit)
+		case errors.Is(r.Err, storage.ErrNotFound):
+			p.rec, p.found, p.err = completeRecord(storage.Task{}, false, r.Audit)
+		default:
+			p.err = r.Err
+		}
+		out[r.ID] = p
+	}
+	return out, nil
 }
 
 // recordErr turns a per-record failure into a mismatch (the migration goes
@@ -135,17 +185,23 @@ func (m *migration) ids(ctx context.Context, st storage.Store, side string) ([]s
 // each runs fn for every id on opts.Concurrency goroutines; the first
 // error stops it.
 func (m *migration) each(ctx context.Context, ids []string, fn func(ctx context.Context, id string) error) error {
-	if len(ids) == 0 {
+	return forEach(ctx, m.opts.Concurrency, ids, fn)
+}
+
+// forEach runs fn for every item on concurrency goroutines; the first
+// error stops it.
+func forEach[T any](ctx context.Context, concurrency int, items []T, fn func(ctx context.Context, item T) error) error {
+	if len(items) == 0 {
 		return ctx.Err()
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	ch := make(chan string)
+	ch := make(chan T)
 	var wg sync.WaitGroup
-	for range min(m.opts.Concurrency, len(ids)) {
+	for range min(concurrency, len(items)) {
 		wg.Go(func() {
-			for id := range ch {
-				if err := fn(ctx, id); err != nil {
+			for it := range ch {
+				if err := fn(ctx, it); err != nil {
 					cancel(err)
 					return
 				}
@@ -153,9 +209,9 @@ func (m *migration) each(ctx context.Context, ids []string, fn func(ctx context.
 		})
 	}
 feed:
-	for _, id := range ids {
+	for _, it := range items {
 		select {
-		case ch <- id:
+		case ch <- it:
 		case <-ctx.Done():
 			break feed
 		}

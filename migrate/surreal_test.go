@@ -108,3 +108,25 @@ func BenchmarkMigrate10kSurreal(b *testing.B) {
 		})
 	})
 }
+
+// BenchmarkMigrateVsRawInsertSurreal is BenchmarkMigrateVsRawInsert with
+// SurrealDB targets (a fresh database on one server per side and round).
+func BenchmarkMigrateVsRawInsertSurreal(b *testing.B) {
+	const n = 10_000
+	srv := testsupport.StartSurreal(b, "mem://")
+	srcDir := b.TempDir()
+	writeFilesystemTasks(b, srcDir, n)
+	src, err := storage.NewFilesystem(srcDir)
+	require.NoError(b, err)
+	defer src.Close()
+	b.Run("surrealdb", func(b *testing.B) {
+		migratetest.BenchmarkVsRawInsert(b, src, *vsRawRounds, func(b *testing.B) storage.Store {
+			st, err := surrealdb.New(context.Background(), surrealdb.Options{
+				URL: srv.URL, Username: srv.User, Password: srv.Pass,
+				Namespace: "orchestrator", Database: surrealDatabase(), OpTimeout: time.Minute,
+			})
+			require.NoError(b, err)
+			return st
+		})
+	})
+}

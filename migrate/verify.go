@@ -21,39 +21,27 @@ func (m *migration) verify(ctx context.Context, rep *Report) error {
 	if err != nil {
 		return err
 	}
-	slices.Sort(srcIDs)
 	var c counters
 	var verified atomic.Int64
 	n := rep.Passes + 1
 	stopProgress := m.progress(n, PassVerify, len(srcIDs), &c, start)
-	err = m.each(ctx, srcIDs, func(ctx context.Context, id string) error {
-		defer c.checked.Add(1)
-		for attempt := 1; ; attempt++ {
-			s, ok, err := m.readSource(ctx, id, &c)
-			if !ok {
-				return err
-			}
-			d, dfound, err := m.read(ctx, m.dst, id)
-			if err != nil {
-				return m.recordErr(id, "read target", err)
-			}
-			reason, fixable := compare(s, d, dfound)
-			if reason == "" {
-				verified.Add(1)
-				m.setIssue(id, "")
-				m.setKnown(id, s.known())
-				return nil
-			}
-			if !fixable || attempt > 1 {
-				m.setIssue(id, reason)
-				return nil
-			}
-			r, err := m.syncRecord(ctx, id, s)
-			if err != nil {
-				return err
-			}
-			c.addSync(r, false)
+	err = forEach(ctx, m.opts.Concurrency, slices.Collect(slices.Chunk(srcIDs, verifyChunk)), func(ctx context.Context, ids []string) error {
+		pre, err := m.readTargets(ctx, ids)
+		switch {
+		case err != nil && fatal(err):
+			return fmt.Errorf("read target: %w", err)
+		case err != nil:
+			// Read them one by one: each failure becomes that record's.
+			m.log.Warn("cannot read target records together; reading them one by one", "error", err)
+			pre = nil
 		}
+		for _, id := range ids {
+			p, ok := pre[id]
+			if err := m.verifyOne(ctx, id, p, ok, &c, &verified); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		stopProgress(c.stats(n, PassVerify, time.Since(start)), false)
@@ -95,6 +83,47 @@ func (m *migration) verify(ctx context.Context, rep *Report) error {
 	m.addPass(rep, st)
 	m.checkpoint(m.issueCount() == 0)
 	return nil
+}
+
+// verifyChunk is how many records the verification takes at a time: the
+// target's side of them is read in one call where the target is a
+// storage.BulkReader.
+const verifyChunk = 64
+
+// verifyOne compares source record id with its copy: p when pre (read
+// ahead), else read now. A difference a copy can fix is copied and
+// compared once more.
+func (m *migration) verifyOne(ctx context.Context, id string, p prefetched, pre bool, c *counters, verified *atomic.Int64) error {
+	defer c.checked.Add(1)
+	for attempt := 1; ; attempt++ {
+		s, ok, err := m.readSource(ctx, id, c)
+		if !ok {
+			return err
+		}
+		d, dfound, err := p.rec, p.found, p.err
+		if !pre || attempt > 1 {
+			d, dfound, err = m.read(ctx, m.dst, id)
+		}
+		if err != nil {
+			return m.recordErr(id, "read target", err)
+		}
+		reason, fixable := compare(s, d, dfound)
+		if reason == "" {
+			verified.Add(1)
+			m.setIssue(id, "")
+			m.setKnown(id, s.known())
+			return nil
+		}
+		if !fixable || attempt > 1 {
+			m.setIssue(id, reason)
+			return nil
+		}
+		r, err := m.syncRecord(ctx, id, s, false)
+		if err != nil {
+			return err
+		}
+		c.addSync(r, false)
+	}
 }
 
 // compare returns why target record d (dfound: it exists) differs from

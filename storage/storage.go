@@ -196,6 +196,26 @@ type Store interface {
 	ListAudit(ctx context.Context, f AuditFilter) ([]AuditEntry, error)
 }
 
+// BulkReader is implemented by stores that read many tasks with their
+// audit trails in one call, where one call costs much more than the
+// records (a database round trip). Migration's verification uses it to
+// read the target; stores without it are read task by task.
+type BulkReader interface {
+	// ReadRecords returns one BulkRecord per id, in the order of ids, each
+	// with its task (Err ErrNotFound when there is none, ErrCorrupt when it
+	// cannot be decoded) and its whole audit trail oldest first (ListAudit
+	// with a TaskID and auditLimit). An error fails the whole call.
+	ReadRecords(ctx context.Context, ids []string, auditLimit int) ([]BulkRecord, error)
+}
+
+// BulkRecord is one task of BulkReader.ReadRecords.
+type BulkRecord struct {
+	ID    string
+	Task  Task
+	Err   error
+	Audit []AuditEntry
+}
+
 // Audit actions.
 const (
 	// AuditCreate: a task was created (Create).

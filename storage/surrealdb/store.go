@@ -616,6 +616,12 @@ func (s *Store) ListAudit(ctx context.Context, af storage.AuditFilter) ([]storag
 		}
 		rows = append(rows, ties...)
 	}
+	return storage.NewestAudit(s.auditEntries(rows), limit), nil
+}
+
+// auditEntries converts audit rows, dropping repeated ones and (logged)
+// those with a bad time.
+func (s *Store) auditEntries(rows []surrealAuditRow) []storage.AuditEntry {
 	out := make([]storage.AuditEntry, 0, len(rows))
 	seen := make(map[[2]string]struct{}, len(rows))
 	for _, r := range rows {
@@ -633,7 +639,58 @@ func (s *Store) ListAudit(ctx context.Context, af storage.AuditFilter) ([]storag
 			Before: storage.TaskStatus(r.Before), After: storage.TaskStatus(r.After), Version: r.Version, Detail: r.Detail,
 		})
 	}
-	return storage.NewestAudit(out, limit), nil
+	return out
+}
+
+var _ storage.BulkReader = (*Store)(nil)
+
+// ReadRecords implements storage.BulkReader: one query with, per id, the
+// statements of Get and of ListAudit (its index, every entry of the task).
+func (s *Store) ReadRecords(ctx context.Context, ids []string, auditLimit int) ([]storage.BulkRecord, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	if auditLimit <= 0 {
+		auditLimit = storage.DefaultAuditLimit
+	}
+	var sql strings.Builder
+	vars := make(map[string]any, 2*len(ids))
+	for i, id := range ids {
+		if err := storage.ValidateID(id); err != nil {
+			return nil, err
+		}
+		n := strconv.Itoa(i)
+		vars["r"+n], vars["t"+n] = taskRecordID(id), id
+		sql.WriteString("SELECT VALUE doc FROM ONLY $r" + n + ";\n" +
+			"SELECT task_id, eid, time, list_key, actor, action, status_before, status_after, version, detail " +
+			"FROM audit WITH INDEX audit_task_list WHERE task_id = $t" + n + " ORDER BY task_id, list_key;\n")
+	}
+	res, err := s.query(ctx, "read "+strconv.Itoa(len(ids))+" tasks", sql.String(), vars)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]storage.BulkRecord, len(ids))
+	for i, id := range ids {
+		out[i].ID = id
+		var doc any
+		if err := decodeResult(res, 2*i, &doc); err != nil {
+			return nil, err
+		}
+		switch d := doc.(type) {
+		case nil:
+			out[i].Err = fmt.Errorf("%w: %s", storage.ErrNotFound, id)
+		case string:
+			out[i].Task, out[i].Err = decodeSurrealTask(id, []byte(d))
+		default:
+			out[i].Err = fmt.Errorf("%w: surrealdb record task:%s: doc is a %T, not a string", storage.ErrCorrupt, id, doc)
+		}
+		var rows []surrealAuditRow
+		if err := decodeResult(res, 2*i+1, &rows); err != nil {
+			return nil, err
+		}
+		out[i].Audit = storage.NewestAudit(s.auditEntries(rows), auditLimit)
+	}
+	return out, nil
 }
 
 type surrealAuditRow struct {

@@ -1,0 +1,8 @@
+//go:build !unix
+
+package migratetest
+
+import "time"
+
+// processCPU is not measured here: the benchmark logs report 0.
+func processCPU() time.Duration { return 0 }
