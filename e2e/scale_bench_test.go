@@ -31,7 +31,7 @@ var (
 	benchScaleWidth = flag.Int("bench.scalewidth", envInt("ORCHESTRATOR_BENCH_SCALE_WIDTH", 500),
 		"nu processes at once: the worker's --max-concurrent-activities (split between workers) and the direct pool's width (env ORCHESTRATOR_BENCH_SCALE_WIDTH)")
 	benchScaleSides = flag.String("bench.scalesides", envString("ORCHESTRATOR_BENCH_SCALE_SIDES", "direct,sqlite"),
-		"BenchmarkScale's sides in run order, comma-separated: direct, sqlite, sqlite-2workers, postgres, postgres-2workers (env ORCHESTRATOR_BENCH_SCALE_SIDES)")
+		"BenchmarkScale's sides in run order, comma-separated: direct, sqlite, sqlite-2workers, sqlite-noeager, postgres, postgres-2workers, postgres-noeager (env ORCHESTRATOR_BENCH_SCALE_SIDES)")
 )
 
 func envString(name, def string) string {
@@ -73,7 +73,8 @@ type scaleResult struct {
 // on SQLite); postgres (embedded Temporal on PostgreSQL, needs
 // ORCHESTRATOR_TEST_POSTGRES_DSN); and their -2workers variants, where a
 // second worker (worker mode, same store and task queue, in this process)
-// takes half of the activity slots: the same width, split across workers.
+// takes half of the activity slots: the same width, split across workers;
+// and their -noeager variants (--eager-start=false).
 //
 //	go test -run '^$' -bench Scale -benchtime 1x -timeout 30m ./e2e/ -bench.scalesides direct,sqlite,postgres,sqlite-2workers,postgres-2workers
 //	go test -run '^$' -bench Scale -benchtime 1x ./e2e/ -bench.scaletasks 40 -bench.scalestep 1s -bench.scalewidth 4
@@ -92,7 +93,7 @@ func BenchmarkScale(b *testing.B) {
 			switch side {
 			case "direct":
 				r = scaleDirect(b, script, n, width, maxTime)
-			case "sqlite", "sqlite-2workers", "postgres", "postgres-2workers":
+			case "sqlite", "sqlite-2workers", "postgres", "postgres-2workers", "sqlite-noeager", "postgres-noeager":
 				r = scaleOrchestrated(b, side, script, n, width, maxTime)
 			default:
 				b.Fatalf("unknown side %q in -bench.scalesides", side)
@@ -177,6 +178,7 @@ func scaleDirect(b *testing.B, script string, n, width int, maxTime time.Duratio
 func scaleOrchestrated(b *testing.B, side, script string, n, width int, maxTime time.Duration) scaleResult {
 	b.Helper()
 	twoWorkers := strings.HasSuffix(side, "-2workers")
+	noEager := strings.HasSuffix(side, "-noeager")
 	slots := width
 	if twoWorkers {
 		slots = (width + 1) / 2
@@ -192,6 +194,7 @@ func scaleOrchestrated(b *testing.B, side, script string, n, width int, maxTime 
 		c.Policy = workflows.ExecPolicy{}.WithDefaults()
 		c.TemporalDB = dsn
 		c.MaxConcurrentActivities = slots
+		c.EagerStart = !noEager
 	})
 	h.script = script
 	if twoWorkers {

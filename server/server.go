@@ -44,6 +44,10 @@ type Options struct {
 	TaskQueue string
 	// Policy is passed to every workflow (parallelism, retries, timeouts).
 	Policy workflows.ExecPolicy
+	// NoEagerStart starts workflows without asking for their first
+	// workflow task in the start's answer (default false: eager, which
+	// Temporal honours only where this process's worker shares Client).
+	NoEagerStart bool
 	// FairnessWeights weigh infras (fairness keys) against each other when
 	// Temporal shares a task queue between them; an infra not listed
 	// weighs 1.
@@ -95,6 +99,7 @@ type Server struct {
 	routes   map[string]bool
 	attrs    searchattr.Set
 	webhooks bool
+	eager    bool // EnableEagerStart on workflow starts
 
 	eventPoll      time.Duration
 	eventKeepAlive time.Duration
@@ -118,6 +123,7 @@ func New(o Options) *Server {
 		metrics:   o.Metrics,
 		attrs:     o.SearchAttributes,
 		webhooks:  o.Webhooks,
+		eager:     !o.NoEagerStart,
 
 		eventPoll:      cmp.Or(o.EventPollInterval, DefaultEventPollInterval),
 		eventKeepAlive: cmp.Or(o.EventKeepAlive, DefaultEventKeepAlive),
@@ -687,7 +693,7 @@ func (s *Server) startTask(c echo.Context, task storage.Task, keyed bool, w work
 		// first workflow task back with the start's answer instead of a
 		// trip through matching (the SDK asks only when a local worker
 		// polls the queue; api-only processes start as before).
-		EnableEagerStart: true,
+		EnableEagerStart: s.eager,
 		// Inherited by the workflow's activities: Temporal's matching
 		// dispatches lower keys first and shares throughput fairly
 		// between fairness keys.

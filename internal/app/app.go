@@ -475,6 +475,7 @@ func (a *App) startHTTP() error {
 		Store:            a.store,
 		TaskQueue:        a.cfg.TaskQueue,
 		Policy:           a.cfg.Policy,
+		NoEagerStart:     !a.cfg.EagerStart,
 		FairnessWeights:  a.cfg.FairnessWeights,
 		Logger:           a.log,
 		Metrics:          a.metrics,

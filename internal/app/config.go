@@ -88,6 +88,12 @@ type Config struct {
 	Policy workflows.ExecPolicy
 	// MaxConcurrentActivities per worker process; default 32.
 	MaxConcurrentActivities int
+	// EagerStart lets the API ask Temporal for a new workflow's first
+	// workflow task in the start's answer (serve mode: the worker shares
+	// the API's client): tasks start at once instead of queueing in
+	// matching, at the price of that work running while clients still
+	// submit (docs/benchmarks.md). Default true.
+	EagerStart bool
 	// MaxConcurrentEnvActivities per worker process for test-environment
 	// activities (their own task queue and slots); default 16.
 	MaxConcurrentEnvActivities int
@@ -266,6 +272,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.DurationVar(&cfg.Policy.StepTimeout, "step-timeout", workflows.DefaultStepTimeout, "time limit of one Nushell attempt")
 	fs.DurationVar(&cfg.Policy.HeartbeatTimeout, "heartbeat-timeout", workflows.DefaultHeartbeatTimeout, "a step whose worker is silent this long is retried")
 	fs.IntVar(&cfg.MaxConcurrentActivities, "max-concurrent-activities", 32, "Nushell processes one worker runs at once")
+	fs.BoolVar(&cfg.EagerStart, "eager-start", true, "serve mode: start a new task's workflow on this process's worker at once (Temporal's eager workflow start) instead of through the task queue")
 	fs.IntVar(&cfg.MaxConcurrentEnvActivities, "max-concurrent-env-activities", 16, "test-environment activities (Docker calls, test runs, converges) one worker runs at once, on their own task queue <task-queue>-testenv")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	temporalLogLevel := fs.String("temporal-log-level", "warn", "log level of the embedded Temporal server")
