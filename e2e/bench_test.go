@@ -488,8 +488,53 @@ func BenchmarkOrchestratedVsDirect(b *testing.B) {
 // (Store.Create of a Pending record) and a bare REST round trip (GET of an
 // unknown task). Use -benchtime 1x.
 func BenchmarkSubmitLatency(b *testing.B) {
+	submitLatency(b, startBenchApp(b), nil)
+}
+
+// BenchmarkSubmitLatencyQuiet is BenchmarkSubmitLatency with the worker
+// held: one activity slot, whose script waits for a gate file that is
+// created only after the measurement, so the started tasks queue instead
+// of running nu on the two CPUs the submissions need. What remains in the
+// background is each start's own work (its first workflow task and
+// Running projection): the REST façade's cost without the machine's
+// saturation.
+func BenchmarkSubmitLatencyQuiet(b *testing.B) {
+	gate := filepath.Join(b.TempDir(), "open")
+	script := filepath.Join(b.TempDir(), "gated.nu")
+	if err := os.WriteFile(script, []byte(gatedScript), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	h := startBenchApp(b, func(c *app.Config) {
+		c.ProvisioningPath = script
+		c.ScriptEnv = append(c.ScriptEnv, "BENCH_GATE="+gate)
+		c.MaxConcurrentActivities = 1
+	})
+	open := func() {
+		if err := os.WriteFile(gate, nil, 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	open() // for the warm-up tasks
+	submitLatency(b, h, &latencyHooks{
+		measuring: func() {
+			if err := os.Remove(gate); err != nil {
+				b.Fatal(err)
+			}
+		},
+		measured: open,
+	})
+}
+
+// gatedScript prints ok once the file $env.BENCH_GATE exists.
+const gatedScript = "def --wrapped main [...rest] { while not ($env.BENCH_GATE | path exists) { sleep 20ms }; print \"ok\" }\n"
+
+// latencyHooks run just before and just after submitLatency's measurement.
+type latencyHooks struct{ measuring, measured func() }
+
+// submitLatency measures sequential submissions on h: REST, SDK, SDK with
+// eager start, and the attribution probes, interleaved.
+func submitLatency(b *testing.B, h *benchApp, hooks *latencyHooks) {
 	m, maxTime := *benchSubmits, *benchMaxTime
-	h := startBenchApp(b)
 	c := h.app.Client()
 	ctx := context.Background()
 
@@ -497,6 +542,26 @@ func BenchmarkSubmitLatency(b *testing.B) {
 	// The API's own start options (eager start): what the REST path adds
 	// besides them.
 	sdkEagerStart := func(server string) error { return sdkExecute(ctx, c, server, true) }
+	// Every start option the API sets (eager start, priority, summary,
+	// details, search attributes): what the REST path adds around the very
+	// same start.
+	attrs := h.app.SearchAttributes()
+	sdkSameStart := func(server string) error {
+		in := benchInput(server)
+		_, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+			ID:                                       in.TaskID,
+			TaskQueue:                                workflows.DefaultTaskQueue,
+			WorkflowIDReusePolicy:                    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+			WorkflowIDConflictPolicy:                 enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
+			WorkflowExecutionErrorWhenAlreadyStarted: true,
+			EnableEagerStart:                         true,
+			Priority:                                 in.Common.TemporalPriority(),
+			StaticSummary:                            in.Task().Summary(),
+			StaticDetails:                            in.Common.Details(),
+			TypedSearchAttributes:                    attrs.Start(in.Infra, storage.DefaultPriority),
+		}, workflows.ServerCreateWorkflowName, in)
+		return err
+	}
 	// Warm up connections and code paths on both sides.
 	if _, err := h.submitServer("warmup-rest"); err != nil {
 		b.Fatal(err)
@@ -537,7 +602,10 @@ func BenchmarkSubmitLatency(b *testing.B) {
 		return time.Since(t0), err
 	}
 
-	var rest, sdk, sdkEager, store, rtt []float64
+	var rest, sdk, sdkEager, sdkSame, store, rtt []float64
+	if hooks != nil {
+		hooks.measuring()
+	}
 	b.ResetTimer()
 	for iter := 0; iter < b.N; iter++ {
 		deadline := time.Now().Add(maxTime)
@@ -560,6 +628,12 @@ func BenchmarkSubmitLatency(b *testing.B) {
 			}
 			sdkEager = append(sdkEager, ms(time.Since(t0)))
 
+			t0 = time.Now()
+			if err := sdkSameStart(fmt.Sprintf("o-%d", i)); err != nil {
+				b.Fatalf("sdk ExecuteWorkflow (the API's options): %v", err)
+			}
+			sdkSame = append(sdkSame, ms(time.Since(t0)))
+
 			d, err := storeCreate(i)
 			if err != nil {
 				b.Fatal(err)
@@ -573,6 +647,9 @@ func BenchmarkSubmitLatency(b *testing.B) {
 		}
 	}
 	b.StopTimer()
+	if hooks != nil {
+		hooks.measured()
+	}
 
 	b.ReportMetric(0, "ns/op")
 	b.ReportMetric(percentile(rest, 50), "rest-p50-ms")
@@ -581,17 +658,21 @@ func BenchmarkSubmitLatency(b *testing.B) {
 	b.ReportMetric(percentile(sdk, 99), "sdk-p99-ms")
 	b.ReportMetric(percentile(sdkEager, 50), "sdk-eager-p50-ms")
 	b.ReportMetric(percentile(sdkEager, 99), "sdk-eager-p99-ms")
+	b.ReportMetric(percentile(sdkSame, 50), "sdk-same-p50-ms")
+	b.ReportMetric(percentile(sdkSame, 99), "sdk-same-p99-ms")
 	b.ReportMetric(percentile(store, 50), "store-create-p50-ms")
 	b.Logf("submit latency over %d+%d submissions: REST p50 %.2f ms p99 %.2f ms mean %.2f ms; SDK ExecuteWorkflow p50 %.2f ms p99 %.2f ms mean %.2f ms",
 		len(rest), len(sdk), percentile(rest, 50), percentile(rest, 99), mean(rest),
 		percentile(sdk, 50), percentile(sdk, 99), mean(sdk))
 	b.Logf("SDK ExecuteWorkflow with the API's eager start: p50 %.2f ms p99 %.2f ms mean %.2f ms; REST - SDK(eager) p50 %.2f ms",
 		percentile(sdkEager, 50), percentile(sdkEager, 99), mean(sdkEager), percentile(rest, 50)-percentile(sdkEager, 50))
+	b.Logf("SDK ExecuteWorkflow with every start option the API sets: p50 %.2f ms p99 %.2f ms mean %.2f ms; REST - SDK(same options) p50 %.2f ms, REST p99 / SDK(same options) p99 %.2f",
+		percentile(sdkSame, 50), percentile(sdkSame, 99), mean(sdkSame), percentile(rest, 50)-percentile(sdkSame, 50), percentile(rest, 99)/percentile(sdkSame, 99))
 	b.Logf("for attribution, same load: Store.Create of a Pending record (fsynced) p50 %.2f ms p99 %.2f ms; bare REST round trip (GET unknown task, 404) p50 %.2f ms p99 %.2f ms",
 		percentile(store, 50), percentile(store, 99), percentile(rtt, 50), percentile(rtt, 99))
 
 	// The started workflows must really run to completion (not timed).
-	want := 2 + len(rest) + len(sdk) + len(sdkEager)
+	want := 2 + len(rest) + len(sdk) + len(sdkEager) + len(sdkSame)
 	done, err := h.waitCompleted(want, time.Now().Add(maxTime))
 	if err != nil {
 		b.Fatal(err)
