@@ -491,3 +491,16 @@ func TestIdempotencyKey(t *testing.T) {
 	assert.Equal(t, IdempotencyKeyHeader, bad.err.Field)
 	assert.Len(t, f.tasks(), 1)
 }
+
+// Eager start is asked for unless the service was started without it
+// (--eager-start=false); either way the Pending record is stored first.
+func TestCreateAsksForEagerStartUnlessDisabled(t *testing.T) {
+	for _, noEager := range []bool{false, true} {
+		f := newFixture(t, Options{TaskQueue: testQueue, Policy: testPolicy, NoEagerStart: noEager})
+		got := f.expectStart(workflows.ServerCreateWorkflowName, nil)
+		r := f.send(http.MethodPost, "/workflows/servers/create", "application/json", `{"infra":"demo","settings":"s.k","servers":["web-01"]}`)
+		require.Equal(t, http.StatusOK, r.code, "%+v", r.err)
+		assert.Equal(t, !noEager, got.opts.EnableEagerStart, "NoEagerStart=%v", noEager)
+		assert.Equal(t, storage.StatusPending, got.pending.Status)
+	}
+}
