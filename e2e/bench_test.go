@@ -555,9 +555,9 @@ func submitLatency(b *testing.B, h *benchApp, hooks *latencyHooks) {
 			WorkflowIDConflictPolicy:                 enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
 			WorkflowExecutionErrorWhenAlreadyStarted: true,
 			EnableEagerStart:                         true,
-			Priority:                                 in.Common.TemporalPriority(),
+			Priority:                                 in.TemporalPriority(),
 			StaticSummary:                            in.Task().Summary(),
-			StaticDetails:                            in.Common.Details(),
+			StaticDetails:                            in.Details(),
 			TypedSearchAttributes:                    attrs.Start(in.Infra, storage.DefaultPriority),
 		}, workflows.ServerCreateWorkflowName, in)
 		return err
