@@ -547,20 +547,14 @@ func submitLatency(b *testing.B, h *benchApp, hooks *latencyHooks) {
 	// same start.
 	attrs := h.app.SearchAttributes()
 	sdkSameStart := func(server string) error {
-		in := benchInput(server)
-		_, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
-			ID:                                       in.TaskID,
-			TaskQueue:                                workflows.DefaultTaskQueue,
-			WorkflowIDReusePolicy:                    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
-			WorkflowIDConflictPolicy:                 enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
-			WorkflowExecutionErrorWhenAlreadyStarted: true,
-			EnableEagerStart:                         true,
-			Priority:                                 in.TemporalPriority(),
-			StaticSummary:                            in.Task().Summary(),
-			StaticDetails:                            in.Details(),
-			TypedSearchAttributes:                    attrs.Start(in.Infra, storage.DefaultPriority),
-		}, workflows.ServerCreateWorkflowName, in)
-		return err
+		return sdkExecuteWith(ctx, c, server, func(o *client.StartWorkflowOptions, in workflows.ServerCreateInput) {
+			o.EnableEagerStart = true
+			o.WorkflowExecutionErrorWhenAlreadyStarted = true
+			o.Priority = in.TemporalPriority()
+			o.StaticSummary = in.Task().Summary()
+			o.StaticDetails = in.Details()
+			o.TypedSearchAttributes = attrs.Start(in.Infra, storage.DefaultPriority)
+		})
 	}
 	// Warm up connections and code paths on both sides.
 	if _, err := h.submitServer("warmup-rest"); err != nil {
@@ -690,14 +684,23 @@ func submitLatency(b *testing.B, h *benchApp, hooks *latencyHooks) {
 // does (Temporal honours it only for a client whose worker shares it: serve
 // mode); without it, as a CI job in another process starts one.
 func sdkExecute(ctx context.Context, c client.Client, server string, eager bool) error {
+	return sdkExecuteWith(ctx, c, server, func(o *client.StartWorkflowOptions, _ workflows.ServerCreateInput) {
+		o.EnableEagerStart = eager
+	})
+}
+
+// sdkExecuteWith is sdkExecute with the options set by with, after the
+// ID, task queue and the API's reuse and conflict policies.
+func sdkExecuteWith(ctx context.Context, c client.Client, server string, with func(*client.StartWorkflowOptions, workflows.ServerCreateInput)) error {
 	in := benchInput(server)
-	_, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+	o := client.StartWorkflowOptions{
 		ID:                       in.TaskID,
 		TaskQueue:                workflows.DefaultTaskQueue,
 		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
 		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
-		EnableEagerStart:         eager,
-	}, workflows.ServerCreateWorkflowName, in)
+	}
+	with(&o, in)
+	_, err := c.ExecuteWorkflow(ctx, o, workflows.ServerCreateWorkflowName, in)
 	return err
 }
 
