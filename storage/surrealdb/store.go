@@ -119,6 +119,14 @@ type Store struct {
 	url  *url.URL
 	log  *slog.Logger
 
+	// writes serialises this process's Create, Put and Delete
+	// transactions: each updates the shared task_count records, so any two
+	// of them conflict in SurrealDB and one is retried; concurrent writers
+	// of one process (a migration's workers, a worker's projections)
+	// retrying against each other could starve one past its attempts.
+	// Writers in other processes still conflict, and are retried.
+	writes sync.Mutex
+
 	mu        sync.Mutex
 	conn      *surrealConn // usable connection, nil if none
 	dialing   *dialAttempt // dial in progress, nil if none
@@ -356,7 +364,9 @@ func (s *Store) Create(ctx context.Context, t storage.Task) error {
 		"entry": surrealAuditContent(storage.CreateAuditEntry(ctx, t)),
 	}
 	addTaskKeys(vars, t)
+	s.writes.Lock()
 	_, err = s.query(ctx, "create task "+t.ID, surrealCreateSQL, vars)
+	s.writes.Unlock()
 	if err != nil && strings.Contains(err.Error(), surrealExistsMarker) {
 		return fmt.Errorf("%w: %s", storage.ErrExists, t.ID)
 	}
@@ -386,7 +396,9 @@ func (s *Store) Put(ctx context.Context, t storage.Task) error {
 		"action": e.Action,
 	}
 	addTaskKeys(vars, t)
+	s.writes.Lock()
 	_, err = s.query(ctx, "put task "+t.ID, surrealPutSQL, vars)
+	s.writes.Unlock()
 	return err
 }
 
@@ -504,7 +516,9 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 	if err := storage.ValidateID(id); err != nil {
 		return err
 	}
+	s.writes.Lock()
 	_, err := s.query(ctx, "delete task "+id, surrealDeleteSQL, map[string]any{"rid": taskRecordID(id), "tid": id, "hid": eventHeadID(id)})
+	s.writes.Unlock()
 	return err
 }
 
