@@ -3,6 +3,7 @@ package surrealdb
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"math"
 	"slices"
 	"strings"
@@ -81,6 +82,9 @@ func (s *Store) AppendEvents(ctx context.Context, taskID string, events []storag
 		kids[i] = eventKeyID(taskID, e.Key)
 	}
 	op := "append events of task " + taskID
+	mu := &s.eventAppends[fnvIndex(taskID, len(s.eventAppends))]
+	mu.Lock()
+	defer mu.Unlock()
 	for attempt := 1; ; attempt++ {
 		res, err := s.query(ctx, op, surrealEventHeadSQL, map[string]any{"hid": eventHeadID(taskID), "kids": kids})
 		if err != nil {
@@ -196,4 +200,11 @@ func (s *Store) ListRecentEvents(ctx context.Context, since time.Time, limit int
 	}
 	slices.SortFunc(out, storage.CompareEvents)
 	return out, nil
+}
+
+// fnvIndex is a stripe index in [0, n) for key (FNV-1a).
+func fnvIndex(key string, n int) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	return int(h.Sum32() % uint32(n))
 }
