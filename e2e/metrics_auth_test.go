@@ -56,7 +56,20 @@ func TestMetricsExposed(t *testing.T) {
 	h.get("/tasks/" + id)
 	h.get("/tasks/not-a-uuid")
 
-	text := scrape(t, h.base)
+	// The duration is observed once the terminal projection (record, then
+	// its events) is stored, a moment after GET shows the status: await it.
+	durationCount := `orchestrator_task_duration_seconds_count{status="Completed",workflow_type="ServerCreate`
+	var text string
+	require.Eventually(t, func() bool {
+		res, err := http.Get(h.base + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer res.Body.Close()
+		b, err := io.ReadAll(res.Body)
+		text = string(b)
+		return err == nil && res.StatusCode == http.StatusOK && metricValue(text, durationCount) >= 0
+	}, 10*time.Second, 20*time.Millisecond, "task duration never observed")
 	// HTTP metrics are labelled by route template, not raw path.
 	assert.Regexp(t, `orchestrator_http_requests_total\{method="GET",route="/tasks/:id",status="200"\} \d+`, text)
 	assert.Regexp(t, `orchestrator_http_requests_total\{method="GET",route="/tasks/:id",status="400"\} 1`, text)
@@ -69,8 +82,7 @@ func TestMetricsExposed(t *testing.T) {
 	assert.Equal(t, 0.0, metricValue(text, `orchestrator_tasks{status="Failed"}`))
 	assert.Equal(t, 0.0, metricValue(text, `orchestrator_test_environments_alive `))
 	assert.GreaterOrEqual(t, metricValue(text, `orchestrator_nushell_invocations_total{outcome="success"}`), 1.0)
-	assert.Equal(t, 1.0, metricValue(text,
-		`orchestrator_task_duration_seconds_count{status="Completed",workflow_type="ServerCreate`), text)
+	assert.Equal(t, 1.0, metricValue(text, durationCount), text)
 
 	// Temporal SDK metrics through the adapter.
 	assert.Regexp(t, regexp.MustCompile(`(?m)^temporal_request\{.*\} \d+`), text)
