@@ -226,21 +226,25 @@ func postgresCPU() time.Duration {
 // the tasks' completed_at afterwards.
 const benchSlowPoll = 500 * time.Millisecond
 
-// lastCompletion is the latest completed_at of the tasks ids (not before
-// since).
-func (h *benchApp) lastCompletion(b *testing.B, ids []string, since time.Time) time.Time {
+// lastCompletion is the latest completed_at of those of the tasks ids that
+// are Completed (not before since), and how many are.
+func (h *benchApp) lastCompletion(b *testing.B, ids []string, since time.Time) (last time.Time, completed int) {
 	b.Helper()
-	last := since
+	last = since
 	for _, id := range ids {
 		t, err := h.app.Store().Get(context.Background(), id)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if t.CompletedAt != nil && t.CompletedAt.After(last) {
+		if t.Status != storage.StatusCompleted || t.CompletedAt == nil {
+			continue
+		}
+		completed++
+		if t.CompletedAt.After(last) {
 			last = *t.CompletedAt
 		}
 	}
-	return last
+	return last, completed
 }
 
 // waitCompletedEvery is waitCompleted polling every poll.
@@ -419,7 +423,8 @@ func BenchmarkOrchestratedVsDirect(b *testing.B) {
 			// orchestrator); the batch ends at its last recorded completion.
 			done, err := h.waitCompletedEvery(base+sub, deadline, benchSlowPoll)
 			self1, nu1 := cpuTimes()
-			orchTime += h.lastCompletion(b, ids[firstID:], start).Sub(start)
+			last, _ := h.lastCompletion(b, ids[firstID:], start)
+			orchTime += last.Sub(start)
 			orchPG += postgresCPU() - pg0
 			orchSelf += self1 - self0
 			orchNu += nu1 - nu0

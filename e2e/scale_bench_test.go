@@ -261,7 +261,7 @@ func scaleOrchestrated(b *testing.B, side, script string, n, width int, maxTime 
 		b.Fatal(err)
 	}
 	r := scaleResult{submit: time.Since(start)}
-	done, err := h.waitCompletedEvery(1+n, start.Add(maxTime), 500*time.Millisecond)
+	_, err := h.waitCompletedEvery(1+n, start.Add(maxTime), 500*time.Millisecond)
 	self1, nu1 := cpuTimes()
 	stopSampling()
 	sampler.Wait()
@@ -271,19 +271,8 @@ func scaleOrchestrated(b *testing.B, side, script string, n, width int, maxTime 
 	r.cpuSelf, r.cpuNu = self1-self0, nu1-nu0
 	r.peakRSS, r.peakHeap, r.peakRunning = peakRSS.Load(), peakHeap.Load(), int(peakRunning.Load())
 	// The makespan ends at the last completion the workflows recorded.
-	var last time.Time
-	for _, id := range ids {
-		t, err := h.app.Store().Get(context.Background(), id)
-		if err != nil || t.Status != storage.StatusCompleted || t.CompletedAt == nil {
-			continue
-		}
-		r.done++
-		if t.CompletedAt.After(last) {
-			last = *t.CompletedAt
-		}
-	}
-	_ = done
-	r.makespan = last.Sub(start)
+	last, completed := h.lastCompletion(b, ids, start)
+	r.done, r.makespan = completed, last.Sub(start)
 	return r
 }
 

@@ -26,10 +26,21 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func newFilesystem(t *testing.T) storage.Store {
-	fs, err := storage.NewFilesystem(t.TempDir())
-	require.NoError(t, err)
+func newFilesystem(tb testing.TB) storage.Store {
+	fs, err := storage.NewFilesystem(tb.TempDir())
+	require.NoError(tb, err)
 	return fs
+}
+
+// filesystemSource is a filesystem store holding n tasks written directly
+// (see writeFilesystemTasks), closed when the benchmark ends.
+func filesystemSource(b *testing.B, n int) storage.Store {
+	dir := b.TempDir()
+	writeFilesystemTasks(b, dir, n)
+	src, err := storage.NewFilesystem(dir)
+	require.NoError(b, err)
+	b.Cleanup(func() { src.Close() })
+	return src
 }
 
 func TestMigrateFilesystemToFilesystem(t *testing.T) {
@@ -202,16 +213,7 @@ func TestCLIBadValues(t *testing.T) {
 // setup short.
 func BenchmarkMigrate10k(b *testing.B) {
 	const n = 10_000
-	srcDir := b.TempDir()
-	writeFilesystemTasks(b, srcDir, n)
-	src, err := storage.NewFilesystem(srcDir)
-	require.NoError(b, err)
-	defer src.Close()
-	migratetest.Benchmark(b, src, n, func(b *testing.B) storage.Store {
-		fs, err := storage.NewFilesystem(b.TempDir())
-		require.NoError(b, err)
-		return fs
-	})
+	migratetest.Benchmark(b, filesystemSource(b, n), n, newFilesystem)
 }
 
 // vsRawRounds is how many rounds (each: raw insert and migration, in
@@ -223,18 +225,9 @@ var vsRawRounds = flag.Int("bench.vsrawrounds", 2, "rounds of BenchmarkMigrateVs
 // store and the migration of the same tasks from a filesystem source into
 // another fresh one (see migratetest.BenchmarkVsRawInsert).
 func BenchmarkMigrateVsRawInsert(b *testing.B) {
-	const n = 10_000
-	srcDir := b.TempDir()
-	writeFilesystemTasks(b, srcDir, n)
-	src, err := storage.NewFilesystem(srcDir)
-	require.NoError(b, err)
-	defer src.Close()
+	src := filesystemSource(b, 10_000)
 	b.Run("filesystem", func(b *testing.B) {
-		migratetest.BenchmarkVsRawInsert(b, src, *vsRawRounds, func(b *testing.B) storage.Store {
-			fs, err := storage.NewFilesystem(b.TempDir())
-			require.NoError(b, err)
-			return fs
-		})
+		migratetest.BenchmarkVsRawInsert(b, src, *vsRawRounds, newFilesystem)
 	})
 }
 

@@ -25,15 +25,21 @@ func surrealDatabase() string {
 	return fmt.Sprintf("migrate_%d_%d", time.Now().UnixNano(), dbSeq.Add(1))
 }
 
-func surrealFactory(srv *testsupport.SurrealServer) migratetest.Factory {
-	return func(t *testing.T) storage.Store {
-		st, err := surrealdb.New(context.Background(), surrealdb.Options{
-			URL: srv.URL, Username: srv.User, Password: srv.Pass,
-			Namespace: "orchestrator", Database: surrealDatabase(),
-		})
-		require.NoError(t, err)
-		return st
+// surrealFactory opens each store on a fresh database of srv; opTimeout 0
+// is the store's default.
+func surrealFactory(srv *testsupport.SurrealServer, opTimeout time.Duration) migratetest.Factory {
+	return func(tb testing.TB) storage.Store {
+		return openSurreal(tb, srv, surrealDatabase(), opTimeout)
 	}
+}
+
+func openSurreal(tb testing.TB, srv *testsupport.SurrealServer, db string, opTimeout time.Duration) storage.Store {
+	st, err := surrealdb.New(context.Background(), surrealdb.Options{
+		URL: srv.URL, Username: srv.User, Password: srv.Pass,
+		Namespace: "orchestrator", Database: db, OpTimeout: opTimeout,
+	})
+	require.NoError(tb, err)
+	return st
 }
 
 func surrealCLIStore(srv *testsupport.SurrealServer) migratetest.CLIStore {
@@ -44,14 +50,7 @@ func surrealCLIStore(srv *testsupport.SurrealServer) migratetest.CLIStore {
 			"--" + side + "-surrealdb-username", srv.User,
 			"--" + side + "-surrealdb-password", srv.Pass,
 			"--" + side + "-surrealdb-database", db}
-		return args, func(t *testing.T) storage.Store {
-			st, err := surrealdb.New(context.Background(), surrealdb.Options{
-				URL: srv.URL, Username: srv.User, Password: srv.Pass,
-				Namespace: "orchestrator", Database: db,
-			})
-			require.NoError(t, err)
-			return st
-		}
+		return args, func(t *testing.T) storage.Store { return openSurreal(t, srv, db, 0) }
 	}
 }
 
@@ -60,10 +59,10 @@ func surrealCLIStore(srv *testsupport.SurrealServer) migratetest.CLIStore {
 func TestMigrateFilesystemToSurrealAndBack(t *testing.T) {
 	srv := testsupport.StartSurreal(t, "mem://")
 	t.Run("filesystem->surrealdb", func(t *testing.T) {
-		migratetest.RunMigrationSuite(t, newFilesystem, surrealFactory(srv))
+		migratetest.RunMigrationSuite(t, newFilesystem, surrealFactory(srv, 0))
 	})
 	t.Run("surrealdb->filesystem", func(t *testing.T) {
-		migratetest.RunMigrationSuite(t, surrealFactory(srv), newFilesystem)
+		migratetest.RunMigrationSuite(t, surrealFactory(srv, 0), newFilesystem)
 	})
 	t.Run("kill midway filesystem->surrealdb", func(t *testing.T) {
 		migratetest.RunKillResume(t, migratetest.FilesystemCLIStore, surrealCLIStore(srv), 600)
@@ -78,55 +77,28 @@ func TestMigrateFilesystemToSurrealAndBack(t *testing.T) {
 func BenchmarkMigrate10kSurreal(b *testing.B) {
 	const n = 10_000
 	srv := testsupport.StartSurreal(b, "mem://")
-	srcDir := b.TempDir()
-	writeFilesystemTasks(b, srcDir, n)
-	fsSrc, err := storage.NewFilesystem(srcDir)
-	require.NoError(b, err)
-	defer fsSrc.Close()
-	open := func(b *testing.B) storage.Store {
-		st, err := surrealdb.New(context.Background(), surrealdb.Options{
-			URL: srv.URL, Username: srv.User, Password: srv.Pass,
-			Namespace: "orchestrator", Database: surrealDatabase(), OpTimeout: time.Minute,
-		})
-		require.NoError(b, err)
-		return st
-	}
+	fsSrc := filesystemSource(b, n)
+	open := surrealFactory(srv, time.Minute)
 	// A SurrealDB source for the reverse direction, filled once.
 	surSrc := open(b)
 	defer surSrc.Close()
-	_, err = migrate.Run(context.Background(), fsSrc, surSrc, migrate.Options{})
+	_, err := migrate.Run(context.Background(), fsSrc, surSrc, migrate.Options{})
 	require.NoError(b, err)
 
 	b.Run("filesystem->surrealdb", func(b *testing.B) {
 		migratetest.Benchmark(b, fsSrc, n, open)
 	})
 	b.Run("surrealdb->filesystem", func(b *testing.B) {
-		migratetest.Benchmark(b, surSrc, n, func(b *testing.B) storage.Store {
-			fs, err := storage.NewFilesystem(b.TempDir())
-			require.NoError(b, err)
-			return fs
-		})
+		migratetest.Benchmark(b, surSrc, n, newFilesystem)
 	})
 }
 
 // BenchmarkMigrateVsRawInsertSurreal is BenchmarkMigrateVsRawInsert with
 // SurrealDB targets (a fresh database on one server per side and round).
 func BenchmarkMigrateVsRawInsertSurreal(b *testing.B) {
-	const n = 10_000
 	srv := testsupport.StartSurreal(b, "mem://")
-	srcDir := b.TempDir()
-	writeFilesystemTasks(b, srcDir, n)
-	src, err := storage.NewFilesystem(srcDir)
-	require.NoError(b, err)
-	defer src.Close()
+	src := filesystemSource(b, 10_000)
 	b.Run("surrealdb", func(b *testing.B) {
-		migratetest.BenchmarkVsRawInsert(b, src, *vsRawRounds, func(b *testing.B) storage.Store {
-			st, err := surrealdb.New(context.Background(), surrealdb.Options{
-				URL: srv.URL, Username: srv.User, Password: srv.Pass,
-				Namespace: "orchestrator", Database: surrealDatabase(), OpTimeout: time.Minute,
-			})
-			require.NoError(b, err)
-			return st
-		})
+		migratetest.BenchmarkVsRawInsert(b, src, *vsRawRounds, surrealFactory(srv, time.Minute))
 	})
 }

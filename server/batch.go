@@ -129,31 +129,49 @@ func (s *Server) decide(c echo.Context, update string) error {
 	if t.Status.Terminal() {
 		return conflictCode(CodeNotAwaitingApproval, fmt.Sprintf("batch %s is already %s", id, t.Status))
 	}
-	uctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	updated, err := s.taskUpdate(ctx, id, update,
+		workflows.ApprovalRequest{Approver: requestActor(c), Comment: req.Comment},
+		workflows.ErrTypeNotAwaitingApproval, CodeNotAwaitingApproval, "batch")
+	if err != nil {
+		return err
+	}
+	s.log.Info("batch decision", "task_id", id, "decision", update, "approver", requestActor(c))
+	return ok(c, http.StatusOK, updated)
+}
+
+// taskUpdateWait bounds the wait for a task workflow's update result.
+const taskUpdateWait = 30 * time.Second
+
+// taskUpdate sends task id's workflow the update name with arg and waits
+// (at most taskUpdateWait) for its result: the task as the workflow then
+// shows it. The workflow's refusal (an application error of type
+// refusedType) answers 409 with code and the workflow's message; a
+// workflow that has already ended, 409 with code; anything else 503.
+func (s *Server) taskUpdate(ctx context.Context, id, name string, arg any, refusedType, code, what string) (storage.Task, error) {
+	ctx, cancel := context.WithTimeout(ctx, taskUpdateWait)
 	defer cancel()
-	h, err := s.client.UpdateWorkflow(uctx, client.UpdateWorkflowOptions{
+	h, err := s.client.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
 		WorkflowID:   id,
-		UpdateName:   update,
-		Args:         []any{workflows.ApprovalRequest{Approver: requestActor(c), Comment: req.Comment}},
+		UpdateName:   name,
+		Args:         []any{arg},
 		WaitForStage: client.WorkflowUpdateStageCompleted,
 	})
 	var updated storage.Task
 	if err == nil {
-		err = h.Get(uctx, &updated)
+		err = h.Get(ctx, &updated)
 	}
 	if err != nil {
 		var appErr *temporal.ApplicationError
 		var nf *serviceerror.NotFound
 		switch {
-		case errors.As(err, &appErr) && appErr.Type() == workflows.ErrTypeNotAwaitingApproval:
-			return conflictCode(CodeNotAwaitingApproval, appErr.Message())
+		case errors.As(err, &appErr) && appErr.Type() == refusedType:
+			return updated, conflictCode(code, appErr.Message())
 		case errors.As(err, &nf):
-			return conflictCode(CodeNotAwaitingApproval, fmt.Sprintf("batch %s has already finished", id))
+			return updated, conflictCode(code, fmt.Sprintf("%s %s has already finished", what, id))
 		}
-		return unavailable("temporal", err)
+		return updated, unavailable("temporal", err)
 	}
-	s.log.Info("batch decision", "task_id", id, "decision", update, "approver", requestActor(c))
-	return ok(c, http.StatusOK, updated)
+	return updated, nil
 }
 
 // conflictCode is a 409 with a specific error code.

@@ -1,16 +1,10 @@
 package server
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"net/http"
-	"time"
 
 	"github.com/labstack/echo/v4"
-	"go.temporal.io/api/serviceerror"
-	"go.temporal.io/sdk/client"
-	"go.temporal.io/sdk/temporal"
 
 	"github.com/provisioning/orchestrator/storage"
 	"github.com/provisioning/orchestrator/workflows"
@@ -59,28 +53,11 @@ func (s *Server) patchTask(c echo.Context) error {
 	if t.Status.Terminal() {
 		return conflict(fmt.Sprintf("task %s is already %s", id, t.Status))
 	}
-	uctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	h, err := s.client.UpdateWorkflow(uctx, client.UpdateWorkflowOptions{
-		WorkflowID:   id,
-		UpdateName:   workflows.SetPriorityUpdate,
-		Args:         []any{workflows.SetPriorityRequest{Priority: req.Priority}},
-		WaitForStage: client.WorkflowUpdateStageCompleted,
-	})
-	var updated storage.Task
-	if err == nil {
-		err = h.Get(uctx, &updated)
-	}
+	updated, err := s.taskUpdate(ctx, id, workflows.SetPriorityUpdate,
+		workflows.SetPriorityRequest{Priority: req.Priority},
+		workflows.ErrTypeTaskFinished, CodeConflict, "task")
 	if err != nil {
-		var appErr *temporal.ApplicationError
-		var nf *serviceerror.NotFound
-		switch {
-		case errors.As(err, &appErr) && appErr.Type() == workflows.ErrTypeTaskFinished:
-			return conflict(appErr.Message())
-		case errors.As(err, &nf):
-			return conflict(fmt.Sprintf("task %s has already finished", id))
-		}
-		return unavailable("temporal", err)
+		return err
 	}
 	s.log.Info("task priority changed", "task_id", id, "from", t.Priority, "to", req.Priority)
 	s.recordEvent(ctx, id, "priority", false, storage.AuditEntry{

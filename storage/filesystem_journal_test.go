@@ -208,17 +208,7 @@ func TestIndexPageVerificationRereads(t *testing.T) {
 // through two stores on one directory; after every round the index's pages
 // and totals for every kind of filter equal those of a full read.
 func TestIndexMatchesUncachedUnderChurn(t *testing.T) {
-	dir := t.TempDir()
-	a, err := NewFilesystem(dir)
-	require.NoError(t, err)
-	defer a.Close()
-	b, err := NewFilesystem(dir)
-	require.NoError(t, err)
-	defer b.Close()
-	base, err := NewFilesystem(dir)
-	require.NoError(t, err)
-	defer base.Close()
-	base.noIndexCache = true
+	a, b, base := twoStoresAndReference(t)
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(1, 2))
 	statuses := []TaskStatus{StatusPending, StatusRunning, StatusCompleted, StatusFailed, StatusCancelled}
@@ -257,18 +247,42 @@ func TestIndexMatchesUncachedUnderChurn(t *testing.T) {
 			{Status: StatusFailed, WorkflowType: "ServerCreateWorkflow"}, {Priority: 2},
 			{Status: StatusPending, Priority: 3, Limit: 4, Offset: 2}, {Limit: 7, Offset: 11},
 		} {
-			want, wantTotal, err := base.List(ctx, lf)
-			require.NoError(t, err)
-			for _, s := range []*Filesystem{a, b} {
-				got, gotTotal, err := s.List(ctx, lf)
-				require.NoError(t, err)
-				require.Equal(t, wantTotal, gotTotal, "round %d %+v", i, lf)
-				require.Equal(t, taskLabels(want), taskLabels(got), "round %d %+v", i, lf)
-			}
+			requireListsAgree(t, base, lf, fmt.Sprintf("round %d", i), a, b)
 		}
 	}
 	require.Equal(t, int64(1), a.scans.Load(), "the journal carried every change")
 	require.Equal(t, int64(1), b.scans.Load())
+}
+
+// twoStoresAndReference opens two indexed stores on one fresh directory
+// and a third that reads every List from the files (no index), the
+// reference the others are compared with.
+func twoStoresAndReference(t *testing.T) (a, b, reference *Filesystem) {
+	t.Helper()
+	dir := t.TempDir()
+	open := func() *Filesystem {
+		f, err := NewFilesystem(dir)
+		require.NoError(t, err)
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	a, b, reference = open(), open(), open()
+	reference.noIndexCache = true
+	return a, b, reference
+}
+
+// requireListsAgree: each store's page and total for lf equal the
+// reference's.
+func requireListsAgree(t *testing.T, reference *Filesystem, lf ListFilter, when string, stores ...*Filesystem) {
+	t.Helper()
+	want, wantTotal, err := reference.List(context.Background(), lf)
+	require.NoError(t, err)
+	for _, s := range stores {
+		got, gotTotal, err := s.List(context.Background(), lf)
+		require.NoError(t, err)
+		require.Equal(t, wantTotal, gotTotal, "%s %+v", when, lf)
+		require.Equal(t, taskLabels(want), taskLabels(got), "%s %+v", when, lf)
+	}
 }
 
 func taskLabels(ts []Task) []string {
@@ -283,20 +297,10 @@ func taskLabels(ts []Task) []string {
 // and safety-net scans all at once (run it with -race); once the writes
 // stop, the index agrees with a full read.
 func TestIndexConcurrentWritesListsAndSafetyNet(t *testing.T) {
-	dir := t.TempDir()
-	a, err := NewFilesystem(dir)
-	require.NoError(t, err)
-	defer a.Close()
-	b, err := NewFilesystem(dir)
-	require.NoError(t, err)
-	defer b.Close()
-	base, err := NewFilesystem(dir)
-	require.NoError(t, err)
-	defer base.Close()
-	base.noIndexCache = true
+	a, b, base := twoStoresAndReference(t)
 	ctx := context.Background()
 	ids := seedFiles(t, a, 200, time.Now().Add(-time.Hour))
-	_, _, err = a.List(ctx, ListFilter{})
+	_, _, err := a.List(ctx, ListFilter{})
 	require.NoError(t, err)
 
 	statuses := []TaskStatus{StatusPending, StatusRunning, StatusCompleted, StatusFailed, StatusCancelled}
@@ -345,11 +349,6 @@ func TestIndexConcurrentWritesListsAndSafetyNet(t *testing.T) {
 	require.Eventually(t, func() bool { return !a.bgScan.Load() }, 10*time.Second, 5*time.Millisecond)
 	require.Positive(t, a.scans.Load()-1, "safety-net scans ran")
 	for _, lf := range []ListFilter{{}, {Status: StatusRunning}, {Status: StatusFailed, Limit: 7, Offset: 3}} {
-		want, wantTotal, err := base.List(ctx, lf)
-		require.NoError(t, err)
-		got, gotTotal, err := a.List(ctx, lf)
-		require.NoError(t, err)
-		require.Equal(t, wantTotal, gotTotal, "%+v", lf)
-		require.Equal(t, taskLabels(want), taskLabels(got), "%+v", lf)
+		requireListsAgree(t, base, lf, "after the writes", a)
 	}
 }

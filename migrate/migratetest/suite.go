@@ -30,8 +30,8 @@ import (
 )
 
 // Factory returns a fresh, empty store. The suite closes it when the
-// subtest ends.
-type Factory func(t *testing.T) storage.Store
+// subtest ends; the benchmarks close theirs after each use.
+type Factory func(tb testing.TB) storage.Store
 
 // SuiteTasks is how many tasks most subtests seed.
 const SuiteTasks = 500
@@ -575,7 +575,7 @@ func isClosed(ch chan struct{}) bool {
 // Benchmark migrates src (holding n tasks) to a fresh target from
 // newTarget per iteration and reports tasks/s and audit entries/s of the
 // whole migration (passes and verification).
-func Benchmark(b *testing.B, src storage.Store, n int, newTarget func(b *testing.B) storage.Store) {
+func Benchmark(b *testing.B, src storage.Store, n int, newTarget Factory) {
 	var elapsed time.Duration
 	var tasks, audit int
 	for b.Loop() {

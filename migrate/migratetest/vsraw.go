@@ -85,7 +85,7 @@ func RawInsert(ctx context.Context, dst storage.Store, recs []RawRecord, concurr
 // verification) of src into another fresh target. Rounds alternate which
 // side goes first. It reports raw-tasks/s, migrate-tasks/s (tasks over
 // the summed time of each side) and their ratio.
-func BenchmarkVsRawInsert(b *testing.B, src storage.Store, rounds int, newTarget func(b *testing.B) storage.Store) {
+func BenchmarkVsRawInsert(b *testing.B, src storage.Store, rounds int, newTarget Factory) {
 	recs := ReadAll(b, src)
 	n := len(recs)
 	audit := 0
