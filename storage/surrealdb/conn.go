@@ -441,6 +441,7 @@ func (s *Store) query(ctx context.Context, op, sql string, vars map[string]any) 
 		if err == nil || !errors.As(err, &se) || !isConflict(se.err) || attempt >= surrealConflictAttempts {
 			return res, err
 		}
+		s.conflicts.Add(1)
 		if !conflictPause(ctx, attempt) {
 			return nil, ctxError(ctx, op)
 		}

@@ -3,14 +3,18 @@ package surrealdb
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/provisioning/orchestrator/internal/testsupport"
 	"github.com/provisioning/orchestrator/storage"
+	"github.com/provisioning/orchestrator/storage/storagetest"
 )
 
 // explain returns SurrealDB's query plan of sql (EXPLAIN) as text.
@@ -26,7 +30,8 @@ func explain(t *testing.T, s *Store, sql string, vars map[string]any) string {
 // TestSurrealListQueryPlan checks, with the real engine, that every List
 // page without a priority filter is an index range read that stops after
 // the page (limit and offset pushed into the IndexScan, no sort), and that
-// its total is one counter record: nothing in either grows with the store.
+// its total is a range read of the filter's counter shards: nothing in
+// either grows with the store.
 func TestSurrealListQueryPlan(t *testing.T) {
 	srv := testsupport.StartSurreal(t, "mem://")
 	ctx := context.Background()
@@ -51,10 +56,14 @@ func TestSurrealListQueryPlan(t *testing.T) {
 		require.Contains(t, plan, "limit: $limit, offset: $offset", "%+v: %s", c.lf, plan)
 		require.NotContains(t, strings.ToLower(plan), "sort", "%+v: %s", c.lf, plan)
 
-		// The total is the counter record (EXPLAIN plans a SELECT only).
-		require.Contains(t, countSQL, "SELECT VALUE n FROM ONLY $cid")
-		plan = explain(t, s, "SELECT VALUE n FROM ONLY $cid;", vars)
+		// The total is the sum of the counter's shards (EXPLAIN plans a
+		// SELECT only).
+		sel := regexp.MustCompile(`SELECT VALUE n FROM task_count:\[[^\]]*\]\.\.\[[^\]]*\]`).FindString(countSQL)
+		require.NotEmpty(t, sel, countSQL)
+		plan = explain(t, s, sel+";", vars)
 		require.Contains(t, plan, "RecordIdScan", "%+v: %s", c.lf, plan)
+		require.Contains(t, plan, ", 0]..[", "a range over the shards: %+v: %s", c.lf, plan)
+		require.NotContains(t, plan, "TableScan", "%+v: %s", c.lf, plan)
 
 		_, total, err := s.List(ctx, c.lf)
 		require.NoError(t, err)
@@ -85,7 +94,7 @@ func TestSurrealCountersOfOlderDatabase(t *testing.T) {
 	again, err := New(ctx, opts)
 	require.NoError(t, err)
 	defer again.Close()
-	res, err := again.query(ctx, "counter", `SELECT VALUE n FROM ONLY $cid;`, map[string]any{"cid": countRecordID("s", "Running")})
+	res, err := again.query(ctx, "counter", "RETURN "+counterSumSQL(counterRange("s", "$status"))+";", map[string]any{"status": "Running"})
 	require.NoError(t, err)
 	var n int
 	require.NoError(t, decodeResult(res, 0, &n))
@@ -106,5 +115,113 @@ func TestSurrealCountersOfOlderDatabase(t *testing.T) {
 		_, total, err := s.List(ctx, c.lf)
 		require.NoError(t, err)
 		require.Equal(t, c.want, total, "%+v", c.lf)
+	}
+}
+
+// TestSurrealCountersOfUnshardedDatabase: a database with the older,
+// unsharded counters (task_count:['s', status] ..., marked
+// task_count:ready) is counted again into the shards when a connection
+// defines the schema: the older records are gone and the totals right.
+func TestSurrealCountersOfUnshardedDatabase(t *testing.T) {
+	srv := testsupport.StartSurreal(t, "mem://")
+	ctx := context.Background()
+	opts := Options{URL: srv.URL, Username: srv.User, Password: srv.Pass, Database: "unsharded", OpTimeout: time.Minute}
+	s, err := New(ctx, opts)
+	require.NoError(t, err)
+	defer s.Close()
+	seedSurreal(t, s, 50) // 10 of each status
+	_, err = s.query(ctx, "older counters", `DELETE task_count;
+		UPSERT task_count:['all'] SET n = 7; UPSERT task_count:['s', 'Running'] SET n = 3;
+		CREATE task_count:ready;`, nil)
+	require.NoError(t, err)
+
+	again, err := New(ctx, opts)
+	require.NoError(t, err)
+	defer again.Close()
+	res, err := again.query(ctx, "older records", `RETURN [record::exists(task_count:ready), record::exists(task_count:['all'])];`, nil)
+	require.NoError(t, err)
+	var left []bool
+	require.NoError(t, decodeResult(res, 0, &left))
+	require.Equal(t, []bool{false, false}, left)
+	for lf, want := range map[storage.ListFilter]int{{}: 50, {Status: storage.StatusRunning}: 10} {
+		_, total, err := again.List(ctx, lf)
+		require.NoError(t, err)
+		require.Equal(t, want, total, "%+v", lf)
+	}
+}
+
+// TestSurrealCountersUnderConcurrentWrites: writers on two stores (two
+// processes' connections) create, change and delete tasks at once; every
+// write succeeds, and afterwards every filter's total equals a count of
+// the tasks themselves.
+func TestSurrealCountersUnderConcurrentWrites(t *testing.T) {
+	srv := testsupport.StartSurreal(t, "mem://")
+	ctx := context.Background()
+	opts := Options{URL: srv.URL, Username: srv.User, Password: srv.Pass, Database: "concurrent", OpTimeout: time.Minute}
+	stores := make([]*Store, 2)
+	for i := range stores {
+		s, err := New(ctx, opts)
+		require.NoError(t, err)
+		defer s.Close()
+		stores[i] = s
+	}
+	statuses := []storage.TaskStatus{storage.StatusPending, storage.StatusRunning, storage.StatusCompleted, storage.StatusFailed}
+	wfs := []string{"ServerCreateWorkflow", "TestEnvWorkflow"}
+	var g errgroup.Group
+	for w := range 8 {
+		s := stores[w%2]
+		g.Go(func() error {
+			rng := rand.New(rand.NewPCG(uint64(w), 3))
+			var mine []storage.Task
+			for i := range 40 {
+				switch op := rng.IntN(10); {
+				case op < 4 || len(mine) == 0:
+					tk := storage.Task{ID: storagetest.NewID(), Name: "n", Command: "c", Status: statuses[rng.IntN(4)],
+						WorkflowType: wfs[rng.IntN(2)], CreatedAt: time.Now(), UpdatedAt: time.Now()}
+					if err := s.Create(ctx, tk); err != nil {
+						return fmt.Errorf("writer %d op %d: %w", w, i, err)
+					}
+					mine = append(mine, tk)
+				case op < 8:
+					k := rng.IntN(len(mine))
+					mine[k].Version++
+					mine[k].Status, mine[k].WorkflowType = statuses[rng.IntN(4)], wfs[rng.IntN(2)]
+					if err := s.Put(ctx, mine[k]); err != nil {
+						return fmt.Errorf("writer %d op %d: %w", w, i, err)
+					}
+				default:
+					k := rng.IntN(len(mine))
+					if err := s.Delete(ctx, mine[k].ID); err != nil {
+						return fmt.Errorf("writer %d op %d: %w", w, i, err)
+					}
+					mine = append(mine[:k], mine[k+1:]...)
+				}
+			}
+			return nil
+		})
+	}
+	require.NoError(t, g.Wait())
+	t.Logf("conflicts retried: %d and %d", stores[0].conflicts.Load(), stores[1].conflicts.Load())
+
+	filters := []storage.ListFilter{{}}
+	for _, st := range statuses {
+		filters = append(filters, storage.ListFilter{Status: st})
+		for _, wf := range wfs {
+			filters = append(filters, storage.ListFilter{Status: st, WorkflowType: wf})
+		}
+	}
+	for _, wf := range wfs {
+		filters = append(filters, storage.ListFilter{WorkflowType: wf})
+	}
+	for _, lf := range filters {
+		res, err := stores[0].query(ctx, "count", `RETURN (SELECT count() AS n FROM task
+			WHERE ($status = "" OR status = $status) AND ($wf = "" OR workflow_type = $wf) GROUP ALL)[0].n ?? 0;`,
+			map[string]any{"status": string(lf.Status), "wf": lf.WorkflowType})
+		require.NoError(t, err)
+		var want int
+		require.NoError(t, decodeResult(res, 0, &want))
+		_, total, err := stores[1].List(ctx, lf)
+		require.NoError(t, err)
+		require.Equal(t, want, total, "%+v", lf)
 	}
 }

@@ -30,14 +30,21 @@
 //	              empty records that exist while the task does: List's
 //	              total on a database whose counters are not ready yet
 //	              is a count over a record-ID range
-//	task_count:['all'], ['s', status], ['w', workflow_type],
-//	  ['sw', status, workflow_type] { n }
+//	task_count:['all', shard], ['s', status, shard],
+//	  ['w', workflow_type, shard], ['sw', status, workflow_type, shard] { n }
 //	              how many tasks each filter matches, kept by Create, Put
-//	              and Delete in their transactions, so List's total is one
-//	              record read whatever the store's size; task_count:ready
-//	              marks them complete (a database written before they
-//	              existed gets them counted once, when a connection
-//	              defines the schema)
+//	              and Delete in their transactions, so List's total is a
+//	              read of countShards records whatever the store's size;
+//	              each write adds its changes to one shard (0 to
+//	              countShards-1) picked at random, so concurrent writes
+//	              rarely touch the same counter record and conflict (one
+//	              shared record made any two writes conflict); a shard
+//	              may go negative, the sum is the total.
+//	              task_count:sharded marks them complete (a database
+//	              written before they existed, or with the older
+//	              unsharded counters and their task_count:ready marker,
+//	              gets them counted once, when a connection defines the
+//	              schema)
 //	audit:[⟨task id⟩, ⟨entry id⟩] { task_id, eid, time, list_key, actor,
 //	  action, status_before, status_after, version, detail }
 //	              the record ID makes appends idempotent per (task, entry
@@ -68,11 +75,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/surrealdb/surrealdb.go/pkg/models"
@@ -119,19 +128,15 @@ type Store struct {
 	url  *url.URL
 	log  *slog.Logger
 
-	// writes serialises this process's Create, Put and Delete
-	// transactions: each updates the shared task_count records, so any two
-	// of them conflict in SurrealDB and one is retried; concurrent writers
-	// of one process (a migration's workers, a worker's projections)
-	// retrying against each other could starve one past its attempts.
-	// Writers in other processes still conflict, and are retried.
-	writes sync.Mutex
 	// eventAppends serialise this process's event appends per task
 	// (striped by task ID): concurrent appends to one task's stream were
 	// seen to lose an event now and then on SurrealDB 3.0.2's in-memory
 	// engine (the head check did not stop both from taking one sequence
 	// number; storagetest's EventsConcurrentAppends, ~1 run in 15).
 	eventAppends [64]sync.Mutex
+	// conflicts counts statements retried after a transaction conflict
+	// (for the benchmarks).
+	conflicts atomic.Int64
 
 	mu        sync.Mutex
 	conn      *surrealConn // usable connection, nil if none
@@ -180,16 +185,16 @@ DEFINE TABLE IF NOT EXISTS task_count TYPE NORMAL SCHEMALESS;
 // over a subquery with no rows fails in SurrealDB 3.0.2, hence $groups.)
 const surrealCountInitSQL = `
 BEGIN TRANSACTION;
-LET $ready = record::exists(task_count:ready);
+LET $ready = record::exists(task_count:sharded);
 LET $groups = IF $ready { [] } ELSE { SELECT status, workflow_type, count() AS n FROM task GROUP BY status, workflow_type };
 IF !$ready { DELETE task_count RETURN NONE };
 IF !$ready AND array::len($groups) > 0 {
 	FOR $x IN $groups {
-		UPSERT type::record('task_count', ['s', $x.status]), type::record('task_count', ['w', $x.workflow_type]),
-			type::record('task_count', ['sw', $x.status, $x.workflow_type]), task_count:['all'] SET n += $x.n RETURN NONE;
+		UPSERT type::record('task_count', ['s', $x.status, 0]), type::record('task_count', ['w', $x.workflow_type, 0]),
+			type::record('task_count', ['sw', $x.status, $x.workflow_type, 0]), task_count:['all', 0] SET n += $x.n RETURN NONE;
 	};
 };
-IF !$ready { CREATE task_count:ready RETURN NONE };
+IF !$ready { CREATE task_count:sharded RETURN NONE };
 COMMIT TRANSACTION;
 `
 
@@ -231,15 +236,15 @@ IF $rekey AND $stored {
 IF $rekey { UPSERT $k1, $k2, $k3 RETURN NONE };
 IF $apply AND !$stored { UPSERT $c0, $c1, $c2, $c3 SET n += 1 RETURN NONE };
 IF $apply AND $stored AND $os != $task.status {
-	UPSERT type::record('task_count', ['s', $os]) SET n -= 1 RETURN NONE;
+	UPSERT type::record('task_count', ['s', $os, $shard]) SET n -= 1 RETURN NONE;
 	UPSERT $c1 SET n += 1 RETURN NONE
 };
 IF $apply AND $stored AND $ow != $task.workflow_type {
-	UPSERT type::record('task_count', ['w', $ow]) SET n -= 1 RETURN NONE;
+	UPSERT type::record('task_count', ['w', $ow, $shard]) SET n -= 1 RETURN NONE;
 	UPSERT $c2 SET n += 1 RETURN NONE
 };
 IF $rekey AND $stored {
-	UPSERT type::record('task_count', ['sw', $os, $ow]) SET n -= 1 RETURN NONE;
+	UPSERT type::record('task_count', ['sw', $os, $ow, $shard]) SET n -= 1 RETURN NONE;
 	UPSERT $c3 SET n += 1 RETURN NONE
 };
 IF $transition {
@@ -262,8 +267,8 @@ IF $stored {
 	DELETE $rid, task_key:['s', $os, $tid], task_key:['w', $ow, $tid], task_key:['sw', $os, $ow, $tid] RETURN NONE
 };
 IF $stored {
-	UPSERT task_count:['all'], type::record('task_count', ['s', $os]), type::record('task_count', ['w', $ow]),
-		type::record('task_count', ['sw', $os, $ow]) SET n -= 1 RETURN NONE
+	UPSERT type::record('task_count', ['all', $shard]), type::record('task_count', ['s', $os, $shard]),
+		type::record('task_count', ['w', $ow, $shard]), type::record('task_count', ['sw', $os, $ow, $shard]) SET n -= 1 RETURN NONE
 };
 DELETE step_output WHERE task_id = $tid RETURN NONE;
 DELETE task_event WHERE task_id = $tid RETURN NONE;
@@ -370,9 +375,7 @@ func (s *Store) Create(ctx context.Context, t storage.Task) error {
 		"entry": surrealAuditContent(storage.CreateAuditEntry(ctx, t)),
 	}
 	addTaskKeys(vars, t)
-	s.writes.Lock()
 	_, err = s.query(ctx, "create task "+t.ID, surrealCreateSQL, vars)
-	s.writes.Unlock()
 	if err != nil && strings.Contains(err.Error(), surrealExistsMarker) {
 		return fmt.Errorf("%w: %s", storage.ErrExists, t.ID)
 	}
@@ -402,9 +405,7 @@ func (s *Store) Put(ctx context.Context, t storage.Task) error {
 		"action": e.Action,
 	}
 	addTaskKeys(vars, t)
-	s.writes.Lock()
 	_, err = s.query(ctx, "put task "+t.ID, surrealPutSQL, vars)
-	s.writes.Unlock()
 	return err
 }
 
@@ -448,28 +449,28 @@ func (s *Store) List(ctx context.Context, lf storage.ListFilter) ([]storage.Task
 func listQueries(lf storage.ListFilter) (pageSQL, countSQL string, vars map[string]any) {
 	offset, limit := lf.Page()
 	vars = map[string]any{"limit": limit, "offset": offset, "status": string(lf.Status), "wf": lf.WorkflowType}
-	var page, count string
+	var page, count, counter string
 	switch {
 	case lf.Status != "" && lf.WorkflowType != "":
 		page = "FROM task WITH INDEX task_status_workflow_list WHERE status = $status AND workflow_type = $wf ORDER BY status, workflow_type, list_key"
 		count = "task_key:['sw', $status, $wf]..['sw', $status, $wf, '~']"
-		vars["cid"] = countRecordID("sw", string(lf.Status), lf.WorkflowType)
+		counter = counterRange("sw", "$status", "$wf")
 	case lf.Status != "":
 		page = "FROM task WITH INDEX task_status_list WHERE status = $status ORDER BY status, list_key"
 		count = "task_key:['s', $status]..['s', $status, '~']"
-		vars["cid"] = countRecordID("s", string(lf.Status))
+		counter = counterRange("s", "$status")
 	case lf.WorkflowType != "":
 		page = "FROM task WITH INDEX task_workflow_list WHERE workflow_type = $wf ORDER BY workflow_type, list_key"
 		count = "task_key:['w', $wf]..['w', $wf, '~']"
-		vars["cid"] = countRecordID("w", lf.WorkflowType)
+		counter = counterRange("w", "$wf")
 	default:
 		page = "FROM task WITH INDEX task_list ORDER BY list_key"
 		count = "task"
-		vars["cid"] = countRecordID("all")
+		counter = counterRange("all")
 	}
 	// The counter, or (on a database whose counters are not ready: one
 	// a read-only connection did not initialise) a count of the keys.
-	count = "RETURN IF record::exists(task_count:ready) { (SELECT VALUE n FROM ONLY $cid) ?? 0 } ELSE { " +
+	count = "RETURN IF record::exists(task_count:sharded) { " + counterSumSQL(counter) + " } ELSE { " +
 		"(SELECT count() AS n FROM " + count + " GROUP ALL)[0].n ?? 0 };"
 	if lf.Priority != 0 {
 		// Priority filters are rare (an operator looking at a level):
@@ -522,9 +523,8 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 	if err := storage.ValidateID(id); err != nil {
 		return err
 	}
-	s.writes.Lock()
-	_, err := s.query(ctx, "delete task "+id, surrealDeleteSQL, map[string]any{"rid": taskRecordID(id), "tid": id, "hid": eventHeadID(id)})
-	s.writes.Unlock()
+	_, err := s.query(ctx, "delete task "+id, surrealDeleteSQL,
+		map[string]any{"rid": taskRecordID(id), "tid": id, "hid": eventHeadID(id), "shard": rand.IntN(countShards)})
 	return err
 }
 
@@ -785,23 +785,49 @@ func surrealTaskKeys(t storage.Task) [3]models.RecordID {
 	}
 }
 
-// addTaskKeys binds $tid, $k1..$k3 (the task's task_key IDs) and
-// $c0..$c3 (the task_count counters it counts in).
+// addTaskKeys binds $tid, $k1..$k3 (the task's task_key IDs), $shard (a
+// random counter shard) and $c0..$c3 (the task_count counters of that
+// shard it counts in).
 func addTaskKeys(vars map[string]any, t storage.Task) {
 	k := surrealTaskKeys(t)
 	vars["tid"], vars["k1"], vars["k2"], vars["k3"] = t.ID, k[0], k[1], k[2]
 	st := string(t.Status)
-	vars["c0"], vars["c1"] = countRecordID("all"), countRecordID("s", st)
-	vars["c2"], vars["c3"] = countRecordID("w", t.WorkflowType), countRecordID("sw", st, t.WorkflowType)
+	shard := rand.IntN(countShards)
+	vars["shard"] = shard
+	vars["c0"], vars["c1"] = countRecordID(shard, "all"), countRecordID(shard, "s", st)
+	vars["c2"], vars["c3"] = countRecordID(shard, "w", t.WorkflowType), countRecordID(shard, "sw", st, t.WorkflowType)
 }
 
-// countRecordID is the task_count record of one filter (see the schema).
-func countRecordID(key ...string) models.RecordID {
-	id := make([]any, len(key))
-	for i, k := range key {
-		id[i] = k
+// countShards is how many task_count records each filter's count is spread
+// over (see the schema): enough that a process's concurrent writers
+// (a migration's, a worker's projections) rarely pick the same one, few
+// enough that List's total stays a short range read.
+const countShards = 16
+
+// countRecordID is the task_count record of one filter's shard (see the
+// schema).
+func countRecordID(shard int, key ...string) models.RecordID {
+	id := make([]any, 0, len(key)+1)
+	for _, k := range key {
+		id = append(id, k)
 	}
-	return models.NewRecordID("task_count", id)
+	return models.NewRecordID("task_count", append(id, shard))
+}
+
+// counterRange is the record-ID range of one filter's counter shards;
+// parts are the filter's kind and the variables holding its values.
+func counterRange(kind string, vars ...string) string {
+	prefix := "'" + kind + "'"
+	for _, v := range vars {
+		prefix += ", " + v
+	}
+	return "task_count:[" + prefix + ", 0]..[" + prefix + ", " + strconv.Itoa(countShards) + "]"
+}
+
+// counterSumSQL is the expression summing the counter shards of a
+// counterRange.
+func counterSumSQL(counterRange string) string {
+	return "math::sum((SELECT VALUE n FROM " + counterRange + "))"
 }
 
 // surrealTaskContent is the record of a task that storage.PrepareWrite
