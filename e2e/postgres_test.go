@@ -59,7 +59,10 @@ func TestPostgresTemporalScaleOut(t *testing.T) {
 	pg := testsupport.Postgres(t)
 	nu := testsupport.NuPath(t)
 	root := testsupport.RepoRoot(t)
-	surreal := testsupport.StartSurreal(t, "mem://")
+	// RocksDB, as the README advises for a store shared by processes:
+	// SurrealDB 3.0's mem:// and surrealkv:// engines lose concurrent
+	// updates from different connections.
+	surreal := testsupport.StartSurreal(t, "rocksdb://"+filepath.Join(t.TempDir(), "surreal"))
 	dir := t.TempDir()
 	stateDir := filepath.Join(dir, "provider-state")
 	tport, port := freePort(t), freePort(t)

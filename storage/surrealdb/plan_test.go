@@ -76,14 +76,11 @@ func TestSurrealListQueryPlan(t *testing.T) {
 // right totals by counting its keys, and the next connection that defines
 // the schema counts them once; writes then keep them.
 func TestSurrealCountersOfOlderDatabase(t *testing.T) {
-	srv := testsupport.StartSurreal(t, "mem://")
 	ctx := context.Background()
-	opts := Options{URL: srv.URL, Username: srv.User, Password: srv.Pass, Database: "older", OpTimeout: time.Minute}
-	s, err := New(ctx, opts)
-	require.NoError(t, err)
-	defer s.Close()
+	opts, ss := surrealStores(t, "mem://", 1)
+	s := ss[0]
 	tasks := seedSurreal(t, s, 100)
-	_, err = s.query(ctx, "drop counters", `DELETE task_count;`, nil)
+	_, err := s.query(ctx, "drop counters", `DELETE task_count;`, nil)
 	require.NoError(t, err)
 
 	running := storage.ListFilter{Status: storage.StatusRunning}
@@ -123,14 +120,11 @@ func TestSurrealCountersOfOlderDatabase(t *testing.T) {
 // task_count:ready) is counted again into the shards when a connection
 // defines the schema: the older records are gone and the totals right.
 func TestSurrealCountersOfUnshardedDatabase(t *testing.T) {
-	srv := testsupport.StartSurreal(t, "mem://")
 	ctx := context.Background()
-	opts := Options{URL: srv.URL, Username: srv.User, Password: srv.Pass, Database: "unsharded", OpTimeout: time.Minute}
-	s, err := New(ctx, opts)
-	require.NoError(t, err)
-	defer s.Close()
+	opts, ss := surrealStores(t, "mem://", 1)
+	s := ss[0]
 	seedSurreal(t, s, 50) // 10 of each status
-	_, err = s.query(ctx, "older counters", `DELETE task_count;
+	_, err := s.query(ctx, "older counters", `DELETE task_count;
 		UPSERT task_count:['all'] SET n = 7; UPSERT task_count:['s', 'Running'] SET n = 3;
 		CREATE task_count:ready;`, nil)
 	require.NoError(t, err)
@@ -150,26 +144,33 @@ func TestSurrealCountersOfUnshardedDatabase(t *testing.T) {
 	}
 }
 
-// TestSurrealCountersUnderConcurrentWrites: writers on two stores (two
-// processes' connections) create, change and delete tasks at once; every
-// write succeeds, and afterwards every filter's total equals a count of
-// the tasks themselves.
+// TestSurrealCountersUnderConcurrentWrites: writers create, change and
+// delete tasks at once; every write succeeds, and afterwards every
+// filter's total equals a count of the tasks themselves. With one store
+// (one process) on mem://, whose engine loses concurrent updates unless
+// the store serialises its writes, and with two stores (two processes) on
+// RocksDB, the engine that keeps them.
 func TestSurrealCountersUnderConcurrentWrites(t *testing.T) {
-	srv := testsupport.StartSurreal(t, "mem://")
-	ctx := context.Background()
-	opts := Options{URL: srv.URL, Username: srv.User, Password: srv.Pass, Database: "concurrent", OpTimeout: time.Minute}
-	stores := make([]*Store, 2)
-	for i := range stores {
-		s, err := New(ctx, opts)
-		require.NoError(t, err)
-		defer s.Close()
-		stores[i] = s
+	for _, c := range []struct {
+		name   string
+		engine func(t *testing.T) string
+		stores int
+	}{
+		{"one store, mem", func(*testing.T) string { return "mem://" }, 1},
+		{"two stores, rocksdb", func(t *testing.T) string { return "rocksdb://" + t.TempDir() + "/db" }, 2},
+	} {
+		t.Run(c.name, func(t *testing.T) { testCountersUnderConcurrentWrites(t, c.engine(t), c.stores) })
 	}
+}
+
+func testCountersUnderConcurrentWrites(t *testing.T, engine string, n int) {
+	ctx := context.Background()
+	_, stores := surrealStores(t, engine, n)
 	statuses := []storage.TaskStatus{storage.StatusPending, storage.StatusRunning, storage.StatusCompleted, storage.StatusFailed}
 	wfs := []string{"ServerCreateWorkflow", "TestEnvWorkflow"}
 	var g errgroup.Group
 	for w := range 8 {
-		s := stores[w%2]
+		s := stores[w%n]
 		g.Go(func() error {
 			rng := rand.New(rand.NewPCG(uint64(w), 3))
 			var mine []storage.Task
@@ -201,7 +202,6 @@ func TestSurrealCountersUnderConcurrentWrites(t *testing.T) {
 		})
 	}
 	require.NoError(t, g.Wait())
-	t.Logf("conflicts retried: %d and %d", stores[0].conflicts.Load(), stores[1].conflicts.Load())
 
 	filters := []storage.ListFilter{{}}
 	for _, st := range statuses {
@@ -220,8 +220,24 @@ func TestSurrealCountersUnderConcurrentWrites(t *testing.T) {
 		require.NoError(t, err)
 		var want int
 		require.NoError(t, decodeResult(res, 0, &want))
-		_, total, err := stores[1].List(ctx, lf)
+		_, total, err := stores[n-1].List(ctx, lf)
 		require.NoError(t, err)
 		require.Equal(t, want, total, "%+v", lf)
 	}
+}
+
+// surrealStores starts a SurrealDB server on engine and opens n stores
+// (as n processes would) on one database of it, closed when the test ends.
+func surrealStores(t *testing.T, engine string, n int) (Options, []*Store) {
+	t.Helper()
+	srv := testsupport.StartSurreal(t, engine)
+	opts := Options{URL: srv.URL, Username: srv.User, Password: srv.Pass, Database: "test", OpTimeout: time.Minute}
+	stores := make([]*Store, n)
+	for i := range stores {
+		s, err := New(context.Background(), opts)
+		require.NoError(t, err)
+		t.Cleanup(func() { s.Close() })
+		stores[i] = s
+	}
+	return opts, stores
 }
