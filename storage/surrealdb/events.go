@@ -38,6 +38,11 @@ import (
 // head's seq is not the one the append was computed against.
 const surrealEventRaceMarker = "orchestrator:event-race"
 
+// surrealEventHeadBehindMarker is thrown by the append transaction when
+// an event already holds the seq after the head's: the head lost an
+// update (see Store.eventAppends) and is repaired before the retry.
+const surrealEventHeadBehindMarker = "orchestrator:event-head-behind"
+
 // surrealEventAppendAttempts bounds the retries of a raced append.
 const surrealEventAppendAttempts = 50
 
@@ -46,9 +51,22 @@ BEGIN TRANSACTION;
 IF !record::exists($rid) { THROW "` + surrealTaskMissingMarker + `" };
 LET $cur = (SELECT VALUE seq FROM ONLY $hid) ?? 0;
 IF $cur != $expect { THROW "` + surrealEventRaceMarker + `" };
+IF record::exists(type::record('task_event', [$tid, $expect + 1])) { THROW "` + surrealEventHeadBehindMarker + `" };
 UPSERT $hid CONTENT $head RETURN NONE;
 INSERT INTO task_event $rows RETURN NONE;
 INSERT INTO task_event_key $keys RETURN NONE;
+COMMIT TRANSACTION;
+`
+
+// surrealEventHeadRepairSQL moves a head that is behind the task's last
+// stored event up to it. Its count and bytes (the output bounds) keep
+// what they had: at most the overwritten appends go uncounted.
+const surrealEventHeadRepairSQL = `
+BEGIN TRANSACTION;
+LET $last = math::max((SELECT VALUE seq FROM task_event:[$tid, 0]..=[$tid, $max])) ?? 0;
+LET $cur = (SELECT VALUE seq FROM ONLY $hid) ?? 0;
+IF $last > $cur { UPSERT $hid MERGE { seq: $last } RETURN NONE };
+RETURN [$cur, $last];
 COMMIT TRANSACTION;
 `
 
@@ -126,7 +144,7 @@ func (s *Store) AppendEvents(ctx context.Context, taskID string, events []storag
 			return nil
 		}
 		_, err = s.query(ctx, op, surrealAppendEventsSQL, map[string]any{
-			"rid": taskRecordID(taskID), "hid": eventHeadID(taskID), "expect": head.Seq,
+			"rid": taskRecordID(taskID), "hid": eventHeadID(taskID), "tid": taskID, "expect": head.Seq,
 			"head": map[string]any{"seq": tally.Seq, "count": tally.Count, "bytes": tally.Bytes},
 			"rows": rows, "keys": keys,
 		})
@@ -139,6 +157,18 @@ func (s *Store) AppendEvents(ctx context.Context, taskID string, events []storag
 			if !conflictPause(ctx, min(attempt, 5)) {
 				return ctxError(ctx, op)
 			}
+		case strings.Contains(err.Error(), surrealEventHeadBehindMarker) && attempt < surrealEventAppendAttempts:
+			// Without the repair every later append would find the
+			// seq taken, and the task's projections would fail for good.
+			res, rerr := s.query(ctx, "repair event head of task "+taskID, surrealEventHeadRepairSQL,
+				map[string]any{"tid": taskID, "hid": eventHeadID(taskID), "max": int64(math.MaxInt64)})
+			if rerr != nil {
+				return rerr
+			}
+			var seqs []int64
+			_ = decodeResult(res, len(res)-2, &seqs) // the RETURN, before COMMIT's
+			s.log.Warn("event stream head was behind its last event (an update lost by the database engine); moved it up",
+				"task_id", taskID, "head_and_last", seqs)
 		default:
 			return err
 		}

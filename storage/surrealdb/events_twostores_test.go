@@ -58,3 +58,36 @@ func TestSurrealEventAppendsFromTwoStores(t *testing.T) {
 		require.Len(t, es, writers*each+each, "round %d", round)
 	}
 }
+
+// TestSurrealEventHeadBehindIsRepaired: a stream whose head lost an update
+// (it says seq 2 while events 1..3 are stored, as the mem:// and
+// surrealkv:// engines leave it after two concurrent appends) takes the
+// next append at seq 4 instead of failing on the taken seq 3 for good.
+func TestSurrealEventHeadBehindIsRepaired(t *testing.T) {
+	ctx := context.Background()
+	_, ss := surrealStores(t, "mem://", 1)
+	s := ss[0]
+	id := storagetest.NewID()
+	now := time.Now()
+	require.NoError(t, s.Create(ctx, storage.Task{ID: id, Name: "n", Command: "c", Status: storage.StatusPending, CreatedAt: now, UpdatedAt: now}))
+	event := func(chunk int) storage.Event {
+		return storage.Event{Key: storage.OutputEventKey("web-01", 1, chunk), Type: storage.EventOutput,
+			Step: "web-01", Attempt: 1, Stream: "stdout", Lines: []string{fmt.Sprint("line ", chunk)}}
+	}
+	for i := 1; i <= 3; i++ {
+		require.NoError(t, s.AppendEvents(ctx, id, []storage.Event{event(i)}))
+	}
+	_, err := s.query(ctx, "set the head back", "UPDATE $hid SET seq = 2;", map[string]any{"hid": eventHeadID(id)})
+	require.NoError(t, err)
+
+	require.NoError(t, s.AppendEvents(ctx, id, []storage.Event{event(4)}))
+	require.NoError(t, s.AppendEvents(ctx, id, []storage.Event{event(5)}))
+	es, err := s.ListEvents(ctx, id, 0, 0)
+	require.NoError(t, err)
+	var got []string
+	for i, e := range es {
+		require.Equal(t, int64(i+1), e.Seq)
+		got = append(got, e.Key)
+	}
+	require.Equal(t, []string{event(1).Key, event(2).Key, event(3).Key, event(4).Key, event(5).Key}, got)
+}
