@@ -36,9 +36,9 @@
 //	              and Delete in their transactions, so List's total is a
 //	              read of countShards records whatever the store's size;
 //	              each write adds its changes to one shard (0 to
-//	              countShards-1) picked at random, so concurrent writes
-//	              of different processes rarely touch the same counter
-//	              record and conflict (one shared record made any two
+//	              countShards-1) that no other write of its process
+//	              holds meanwhile, so concurrent writes touch different
+//	              counter records (one shared record made any two
 //	              writes conflict); a shard may go negative, the sum is
 //	              the total.
 //	              task_count:sharded marks them complete (a database
@@ -129,16 +129,20 @@ type Store struct {
 	url  *url.URL
 	log  *slog.Logger
 
-	// writes serialises this process's Create, Put and Delete
-	// transactions. The SurrealDB 3.0 engines behind mem:// and
-	// surrealkv:// (the embedded mode's default) lose updates when
-	// transactions read and write the same record concurrently: both
-	// commit (surrealdb/surrealdb#7473; TestSurrealCountersUnderConcurrentWrites
-	// saw a counter off by one in 3 of 20 runs without this). Every write
-	// updates task_count records, so one process's writers go one at a
-	// time; writers in other processes cannot be serialised from here,
-	// which is exact on RocksDB (tested) and not on those two engines.
-	writes sync.Mutex
+	// taskWrites and shards keep this process's Create, Put and Delete
+	// transactions from updating a record another one of them is
+	// updating at the same time. The SurrealDB 3.0 engines behind mem://
+	// and surrealkv:// (the embedded mode's default) lose one of two
+	// concurrent updates of a record, both transactions committing
+	// (surrealdb/surrealdb#7473; TestSurrealCountersUnderConcurrentWrites
+	// saw a counter off by one in 3 of 20 runs with nothing in the way).
+	// A write holds its task's stripe (the task record and its keys) and
+	// a counter shard no other write of this process holds (its counter
+	// records), so up to countShards writes run at once. Writers in other
+	// processes cannot be kept apart from here: exact on RocksDB (tested),
+	// not on those two engines.
+	taskWrites [64]sync.Mutex
+	shards     chan int
 	// eventAppends serialise this process's event appends per task
 	// (striped by task ID), for the same engine defect: concurrent appends
 	// to one task's stream lost an event now and then on mem:// (the head
@@ -312,7 +316,12 @@ func New(ctx context.Context, o Options) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Store{opts: o, url: u, log: log}
+	s := &Store{opts: o, url: u, log: log, shards: make(chan int, countShards)}
+	// Each process hands out the shards in its own order, so that two
+	// processes' first writes rarely meet on one.
+	for _, i := range rand.Perm(countShards) {
+		s.shards <- i
+	}
 	dctx, cancel := context.WithTimeout(ctx, o.OpTimeout)
 	defer cancel()
 	c, err := s.dialConn(dctx)
@@ -388,9 +397,7 @@ func (s *Store) Create(ctx context.Context, t storage.Task) error {
 		"entry": surrealAuditContent(storage.CreateAuditEntry(ctx, t)),
 	}
 	addTaskKeys(vars, t)
-	s.writes.Lock()
-	_, err = s.query(ctx, "create task "+t.ID, surrealCreateSQL, vars)
-	s.writes.Unlock()
+	err = s.write(ctx, t, "create task "+t.ID, surrealCreateSQL, vars)
 	if err != nil && strings.Contains(err.Error(), surrealExistsMarker) {
 		return fmt.Errorf("%w: %s", storage.ErrExists, t.ID)
 	}
@@ -420,10 +427,7 @@ func (s *Store) Put(ctx context.Context, t storage.Task) error {
 		"action": e.Action,
 	}
 	addTaskKeys(vars, t)
-	s.writes.Lock()
-	_, err = s.query(ctx, "put task "+t.ID, surrealPutSQL, vars)
-	s.writes.Unlock()
-	return err
+	return s.write(ctx, t, "put task "+t.ID, surrealPutSQL, vars)
 }
 
 // Get returns the task or storage.ErrNotFound.
@@ -540,11 +544,8 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 	if err := storage.ValidateID(id); err != nil {
 		return err
 	}
-	s.writes.Lock()
-	_, err := s.query(ctx, "delete task "+id, surrealDeleteSQL,
-		map[string]any{"rid": taskRecordID(id), "tid": id, "hid": eventHeadID(id), "shard": rand.IntN(countShards)})
-	s.writes.Unlock()
-	return err
+	return s.write(ctx, storage.Task{ID: id}, "delete task "+id, surrealDeleteSQL,
+		map[string]any{"rid": taskRecordID(id), "tid": id, "hid": eventHeadID(id)})
 }
 
 // Ping runs a trivial query (connecting first if needed).
@@ -804,23 +805,40 @@ func surrealTaskKeys(t storage.Task) [3]models.RecordID {
 	}
 }
 
-// addTaskKeys binds $tid, $k1..$k3 (the task's task_key IDs), $shard (a
-// random counter shard) and $c0..$c3 (the task_count counters of that
-// shard it counts in).
+// addTaskKeys binds $tid and $k1..$k3 (the task's task_key IDs).
 func addTaskKeys(vars map[string]any, t storage.Task) {
 	k := surrealTaskKeys(t)
 	vars["tid"], vars["k1"], vars["k2"], vars["k3"] = t.ID, k[0], k[1], k[2]
+}
+
+// write runs a Create, Put or Delete transaction of task t (for Delete
+// only its ID counts) holding t's write stripe and a counter shard no
+// other write of this process holds (see Store.taskWrites), bound as
+// $shard, with $c0..$c3 the counter records of that shard t counts in.
+func (s *Store) write(ctx context.Context, t storage.Task, op, sql string, vars map[string]any) error {
+	mu := &s.taskWrites[fnvIndex(t.ID, len(s.taskWrites))]
+	mu.Lock()
+	defer mu.Unlock()
+	var shard int
+	select {
+	case shard = <-s.shards:
+	case <-ctx.Done():
+		return ctxError(ctx, op)
+	}
+	defer func() { s.shards <- shard }()
 	st := string(t.Status)
-	shard := rand.IntN(countShards)
 	vars["shard"] = shard
 	vars["c0"], vars["c1"] = countRecordID(shard, "all"), countRecordID(shard, "s", st)
 	vars["c2"], vars["c3"] = countRecordID(shard, "w", t.WorkflowType), countRecordID(shard, "sw", st, t.WorkflowType)
+	_, err := s.query(ctx, op, sql, vars)
+	return err
 }
 
 // countShards is how many task_count records each filter's count is spread
-// over (see the schema): enough that the writes of several processes (an
-// API, workers, a migration) rarely pick the same one, few enough that
-// List's total stays a short range read.
+// over (see the schema), and so how many writes one process runs at once
+// (each holds a shard of its own): enough for a worker's projections and a
+// migration's writers, and that several processes rarely meet on one;
+// few enough that List's total stays a short range read.
 const countShards = 16
 
 // countRecordID is the task_count record of one filter's shard (see the
