@@ -40,7 +40,7 @@ const surrealEventRaceMarker = "orchestrator:event-race"
 
 // surrealEventHeadBehindMarker is thrown by the append transaction when
 // an event already holds the seq after the head's: the head lost an
-// update (see Store.eventAppends) and is repaired before the retry.
+// update (see Store.taskLocks) and is repaired before the retry.
 const surrealEventHeadBehindMarker = "orchestrator:event-head-behind"
 
 // surrealEventAppendAttempts bounds the retries of a raced append.
@@ -100,7 +100,7 @@ func (s *Store) AppendEvents(ctx context.Context, taskID string, events []storag
 		kids[i] = eventKeyID(taskID, e.Key)
 	}
 	op := "append events of task " + taskID
-	mu := &s.eventAppends[fnvIndex(taskID, len(s.eventAppends))]
+	mu := s.taskLock(taskID)
 	mu.Lock()
 	defer mu.Unlock()
 	for attempt := 1; ; attempt++ {

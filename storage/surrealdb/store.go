@@ -129,28 +129,23 @@ type Store struct {
 	url  *url.URL
 	log  *slog.Logger
 
-	// taskWrites and shards keep this process's Create, Put and Delete
-	// transactions from updating a record another one of them is
-	// updating at the same time. The SurrealDB 3.0 engines behind mem://
+	// taskLocks and shards keep this process's transactions (Create, Put,
+	// Delete, event appends) from updating a record another one of them
+	// is updating at the same time. The SurrealDB 3.0 engines behind mem://
 	// and surrealkv:// (the embedded mode's default) lose one of two
 	// concurrent updates of a record, both transactions committing
 	// (surrealdb/surrealdb#7473; TestSurrealCountersUnderConcurrentWrites
 	// saw a counter off by one in 3 of 20 runs with nothing in the way).
-	// A write holds its task's stripe (the task record and its keys) and
-	// a counter shard no other write of this process holds (its counter
-	// records), so up to countShards writes run at once. Writers in other
-	// processes cannot be kept apart from here: exact on RocksDB (tested),
-	// not on those two engines.
-	taskWrites [64]sync.Mutex
-	shards     chan int
-	// eventAppends serialise this process's event appends per task
-	// (striped by task ID), for the same engine defect: concurrent appends
-	// to one task's stream lost an event now and then on mem:// (the head
-	// check did not stop both from taking one sequence number;
-	// storagetest's EventsConcurrentAppends, ~1 run in 15), and appends
-	// from two stores do on mem:// and surrealkv:// but not on RocksDB
-	// (TestSurrealEventAppendsFromTwoStores).
-	eventAppends [64]sync.Mutex
+	// A write or append holds its task's stripe (taskLock: the task record,
+	// its keys, its event stream's head and events; concurrent appends to
+	// one stream lost an event ~1 run in 15 of storagetest's
+	// EventsConcurrentAppends without it), and a write also holds a
+	// counter shard no other write of this process holds (its counter
+	// records), so up to countShards writes run at once. Processes cannot
+	// be kept apart from here: exact on RocksDB (tested, also
+	// TestSurrealEventAppendsFromTwoStores), not on those two engines.
+	taskLocks [64]sync.Mutex
+	shards    chan int
 	// conflicts counts statements retried after a transaction conflict
 	// (for the benchmarks).
 	conflicts atomic.Int64
@@ -811,12 +806,17 @@ func addTaskKeys(vars map[string]any, t storage.Task) {
 	vars["tid"], vars["k1"], vars["k2"], vars["k3"] = t.ID, k[0], k[1], k[2]
 }
 
+// taskLock is the stripe of task id's records (see Store.taskLocks).
+func (s *Store) taskLock(id string) *sync.Mutex {
+	return &s.taskLocks[fnvIndex(id, len(s.taskLocks))]
+}
+
 // write runs a Create, Put or Delete transaction of task t (for Delete
 // only its ID counts) holding t's write stripe and a counter shard no
-// other write of this process holds (see Store.taskWrites), bound as
+// other write of this process holds (see Store.taskLocks), bound as
 // $shard, with $c0..$c3 the counter records of that shard t counts in.
 func (s *Store) write(ctx context.Context, t storage.Task, op, sql string, vars map[string]any) error {
-	mu := &s.taskWrites[fnvIndex(t.ID, len(s.taskWrites))]
+	mu := s.taskLock(t.ID)
 	mu.Lock()
 	defer mu.Unlock()
 	var shard int
