@@ -29,10 +29,14 @@ type checkpointFile struct {
 }
 
 // checkpointEntry: T is the task's checksum, S the checksum of the task
-// together with its audit trail (what a pass compares).
+// together with its audit trail (what a pass compares), C the source's
+// change stamp when it was read (absent: none; see
+// storage.ChangeStamper). A rerun does not read a source record whose
+// stamp is still C.
 type checkpointEntry struct {
 	T string `json:"t"`
 	S string `json:"s"`
+	C string `json:"c,omitempty"`
 }
 
 // loadCheckpoint reads path; a missing file is an empty checkpoint. A file

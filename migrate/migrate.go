@@ -19,6 +19,14 @@
 // difference is a Mismatch and makes Run return an error wrapping
 // ErrMismatch.
 //
+// Where the source is a storage.ChangeStamper (the filesystem backend:
+// inode, size, mtime and ctime of a task's files), a record whose stamp
+// has not moved since this migration read it is not read again: a delta
+// pass skips it, and the verification compares the target's copy with
+// the checksums of that read. So the source is read about once in all
+// (Options.IgnoreChangeStamps reads it every time); the target is still
+// read in full by the verification.
+//
 // A target record with a higher version than the source's is never
 // overwritten (Put would ignore it anyway): it is reported as a mismatch.
 //
@@ -97,7 +105,9 @@ type Options struct {
 	Progress io.Writer
 	// ProgressInterval between progress lines; default 1s.
 	ProgressInterval time.Duration
-	// Concurrency is how many records are processed at once; default 4.
+	// Concurrency is how many records are read from the source at once,
+	// and how many written to the target at once (the reads run ahead of
+	// the writes, a few records at most); default 4.
 	Concurrency int
 	// MaxDeltaPasses bounds the passes after the first; default 3.
 	MaxDeltaPasses int
@@ -123,6 +133,11 @@ type Options struct {
 	// Throttle pauses after each record of the first pass. A testing aid
 	// (to interrupt a migration midway); zero in real use.
 	Throttle time.Duration
+	// IgnoreChangeStamps makes every pass and the verification read every
+	// source record, as if the source were no storage.ChangeStamper.
+	// Default false: a record whose change stamp has not moved since this
+	// migration (or its checkpoint) read it is not read again.
+	IgnoreChangeStamps bool
 }
 
 // Run migrates src to dst; see the package documentation. The returned
@@ -158,6 +173,9 @@ func Run(ctx context.Context, src, dst storage.Store, opts Options) (Report, err
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
+	if cs, ok := src.(storage.ChangeStamper); ok && !opts.IgnoreChangeStamps {
+		m.stamper = cs
+	}
 	start := time.Now()
 	rep := Report{SourceName: opts.SourceName, TargetName: opts.TargetName, DryRun: opts.DryRun}
 	err := m.run(ctx, &rep)
@@ -166,10 +184,12 @@ func Run(ctx context.Context, src, dst storage.Store, opts Options) (Report, err
 }
 
 // knownRecord is what the target is known to hold for a source record:
-// task is the task's checksum, state that of the task and its audit trail.
+// task is the task's checksum, state that of the task and its audit trail,
+// stamp the source's change stamp when it was read ("" none).
 type knownRecord struct {
 	task  string
 	state string
+	stamp string
 }
 
 // migration is the state of one Run, shared by the goroutines of a pass;
@@ -179,6 +199,9 @@ type migration struct {
 	opts     Options
 	log      *slog.Logger
 	wctx     func(context.Context, string) context.Context
+	// stamper is src when it gives change stamps (and they are not
+	// ignored), else nil.
+	stamper storage.ChangeStamper
 
 	mu sync.Mutex
 	// known: records this migration copied or found identical (or the

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -155,6 +156,17 @@ func TestCLI(t *testing.T) {
 	require.ErrorIs(t, err, migrate.ErrMismatch)
 	assert.Contains(t, stdout, "verification:      FAILED: 119/120 tasks verified")
 	assert.Contains(t, stdout, ids[5]+": target has version")
+
+	// Stamps can be ignored, by flag or environment.
+	sides := []string{"--from", "filesystem", "--from-data-dir", fromDir, "--to", "filesystem", "--to-data-dir", toDir}
+	cfg, err := app.ParseMigrateConfig(append(sides, "--ignore-change-stamps"), func(string) string { return "" }, io.Discard)
+	require.NoError(t, err)
+	assert.True(t, cfg.IgnoreChangeStamps)
+	cfg, err = app.ParseMigrateConfig(sides, func(k string) string {
+		return map[string]string{"ORCHESTRATOR_MIGRATE_IGNORE_CHANGE_STAMPS": "true"}[k]
+	}, io.Discard)
+	require.NoError(t, err)
+	assert.True(t, cfg.IgnoreChangeStamps)
 
 	// Through app.Run (what main calls), the subcommand is dispatched.
 	err = app.Run(ctx, []string{"migrate", "--from", "filesystem"}, &bytes.Buffer{})

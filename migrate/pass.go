@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // counters are one pass's live statistics: the pass's goroutines add to
@@ -47,16 +49,7 @@ func (m *migration) pass(ctx context.Context, n int, kind string, rep *Report) (
 	// next fsync (audit appends took 40% more CPU than the raw insert's).
 	var c counters
 	stopProgress := m.progress(n, kind, len(ids), &c, start)
-	err = m.each(ctx, ids, func(ctx context.Context, id string) error {
-		defer c.checked.Add(1)
-		if err := m.processID(ctx, id, kind == PassFull, &c); err != nil {
-			return err
-		}
-		if kind == PassFull && m.opts.Throttle > 0 {
-			return sleep(ctx, m.opts.Throttle)
-		}
-		return nil
-	})
+	err = m.copyAll(ctx, ids, kind == PassFull, &c)
 	if err == nil {
 		// Tasks this migration copied that are gone from the source.
 		err = m.each(ctx, m.goneIDs(ids), func(ctx context.Context, id string) error {
@@ -84,29 +77,95 @@ func (m *migration) goneIDs(ids []string) []string {
 	return extras(ids, known)
 }
 
-// processID brings one source record over. In the full pass a record the
-// target is known (from the checkpoint) to hold unchanged is skipped
-// without reading the target; in a delta pass one unchanged since this
-// migration copied it is skipped.
-func (m *migration) processID(ctx context.Context, id string, full bool, c *counters) error {
-	s, ok, err := m.readSource(ctx, id, c)
-	if !ok {
-		return err
+// copyAll brings the source records ids over, in two stages joined by a
+// short queue: Options.Concurrency goroutines read the source (readToSync)
+// and as many write what the target lacks (syncRecord). The writes wait
+// on the target's commits (fsyncs, round trips); reading ahead meanwhile
+// keeps the writers from waiting on the source as well, so a pass costs
+// about what writing alone costs.
+func (m *migration) copyAll(ctx context.Context, ids []string, full bool, c *counters) error {
+	type toSync struct {
+		id string
+		s  record
 	}
-	if k, ok := m.getKnown(id); ok && k.state == s.state {
+	conc := m.opts.Concurrency
+	queue := make(chan toSync, 2*conc)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		defer close(queue) // forEach returns once its goroutines did
+		return forEach(gctx, conc, ids, func(ctx context.Context, id string) error {
+			s, ok, err := m.readToSync(ctx, id, full, c)
+			switch {
+			case err != nil:
+				return err
+			case ok:
+				select {
+				case queue <- toSync{id, s}:
+				case <-ctx.Done():
+					return context.Cause(ctx)
+				}
+			default:
+				c.checked.Add(1)
+			}
+			if full && m.opts.Throttle > 0 {
+				return sleep(ctx, m.opts.Throttle)
+			}
+			return nil
+		})
+	})
+	for range conc {
+		g.Go(func() error {
+			for it := range queue {
+				if gctx.Err() != nil {
+					continue // drain: the readers stop on their own
+				}
+				_, listed := m.atStart[it.id]
+				r, err := m.syncRecord(gctx, it.id, it.s, full && !listed && !m.opts.DryRun)
+				if err != nil {
+					return err
+				}
+				c.addSync(r, full)
+				c.checked.Add(1)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// readToSync reads source record id for a pass; ok is true when the target
+// may lack something of it (syncRecord is to run). In the full pass a
+// record the target is known (from the checkpoint) to hold unchanged is
+// skipped without reading the target; in a delta pass one unchanged since
+// this migration copied it is skipped. Unchanged is told by the source's
+// change stamp where it has one (then the source is not read either), else
+// by reading the source and comparing checksums.
+func (m *migration) readToSync(ctx context.Context, id string, full bool, c *counters) (record, bool, error) {
+	skip := func() (record, bool, error) {
 		if full {
 			c.skipped.Add(1)
 			c.resumed.Add(1)
 		}
-		return nil
+		return record{}, false, nil
 	}
-	_, listed := m.atStart[id]
-	r, err := m.syncRecord(ctx, id, s, full && !listed && !m.opts.DryRun)
-	if err != nil {
-		return err
+	if k, ok := m.getKnown(id); ok {
+		same, err := m.unchanged(ctx, id, k)
+		if err != nil {
+			return record{}, false, m.recordErr(id, "stat source", err)
+		}
+		if same {
+			return skip()
+		}
 	}
-	c.addSync(r, full)
-	return nil
+	s, ok, err := m.readSource(ctx, id, c)
+	if !ok {
+		return s, false, err
+	}
+	if k, ok := m.getKnown(id); ok && k.state == s.state {
+		m.setKnown(id, s.known()) // the new stamp: the next pass need not read it
+		return skip()
+	}
+	return s, true, nil
 }
 
 // readSource reads source record id for a pass or the verification. ok

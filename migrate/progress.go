@@ -67,7 +67,7 @@ func (m *migration) resume() error {
 	m.known = make(map[string]knownRecord, len(cp))
 	m.fromCheckpoint = make(map[string]bool, len(cp))
 	for id, e := range cp {
-		m.known[id] = knownRecord{task: e.T, state: e.S}
+		m.known[id] = knownRecord{task: e.T, state: e.S, stamp: e.C}
 		m.fromCheckpoint[id] = true
 	}
 	if len(cp) > 0 {
@@ -110,7 +110,7 @@ func (m *migration) checkpoint(complete bool) time.Duration {
 		Tasks: make(map[string]checkpointEntry, len(m.known)),
 	}
 	for id, k := range m.known {
-		cp.Tasks[id] = checkpointEntry{T: k.task, S: k.state}
+		cp.Tasks[id] = checkpointEntry{T: k.task, S: k.state, C: k.stamp}
 	}
 	m.mu.Unlock()
 	if err := writeCheckpoint(m.opts.CheckpointPath, cp); err != nil {

@@ -30,16 +30,28 @@ type record struct {
 	audit     []storage.AuditEntry
 	auditSums map[string]string
 	state     string
+	// stamp: the source's change stamp taken before this record was read
+	// ("" none; see storage.ChangeStamper).
+	stamp string
 }
 
 // known is what the target holds once it holds this (source) record.
 func (r record) known() knownRecord {
-	return knownRecord{task: r.sum, state: r.state}
+	return knownRecord{task: r.sum, state: r.state, stamp: r.stamp}
 }
 
 // read gets task id and its audit trail from st. found is false when the
 // task does not exist (for the target, the audit trail is still read).
 func (m *migration) read(ctx context.Context, st storage.Store, id string) (rec record, found bool, err error) {
+	var stamp string
+	if st == m.src {
+		// Before the read: a write in between moves the stamp, and the
+		// next pass reads the record again.
+		if stamp, err = m.stamp(ctx, id); err != nil {
+			return rec, false, err
+		}
+	}
+	defer func() { rec.stamp = stamp }()
 	err = m.call(ctx, func() error {
 		var gerr error
 		rec.task, gerr = st.Get(ctx, id)
@@ -82,8 +94,6 @@ func completeRecord(t storage.Task, found bool, audit []storage.AuditEntry) (rec
 	if len(rec.audit) >= auditLimit {
 		return rec, false, fmt.Errorf("audit trail has %d entries or more; cannot migrate it completely", auditLimit)
 	}
-	h := sha256.New()
-	h.Write([]byte(rec.sum))
 	rec.auditSums = make(map[string]string, len(rec.audit))
 	for _, e := range rec.audit {
 		s, err := AuditChecksum(e)
@@ -91,10 +101,54 @@ func completeRecord(t storage.Task, found bool, audit []storage.AuditEntry) (rec
 			return rec, false, err
 		}
 		rec.auditSums[e.ID] = s
-		fmt.Fprintf(h, "\n%s %s", e.ID, s)
 	}
-	rec.state = hex.EncodeToString(h.Sum(nil))
+	rec.state = rec.stateWithout(nil)
 	return rec, found, nil
+}
+
+// stateWithout is the checksum of the task together with its audit trail
+// (oldest first), leaving out the entries skip is true for (nil: none).
+func (r record) stateWithout(skip func(storage.AuditEntry) bool) string {
+	h := sha256.New()
+	h.Write([]byte(r.sum))
+	for _, e := range r.audit {
+		if skip == nil || !skip(e) {
+			fmt.Fprintf(h, "\n%s %s", e.ID, r.auditSums[e.ID])
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// ownEntry reports whether e may be an entry the target appended itself
+// when this migration's Put created a task (a transition entry by Actor):
+// such entries are in the target's trail and not in the source's.
+func ownEntry(e storage.AuditEntry) bool {
+	return e.Actor == Actor && e.Action == storage.AuditTransition
+}
+
+// stamp is the source's change stamp of id, "" when it has none (not a
+// storage.ChangeStamper, Options.IgnoreChangeStamps, or too recent).
+func (m *migration) stamp(ctx context.Context, id string) (string, error) {
+	if m.stamper == nil {
+		return "", nil
+	}
+	var stamp string
+	err := m.call(ctx, func() error {
+		var err error
+		stamp, err = m.stamper.ChangeStamp(ctx, id)
+		return err
+	})
+	return stamp, err
+}
+
+// unchanged reports whether the source record id is still what this
+// migration last read of it (k), by its change stamp, without reading it.
+func (m *migration) unchanged(ctx context.Context, id string, k knownRecord) (bool, error) {
+	if k.stamp == "" || m.stamper == nil {
+		return false, nil
+	}
+	stamp, err := m.stamp(ctx, id)
+	return err == nil && stamp == k.stamp, err
 }
 
 // prefetched is a target record read ahead by readTargets.

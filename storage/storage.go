@@ -208,6 +208,19 @@ type BulkReader interface {
 	ReadRecords(ctx context.Context, ids []string, auditLimit int) ([]BulkRecord, error)
 }
 
+// ChangeStamper is implemented by stores that can tell, without reading a
+// task or its audit trail, that neither changed: the migration reads a
+// source record again only when its stamp moved.
+type ChangeStamper interface {
+	// ChangeStamp returns an opaque stamp of task id and its audit trail
+	// as stored now (a task that does not exist has one too). A stamp
+	// taken before reading a record and equal to a stamp taken later
+	// means the record did not change in between. "" means the store
+	// cannot tell (the record changed too recently for its timestamps to
+	// be trusted, or the platform does not say): read the record.
+	ChangeStamp(ctx context.Context, id string) (string, error)
+}
+
 // BulkRecord is one task of BulkReader.ReadRecords.
 type BulkRecord struct {
 	ID    string

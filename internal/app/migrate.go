@@ -30,8 +30,12 @@ type MigrateConfig struct {
 	To   StoreConfig
 	// DryRun compares and reports only.
 	DryRun bool
-	// Concurrency: records processed at once; default 4.
+	// Concurrency: records read at once, and records written at once;
+	// default 4.
 	Concurrency int
+	// IgnoreChangeStamps: read every source record in every pass (see
+	// migrate.Options.IgnoreChangeStamps); default false.
+	IgnoreChangeStamps bool
 	// MaxDeltaPasses after the first pass; default 3.
 	MaxDeltaPasses int
 	// Checkpoint file that makes a rerun skip work already done.
@@ -93,7 +97,8 @@ Flags:
 	side(&cfg.From, "from", "source")
 	side(&cfg.To, "to", "target")
 	fs.BoolVar(&cfg.DryRun, "dry-run", false, "read and compare only; report what would be copied")
-	fs.IntVar(&cfg.Concurrency, "concurrency", migrate.DefaultConcurrency, "records processed at once (1-256)")
+	fs.IntVar(&cfg.Concurrency, "concurrency", migrate.DefaultConcurrency, "records read at once from the source, and written at once to the target (1-256)")
+	fs.BoolVar(&cfg.IgnoreChangeStamps, "ignore-change-stamps", false, "read every source record in every pass and in the verification; by default a filesystem source's record whose files (inode, size, mtime, ctime) did not change since it was read is not read again")
 	fs.IntVar(&cfg.MaxDeltaPasses, "max-delta-passes", migrate.DefaultMaxDeltaPasses, "passes after the first that copy what the service changed meanwhile (1-100)")
 	fs.StringVar(&cfg.Checkpoint, "checkpoint", "", "`file` recording progress so that a rerun skips what is done (optional)")
 	fs.BoolVar(&cfg.ValidateOnly, "validate", false, "write nothing: check both stores are reachable and have their schema, count and compare their tasks; exit non-zero unless they are in sync")
@@ -309,6 +314,8 @@ func RunMigrate(ctx context.Context, args []string, getenv func(string) string, 
 		TargetName:     storeName(cfg.To),
 		Logger:         log,
 		Throttle:       cfg.Throttle,
+
+		IgnoreChangeStamps: cfg.IgnoreChangeStamps,
 	})
 	if err != nil && !errors.Is(err, migrate.ErrMismatch) {
 		return fmt.Errorf("migration interrupted (rerun to resume; the copy is idempotent): %w", err)

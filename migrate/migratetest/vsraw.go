@@ -101,6 +101,7 @@ func BenchmarkVsRawInsert(b *testing.B, src storage.Store, rounds int, newTarget
 			raw := func() {
 				dst := newTarget(b)
 				defer dst.Close()
+				flushWrites()
 				start, cpu := time.Now(), processCPU()
 				require.NoError(b, RawInsert(ctx, dst, recs, migrate.DefaultConcurrency))
 				rawD, rawCPU = time.Since(start), processCPU()-cpu
@@ -108,6 +109,7 @@ func BenchmarkVsRawInsert(b *testing.B, src storage.Store, rounds int, newTarget
 			mig := func() {
 				dst := newTarget(b)
 				defer dst.Close()
+				flushWrites()
 				start, cpu := time.Now(), processCPU()
 				rep, err := migrate.Run(ctx, src, dst, migrate.Options{})
 				migD, migCPU = time.Since(start), processCPU()-cpu
