@@ -104,6 +104,16 @@ type Filesystem struct {
 	// auditReads counts audit files read for the newest entries across
 	// tasks (tests/benchmarks).
 	auditReads atomic.Int64
+
+	// dirSyncs coalesces concurrent fsyncs of the shared directories
+	// (filesystem_groupsync.go).
+	dirSyncs dirSyncs
+	// dirSyncHook, when set (tests only), replaces the fsync of a shared
+	// directory.
+	dirSyncHook func(dir string) error
+	// ungroupedDirSyncs (benchmarks only) has every writer fsync a shared
+	// directory on its own: the baseline of BenchmarkFilesystemConcurrentPut.
+	ungroupedDirSyncs bool
 }
 
 // lockStripe serialises writers of the tasks hashed to it: sem within the
@@ -228,7 +238,11 @@ func (f *Filesystem) CreateDeferred(ctx context.Context, t Task) (commit func() 
 	id := t.ID
 	return func() error {
 		for _, p := range []string{f.auditPath(id), f.auditDir, f.path(id), f.dir} {
-			if err := syncPath(p); err != nil {
+			sync := syncPath
+			if p == f.auditDir || p == f.dir {
+				sync = f.syncDir
+			}
+			if err := sync(p); err != nil {
 				return unavailable("sync "+p, err)
 			}
 		}
@@ -328,7 +342,7 @@ func (f *Filesystem) Delete(ctx context.Context, id string) error {
 		return unavailable("delete task "+id, err)
 	}
 	end = f.appendJournal(id)
-	if err := syncDir(f.dir); err != nil {
+	if err := f.syncDir(f.dir); err != nil {
 		return unavailable("sync tasks dir", err)
 	}
 	return nil
@@ -509,7 +523,7 @@ func (f *Filesystem) writeFile(id string, data []byte, durable bool) (end int64,
 	if !durable {
 		return end, nil
 	}
-	if err := syncDir(f.dir); err != nil {
+	if err := f.syncDir(f.dir); err != nil {
 		return end, unavailable("sync tasks dir", err)
 	}
 	return end, nil
@@ -665,8 +679,6 @@ func (f *Filesystem) removeStaleTemps() {
 		}
 	}
 }
-
-func syncDir(dir string) error { return syncPath(dir) }
 
 // syncPath fsyncs the file or directory at path.
 func syncPath(path string) error {

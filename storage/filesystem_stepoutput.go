@@ -113,7 +113,7 @@ func (f *Filesystem) PutStepOutput(ctx context.Context, o StepOutput) (err error
 	}
 	if statErr != nil {
 		// A new directory: make its entry durable.
-		if err := syncDir(f.outputsDir); err != nil {
+		if err := f.syncDir(f.outputsDir); err != nil {
 			return unavailable("sync outputs dir", err)
 		}
 	}
@@ -121,7 +121,7 @@ func (f *Filesystem) PutStepOutput(ctx context.Context, o StepOutput) (err error
 		return unavailable(what, err)
 	}
 	renamed = true
-	if err := syncDir(dir); err != nil {
+	if err := syncPath(dir); err != nil {
 		return unavailable("sync outputs dir of "+o.TaskID, err)
 	}
 	return nil
@@ -213,7 +213,7 @@ func (f *Filesystem) deleteOutputsLocked(id string) error {
 	if err := os.RemoveAll(dir); err != nil {
 		return unavailable("delete outputs of task "+id, err)
 	}
-	if err := syncDir(f.outputsDir); err != nil {
+	if err := f.syncDir(f.outputsDir); err != nil {
 		return unavailable("sync outputs dir", err)
 	}
 	return nil
