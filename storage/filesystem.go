@@ -47,7 +47,8 @@ const (
 // Writes go to a temp file in the same directory that is fsynced, renamed
 // over the task file, after which the directory is fsynced, so readers see
 // either the old or the new task, never a partial one, and a write that
-// returned nil survives a crash. Several processes (an API process and
+// returned nil survives a crash. Concurrent writers of one store share the
+// directory fsyncs (filesystem_groupsync.go). Several processes (an API process and
 // workers on one host) may share the data directory: Create, Put and Delete
 // hold an flock on one of a fixed set of stripe lock files (plus an
 // in-process semaphore), so Put's version check and Create's existence
