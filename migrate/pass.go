@@ -148,7 +148,8 @@ func (m *migration) readToSync(ctx context.Context, id string, full bool, c *cou
 		}
 		return record{}, false, nil
 	}
-	if k, ok := m.getKnown(id); ok {
+	k, known := m.getKnown(id)
+	if known {
 		same, err := m.unchanged(ctx, id, k)
 		if err != nil {
 			return record{}, false, m.recordErr(id, "stat source", err)
@@ -161,7 +162,7 @@ func (m *migration) readToSync(ctx context.Context, id string, full bool, c *cou
 	if !ok {
 		return s, false, err
 	}
-	if k, ok := m.getKnown(id); ok && k.state == s.state {
+	if known && k.state == s.state {
 		m.setKnown(id, s.known()) // the new stamp: the next pass need not read it
 		return skip()
 	}

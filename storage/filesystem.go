@@ -239,11 +239,7 @@ func (f *Filesystem) CreateDeferred(ctx context.Context, t Task) (commit func() 
 	id := t.ID
 	return func() error {
 		for _, p := range []string{f.auditPath(id), f.auditDir, f.path(id), f.dir} {
-			sync := syncPath
-			if p == f.auditDir || p == f.dir {
-				sync = f.syncDir
-			}
-			if err := sync(p); err != nil {
+			if err := f.fsync(p); err != nil {
 				return unavailable("sync "+p, err)
 			}
 		}
@@ -343,7 +339,7 @@ func (f *Filesystem) Delete(ctx context.Context, id string) error {
 		return unavailable("delete task "+id, err)
 	}
 	end = f.appendJournal(id)
-	if err := f.syncDir(f.dir); err != nil {
+	if err := f.fsync(f.dir); err != nil {
 		return unavailable("sync tasks dir", err)
 	}
 	return nil
@@ -524,7 +520,7 @@ func (f *Filesystem) writeFile(id string, data []byte, durable bool) (end int64,
 	if !durable {
 		return end, nil
 	}
-	if err := f.syncDir(f.dir); err != nil {
+	if err := f.fsync(f.dir); err != nil {
 		return end, unavailable("sync tasks dir", err)
 	}
 	return end, nil

@@ -133,7 +133,7 @@ func (f *Filesystem) appendAuditLocked(e AuditEntry, durable bool) error {
 	}
 	if len(data) == 0 {
 		// Possibly a new file: make its directory entry durable too.
-		if err := f.syncDir(f.auditDir); err != nil {
+		if err := f.fsync(f.auditDir); err != nil {
 			return unavailable("sync audit dir", err)
 		}
 	}

@@ -13,10 +13,9 @@ type groupSync struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
 	started uint64 // fsyncs begun
-	done    uint64 // fsyncs finished; one runs at a time, so done <= started
-	running bool
-	err     error // the result of fsync number done
-	waiting int   // callers waiting for an fsync another caller runs
+	done    uint64 // fsyncs finished; one runs at a time, so one runs while started > done
+	err     error  // the result of fsync number done
+	waiting int    // callers waiting for an fsync another caller runs
 }
 
 // sync returns once an fsync of path (by do) that began after this call
@@ -32,19 +31,17 @@ func (g *groupSync) sync(path string, do func(string) error) error {
 	// next one to begin counts.
 	need := g.started + 1
 	for g.done < need {
-		if g.running {
+		if g.started > g.done {
 			g.waiting++
 			g.cond.Wait()
 			g.waiting--
 			continue
 		}
-		g.running = true
 		g.started++
 		n := g.started
 		g.mu.Unlock()
 		err := do(path)
 		g.mu.Lock()
-		g.running = false
 		g.done, g.err = n, err
 		g.cond.Broadcast()
 	}
@@ -57,11 +54,11 @@ type dirSyncs struct {
 	tasks, audit, outputs groupSync
 }
 
-// syncDir fsyncs dir, shared with concurrent writers of this store when
-// dir is one of its shared directories.
-func (f *Filesystem) syncDir(dir string) error {
+// fsync fsyncs the file or directory at path, shared with concurrent
+// writers of this store when path is one of its shared directories.
+func (f *Filesystem) fsync(path string) error {
 	var g *groupSync
-	switch dir {
+	switch path {
 	case f.dir:
 		g = &f.dirSyncs.tasks
 	case f.auditDir:
@@ -69,14 +66,14 @@ func (f *Filesystem) syncDir(dir string) error {
 	case f.outputsDir:
 		g = &f.dirSyncs.outputs
 	default:
-		return syncPath(dir)
+		return syncPath(path)
 	}
 	do := syncPath
 	if f.dirSyncHook != nil {
 		do = f.dirSyncHook
 	}
 	if f.ungroupedDirSyncs {
-		return do(dir)
+		return do(path)
 	}
-	return g.sync(dir, do)
+	return g.sync(path, do)
 }

@@ -37,7 +37,7 @@ func TestGroupSyncCoalescesAndWaitsForALaterFsync(t *testing.T) {
 	}
 
 	first := make(chan error, 1)
-	go func() { first <- f.syncDir(f.dir) }()
+	go func() { first <- f.fsync(f.dir) }()
 	require.Eventually(t, func() bool { return begun.Load() == 1 }, 10*time.Second, time.Millisecond)
 
 	const waiters = 8
@@ -45,7 +45,7 @@ func TestGroupSyncCoalescesAndWaitsForALaterFsync(t *testing.T) {
 	results := make(chan error, waiters)
 	for range waiters {
 		wg.Go(func() {
-			err := f.syncDir(f.dir)
+			err := f.fsync(f.dir)
 			// The fsync that began before this call does not count.
 			assert.Equal(t, int32(2), finished.Load(), "returned before the second fsync finished")
 			results <- err
@@ -71,6 +71,6 @@ func TestGroupSyncCoalescesAndWaitsForALaterFsync(t *testing.T) {
 
 	// With nothing running, a caller runs its own fsync.
 	f.dirSyncHook = func(string) error { begun.Add(1); return nil }
-	require.NoError(t, f.syncDir(f.dir))
+	require.NoError(t, f.fsync(f.dir))
 	assert.Equal(t, int32(3), begun.Load())
 }

@@ -113,7 +113,7 @@ func (f *Filesystem) PutStepOutput(ctx context.Context, o StepOutput) (err error
 	}
 	if statErr != nil {
 		// A new directory: make its entry durable.
-		if err := f.syncDir(f.outputsDir); err != nil {
+		if err := f.fsync(f.outputsDir); err != nil {
 			return unavailable("sync outputs dir", err)
 		}
 	}
@@ -213,7 +213,7 @@ func (f *Filesystem) deleteOutputsLocked(id string) error {
 	if err := os.RemoveAll(dir); err != nil {
 		return unavailable("delete outputs of task "+id, err)
 	}
-	if err := f.syncDir(f.outputsDir); err != nil {
+	if err := f.fsync(f.outputsDir); err != nil {
 		return unavailable("sync outputs dir", err)
 	}
 	return nil
