@@ -358,6 +358,13 @@ func (w *envWorkflow) serve(ctx workflow.Context) (expired, cont bool) {
 // teardown removes every Docker object of the environment and records why
 // it ended.
 func (w *envWorkflow) teardown(ctx workflow.Context, expired bool) (testenv.EnvState, error) {
+	if ctx.Err() != nil {
+		// A run or converge cut short by the cancellation ends first, so
+		// its caller gets the update's answer and its projection is not
+		// written over the final ones.
+		dctx, _ := workflow.NewDisconnectedContext(ctx)
+		_ = workflow.Await(dctx, func() bool { return workflow.AllHandlersFinished(dctx) })
+	}
 	switch {
 	case ctx.Err() != nil:
 		w.s.EndReason = "cancelled"
